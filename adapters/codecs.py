@@ -1,0 +1,86 @@
+"""Generic body codecs: JSON, form-encoded and query-string transports."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+
+from gateway.adapter_api import Adapter, LegacyRequest
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        # Exact decimal text as a JSON number: never through a float.
+        return orjson.Fragment(format(value, "f"))
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes with Decimals written exactly."""
+    return orjson.dumps(value, default=_json_default)
+
+
+def loads(raw: bytes | str) -> Any:
+    """JSON with every non-integer number parsed as Decimal (money stays exact)."""
+    return json.loads(raw, parse_float=Decimal)
+
+
+def form_value(value: Any) -> str:
+    """How a value is written in a form or query string (shared by signers)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
+
+
+def flat_pairs(fields: Any) -> list[tuple[str, str]]:
+    if fields is None:
+        return []
+    if not isinstance(fields, dict):
+        raise ValueError("a form or query body must be a mapping of names to values")
+    return [(str(k), form_value(v)) for k, v in fields.items() if v is not None]
+
+
+class JsonCodec(Adapter):
+    description = "JSON request and response bodies (the default)"
+
+    def encode(self, req: LegacyRequest) -> None:
+        if req.fields is not None:
+            req.body = dumps(req.fields)
+            req.headers.setdefault("Content-Type", "application/json")
+
+    def decode(self, raw: bytes, content_type: str) -> Any:
+        return loads(raw)
+
+
+class FormCodec(Adapter):
+    description = "application/x-www-form-urlencoded requests, JSON responses"
+
+    def encode(self, req: LegacyRequest) -> None:
+        req.body = urlencode(flat_pairs(req.fields)).encode()
+        req.headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+
+    def decode(self, raw: bytes, content_type: str) -> Any:
+        if "x-www-form-urlencoded" in content_type:
+            return dict(parse_qsl(raw.decode(), keep_blank_values=True))
+        return loads(raw)
+
+
+class QueryCodec(Adapter):
+    description = "parameters in the query string (no body), JSON responses"
+
+    def encode(self, req: LegacyRequest) -> None:
+        if req.fields:
+            req.params.update(dict(flat_pairs(req.fields)))
+        req.fields = None
+        req.body = b""
+
+    def decode(self, raw: bytes, content_type: str) -> Any:
+        if "x-www-form-urlencoded" in content_type:
+            return dict(parse_qsl(raw.decode(), keep_blank_values=True))
+        return loads(raw)

@@ -1,0 +1,209 @@
+"""The gateway config file: server, store, security, faces and partners.
+
+Loaded once (and again on SIGHUP); mapping paths are relative to the config file.
+Every problem in the config and in every mapping it names is reported at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError, Problem
+from gateway.mapping import Mapping, load_mapping
+from gateway.store import STORE_SCHEMES
+from gateway.yamlload import interpolate_env, line_of, load_yaml, schema_problems
+
+_SECRET = {"type": "string", "minLength": 16}
+
+CONFIG_SCHEMA: dict = {
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": {"^x-": {}},
+    "required": ["version", "partners"],
+    "properties": {
+        "version": {"const": 1},
+        "server": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "host": {"type": "string", "default": "127.0.0.1"},
+                "port": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 8080},
+                "workers": {"type": "integer", "minimum": 1, "maximum": 64, "default": 1},
+                "max_body_bytes": {"type": "integer", "minimum": 256, "default": 65536},
+                "drain_seconds": {"type": "number", "minimum": 0, "default": 20},
+                "access_log": {"type": "boolean", "default": True},
+            },
+        },
+        "store": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "url": {"type": "string", "pattern": f"^({'|'.join(STORE_SCHEMES)})://"},
+                "retention_days": {"type": "number", "exclusiveMinimum": 0, "default": 30},
+            },
+        },
+        "security": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "signature_window_seconds": {"type": "integer", "minimum": 1, "maximum": 3600, "default": 300},
+                "replay_protection": {"type": "boolean", "default": True},
+            },
+        },
+        "admin": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"token": {"type": "string"}},
+        },
+        "logging": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"level": {"enum": ["debug", "info", "warning", "error"], "default": "info"}},
+        },
+        "currencies": {
+            "type": "object",
+            "description": "Extra currencies and their exponent, e.g. {BTC: 8}.",
+            "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 18},
+        },
+        "platform_face": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"hooks_path": {"type": "string", "pattern": "^/"}},
+        },
+        "provider_face": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"mount": {"type": "string", "pattern": "^/"}},
+        },
+        "partners": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["id", "face", "mapping", "api_key", "secrets"],
+                "properties": {
+                    "id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+                    "face": {"enum": ["platform", "provider"]},
+                    "mapping": {"type": "string"},
+                    "api_key": {"type": "string", "minLength": 8},
+                    "secrets": {"type": "array", "minItems": 1, "maxItems": 2, "items": _SECRET},
+                    "hooks_url": {"type": "string", "pattern": "^https?://"},
+                },
+            },
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class Partner:
+    """One integration: who calls (api_key/secrets), which face, which legacy mapping."""
+
+    id: str
+    face: str
+    api_key: str
+    secrets: tuple[bytes, ...]
+    mapping: Mapping
+    hooks_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    file: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = 65536
+    drain_seconds: float = 20.0
+    access_log: bool = True
+    store_url: str = "sqlite:///igsp-gateway.db"
+    retention_seconds: float = 30 * 86400
+    signature_window: int = 300
+    replay_protection: bool = True
+    admin_token: str | None = None
+    log_level: str = "info"
+    currencies: dict = field(default_factory=dict)
+    hooks_path: str = "/platforms/game-provider/hooks"
+    provider_mount: str = "/igsp/v1"
+    partners: tuple[Partner, ...] = ()
+    raw: Any = None
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every secret value the config holds, for log redaction."""
+        found = [s.decode() for p in self.partners for s in p.secrets] + [p.api_key for p in self.partners]
+        found += [v for p in self.partners for v in p.mapping.secrets.values()]
+        if self.admin_token:
+            found.append(self.admin_token)
+        return [s for s in found if s]
+
+
+def load_config(path: str | Path, env: dict | None = None) -> Config:
+    """Load and check a config and all its mappings; raise ConfigError listing every problem."""
+    file = str(path)
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(file, 1, "", "the config must be a YAML mapping (key: value)")])
+    interpolate_env(data, file, env)
+    problems = schema_problems(data, CONFIG_SCHEMA, file)
+    if problems:
+        raise ConfigError(problems)
+
+    base = Path(file).resolve().parent
+    partners, seen_ids, seen_keys, loaded = [], set(), set(), {}
+    for index, spec in enumerate(data["partners"]):
+        where = ("partners", index)
+        if spec["id"] in seen_ids:
+            problems.append(Problem(file, line_of(data, where + ("id",)), f"partners[{index}].id",
+                                    f"duplicate partner id {spec['id']!r}"))
+        if spec["api_key"] in seen_keys:
+            problems.append(Problem(file, line_of(data, where + ("api_key",)), f"partners[{index}].api_key",
+                                    "api_key is used by another partner"))
+        seen_ids.add(spec["id"])
+        seen_keys.add(spec["api_key"])
+        mapping_path = (base / spec["mapping"]).resolve()
+        try:
+            mapping = loaded.get(mapping_path) or load_mapping(mapping_path, env)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        loaded[mapping_path] = mapping
+        if mapping.face != spec["face"]:
+            problems.append(Problem(file, line_of(data, where + ("mapping",)), f"partners[{index}].mapping",
+                                    f"mapping {mapping.name!r} is for the {mapping.face} face, partner is {spec['face']}"))
+        if spec["face"] == "provider" and "hooks_url" not in spec:
+            problems.append(Problem(file, line_of(data, where), f"partners[{index}]",
+                                    "a provider-face partner needs hooks_url (the platform's iGSP hooks URL)"))
+        partners.append(Partner(spec["id"], spec["face"], spec["api_key"],
+                                tuple(s.encode() for s in spec["secrets"]), mapping, spec.get("hooks_url")))
+    if problems:
+        raise ConfigError(problems)
+
+    server, store, security = data.get("server") or {}, data.get("store") or {}, data.get("security") or {}
+    store_url = store.get("url", "sqlite:///igsp-gateway.db")
+    if store_url.startswith("sqlite:///") and not store_url.startswith("sqlite:////"):
+        # A relative SQLite path is relative to the config file, like mapping paths.
+        store_url = "sqlite:///" + str(base / store_url[len("sqlite:///"):])
+    return Config(
+        file=file,
+        host=server.get("host", "127.0.0.1"),
+        port=server.get("port", 8080),
+        workers=server.get("workers", 1),
+        max_body_bytes=server.get("max_body_bytes", 65536),
+        drain_seconds=float(server.get("drain_seconds", 20)),
+        access_log=server.get("access_log", True),
+        store_url=store_url,
+        retention_seconds=float(store.get("retention_days", 30)) * 86400,
+        signature_window=security.get("signature_window_seconds", 300),
+        replay_protection=security.get("replay_protection", True),
+        admin_token=(data.get("admin") or {}).get("token") or None,
+        log_level=(data.get("logging") or {}).get("level", "info"),
+        currencies=dict(data.get("currencies") or {}),
+        hooks_path=(data.get("platform_face") or {}).get("hooks_path", "/platforms/game-provider/hooks"),
+        provider_mount=(data.get("provider_face") or {}).get("mount", "/igsp/v1").rstrip("/"),
+        partners=tuple(partners),
+        raw=data,
+    )

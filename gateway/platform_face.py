@@ -1,0 +1,50 @@
+"""``POST /platforms/game-provider/hooks``: iGSP wallet hooks in, the legacy wallet out."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from aiohttp import web
+
+from gateway.errors import IgspError
+from gateway.spec import SpecValidators
+
+_SCHEMAS = {"balance": "BalanceRequest", "bet": "BetRequest", "win": "WinRequest", "refund": "RefundRequest"}
+
+
+def parse_hook(body: bytes, spec: SpecValidators) -> dict:
+    """Decode (amounts as Decimal) and validate one hook against ``spec/``; 400 on any problem."""
+    try:
+        payload = json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise IgspError("invalid_json", "body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise IgspError("invalid_request", "body must be a JSON object")
+    action = payload.get("action")
+    schema = _SCHEMAS.get(action) if isinstance(action, str) else None
+    if schema is None:
+        raise IgspError("unknown_action", f"action must be one of: {', '.join(_SCHEMAS)}")
+    spec.check(schema, payload)
+    if "amount" in payload and not isinstance(payload["amount"], Decimal):
+        payload["amount"] = Decimal(payload["amount"])
+    return payload
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not allowed")
+
+
+async def handle_hook(request: web.Request) -> web.Response:
+    from gateway.app import HOOK_SPEC, VERIFIER, WALLETS
+
+    app = request.app
+    body = await request.read()
+    partner = await app[VERIFIER].verify(request.headers, body, "platform")
+    request["partner"] = partner.id
+    payload = parse_hook(body, app[HOOK_SPEC])
+    request["operation"] = payload["action"]
+    if "transaction_id" in payload:
+        request["transaction_id"] = payload["transaction_id"]
+    status, out = await app[WALLETS][partner.id].handle(payload, request["request_id"])
+    return web.Response(status=status, body=out, content_type="application/json")

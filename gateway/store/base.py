@@ -1,0 +1,130 @@
+"""The Store contract every backend implements (and the shared test-suite checks).
+
+Ledger: one record per (partner, transaction_id), created *before* the legacy call
+(state ``pending``) and finished after it, so a duplicate can never reach the legacy
+wallet twice. Key/value: sessions, id maps, replay cache, catalogue cache, with TTLs.
+Queue: durable deliveries with leases, backoff and a dead-letter list.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+PENDING, DONE, QUEUED = "pending", "done", "queued"
+
+
+@dataclass
+class TxRecord:
+    """What the gateway knows about one wallet transaction."""
+
+    partner: str
+    txid: str
+    action: str
+    fingerprint: str
+    state: str = PENDING
+    status: int | None = None  # HTTP status answered to the caller
+    body: bytes | None = None  # exact response body answered (replayed on duplicates)
+    voided_by: str | None = None  # refund transaction that voided this bet
+    created_at: float = 0.0
+
+
+@dataclass
+class QueueEntry:
+    """A delivery that must eventually happen (a win, a refund, a rollback, a hook)."""
+
+    id: str
+    route: str  # what to do, e.g. "wallet:acme-games" — resolved by the queue worker
+    payload: dict
+    attempts: int = 0
+    max_attempts: int = 10
+    next_at: float = 0.0
+    created_at: float = 0.0
+    last_error: str | None = None
+    extra: dict = field(default_factory=dict)  # backend bookkeeping (e.g. a stream id)
+
+
+class Store(abc.ABC):
+    """Async persistence used by the gateway; both backends pass tests/test_store.py."""
+
+    url: str
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect / create tables."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise when the store is unreachable (readiness probe)."""
+
+    # -- transaction ledger -------------------------------------------------------
+    @abc.abstractmethod
+    async def tx_begin(self, rec: TxRecord, ttl: float) -> TxRecord | None:
+        """Atomically create ``rec`` (pending); return the existing record instead if any."""
+
+    @abc.abstractmethod
+    async def tx_get(self, partner: str, txid: str) -> TxRecord | None: ...
+
+    @abc.abstractmethod
+    async def tx_finish(self, partner: str, txid: str, state: str, status: int, body: bytes, ttl: float) -> None:
+        """Store the outcome answered for a transaction (``done`` or ``queued``)."""
+
+    @abc.abstractmethod
+    async def tx_forget(self, partner: str, txid: str) -> None:
+        """Drop a record whose legacy call certainly had no effect, so a retry starts afresh."""
+
+    @abc.abstractmethod
+    async def tx_void(self, partner: str, bet_txid: str, by_txid: str) -> str | None:
+        """Mark a bet voided by ``by_txid`` unless already voided; return the earlier voider or None."""
+
+    @abc.abstractmethod
+    async def tx_unvoid(self, partner: str, bet_txid: str, by_txid: str) -> None:
+        """Undo ``tx_void`` when the refund was definitely refused by the legacy side."""
+
+    # -- key/value with expiry -------------------------------------------------------
+    @abc.abstractmethod
+    async def kv_put(self, ns: str, key: str, value: bytes, ttl: float | None = None, *, only_new: bool = False) -> bool:
+        """Store a value; with ``only_new`` refuse (return False) when the key exists."""
+
+    @abc.abstractmethod
+    async def kv_get(self, ns: str, key: str) -> bytes | None: ...
+
+    # -- durable queue --------------------------------------------------------------
+    @abc.abstractmethod
+    async def q_put(self, entry: QueueEntry) -> None: ...
+
+    @abc.abstractmethod
+    async def q_claim(self, consumer: str, limit: int, lease_seconds: float) -> list[QueueEntry]:
+        """Lease up to ``limit`` due entries (including ones whose lease expired)."""
+
+    @abc.abstractmethod
+    async def q_ack(self, entry: QueueEntry) -> None:
+        """Delivered: remove for good."""
+
+    @abc.abstractmethod
+    async def q_retry(self, entry: QueueEntry, next_at: float, error: str) -> None:
+        """Failed: count the attempt and schedule again at ``next_at``."""
+
+    @abc.abstractmethod
+    async def q_dead(self, entry: QueueEntry, error: str) -> None:
+        """Out of attempts: move to the dead-letter list."""
+
+    @abc.abstractmethod
+    async def q_stats(self) -> dict:
+        """``{"depth": int, "oldest_age": float, "dead": int}``."""
+
+    @abc.abstractmethod
+    async def dlq_list(self, limit: int = 100) -> list[QueueEntry]: ...
+
+    @abc.abstractmethod
+    async def dlq_get(self, entry_id: str) -> QueueEntry | None: ...
+
+    @abc.abstractmethod
+    async def dlq_replay(self, entry_id: str) -> bool:
+        """Move a dead letter back to the queue with its attempts reset."""
+
+    @abc.abstractmethod
+    async def dlq_purge(self, entry_id: str | None = None) -> int:
+        """Delete one dead letter, or all when ``entry_id`` is None; return how many."""

@@ -1,0 +1,177 @@
+"""Calling a legacy API as a mapping describes, with one pooled client per mapping.
+
+Every foreign failure is translated here, where it enters, into an UpstreamError that
+says whether money may have moved (``applied``):
+
+    connect refused / connect timeout        -> upstream_unavailable, applied=False
+    HTTP 503 without a readable answer       -> upstream_unavailable, applied=False
+    read timeout, reset, other 5xx, garbage  -> upstream_timeout / _unavailable / _bad_response, applied=None
+    a mapped legacy business error           -> its iGSP code (IgspError), nothing applied
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from gateway.adapter_api import LegacyRequest
+from gateway.errors import IgspError, UpstreamError
+from gateway.mapping import Mapping, Operation
+
+
+@dataclass
+class LegacyReply:
+    """A successful legacy answer, read through the operation's ``response`` paths."""
+
+    fields: dict
+    data: Any
+    status: int
+    elapsed: float
+
+
+#: Called after every legacy call: (mapping, operation, outcome kind, seconds).
+Observer = Callable[[str, str, str, float], None]
+
+
+class LegacyClient:
+    """Runs a mapping's operations against its upstream."""
+
+    def __init__(self, mapping: Mapping, observer: Observer | None = None):
+        self.mapping = mapping
+        self.observer = observer
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            m = self.mapping
+            connector = aiohttp.TCPConnector(limit=m.max_connections, ssl=None if m.tls_verify else False,
+                                             keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, headers=m.static_headers,
+                                                  skip_auto_headers=("User-Agent",), auto_decompress=True)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def build(self, name: str, context: dict) -> LegacyRequest:
+        """Render, encode and sign the legacy request for ``name`` (no I/O; used by ``try``)."""
+        m = self.mapping
+        op: Operation = m.operations[name]
+        req = LegacyRequest(
+            operation=name,
+            method=op.method,
+            url=m.base_url + op.path(context),
+            headers={k: str(v) for k, v in (op.headers(context) if op.headers else {}).items()},
+            params={k: v for k, v in (op.query(context) if op.query else {}).items() if v is not None},
+            fields=op.body(context) if op.body else None,
+        )
+        if request_id := context.get("request_id"):
+            req.headers.setdefault("X-Request-ID", str(request_id))
+        if m.signer is not None:
+            m.signer.prepare(req)
+        m.codec.encode(req)
+        if m.signer is not None:
+            m.signer.sign(req)
+        req.params = {k: _param(v) for k, v in req.params.items()}
+        return req
+
+    async def call(self, name: str, context: dict) -> LegacyReply:
+        """Send operation ``name``; return the read answer or raise IgspError/UpstreamError."""
+        m = self.mapping
+        op: Operation = m.operations[name]
+        try:
+            req = self.build(name, context)
+        except IgspError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a template that fails on this input
+            raise IgspError("invalid_request", f"cannot build the legacy request: {type(exc).__name__}") from exc
+        timeout = aiohttp.ClientTimeout(total=op.timeout or m.timeout, sock_connect=m.connect_timeout)
+        started = time.perf_counter()
+        kind = "ok"
+        try:
+            try:
+                async with self.session.request(req.method, req.url, params=req.params or None, data=req.body or None,
+                                                headers=req.headers, timeout=timeout) as resp:
+                    raw = await resp.read()
+                    status, content_type = resp.status, resp.headers.get("Content-Type", "")
+            except aiohttp.ConnectionTimeoutError as exc:
+                kind = "connect"
+                raise UpstreamError("upstream_unavailable", "legacy API not reachable (connect timeout)",
+                                    kind=kind, applied=False) from exc
+            except aiohttp.ClientConnectorError as exc:
+                kind = "connect"
+                raise UpstreamError("upstream_unavailable", "legacy API not reachable", kind=kind, applied=False) from exc
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                kind = "timeout"
+                raise UpstreamError("upstream_timeout", "legacy API did not answer in time", kind=kind,
+                                    applied=None) from exc
+            except aiohttp.ClientError as exc:
+                kind = "reset"
+                raise UpstreamError("upstream_unavailable", "legacy API connection failed", kind=kind,
+                                    applied=None) from exc
+            try:
+                data = m.codec.decode(raw, content_type) if raw else None
+            except Exception:  # noqa: BLE001 - any codec failure is a bad body
+                data = _UNREADABLE
+            if data is _UNREADABLE or (data is None and status < 300):
+                kind = "5xx" if status >= 500 else "bad_body"
+                raise _http_failure(status, "legacy API answered an unreadable body")
+            if status >= 500 and op.result.code is None:
+                kind = "5xx"
+                raise _http_failure(status, f"legacy API answered HTTP {status}")
+            fields = self._read(op, data, status)
+            return LegacyReply(fields, data, status, time.perf_counter() - started)
+        except UpstreamError as exc:
+            kind = exc.kind if kind == "ok" else kind
+            raise
+        except IgspError:
+            kind = "business"
+            raise
+        finally:
+            if self.observer is not None:
+                self.observer(m.name, name, kind, time.perf_counter() - started)
+
+    def _read(self, op: Operation, data: Any, status: int) -> dict:
+        m, rules = self.mapping, op.result
+        code = m.search(rules.code, data) if rules.code is not None else None
+        ok = bool(m.search(rules.success, data)) if rules.success is not None else 200 <= status < 300
+        if not ok and code is not None and str(code) in rules.success_codes:
+            ok = True
+        if not ok:
+            if status >= 500 and (code is None or str(code) not in rules.errors):
+                raise _http_failure(status, f"legacy API answered HTTP {status}")
+            message = m.search(rules.message, data) if rules.message is not None else None
+            rule = rules.errors.get(str(code), rules.default_error)
+            error = rule.error(code, message)
+            if error.status >= 500:
+                # A legacy "internal error, retry" code: retriable, and nothing was applied.
+                raise UpstreamError(error.code, error.message, kind="business", applied=False, status=error.status)
+            raise error
+        try:
+            return {name: m.search(expr, data) for name, expr in op.response.items()}
+        except Exception as exc:  # noqa: BLE001 - JMESPath type errors on odd bodies
+            raise UpstreamError("upstream_bad_response", "legacy answer has an unexpected shape",
+                                kind="bad_body", applied=None) from exc
+
+
+_UNREADABLE = object()
+
+
+def _http_failure(status: int, message: str) -> UpstreamError:
+    if status == 503:
+        return UpstreamError("upstream_unavailable", message, kind="5xx", applied=False)
+    if status >= 500:
+        return UpstreamError("upstream_unavailable", message, kind="5xx", applied=None)
+    return UpstreamError("upstream_bad_response", message, kind="bad_body", applied=None)
+
+
+def _param(value: Any) -> str:
+    from adapters.codecs import form_value
+
+    return form_value(value)

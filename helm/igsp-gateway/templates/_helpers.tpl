@@ -1,0 +1,227 @@
+{{/*
+Expand the name of the chart.
+*/}}
+{{- define "igsp-gateway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Create a default fully qualified app name.
+We truncate at 63 chars because some Kubernetes name fields are limited to this (by the DNS naming spec).
+If release name contains chart name it will be used as a full name.
+*/}}
+{{- define "igsp-gateway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Create chart name and version as used by the chart label.
+*/}}
+{{- define "igsp-gateway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels
+*/}}
+{{- define "igsp-gateway.labels" -}}
+helm.sh/chart: {{ include "igsp-gateway.chart" . }}
+{{ include "igsp-gateway.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Selector labels
+*/}}
+{{- define "igsp-gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "igsp-gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Create the name of the service account to use
+*/}}
+{{- define "igsp-gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "igsp-gateway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Gateway image reference: digest wins over tag; the tag defaults to the appVersion.
+*/}}
+{{- define "igsp-gateway.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret the pods read their keys from.
+*/}}
+{{- define "igsp-gateway.secretName" -}}
+{{- default (include "igsp-gateway.fullname" .) .Values.existingSecret }}
+{{- end }}
+
+{{/*
+"true" when the gateway uses a shared Redis store, "" for SQLite.
+*/}}
+{{- define "igsp-gateway.usesRedis" -}}
+{{- if or .Values.redis.url .Values.redis.internal.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+Environment variable prefix of a partner's keys: acme-games -> PARTNER_ACME_GAMES.
+Call with the partner id.
+*/}}
+{{- define "igsp-gateway.partnerEnvPrefix" -}}
+{{- printf "PARTNER_%s" (. | upper | replace "-" "_" | replace "." "_") }}
+{{- end }}
+
+{{/*
+Redis (in-chart) names and labels. The name label differs from the gateway's so the
+gateway Service never selects the Redis pod.
+*/}}
+{{- define "igsp-gateway.redis.fullname" -}}
+{{- printf "%s-redis" (include "igsp-gateway.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "igsp-gateway.redis.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "igsp-gateway.name" . | trunc 57 | trimSuffix "-" }}-redis
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "igsp-gateway.redis.labels" -}}
+helm.sh/chart: {{ include "igsp-gateway.chart" . }}
+{{ include "igsp-gateway.redis.selectorLabels" . }}
+app.kubernetes.io/component: redis
+app.kubernetes.io/part-of: {{ include "igsp-gateway.name" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+store.url of gateway.yaml: external Redis, in-chart Redis, or SQLite on the data volume.
+*/}}
+{{- define "igsp-gateway.storeUrl" -}}
+{{- if .Values.redis.url }}
+{{- .Values.redis.url }}
+{{- else if .Values.redis.internal.enabled }}
+{{- $auth := ternary ":${REDIS_PASSWORD}@" "" .Values.redis.internal.auth }}
+{{- printf "redis://%s%s:6379/0" $auth (include "igsp-gateway.redis.fullname" .) }}
+{{- else }}
+{{- print "sqlite:////var/lib/igsp-gateway/gateway.db" }}
+{{- end }}
+{{- end }}
+
+{{/*
+All mapping files as a YAML map of file name -> content: files/mappings/*.yaml bundled in
+the chart (and *.yml), overridden by .Values.mappings entries of the same name (given as
+text, or as a YAML tree that is serialised here).
+*/}}
+{{- define "igsp-gateway.mappingFiles" -}}
+{{- $files := dict }}
+{{- range $path, $_ := .Files.Glob "files/mappings/*.{yaml,yml}" }}
+{{- $_ := set $files (base $path) ($.Files.Get $path) }}
+{{- end }}
+{{- range $name, $content := .Values.mappings }}
+{{- $_ := set $files $name (ternary (toYaml $content) $content (kindIs "map" $content)) }}
+{{- end }}
+{{- toYaml $files }}
+{{- end }}
+
+{{/*
+gateway.yaml content, built as data and serialised once so quoting is always right.
+Secrets appear only as ${ENV} references filled from the Secret at load; the admin token
+is optional (${IGSP_ADMIN_TOKEN:-} is empty when the Secret has no such key).
+*/}}
+{{- define "igsp-gateway.config" -}}
+{{- $g := .Values.gateway }}
+{{- $partners := list }}
+{{- range .Values.partners }}
+{{- $env := include "igsp-gateway.partnerEnvPrefix" .id }}
+{{- $secrets := list (printf "${%s_SECRET}" $env) }}
+{{- if or .previousSecret .rotating }}
+{{- $secrets = append $secrets (printf "${%s_SECRET_PREVIOUS}" $env) }}
+{{- end }}
+{{- $p := dict "id" .id "face" .face "mapping" (printf "mappings/%s" .mapping) "api_key" (printf "${%s_API_KEY}" $env) "secrets" $secrets }}
+{{- if .hooksUrl }}
+{{- $_ := set $p "hooks_url" .hooksUrl }}
+{{- end }}
+{{- $p = mergeOverwrite $p (deepCopy (.extra | default dict)) }}
+{{- $partners = append $partners $p }}
+{{- end }}
+{{- $cfg := dict
+  "version" 1
+  "server" (dict "host" "0.0.0.0" "port" (int $g.port) "workers" (int $g.workers) "max_body_bytes" (int64 $g.maxBodyBytes) "drain_seconds" (int $g.drainSeconds))
+  "store" (dict "url" (include "igsp-gateway.storeUrl" .) "retention_days" (int $g.store.retentionDays))
+  "security" (dict "signature_window_seconds" (int $g.security.signatureWindowSeconds) "replay_protection" $g.security.replayProtection)
+  "logging" (dict "level" $g.logLevel)
+  "admin" (dict "token" "${IGSP_ADMIN_TOKEN:-}")
+  "platform_face" (dict "hooks_path" $g.platformFace.hooksPath)
+  "provider_face" (dict "mount" $g.providerFace.mount)
+  "partners" $partners
+}}
+{{- $cfg = mergeOverwrite $cfg (deepCopy $g.extraConfig) }}
+{{- include "igsp-gateway.orderedYaml" (dict "map" $cfg "order" (list "version" "server" "store" "security" "logging" "admin" "platform_face" "provider_face" "partners")) }}
+{{- end }}
+
+{{/*
+Serialise a map with the keys in "order" first and the rest sorted; list items that are
+maps (partners) get the same treatment with their "id" first. toYaml alone sorts every
+key, which makes the rendered gateway.yaml hard to read.
+Call with (dict "map" $m "order" $keys).
+*/}}
+{{- define "igsp-gateway.orderedYaml" -}}
+{{- $m := .map }}
+{{- $keys := list }}
+{{- range .order }}{{ if hasKey $m . }}{{ $keys = append $keys . }}{{ end }}{{ end }}
+{{- range keys $m | sortAlpha }}{{ if not (has . $keys) }}{{ $keys = append $keys . }}{{ end }}{{ end }}
+{{- range $keys }}
+{{- $v := get $m . }}
+{{- if and (kindIs "slice" $v) $v (kindIs "map" (first $v)) }}
+{{ . }}:
+{{- range $v }}
+{{- $item := include "igsp-gateway.orderedYaml" (dict "map" . "order" (list "id" "face" "mapping" "api_key" "secrets" "hooks_url")) }}
+- {{ $item | trim | indent 2 | trimPrefix "  " }}
+{{- end }}
+{{- else }}
+{{ dict . $v | toYaml }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Keys the Secret (chart-made or existing) must provide, as a list of environment variable
+names (IGSP_ADMIN_TOKEN is optional and not listed).
+*/}}
+{{- define "igsp-gateway.secretKeys" -}}
+{{- $keys := list }}
+{{- if or .Values.redis.password (and .Values.redis.internal.enabled .Values.redis.internal.auth) (contains "${REDIS_PASSWORD}" .Values.redis.url) }}
+{{- $keys = append $keys "REDIS_PASSWORD" }}
+{{- end }}
+{{- range .Values.partners }}
+{{- $env := include "igsp-gateway.partnerEnvPrefix" .id }}
+{{- $keys = append $keys (printf "%s_API_KEY" $env) }}
+{{- $keys = append $keys (printf "%s_SECRET" $env) }}
+{{- if or .previousSecret .rotating }}
+{{- $keys = append $keys (printf "%s_SECRET_PREVIOUS" $env) }}
+{{- end }}
+{{- end }}
+{{- toYaml $keys }}
+{{- end }}
