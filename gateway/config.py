@@ -78,8 +78,8 @@ CONFIG_SCHEMA: dict = {
             "properties": {"mount": {"type": "string", "pattern": "^/"}},
         },
         "partners": {
+            # Empty is allowed so a fresh deployment starts (and reports not ready on /readyz).
             "type": "array",
-            "minItems": 1,
             "items": {
                 "type": "object",
                 "additionalProperties": False,
