@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -87,7 +86,7 @@ class Catalogue:
         self.spec = spec
         self.on_cache = on_cache or (lambda result: None)
         self._locks = {kind: asyncio.Lock() for kind in KINDS}
-        # kind -> (cached bytes, entries, sort keys, {id: entry}): decode a cache blob once.
+        # kind -> (stamp, entries, sort keys, {id: entry}): decode a cached list once per change.
         self._memo: dict[str, tuple] = {}
 
     # -- reading the legacy side ---------------------------------------------------------
@@ -181,29 +180,41 @@ class Catalogue:
     # -- the cache -------------------------------------------------------------------------
     async def entries(self, kind: str, request_id: str = "") -> tuple[list, list, dict]:
         """``(entries, sort keys, {id: entry})`` from the store, fetching on a miss (once at a time)."""
-        key = f"{self.mapping.name}:{kind}"
-        ttl = self.spec_section.cache_ttl
-        cached = await self.store.kv_get("catalogue", key) if ttl > 0 else None
-        if cached is None:
+        key, ttl = f"{self.mapping.name}:{kind}", self.spec_section.cache_ttl
+        found = await self._cached(kind, key) if ttl > 0 else None
+        if found is None:
             async with self._locks[kind]:
                 # Another request may have filled it while this one waited.
-                cached = await self.store.kv_get("catalogue", key) if ttl > 0 else None
-                if cached is None:
+                found = await self._cached(kind, key) if ttl > 0 else None
+                if found is None:
                     self.on_cache("miss")
                     entries = self.normalise(kind, await self.fetch(kind, request_id))
-                    cached = dumps({"at": time.time(), "entries": entries})
+                    stamp = uuid.uuid4().hex
                     if ttl > 0:
-                        await self.store.kv_put("catalogue", key, cached, ttl=ttl)
-                else:
-                    self.on_cache("hit")
-        else:
-            self.on_cache("hit")
+                        await self.store.kv_put("catalogue", key, dumps({"stamp": stamp, "entries": entries}), ttl=ttl)
+                        await self.store.kv_put("catalogue", f"{key}#stamp", stamp.encode(), ttl=ttl)
+                    return self._remember(kind, stamp, entries)
+        self.on_cache("hit")
+        return found
+
+    async def _cached(self, kind: str, key: str) -> tuple | None:
+        # A small stamp is read per request; the (possibly large) list only when it changed.
+        stamp = await self.store.kv_get("catalogue", f"{key}#stamp")
+        if stamp is None:
+            return None
         memo = self._memo.get(kind)
-        if memo is None or memo[0] != cached:
-            entries = loads(cached)["entries"]
-            memo = (cached, entries, [(e[0], e[1]) for e in entries], {e[1]: e for e in entries})
-            self._memo[kind] = memo
-        return memo[1], memo[2], memo[3]
+        if memo is not None and memo[0] == stamp.decode():
+            return memo[1:]
+        blob = await self.store.kv_get("catalogue", key)
+        if blob is None:
+            return None
+        data = loads(blob)
+        return self._remember(kind, data["stamp"], data["entries"])
+
+    def _remember(self, kind: str, stamp: str, entries: list) -> tuple[list, list, dict]:
+        memo = (stamp, entries, [(e[0], e[1]) for e in entries], {e[1]: e for e in entries})
+        self._memo[kind] = memo
+        return memo[1:]
 
     async def find(self, kind: str, igsp_id: str, request_id: str = "") -> list | None:
         """The entry ``[instant, id, legacy id, object]`` with this iGSP id, or None."""

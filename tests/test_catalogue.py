@@ -178,7 +178,10 @@ async def test_pages_are_cached_and_concurrent_misses_fetch_once(tmp_path, legac
     catalogue.on_cache = lambda result: results.update([result])
     try:
         await asyncio.gather(*(catalogue.entries("games") for _ in range(5)))
-        await page_through(catalogue, 3)
+        games = await page_through(catalogue, 3)
+        # Another replica (same store, its own memory) is served from the store too.
+        replica = Catalogue(catalogue.mapping, client, store, SpecValidators(PROVIDER_SPEC))
+        assert await page_through(replica, 50) == games
     finally:
         await client.close()
     assert calls["none"] == 1 and results["miss"] == 1 and results["hit"] >= 12
