@@ -20,6 +20,7 @@ from gateway.auth import AuthFailure, Verifier
 from gateway.config import Config
 from gateway.errors import IgspError, UpstreamError
 from gateway.platform_face import handle_hook
+from gateway.provider_face import setup_provider_face
 from gateway.retry_queue import DeliveryWorker
 from gateway.spec import HOOKS_SPEC, SpecValidators
 from gateway.store import QueueEntry, Store, open_store
@@ -179,4 +180,5 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_endpoint, name="metrics")
+    setup_provider_face(app, config)
     return app

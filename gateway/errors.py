@@ -20,6 +20,7 @@ ERROR_CODES: dict[str, int] = {
     "unknown_action": 400,
     "invalid_amount": 400,
     "currency_mismatch": 400,
+    "unsupported_currency": 400,
     "invalid_cursor": 400,
     "game_not_found": 400,
     "session_not_found": 400,

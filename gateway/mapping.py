@@ -114,6 +114,7 @@ class Mapping:
     jmespath_options: Any
     raw: dict  # the interpolated document, for face-specific sections
     templates: Templates
+    provider: Any = None  # provider face: a compiled gateway.provider_mapping.ProviderSpec
 
     def search(self, expression: Any, data: Any) -> Any:
         return expression.search(data, options=self.jmespath_options)
@@ -244,6 +245,11 @@ def compile_mapping(data: dict, file: str) -> Mapping:
                           f"{', '.join(PLATFORM_OPERATIONS)}")
             elif name != "refund" and name in operations and "balance" not in operations[name].response:
                 c.problem(("operations", name, "response"), "missing 'balance': JMESPath to the balance after the call")
+    provider = None
+    if data["face"] == "provider":
+        from gateway.provider_mapping import compile_provider
+
+        provider = compile_provider(c, data, templates, operations, _jmespath_options(functions), codec, signer)
     if c.problems:
         raise ConfigError(c.problems)
 
@@ -272,6 +278,7 @@ def compile_mapping(data: dict, file: str) -> Mapping:
         jmespath_options=_jmespath_options(functions),
         raw=data,
         templates=templates,
+        provider=provider,
     )
 
 

@@ -123,11 +123,142 @@ MAPPING_SCHEMA: dict = {
                 "backoff_max": {"type": "number", "exclusiveMinimum": 0, "default": 300.0},
             },
         },
-        "catalogue": {"type": "object", "description": "Provider face: how to read the legacy catalogue."},
-        "launch": {"type": "object", "description": "Provider face: how to build the launch URL."},
-        "callbacks": {"type": "object", "description": "Provider face: inbound legacy wallet callbacks."},
+        "catalogue": {"$ref": "#/$defs/catalogue"},
+        "launch": {"$ref": "#/$defs/launch"},
+        "callbacks": {"$ref": "#/$defs/callbacks"},
     },
 }
+
+# -- provider face: catalogue, launch and legacy wallet callbacks --------------------------
+
+#: How one value is read from legacy data. A string is a JMESPath expression; an object
+#: gives exactly one of ``path`` (JMESPath), ``template`` (Jinja2 text or a tree of
+#: templates) or ``value`` (a constant), then optionally ``map`` (a lookup table applied
+#: to the value) and ``default`` (when the value is missing or not in ``map``).
+FIELD = {
+    "type": ["string", "object"],
+    "minLength": 1,
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "minProperties": 1,
+    "properties": {
+        "path": {"type": "string", "minLength": 1, "description": "JMESPath over the legacy data."},
+        "template": {"description": "Jinja2 template (or a tree of them)."},
+        "value": {"description": "A constant."},
+        "map": {"type": "object", "description": "Lookup table: legacy value -> iGSP value."},
+        "default": {"description": "Used when the value is missing or not in map."},
+    },
+}
+
+CATALOGUE_SOURCE = {
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "required": ["id", "fields"],
+    "properties": {
+        "operation": {"type": "string", "description": "The operation that fetches (one page of) the list."},
+        "static": {"type": "array", "items": {"type": "object"},
+                   "description": "Legacy-shaped items written in the mapping (instead of an operation)."},
+        "items": {"type": "string", "default": "@", "description": "JMESPath to the item list in an answer."},
+        "paging": {
+            "type": "object",
+            "additionalProperties": False,
+            "patternProperties": _ANNOTATIONS,
+            "properties": {
+                "style": {"enum": ["none", "page", "offset", "cursor"], "default": "none"},
+                "size": {"type": "integer", "minimum": 1, "default": 100,
+                         "description": "Page size, given to templates as page_size."},
+                "start": {"type": "integer", "minimum": 0, "default": 1, "description": "First page number."},
+                "next": {"type": "string", "description": "cursor style: JMESPath to the next legacy cursor."},
+                "has_more": {"type": "string",
+                             "description": "JMESPath, truthy while more pages follow (default: a full page)."},
+                "max_pages": {"type": "integer", "minimum": 1, "default": 1000},
+            },
+        },
+        "id": {**FIELD, "description": "The legacy id (shown to iGSP as a stable UUIDv5 unless it is a UUID)."},
+        "fields": {"type": "object", "additionalProperties": FIELD, "minProperties": 1,
+                   "description": "iGSP field -> how to read it from one legacy item."},
+    },
+}
+
+CATALOGUE = {
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "required": ["games", "providers"],
+    "properties": {
+        "cache_ttl": {"type": "number", "minimum": 0, "default": 300,
+                      "description": "Seconds a fetched legacy catalogue is served from the store."},
+        "id_scope": {"type": "string", "minLength": 1,
+                     "description": "Name mixed into UUIDv5 ids (default: the mapping name)."},
+        "games": CATALOGUE_SOURCE,
+        "providers": CATALOGUE_SOURCE,
+    },
+}
+
+LAUNCH = {
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "properties": {
+        "steps": {"type": "array", "items": {"type": "string"}, "default": [],
+                  "description": "Operations run in order; each one's response fields join the context."},
+        "url": {"type": "string", "default": "{{ url }}", "description": "Template of the launch URL."},
+        "token": {"type": "string", "description": "Template of the legacy token (default: a random one)."},
+        "session_ttl": {"type": "number", "exclusiveMinimum": 0, "default": 86400},
+        "check_currency": {"type": "boolean", "default": True},
+    },
+}
+
+LEGACY_CODE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["code"],
+    "properties": {"code": {"type": ["string", "integer"]}, "message": {"type": "string"}},
+}
+
+CALLBACK_ENDPOINT = {
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "required": ["hook"],
+    "properties": {
+        "path": {"type": "string", "pattern": "^/", "description": "Default: /<endpoint name>."},
+        "method": {"enum": ["GET", "POST"], "default": "POST"},
+        "hook": {"enum": ["balance", "bet", "win", "refund"]},
+        "type": {"type": "string", "description": "The hook's type (default: bet, win, bet)."},
+        "fields": {"type": "object", "additionalProperties": FIELD,
+                   "description": "Hook field -> how to read it from the legacy request."},
+        "reply": {"description": "Success body (template tree), overriding callbacks.reply."},
+        "succeed_on": {"type": "array", "items": {"type": "string"},
+                       "description": "iGSP error codes answered as a success with the current balance."},
+    },
+}
+
+CALLBACKS = {
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "required": ["token", "error_reply", "default_error", "retriable_error", "endpoints"],
+    "properties": {
+        "codec": ADAPTER_SPEC,
+        "reply_codec": ADAPTER_SPEC,
+        "verify": ADAPTER_SPEC,
+        "token": {"type": "string", "description": "JMESPath to the launch token in a legacy request."},
+        "player": {"type": "string", "description": "JMESPath to the player id (latest session) when no token."},
+        "hook_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 3.0},
+        "reply_status": {"type": "integer", "minimum": 200, "maximum": 599, "default": 200},
+        "reply": {"description": "Default success body (template tree)."},
+        "error_reply": {"description": "Error body (template tree) with legacy_code and legacy_message."},
+        "errors": {"type": "object", "additionalProperties": LEGACY_CODE,
+                   "description": "iGSP error code -> legacy {code, message}."},
+        "default_error": LEGACY_CODE,
+        "retriable_error": LEGACY_CODE,
+        "endpoints": {"type": "object", "additionalProperties": CALLBACK_ENDPOINT, "minProperties": 1},
+    },
+}
+
+MAPPING_SCHEMA["$defs"] = {"catalogue": CATALOGUE, "launch": LAUNCH, "callbacks": CALLBACKS}
 
 #: Operations a platform-face mapping must define (``rollback`` is optional: it
 #: defaults to ``refund`` for compensating an unknown bet outcome).

@@ -41,6 +41,14 @@ def _decimal(value: Any, places: int | None = None) -> str:
     return format(amount, "f")
 
 
+def _from_percent(value: Any) -> Decimal:
+    """``"96.50"`` (a percentage, as text or number) -> ``Decimal("0.965")``, exactly."""
+    if isinstance(value, (bool, float)):
+        raise ValueError(f"not an exact percentage: {value!r}")
+    fraction = (Decimal(str(value).strip().rstrip("%")) / 100).normalize()
+    return fraction.quantize(Decimal(1)) if fraction.as_tuple().exponent > 0 else fraction
+
+
 def _timestamp_ms(value: datetime | None = None) -> int:
     value = value or datetime.now(timezone.utc)
     return int(value.timestamp() * 1000)
@@ -55,6 +63,7 @@ BUILTIN_FILTERS: dict[str, Callable] = {
     "from_minor": lambda units, currency: money.from_minor(units, currency),
     "scaled": lambda amount, scale: money.to_scaled(Decimal(amount), int(scale)),
     "decimal": _decimal,
+    "from_percent": _from_percent,
     "md5": lambda text: hashlib.md5(str(text).encode()).hexdigest(),  # noqa: S324 - legacy APIs ask for it
     "sha256": lambda text: hashlib.sha256(str(text).encode()).hexdigest(),
     "hmac_sha256": lambda text, key: hmac.new(str(key).encode(), str(text).encode(), hashlib.sha256).hexdigest(),
