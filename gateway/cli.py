@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from gateway import __version__, signing
+from gateway.conformance import cli as conformance_cli
 from gateway.errors import ConfigError
 
 
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body", default="", help="the exact body, or @file")
     p.add_argument("--url", help="print a complete curl command for this URL")
     p.set_defaults(func=cmd_sign)
+
+    conformance_cli.add_parser(sub)
     return parser
 
 
