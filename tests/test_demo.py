@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -132,3 +133,19 @@ def test_demo_serve_info_curl_and_conformance(tmp_path):
         rest = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, rest
     assert "stopping…" in rest
+
+
+def test_every_igsp_gateway_command_in_the_readme_parses():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line)
+            commands += [part.strip() for part in line.split("&&") if part.strip().startswith("igsp-gateway ")]
+    assert "igsp-gateway demo" in commands
+    assert any(c.startswith("igsp-gateway conformance provider") for c in commands)
+    parser = cli.build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])  # SystemExit(2) on an unknown option
+        assert callable(args.func), command
