@@ -18,6 +18,7 @@ import pytest
 from gateway.conformance import checks_platform, checks_provider
 from gateway.conformance.client import SignedClient
 from gateway.conformance.runner import FAIL, MONEY_SKIP_REASON, PASS, SKIP, RunOptions, run_checks
+from gateway.demo.stack import DemoStack, provider_face_available
 from gateway.simulators import igsp_platform, start_in_thread
 from gateway.spec import HOOKS_SPEC, PROVIDER_SPEC, SpecValidators
 from tests.conftest import ACME, platform_config
@@ -126,6 +127,21 @@ def test_platform_kit_passes_against_the_igsp_platform_simulator(serve):
 def test_platform_kit_passes_against_a_correct_fake_in_jpy(serve):
     url = serve(platform_app(KEY, SECRET, players={"p1": "1000"}))
     assert_all_pass(run_platform_kit(url + HOOKS, currency="JPY", amount=Decimal("100")))
+
+
+@pytest.mark.skipif(not provider_face_available(), reason="the provider face is not on this branch")
+def test_provider_kit_passes_against_the_gateway_provider_face(kit_store_url, tmp_path):
+    stack = DemoStack(store_url=kit_store_url).start()
+    try:
+        partner = stack.platform_partner
+        results = run_provider_kit(stack.provider_base_url, partner.api_key, partner.secret)
+        assert not failing(results), {cid: r.reason for cid, r in results.items() if r.outcome == FAIL}
+        # The Pragmatic-style mapping describes one studio: there is nothing to page through.
+        assert {cid: r.reason for cid, r in results.items() if r.outcome == SKIP} == {
+            "pagination.providers_walk": "GET /providers has 1 item(s): nothing to page through"}
+        assert stack.gateway_running()
+    finally:
+        stack.stop()
 
 
 def test_provider_kit_passes_against_a_correct_fake(serve):

@@ -23,6 +23,9 @@ from tests.support import ROOT
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 RECONCILED = re.compile(r"^reconciliation, platform face: legacy ledger (\d+) entries, net \+22\.50 EUR == "
                         r"iGSP ledger \1 transactions, net \+22\.50 EUR; balance 122\.50 == 122\.50 — OK$", re.M)
+PROVIDER_RECONCILED = re.compile(r"^reconciliation, provider face: legacy ledger (\d+) entries, net \+6\.50 EUR == "
+                                 r"iGSP ledger \1 transactions, net \+6\.50 EUR; balance 106\.50 == 106\.50 — OK$",
+                                 re.M)
 
 
 def demo_dir(output: str) -> Path:
@@ -36,6 +39,13 @@ def test_demo_plays_the_story_and_reconciles(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert RECONCILED.search(out), out
+    if provider_face_available():
+        assert PROVIDER_RECONCILED.search(out), out
+        for step in ("26 games in 3 pages of 10", "201 the same url", "the first transactionId; cash 99.50",
+                     "error 100, 100, 0; cash 106.50"):
+            assert step in out
+    else:
+        assert "Act 2 — provider face: not part of this build" in out
     assert re.search(r"^RESULT: all \d+ steps right, legacy ledger == iGSP ledger", out, re.M)
     rows = [line for line in out.splitlines() if re.match(r"^ {0,2}\d+  ", line)]
     assert len(rows) >= 11 and all(line.endswith("  ok") for line in rows), out
@@ -64,7 +74,7 @@ def test_demo_exits_1_and_keeps_the_log_when_a_step_goes_wrong(monkeypatch, caps
     assert "-> expected 200, got HTTP 502" in out
     # The gateway rolled the unknown bet back, so both ledgers still agree.
     assert re.search(r"^reconciliation, platform face: legacy ledger 4 entries, .* — OK$", out, re.M)
-    assert re.search(r"^RESULT: 2 of 11 checks wrong — gateway log kept in ", out, re.M)
+    assert re.search(r"^RESULT: 2 of \d+ checks wrong — gateway log kept in ", out, re.M)
     kept = demo_dir(out)
     assert (kept / "gateway.log").exists()
     shutil.rmtree(kept)
@@ -114,6 +124,12 @@ def test_demo_serve_info_curl_and_conformance(tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
         assert "CONFORMS — 22 passed, 0 failed, 0 skipped" in done.stdout
         assert "went from 1000.00 to 1000.00 EUR" in done.stdout
+
+        if provider_face_available():
+            done = subprocess.run([sys.executable, "-m", "gateway", "conformance", "provider", "--info",
+                                   str(info_file)], capture_output=True, text=True, env=ENV, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "CONFORMS — 15 passed, 0 failed, 1 skipped" in done.stdout
 
         # The printed curl command for the balance works as pasted.
         lines = []

@@ -57,6 +57,7 @@ class DemoStack:
     platform_partner: Credentials = field(default_factory=lambda: Credentials("demo-casino"))
     pp_secret: str = field(default_factory=lambda: secrets.token_hex(12))
     pp_login: str = "demo_casino"
+    store_url: str | None = None  # default: SQLite in the temp dir
     wallet: RunningServer | None = None
     game_server: RunningServer | None = None
     platform: RunningServer | None = None
@@ -110,7 +111,7 @@ class DemoStack:
                              "secrets": [self.platform_partner.secret], "hooks_url": self.platform.url + HOOKS_PATH})
         return {"version": 1,
                 "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 1},
-                "store": {"url": f"sqlite:///{self.dir / 'gateway.db'}"},
+                "store": {"url": self.store_url or f"sqlite:///{self.dir / 'gateway.db'}"},
                 "partners": partners}
 
     def env(self) -> dict:
