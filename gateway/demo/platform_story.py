@@ -129,7 +129,7 @@ class PlatformAct:
         refund = self.body("refund", "r-2", d("5.00"), bet_transaction_id="b-2")
         await self.hook("refund of b-2 (tx r-2)", refund, change=d("5.00"))
         await self.hook("the same refund again (a retry)", refund, same_as="r-2")
-        await self.hook("bet 500.00 (tx b-3), more than the balance", self.body("bet", "b-3", d("500.00")),
+        await self.hook("bet 500.00 (tx b-3), over the balance", self.body("bet", "b-3", d("500.00")),
                         status=402, error="insufficient_funds")
         await control(self.http, self.stack.wallet.url, "faults", {"kind": "down", "endpoint": "win", "count": 1})
         win = self.body("win", "w-2", d("7.50"))

@@ -70,7 +70,7 @@ class ProviderAct:
         await self.round("the same bet again (a game-server retry)",
                          [{"op": "bet", "reference": "pp-2", "amount": "2.00"}], d("0"), same_as="pp-2")
         await self.round("refund of pp-2", [{"op": "refund", "reference": "pp-2"}], d("2.00"))
-        await self.round("bet 1000.00 (ref pp-3), more than the balance",
+        await self.round("bet 1000.00 (ref pp-3), over the balance",
                          [{"op": "bet", "reference": "pp-3", "amount": "1000.00"}], d("0"), legacy_error=1)
         await control(self.http, self.stack.platform.url, "faults", {"kind": "down", "endpoint": "win", "count": 2})
         await self.round("platform down: result 5.00 (ref pp-4w)",
