@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from gateway import __version__, demo, signing
+from gateway import __version__, signing
 from gateway.conformance import cli as conformance_cli
+from gateway.demo import add_parser as add_demo_parser
 from gateway.errors import ConfigError
 
 
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sign)
 
     conformance_cli.add_parser(sub)
-    demo.add_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 
