@@ -18,7 +18,8 @@ import time
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run simulators + gateway and play a scripted story (no Redis, no config)",
-                       description=__doc__.split("\n\n")[0])
+                       description="See both faces work end to end: simulators and the gateway on loopback play "
+                                   "a scripted story, then the legacy and iGSP ledgers are reconciled.")
     p.add_argument("--serve", action="store_true", help="keep everything running and print signed curl commands")
     p.add_argument("--info", metavar="FILE", help="write what is running (URLs, keys, demo player) as JSON")
     p.set_defaults(func=cmd_demo)
