@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from gateway import __version__, signing
+from gateway.conformance import cli as conformance_cli
+from gateway.demo import add_parser as add_demo_parser
 from gateway.errors import ConfigError
 
 
@@ -103,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body", default="", help="the exact body, or @file")
     p.add_argument("--url", help="print a complete curl command for this URL")
     p.set_defaults(func=cmd_sign)
+
+    conformance_cli.add_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 

@@ -1,0 +1,244 @@
+"""The conformance kit certifies correct iGSP endpoints and names exactly what a broken one breaks.
+
+Positive controls: the gateway's platform face (a real gateway process in front of the
+non-idempotent Hub88-style wallet simulator), the bundled iGSP platform simulator, and
+correct fake servers. Negative controls: the same fakes with one law broken at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from decimal import Decimal
+
+import pytest
+
+from gateway.conformance import checks_platform, checks_provider
+from gateway.conformance.client import SignedClient
+from gateway.conformance.runner import FAIL, MONEY_SKIP_REASON, PASS, SKIP, RunOptions, run_checks
+from gateway.demo.stack import DemoStack, provider_face_available
+from gateway.simulators import igsp_platform, start_in_thread
+from gateway.spec import HOOKS_SPEC, PROVIDER_SPEC, SpecValidators
+from tests.conftest import ACME, platform_config
+from tests.igsp_fakes import platform_app, provider_app
+from tests.support import ROOT
+
+KEY, SECRET = "kit-key-0001", "kit-secret-0123456789abcdef"
+HOOKS = "/platforms/game-provider/hooks"
+SIGNATURE_CHECKS = {"signature.missing_credentials", "signature.unknown_key", "signature.flipped_body_byte",
+                    "signature.flipped_signature", "signature.stale_timestamp"}
+HAS_REDIS_STORE = (ROOT / "gateway" / "store" / "redis.py").exists()
+
+
+def run_platform_kit(url, api_key=KEY, secret=SECRET, allow_money=True, **target) -> dict:
+    target = {"player_id": "p1", **target}
+
+    async def go():
+        async with SignedClient(url, api_key, secret, SpecValidators(HOOKS_SPEC)) as client:
+            ctx = checks_platform.PlatformContext(checks_platform.PlatformTarget(url, api_key, secret, **target), client)
+            return await run_checks(checks_platform.CHECKS, ctx, RunOptions(allow_money=allow_money))
+
+    return {r.check.id: r for r in asyncio.run(go())}
+
+
+def run_provider_kit(url, api_key=KEY, secret=SECRET, **target) -> dict:
+    async def go():
+        async with SignedClient(url, api_key, secret, SpecValidators(PROVIDER_SPEC)) as client:
+            ctx = checks_provider.ProviderContext(checks_provider.ProviderTarget(url, api_key, secret, **target), client)
+            return await run_checks(checks_provider.CHECKS, ctx)
+
+    return {r.check.id: r for r in asyncio.run(go())}
+
+
+def failing(results: dict) -> set:
+    return {cid for cid, r in results.items() if r.outcome == FAIL}
+
+
+def assert_all_pass(results: dict) -> None:
+    bad = {cid: f"{r.outcome}: {r.reason}" for cid, r in results.items() if r.outcome != PASS}
+    assert not bad, bad
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def _serve(app):
+        servers.append(start_in_thread(app))
+        return servers[-1].url
+
+    yield _serve
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.skipif(
+    not HAS_REDIS_STORE, reason="the Redis store (gateway/store/redis.py) is not on this branch"))])
+def kit_store_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/gateway.db"
+    else:
+        from tests.support import RedisServer
+
+        server = RedisServer().start()
+        yield server.url
+        server.cleanup()
+
+
+# -- positive controls ---------------------------------------------------------------------------------
+
+def test_platform_kit_passes_against_the_gateway_platform_face(hub88, gateway_factory, kit_store_url):
+    gateway = gateway_factory(platform_config(kit_store_url))
+    hub88.player("p-conf", "100.00")
+    results = run_platform_kit(gateway.url + HOOKS, ACME["api_key"], ACME["secret"], player_id="p-conf",
+                               game_id="vs20olympgate")
+    assert_all_pass(results)
+    # The wallet behind the gateway debits every copy it receives: one debit per bet
+    # (A, B, the refunded C) despite the retried and concurrent copies the kit sent.
+    assert hub88.balance("p-conf") == Decimal("100.00")
+    assert len(hub88.ledger("bet")) == 3 and len(hub88.ledger("win")) == 1 and len(hub88.ledger("rollback")) == 1
+
+
+def test_platform_kit_without_the_money_flag_moves_nothing(hub88, platform_gateway):
+    hub88.player("p-conf", "100.00")
+    results = run_platform_kit(platform_gateway.url + HOOKS, ACME["api_key"], ACME["secret"], allow_money=False,
+                               player_id="p-conf")
+    skipped = {cid for cid, r in results.items() if r.outcome == SKIP}
+    assert skipped == {cid for cid in results if cid.startswith("wallet.")} - {"wallet.balance", "wallet.balances_add_up"}
+    assert all(results[cid].reason == MONEY_SKIP_REASON for cid in skipped)
+    assert not failing(results)
+    assert hub88.ledger() == [] and hub88.state()["calls"].get("bet", 0) == 0
+
+
+def test_platform_kit_passes_against_the_igsp_platform_simulator(serve):
+    url = serve(igsp_platform.make_app(api_key=KEY, secret=SECRET))
+    import requests
+
+    requests.post(f"{url}/_control/players", json={"player_id": "p1", "balance": "50.00", "currency": "EUR"},
+                  timeout=5).raise_for_status()
+    results = run_platform_kit(url + HOOKS)
+    assert_all_pass(results)
+    ledger = requests.get(f"{url}/_control/state", timeout=5).json()["ledger"]
+    assert sum(Decimal(e["amount"]) for e in ledger) == 0 and len(ledger) == 5
+
+
+def test_platform_kit_passes_against_a_correct_fake_in_jpy(serve):
+    url = serve(platform_app(KEY, SECRET, players={"p1": "1000"}))
+    assert_all_pass(run_platform_kit(url + HOOKS, currency="JPY", amount=Decimal("100")))
+
+
+@pytest.mark.skipif(not provider_face_available(), reason="the provider face is not on this branch")
+def test_provider_kit_passes_against_the_gateway_provider_face(kit_store_url, tmp_path):
+    stack = DemoStack(store_url=kit_store_url).start()
+    try:
+        partner = stack.platform_partner
+        results = run_provider_kit(stack.provider_base_url, partner.api_key, partner.secret)
+        assert not failing(results), {cid: r.reason for cid, r in results.items() if r.outcome == FAIL}
+        # The Pragmatic-style mapping describes one studio: there is nothing to page through.
+        assert {cid: r.reason for cid, r in results.items() if r.outcome == SKIP} == {
+            "pagination.providers_walk": "GET /providers has 1 item(s): nothing to page through"}
+        assert stack.gateway_running()
+    finally:
+        stack.stop()
+
+
+def test_provider_kit_passes_against_a_correct_fake(serve):
+    url = serve(provider_app(KEY, SECRET)) + "/igsp/v1"
+    assert_all_pass(run_provider_kit(url))
+
+
+# -- negative controls ---------------------------------------------------------------------------------
+
+def test_platform_kit_names_a_signature_check_that_accepts_anything(serve):
+    url = serve(platform_app(KEY, SECRET, broken=frozenset({"signature"})))
+    results = run_platform_kit(url + HOOKS)
+    assert failing(results) == SIGNATURE_CHECKS
+    assert results["signature.flipped_body_byte"].reason.startswith(
+        "a body with one byte flipped after signing was accepted: got HTTP 200 {\"balance\":")
+    assert results["signature.flipped_body_byte"].reason.endswith("want HTTP 403")
+    assert "X-Timestamp is 10 minutes old was accepted" in results["signature.stale_timestamp"].reason
+    assert "want HTTP 401" in results["signature.unknown_key"].reason
+
+
+def test_platform_kit_names_a_double_debiting_wallet(serve):
+    url = serve(platform_app(KEY, SECRET, broken=frozenset({"double_debit"})))
+    results = run_platform_kit(url + HOOKS)
+    assert failing(results) == {"wallet.bet_duplicate", "wallet.bet_concurrent_duplicates", "wallet.bet_conflict",
+                                "wallet.balances_add_up"}
+    assert results["wallet.bet_duplicate"].reason == (
+        "the retried bet (same transaction_id) got another balance: 98.00, the first answer had 99.00 "
+        "(a retry must get the original outcome)")
+    assert results["wallet.bet_conflict"].reason.startswith(
+        "the bet's transaction_id reused with another amount was accepted: got HTTP 200")
+    # The run's own accounting shows the damage: one extra debit for the retry, four for the
+    # concurrent copies, and the conflicting bet of 2.00.
+    assert results["wallet.balances_add_up"].reason.endswith("but the accepted transactions add up to +0.00 EUR")
+    assert "the balance went from 100.00 to 93.00 (-7.00)" in results["wallet.balances_add_up"].reason
+
+
+def test_provider_kit_names_a_signature_check_that_accepts_anything(serve):
+    url = serve(provider_app(KEY, SECRET, broken=frozenset({"signature"}))) + "/igsp/v1"
+    results = run_provider_kit(url)
+    assert failing(results) == SIGNATURE_CHECKS
+    assert results["signature.flipped_signature"].reason.startswith(
+        "GET /games with one hex digit of the signature changed was accepted: got HTTP 200")
+
+
+@pytest.mark.parametrize(("broken", "words"), [("pagination_duplicates", "came twice"),
+                                                ("pagination_gaps", "never came (gaps)")])
+def test_provider_kit_names_broken_pagination(serve, broken, words):
+    url = serve(provider_app(KEY, SECRET, broken=frozenset({broken}))) + "/igsp/v1"
+    results = run_provider_kit(url)
+    assert failing(results) == {"pagination.games_walk", "pagination.providers_walk"}
+    assert results["pagination.games_walk"].reason.startswith("paging GET /games with limit=5: ")
+    assert results["pagination.providers_walk"].reason.startswith(
+        "paging GET /providers with limit=2: ")
+    assert words in results["pagination.games_walk"].reason
+
+
+# -- the command line ----------------------------------------------------------------------------------
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", "conformance", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+def test_cli_prints_the_table_and_writes_junit(serve, tmp_path):
+    url = serve(provider_app(KEY, SECRET, broken=frozenset({"pagination_gaps"}))) + "/igsp/v1"
+    junit = tmp_path / "conformance.xml"
+    done = _cli("provider", "--url", url, "--api-key", KEY, "--secret", SECRET, "--junit", str(junit))
+    assert done.returncode == 1, done.stderr
+    assert "FAIL    pagination.games_walk" in done.stdout and "PASS    signature.valid" in done.stdout
+    assert "DOES NOT CONFORM — 14 passed, 2 failed, 0 skipped" in done.stdout
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("name") == "igsp-conformance.provider"
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("16", "2", "0")
+    failed = {case.get("name"): case.find("failure").get("message") for case in suite.iter("testcase")
+              if case.find("failure") is not None}
+    assert set(failed) == {"pagination.games_walk", "pagination.providers_walk"}
+    assert "never came (gaps)" in failed["pagination.games_walk"]
+
+
+def test_cli_skips_money_checks_without_the_flag_and_exits_0(serve, tmp_path):
+    url = serve(platform_app(KEY, SECRET)) + HOOKS
+    junit = tmp_path / "platform.xml"
+    done = _cli("platform", "--url", url, "--api-key", KEY, "--secret", SECRET, "--player-id", "p1",
+                "--junit", str(junit))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Wallet checks that move money are SKIPPED" in done.stdout
+    assert f"SKIP    wallet.bet                        {MONEY_SKIP_REASON}" in done.stdout
+    skipped = [c for c in ET.parse(junit).getroot().iter("testcase") if c.find("skipped") is not None]
+    assert len(skipped) == 10 and skipped[0].find("skipped").get("message") == MONEY_SKIP_REASON
+
+
+def test_cli_refuses_incomplete_options():
+    done = _cli("platform", "--url", "http://127.0.0.1:9/hooks", "--api-key", KEY, "--secret", SECRET)
+    assert done.returncode == 2 and "missing: --player-id" in done.stderr
+
+
+def test_unreachable_target_fails_every_check_with_the_reason():
+    results = run_platform_kit("http://127.0.0.1:9" + HOOKS, allow_money=False)
+    assert results["signature.valid"].outcome == FAIL
+    assert "no answer (ClientConnectorError" in results["signature.valid"].reason
