@@ -165,9 +165,11 @@ def igsp_answer(mapping: Mapping, operation: str, payload: dict, fields: dict) -
     if mapping.face != "platform" or operation not in HOOK_ACTIONS:
         return dumps(fields)
     from gateway.upstream import LegacyClient
-    from gateway.wallet import Wallet, amount_json
+    from gateway.wallet import Wallet, amount_json, check_currency
 
     wallet = Wallet("try", LegacyClient(mapping), store=None, retention=0)
+    if operation == "balance":
+        check_currency(fields, payload["currency"])
     balance = amount_json(wallet.balance_of(fields, payload["currency"]))
     if operation == "balance":
         return orjson.dumps({"balance": balance})
