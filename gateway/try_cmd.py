@@ -240,12 +240,18 @@ async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: 
         fields, _ = client.read(operation, got_status, got_type, raw)
         report["fields"] = {k: (format(v, "f") if isinstance(v, Decimal) else v) for k, v in fields.items()}
         body = igsp_answer(mapping, operation, payload, fields)
-        report["answer"] = {"status": 200, "body": json.loads(body), "raw": body.decode()}
+        report["answer"] = {"status": 200, "body": json.loads(body, parse_float=Decimal), "raw": body.decode()}
     except IgspError as exc:
         report["answer"] = _error_report(exc)
     finally:
         await client.close()
     return report
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(format(value, "f"))  # exact, as the gateway writes it
+    return str(value)
 
 
 def format_text(report: dict) -> str:
@@ -320,7 +326,7 @@ def cmd_try(args: argparse.Namespace) -> int:
                                  partner=args.partner, response=response, status=args.status,
                                  content_type=args.content_type, live=args.live))
     if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=_json_default).decode())
     else:
         print(format_text(report))
     return 0

@@ -157,17 +157,17 @@ def test_soap_request_escapes_and_redacts():
 @pytest.mark.parametrize(
     ("operation", "response", "status", "expected"),
     [
-        ("bet", SOAP_OK.format(op="Withdraw", code=0), 200, (200, {"balance": 87.66, "transaction_id": "ext-9"})),
-        ("bet", SOAP_OK.format(op="Withdraw", code=3), 200, (200, {"balance": 87.66, "transaction_id": "ext-9"})),
+        ("bet", SOAP_OK.format(op="Withdraw", code=0), 200, (200, {"balance": Decimal("87.66"), "transaction_id": "ext-9"})),
+        ("bet", SOAP_OK.format(op="Withdraw", code=3), 200, (200, {"balance": Decimal("87.66"), "transaction_id": "ext-9"})),
         ("bet", SOAP_OK.format(op="Withdraw", code=1), 200, (402, "insufficient_funds")),
         ("bet", SOAP_OK.format(op="Withdraw", code=2), 200, (400, "session_not_found")),
         ("bet", SOAP_OK.format(op="Withdraw", code=99), 200, (502, "upstream_error")),
         ("win", SOAP_OK.format(op="Deposit", code=4), 200, (404, "transaction_not_found")),
-        ("refund", SOAP_OK.format(op="Rollback", code=4), 200, (200, {"balance": 87.66, "transaction_id": "ext-9"})),
-        ("refund", SOAP_OK.format(op="Rollback", code=3), 200, (200, {"balance": 87.66, "transaction_id": "ext-9"})),
+        ("refund", SOAP_OK.format(op="Rollback", code=4), 200, (200, {"balance": Decimal("87.66"), "transaction_id": "ext-9"})),
+        ("refund", SOAP_OK.format(op="Rollback", code=3), 200, (200, {"balance": Decimal("87.66"), "transaction_id": "ext-9"})),
         ("bet", SOAP_FAULT.format(kind="Client"), 500, (502, "upstream_error")),
         ("bet", SOAP_FAULT.format(kind="Server"), 500, (503, "upstream_unavailable")),
-        ("balance", SOAP_OK.format(op="GetBalance", code=0), 200, (200, {"balance": 87.66})),
+        ("balance", SOAP_OK.format(op="GetBalance", code=0), 200, (200, {"balance": Decimal("87.66")})),
     ],
 )
 def test_soap_answers(operation, response, status, expected):
