@@ -280,8 +280,11 @@ def format_text(report: dict) -> str:
         lines += ["", "read:      " + ", ".join(f"{k} = {v!r}" for k, v in report["fields"].items())]
     answer = report["answer"]
     if answer is not None:
-        if answer["status"] < 400:
+        if answer["status"] < 400 and m["face"] == "platform" and report["operation"] in HOOK_ACTIONS:
             lines += ["", f"==> iGSP answer: HTTP {answer['status']}", answer["raw"]]
+        elif answer["status"] < 400:
+            # Provider face and helper operations: the catalogue/launch sections shape these further.
+            lines += ["", "==> read successfully (fields for the rest of the flow)", answer["raw"]]
         else:
             kind = "retriable" if answer["retriable"] else "fatal"
             if "applied" in answer:

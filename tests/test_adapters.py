@@ -150,8 +150,9 @@ def test_builtin_filters():
     assert render("when | timestamp_ms", when=when) == 1735787045000
     assert render("when | strftime", when=when) == "2025-01-02T03:04:05Z"
     assert render("when | strftime('%Y%m%d')", when=when) == "20250102"
-    assert set(BUILTIN_FILTERS) == {"minor", "from_minor", "scaled", "decimal", "md5", "sha256", "hmac_sha256",
-                                    "b64encode", "uuid5", "timestamp_ms", "strftime"}
+    assert render("rtp | from_percent", rtp="96.50") == Decimal("0.965")
+    assert set(BUILTIN_FILTERS) == {"minor", "from_minor", "scaled", "decimal", "from_percent", "md5", "sha256",
+                                    "hmac_sha256", "b64encode", "uuid5", "timestamp_ms", "strftime"}
 
 
 class Units(Adapter):

@@ -89,9 +89,9 @@ def mapping_env(tmp_path_factory):
     def value(name: str) -> str:
         if name.endswith("URL"):
             return "http://127.0.0.1:9"
-        if "PUBLIC" in name and "KEY" in name:
+        if "PUBLIC_KEY" in name:
             return public
-        if "KEY" in name:
+        if "PRIVATE_KEY" in name:
             return private
         return "test-secret-0123456789"
 

@@ -220,3 +220,15 @@ def test_bad_invocations_are_explained(tmp_path):
     broken.write_text("version: 1\nname: x\nface: platform\nupstream: {base_url: 'http://x'}\noperations: {}\n")
     result = run(str(broken), "bet", "--input", "{}", check=False)
     assert result.returncode == 1 and f"{broken}:5: operations: got a mapping: {{}} should be non-empty" in result.stderr
+
+
+def test_provider_face_operation_shows_the_read_fields():
+    pragmatic = str(ROOT / "mappings" / "pragmatic-provider.yaml")
+    out = run(pragmatic, "launch", "--input", '{"legacy_game_id": "vs20olympgate", "token": "t1", "currency": "EUR", "device": "mobile"}',
+              "--env", "PP_SECRET_KEY=key-0123456789", "--env", "PP_SECURE_LOGIN=login-0123",
+              "--response", '{"gameURL": "https://games.test/play?t=1", "error": "0"}').stdout
+    request = out.split("--> legacy request\n", 1)[1].split("\n\n")
+    fields = dict(pair.split("=", 1) for pair in request[1].splitlines()[0].split("&"))
+    assert fields["symbol"] == "vs20olympgate" and fields["platform"] == "MOBILE" and fields["secureLogin"] == "[REDACTED]"
+    assert len(fields["hash"]) == 32 and "key-0123456789" not in out
+    assert out.rstrip().endswith('==> read successfully (fields for the rest of the flow)\n{"url":"https://games.test/play?t=1"}')
