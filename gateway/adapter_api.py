@@ -16,6 +16,20 @@ Override only what you need; every hook has a do-nothing default:
 * ``verify(inbound)``: check a legacy caller's signature on an inbound callback;
 * ``run(operation, context, call)``: a multi-step flow replacing one operation.
 
+A small one, a filter for templates and a function for JMESPath::
+
+    class MinorUnits(Adapter):
+        description = "minor_units filter and from_minor() function"
+
+        def filters(self):
+            return {"minor_units": lambda amount, exp=2: int(amount.scaleb(exp))}
+
+        def jmespath_functions(self):
+            return {"from_minor": lambda units, exp=2: Decimal(units).scaleb(-exp)}
+
+registered by its package as ``[project.entry-points."igsp_gateway.adapters"]
+minor_units = "my_pkg:MinorUnits"`` and named in a mapping as ``extensions: [minor_units]``.
+
 Constructor options that are wrong must raise ``ValueError`` with a clear message: the
 loader reports it with the mapping's file, line and field.
 """
@@ -98,5 +112,16 @@ class Adapter:
         return True
 
     async def run(self, operation: str, context: dict, call: Callable[[str, dict], Awaitable[dict]]) -> dict | None:
-        """Multi-step flow for ``operation``; return None to let the mapping's own step run."""
+        """Multi-step flow for ``operation``; return None to let the mapping's own step run.
+
+        ``await call(op, ctx)`` sends the mapping's operation ``op`` (its own request and
+        result rules, no ``run`` again) and returns its read ``response`` fields; a legacy
+        error raises as usual. Return the fields of the whole flow, e.g. ``{"balance": …}``:
+
+            async def run(self, operation, context, call):
+                if operation != "bet":
+                    return None
+                session = await call("authenticate", context)
+                return await call("bet", {**context, "legacy_token": session["token"]})
+        """
         return None

@@ -46,15 +46,41 @@ def adapter_class(name: str) -> type[Adapter]:
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except Exception as exc:  # noqa: BLE001 - any import failure is reported the same way
-        raise ValueError(f"adapter {name!r} ({target}) failed to load: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(f"adapter {name!r} ({target}) failed to load: {type(exc).__name__}: {exc}; "
+                         f"installed adapters: {', '.join(sorted(registry))}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Adapter)):
         raise ValueError(f"adapter {name!r} ({target}) is not a gateway.adapter_api.Adapter subclass")
     return cls
 
 
 def make_adapter(spec: str | dict) -> Adapter:
-    """``"json"`` or ``{"adapter": "md5_params", ...options}`` -> an Adapter instance."""
-    if isinstance(spec, str):
-        return adapter_class(spec)({})
-    options = {k: v for k, v in spec.items() if k != "adapter"}
-    return adapter_class(spec["adapter"])(options)
+    """``"json"`` or ``{"adapter": "md5_params", ...options}`` -> an Adapter instance.
+
+    Every failure is a ValueError naming the adapter, so the loader can report it with
+    the mapping's file and line: a bad option, or any exception of a third-party
+    constructor (a bug there must not become a traceback at start-up).
+    """
+    name = spec if isinstance(spec, str) else spec["adapter"]
+    options = {} if isinstance(spec, str) else {k: v for k, v in spec.items() if k != "adapter"}
+    cls = adapter_class(name)
+    try:
+        adapter = cls(options)
+        # Collected at load: a broken hook fails here, not on the first request.
+        adapter.filters(), adapter.jmespath_functions()
+    except ValueError as exc:
+        raise ValueError(f"adapter {name!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - third-party code: report, never crash the loader
+        raise ValueError(f"adapter {name!r} failed to start: {type(exc).__name__}: {exc}") from exc
+    return adapter
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """``(key, module:Class, description or load error)`` of every installed adapter."""
+    rows = []
+    for name, target in sorted(available().items()):
+        try:
+            text = adapter_class(name).description or "(no description)"
+        except ValueError as exc:
+            text = f"BROKEN: {str(exc).split('; installed adapters')[0]}"
+        rows.append((name, target, text))
+    return rows

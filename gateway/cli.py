@@ -33,6 +33,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from gateway.mapping import load_mapping
     from gateway.yamlload import load_yaml
 
+    if getattr(args, "print_schema", False) or getattr(args, "list_adapters", False):
+        return _validate_info(args)
+    if not args.files:
+        print("validate: give config and/or mapping files (or --print-schema, --list-adapters)", file=sys.stderr)
+        return 2
     problems = []
     for file in args.files:
         try:
@@ -50,6 +55,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if problems:
         print(f"{len(problems)} problem(s) found", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _validate_info(args: argparse.Namespace) -> int:
+    """``validate --print-schema`` (spec/mapping.schema.json) and ``--list-adapters``."""
+    if args.print_schema:
+        from gateway.mapping_schema import schema_json
+
+        sys.stdout.write(schema_json())
+        return 0
+    from gateway.adapters import describe
+
+    rows = describe()
+    width = max(len(name) for name, _, _ in rows)
+    for name, target, text in rows:
+        print(f"{name:<{width}}  {text}  [{target}]")
+    return 0
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
@@ -94,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("validate", help="check config and mapping files without starting anything")
-    p.add_argument("files", nargs="+", help="gateway config files and/or mapping files")
+    p.add_argument("files", nargs="*", help="gateway config files and/or mapping files")
+    p.add_argument("--print-schema", action="store_true", help="print the mapping format's JSON Schema and exit")
+    p.add_argument("--list-adapters", action="store_true", help="list installed adapters and exit")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("sign", help="print signed iGSP headers (or a curl command) for a body")
@@ -108,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     conformance_cli.add_parser(sub)
     add_demo_parser(sub)
+
+    from gateway.try_cmd import add_parser as add_try
+
+    add_try(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ field path. The request path then only renders and searches.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -34,7 +35,8 @@ class ErrorRule:
     status: int | None = None
 
     def error(self, legacy_code: Any, legacy_message: Any) -> IgspError:
-        text = self.message or f"legacy error {legacy_code}" + (f": {legacy_message}" if legacy_message else "")
+        detail = f": {legacy_message}" if legacy_message and str(legacy_message) != str(legacy_code) else ""
+        text = self.message or f"legacy error {legacy_code}{detail}"
         return IgspError(self.code, text, self.status)
 
 
@@ -120,6 +122,28 @@ class Mapping:
         return expression.search(data, options=self.jmespath_options)
 
 
+def _jmespath_signature(func: Callable) -> tuple:
+    """JMESPath arity from the Python signature (``def f(a, b=1)`` takes 1 or more arguments).
+
+    A function may set its own ``signature`` attribute in jmespath's format, e.g.
+    ``({"types": ["string"]},)``, to have argument types checked too.
+    """
+    explicit = getattr(func, "signature", None)
+    if explicit is not None:
+        return tuple(explicit)
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature: any arguments, at least one
+        return ({"types": [], "variadic": True},)
+    required = [p for p in params if p.kind in positional and p.default is p.empty]
+    more = any(p.kind == p.VAR_POSITIONAL or (p.kind in positional and p.default is not p.empty) for p in params)
+    signature = [{"types": []} for _ in required] or ([{"types": []}] if more else [])
+    if more:
+        signature[-1] = {"types": [], "variadic": True}
+    return tuple(signature)
+
+
 def _jmespath_options(functions: dict[str, Callable]) -> jmespath.Options:
     """JMESPath options carrying adapter-provided functions (``name(args…)``)."""
     if not functions:
@@ -128,10 +152,24 @@ def _jmespath_options(functions: dict[str, Callable]) -> jmespath.Options:
     for name, func in functions.items():
         def method(self, *args, _func=func):
             return _func(*args)
-        method.signature = getattr(func, "signature", ({"types": []}, {"types": [], "variadic": True}))
+        method.signature = _jmespath_signature(func)
         namespace[f"_func_{name}"] = method
     custom = type("AdapterFunctions", (jmespath.functions.Functions,), namespace)
     return jmespath.Options(custom_functions=custom())
+
+
+_BUILTIN_JMESPATH = frozenset(jmespath.functions.Functions.FUNCTION_TABLE)
+
+
+def _function_names(node: Any) -> set[str]:
+    """Names of every function called in a parsed JMESPath AST."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if node.get("type") == "function_expression":
+            found.add(node["value"])
+        for child in node.get("children", ()):
+            found |= _function_names(child)
+    return found
 
 
 class _Compiler:
@@ -139,13 +177,14 @@ class _Compiler:
 
     def __init__(self, file: str, data: Any):
         self.file, self.data, self.problems = file, data, []
+        self.functions: frozenset = _BUILTIN_JMESPATH
 
     def problem(self, path: tuple, message: str, hint: str | None = None) -> None:
         self.problems.append(Problem(self.file, line_of(self.data, path), dotted(path), message, hint))
 
     def jmes(self, expression: Any, path: tuple) -> Any:
         try:
-            return jmespath.compile(str(expression))
+            compiled = jmespath.compile(str(expression))
         except jmespath.exceptions.JMESPathError as exc:
             column = getattr(exc, "lex_position", None)
             near = getattr(exc, "token_value", None)
@@ -153,6 +192,13 @@ class _Compiler:
             self.problem(path, f"JMESPath parse error{where}" + (f" near {near!r}" if near else "") + f": {expression!r}",
                          hint="quote keys that contain '-' or start with a digit, e.g. \"game-id\"")
             return None
+        unknown = sorted(_function_names(compiled.parsed) - self.functions)
+        if unknown:
+            extra = sorted(self.functions - _BUILTIN_JMESPATH)
+            self.problem(path, f"unknown JMESPath function {', '.join(unknown)}() in {expression!r}",
+                         hint="adapter functions available here: " + (", ".join(extra) if extra else "none")
+                         + "; add the adapter that provides it to 'extensions'")
+        return compiled
 
     def adapter(self, spec: Any, path: tuple) -> Adapter | None:
         try:
@@ -217,6 +263,7 @@ def compile_mapping(data: dict, file: str) -> Mapping:
             filters.update(adapter.filters())
             functions.update(adapter.jmespath_functions())
     templates = Templates(filters)
+    c.functions = _BUILTIN_JMESPATH | frozenset(functions)
 
     amounts_spec = data.get("amounts") or {}
     amounts = Amounts(amounts_spec.get("unit", "decimal"), amounts_spec.get("scale"))

@@ -263,3 +263,10 @@ MAPPING_SCHEMA["$defs"] = {"catalogue": CATALOGUE, "launch": LAUNCH, "callbacks"
 #: Operations a platform-face mapping must define (``rollback`` is optional: it
 #: defaults to ``refund`` for compensating an unknown bet outcome).
 PLATFORM_OPERATIONS = ("balance", "bet", "win", "refund")
+
+
+def schema_json() -> str:
+    """The published form of MAPPING_SCHEMA (``spec/mapping.schema.json``)."""
+    import json
+
+    return json.dumps(MAPPING_SCHEMA, indent=2, ensure_ascii=False) + "\n"

@@ -11,6 +11,7 @@ says whether money may have moved (``applied``):
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from typing import Any
 
 import aiohttp
 
-from gateway.adapter_api import LegacyRequest
+from gateway.adapter_api import Adapter, LegacyRequest
 from gateway.errors import IgspError, UpstreamError
 from gateway.mapping import Mapping, Operation
+
+log = logging.getLogger("igsp.upstream")
 
 
 @dataclass
@@ -44,6 +47,9 @@ class LegacyClient:
         self.mapping = mapping
         self.observer = observer
         self._session: aiohttp.ClientSession | None = None
+        # Only adapters that override ``run`` cost anything per call.
+        self._flows = tuple(a for a in (mapping.codec, mapping.signer, *mapping.extensions)
+                            if a is not None and type(a).run is not Adapter.run)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -82,53 +88,36 @@ class LegacyClient:
         return req
 
     async def call(self, name: str, context: dict) -> LegacyReply:
-        """Send operation ``name``; return the read answer or raise IgspError/UpstreamError."""
+        """Run operation ``name``; return the read answer or raise IgspError/UpstreamError.
+
+        An adapter whose ``run`` takes the operation over (a multi-step flow) gets a
+        ``call(op, context)`` callback that runs one of the mapping's own operations.
+        """
+        if self._flows:
+            reply = await self._run_flows(name, context)
+            if reply is not None:
+                return reply
+        return await self.step(name, context)
+
+    async def step(self, name: str, context: dict) -> LegacyReply:
+        """One legacy call exactly as the mapping declares operation ``name``."""
         m = self.mapping
-        op: Operation = m.operations[name]
+        if name not in m.operations:
+            raise IgspError("internal_error", f"mapping {m.name!r} has no operation {name!r}")
         try:
             req = self.build(name, context)
         except IgspError:
             raise
         except Exception as exc:  # noqa: BLE001 - a template that fails on this input
             raise IgspError("invalid_request", f"cannot build the legacy request: {type(exc).__name__}") from exc
-        timeout = aiohttp.ClientTimeout(total=op.timeout or m.timeout, sock_connect=m.connect_timeout)
         started = time.perf_counter()
         kind = "ok"
         try:
-            try:
-                async with self.session.request(req.method, req.url, params=req.params or None, data=req.body or None,
-                                                headers=req.headers, timeout=timeout) as resp:
-                    raw = await resp.read()
-                    status, content_type = resp.status, resp.headers.get("Content-Type", "")
-            except aiohttp.ConnectionTimeoutError as exc:
-                kind = "connect"
-                raise UpstreamError("upstream_unavailable", "legacy API not reachable (connect timeout)",
-                                    kind=kind, applied=False) from exc
-            except aiohttp.ClientConnectorError as exc:
-                kind = "connect"
-                raise UpstreamError("upstream_unavailable", "legacy API not reachable", kind=kind, applied=False) from exc
-            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                kind = "timeout"
-                raise UpstreamError("upstream_timeout", "legacy API did not answer in time", kind=kind,
-                                    applied=None) from exc
-            except aiohttp.ClientError as exc:
-                kind = "reset"
-                raise UpstreamError("upstream_unavailable", "legacy API connection failed", kind=kind,
-                                    applied=None) from exc
-            try:
-                data = m.codec.decode(raw, content_type) if raw else None
-            except Exception:  # noqa: BLE001 - any codec failure is a bad body
-                data = _UNREADABLE
-            if data is _UNREADABLE or (data is None and status < 300):
-                kind = "5xx" if status >= 500 else "bad_body"
-                raise _http_failure(status, "legacy API answered an unreadable body")
-            if status >= 500 and op.result.code is None:
-                kind = "5xx"
-                raise _http_failure(status, f"legacy API answered HTTP {status}")
-            fields = self._read(op, data, status)
+            status, content_type, raw = await self.send(req, m.operations[name].timeout)
+            fields, data = self.read(name, status, content_type, raw)
             return LegacyReply(fields, data, status, time.perf_counter() - started)
         except UpstreamError as exc:
-            kind = exc.kind if kind == "ok" else kind
+            kind = exc.kind
             raise
         except IgspError:
             kind = "business"
@@ -137,16 +126,89 @@ class LegacyClient:
             if self.observer is not None:
                 self.observer(m.name, name, kind, time.perf_counter() - started)
 
+    async def send(self, req: LegacyRequest, timeout: float | None = None) -> tuple[int, str, bytes]:
+        """Send a built request: ``(status, content type, raw body)``; transport failures translated."""
+        m = self.mapping
+        limits = aiohttp.ClientTimeout(total=timeout or m.timeout, sock_connect=m.connect_timeout)
+        try:
+            async with self.session.request(req.method, req.url, params=req.params or None, data=req.body or None,
+                                            headers=req.headers, timeout=limits) as resp:
+                return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamError("upstream_unavailable", "legacy API not reachable (connect timeout)",
+                                kind="connect", applied=False) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError("upstream_unavailable", "legacy API not reachable", kind="connect",
+                                applied=False) from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamError("upstream_timeout", "legacy API did not answer in time", kind="timeout",
+                                applied=None) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("upstream_unavailable", "legacy API connection failed", kind="reset",
+                                applied=None) from exc
+
+    def read(self, name: str, status: int, content_type: str, raw: bytes) -> tuple[dict, Any]:
+        """Decode a legacy answer and apply the operation's result rules: ``(fields, data)``.
+
+        Raises the mapped IgspError, or an UpstreamError for an unreadable or failed answer.
+        """
+        op: Operation = self.mapping.operations[name]
+        try:
+            data = self.mapping.codec.decode(raw, content_type) if raw else None
+        except Exception:  # noqa: BLE001 - any codec failure is a bad body
+            data = _UNREADABLE
+        if data is _UNREADABLE or (data is None and status < 300):
+            raise _http_failure(status, "legacy API answered an unreadable body")
+        if status >= 500 and op.result.code is None:
+            raise _http_failure(status, f"legacy API answered HTTP {status}")
+        return self._read(op, data, status), data
+
+    async def _run_flows(self, name: str, context: dict) -> LegacyReply | None:
+        sent: list[str] = []
+
+        async def call(op: str, ctx: dict) -> dict:
+            sent.append(op)
+            return (await self.step(op, ctx)).fields
+
+        started = time.perf_counter()
+        for adapter in self._flows:
+            try:
+                fields = await adapter.run(name, context, call)
+            except IgspError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - third-party code: a bug is an upstream failure
+                log.exception("adapter run failed", extra={"mapping": self.mapping.name, "operation": name})
+                # Money can only have moved if a step reached the legacy API.
+                raise UpstreamError("upstream_error", f"adapter {type(adapter).__name__} failed: "
+                                    f"{type(exc).__name__}", kind="adapter", applied=None if sent else False) from exc
+            if fields is None:
+                continue
+            if not isinstance(fields, dict):
+                raise UpstreamError("upstream_error", f"adapter {type(adapter).__name__}.run returned "
+                                    f"{type(fields).__name__}, not a dict", kind="adapter",
+                                    applied=None if sent else False)
+            return LegacyReply(fields, fields, 200, time.perf_counter() - started)
+        return None
+
     def _read(self, op: Operation, data: Any, status: int) -> dict:
         m, rules = self.mapping, op.result
-        code = m.search(rules.code, data) if rules.code is not None else None
-        ok = bool(m.search(rules.success, data)) if rules.success is not None else 200 <= status < 300
+        try:
+            code = m.search(rules.code, data) if rules.code is not None else None
+            ok = bool(m.search(rules.success, data)) if rules.success is not None else 200 <= status < 300
+        except Exception as exc:  # noqa: BLE001 - JMESPath type errors on a body of another shape
+            if status >= 500:
+                raise _http_failure(status, f"legacy API answered HTTP {status}") from exc
+            raise UpstreamError("upstream_bad_response", "legacy answer has an unexpected shape",
+                                kind="bad_body", applied=None) from exc
         if not ok and code is not None and str(code) in rules.success_codes:
             ok = True
         if not ok:
             if status >= 500 and (code is None or str(code) not in rules.errors):
                 raise _http_failure(status, f"legacy API answered HTTP {status}")
-            message = m.search(rules.message, data) if rules.message is not None else None
+            try:
+                message = m.search(rules.message, data) if rules.message is not None else None
+            except Exception:  # noqa: BLE001 - the text is a nicety; the code decides
+                message = None
             rule = rules.errors.get(str(code), rules.default_error)
             error = rule.error(code, message)
             if error.status >= 500:

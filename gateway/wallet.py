@@ -94,6 +94,7 @@ class Wallet:
             money.check_precision(payload["amount"], payload["currency"], self.currencies)
         if action == "balance":
             reply = await self.client.call("balance", self.context(payload, request_id))
+            check_currency(reply.fields, payload["currency"])
             return 200, orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"]))})
 
         txid = payload["transaction_id"]
@@ -237,6 +238,13 @@ class Wallet:
             body = orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"])),
                                  "transaction_id": self.platform_txid(reply.fields, payload["transaction_id"])})
             await self.finish(payload["transaction_id"], 200, body)
+
+
+def check_currency(fields: dict, currency: str) -> None:
+    """A balance read with a ``currency`` must be in the hook's currency (never relabel money)."""
+    legacy = fields.get("currency")
+    if legacy not in (None, "") and str(legacy).upper() != currency:
+        raise IgspError("currency_mismatch", f"the wallet keeps this player's balance in {legacy}, not {currency}")
 
 
 def compensation_payload(bet: dict) -> dict:

@@ -173,7 +173,7 @@ def schema_problems(data: Any, schema: dict, file: str, prefix: tuple = ()) -> l
 
 def _describe(error: jsonschema.ValidationError) -> str:
     got = error.instance
-    shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+    shown = repr(got) if not isinstance(got, (dict, list)) else ("a mapping" if isinstance(got, dict) else "a list")
     if error.validator == "required":
         return error.message
     if error.validator == "enum":

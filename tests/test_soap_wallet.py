@@ -1,0 +1,191 @@
+"""mappings/soap-wallet.yaml end to end: signed iGSP hooks -> gateway process -> SOAP 1.1 wallet.
+
+Every documented code of the wallet (legacy-apis.md, C) is reached through the
+simulator's real behaviour, and each assertion checks the iGSP answer AND the wallet's
+own balance and ledger.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from gateway.simulators import soap_wallet, start_in_thread
+from tests.conftest import ACME
+from tests.support import ROOT, GatewayProcess, IgspClient, decimal_json
+from tests.wallet_support import Simulator, assert_error, balance, bet, queue_attempts, refund, wait_for, win
+
+PASSWORD = "wallet-pass-0123"
+NICK = 'Tom & "Jerry" <3'
+
+
+@pytest.fixture
+def soap():
+    server = start_in_thread(soap_wallet.make_app(soap_wallet.State(), password=PASSWORD))
+    yield Simulator(server)
+    server.stop()
+
+
+def start_gateway(tmp_path, wallet_url: str, password: str = PASSWORD) -> GatewayProcess:
+    config = {
+        "version": 1,
+        "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 2},
+        "store": {"url": f"sqlite:///{tmp_path}/soap.db"},
+        "partners": [{"id": ACME["id"], "face": "platform", "mapping": str(ROOT / "mappings" / "soap-wallet.yaml"),
+                      "api_key": ACME["api_key"], "secrets": [ACME["secret"]]}],
+    }
+    env = {"SOAP_WALLET_URL": wallet_url, "SOAP_WALLET_PASSWORD": password}
+    return GatewayProcess(config, tmp_path, env=env).start()
+
+
+@pytest.fixture
+def gateway(tmp_path, soap):
+    gw = start_gateway(tmp_path, soap.url)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def acme(gateway):
+    return IgspClient(gateway.url, ACME["api_key"], ACME["secret"])
+
+
+def test_happy_path_moves_money_exactly(soap, acme):
+    soap.player("p1", "100.00")
+    r = acme.hook(balance())
+    assert r.status_code == 200 and r.content == b'{"balance":100.00}'
+
+    r = acme.hook(bet("tx-1", "12.34"))
+    assert r.status_code == 200, r.text
+    body = decimal_json(r)
+    assert str(body["balance"]) == "87.66" and body["transaction_id"] == "ext-1"
+    sent = soap.state()["last_request"]
+    assert sent["operation"] == "Withdraw"
+    assert sent["fields"] == {"sessionToken": "s-1", "playerId": "p1", "currency": "EUR", "amount": "12.34",
+                              "transactionId": "tx-1", "roundId": "r-1", "gameCode": "vs20olympgate",
+                              "password": PASSWORD}
+
+    r = acme.hook(win("w-1", "0.10"))
+    assert r.status_code == 200 and str(decimal_json(r)["balance"]) == "87.76"
+    assert soap.state()["last_request"]["operation"] == "Deposit"
+
+    r = acme.hook(refund("rf-1", "tx-1", "12.34"))
+    assert r.status_code == 200 and str(decimal_json(r)["balance"]) == "100.10"
+    sent = soap.state()["last_request"]
+    assert sent["operation"] == "Rollback" and sent["fields"]["transactionId"] == "tx-1"
+    assert soap.balance("p1") == Decimal("100.10")
+    assert [(e["kind"], e["amount"]) for e in soap.ledger()] == [
+        ("withdraw", "-12.34"), ("deposit", "0.10"), ("rollback", "12.34")]
+
+
+def test_player_controlled_strings_are_escaped(soap, acme):
+    soap.player(NICK, "50.00", token=NICK)  # the wallet only accepts this exact token
+    odd = {"player": NICK, "session_id": NICK, "round_id": f"round {NICK}", "game_id": "g&<1>",
+           "transaction_id": f"tx {NICK}"}
+    txid = odd.pop("transaction_id")
+    r = acme.hook(bet(txid, "1.50", **odd))
+    assert r.status_code == 200, r.text
+    assert str(decimal_json(r)["balance"]) == "48.50"
+    fields = soap.state()["last_request"]["fields"]
+    assert fields["sessionToken"] == NICK and fields["playerId"] == NICK
+    assert fields["roundId"] == f"round {NICK}" and fields["gameCode"] == "g&<1>"
+    assert fields["transactionId"] == f"tx {NICK}"
+    r = acme.hook(refund("rf-odd", txid, "1.50", **odd))
+    assert r.status_code == 200 and soap.balance(NICK) == Decimal("50.00")
+
+
+def test_code_1_insufficient_funds_is_fatal_and_replayed(soap, acme):
+    soap.player("p1", "5.00")
+    assert_error(acme.hook(bet("tx-big", "5.01")), 402, "insufficient_funds")
+    before = soap.calls("withdraw")
+    assert_error(acme.hook(bet("tx-big", "5.01")), 402, "insufficient_funds")
+    assert soap.calls("withdraw") == before  # answered from the gateway's ledger
+    assert soap.balance("p1") == Decimal("5.00")
+
+
+@pytest.mark.parametrize("case", ["unknown player", "wrong token", "disabled player"])
+def test_code_2_invalid_session(soap, acme, case):
+    soap.player("p1", "100.00", token="s-1" if case != "wrong token" else "another-session",
+                disabled=case == "disabled player")
+    player = "ghost" if case == "unknown player" else "p1"
+    assert_error(acme.hook(bet("tx-s", "1.00", player=player)), 400, "session_not_found")
+    assert_error(acme.hook(balance(player, session_id="s-1")), 400, "session_not_found")
+    assert soap.balance("p1") == Decimal("100.00") and soap.ledger() == []
+
+
+def test_code_3_duplicate_answers_the_original_outcome(soap, acme, gateway):
+    """A win whose answer is lost is redelivered; the wallet answers 3 with the original balance."""
+    soap.player("p1", "100.00")
+    soap.fault("apply_then_hang", endpoint="deposit", seconds=5)
+    assert_error(acme.hook(win("w-lost", "7.25")), 504, "upstream_timeout")
+    assert soap.balance("p1") == Decimal("107.25")  # the wallet did apply it
+    # The wallet dedupes (idempotent: true), so the gateway redelivers from its queue.
+    wait_for(lambda: soap.calls("deposit") >= 2 and queue_attempts(gateway, "delivered") >= 1, timeout=15)
+    r = acme.hook(win("w-lost", "7.25"))  # the provider's retry gets the delivered outcome
+    assert r.status_code == 200, r.text
+    assert decimal_json(r) == {"balance": Decimal("107.25"), "transaction_id": "ext-1"}
+    assert soap.balance("p1") == Decimal("107.25")
+    assert len(soap.ledger("deposit")) == 1
+
+
+def test_code_4_rollback_of_a_bet_the_wallet_never_saw_is_acknowledged(soap, acme):
+    soap.player("p1", "100.00")
+    assert acme.hook(bet("tx-1", "10.00")).status_code == 200
+    # The wallet loses its memory of the bet (e.g. restored from a backup).
+    soap.reset()
+    soap.player("p1", "90.00")
+    r = acme.hook(refund("rf-1", "tx-1"))
+    assert r.status_code == 200, r.text
+    assert str(decimal_json(r)["balance"]) == "90.00"  # nothing was undone, and the provider stops retrying
+    assert soap.state()["last_request"]["operation"] == "Rollback"
+    assert soap.ledger() == []
+
+
+def test_code_99_internal_error_is_retriable_and_moves_nothing(soap, acme):
+    soap.player("p1", "100.00", currency="USD")  # this wallet answers 99 for a currency mismatch
+    assert_error(acme.hook(bet("tx-99", "1.00")), 502, "upstream_error")
+    # Certainly not applied (the wallet said so): the provider's retry is a fresh attempt.
+    before = soap.calls("withdraw")
+    assert_error(acme.hook(bet("tx-99", "1.00")), 502, "upstream_error")
+    assert soap.calls("withdraw") == before + 1
+    assert soap.balance("p1") == Decimal("100.00") and soap.ledger() == []
+
+
+def test_soap_client_fault_is_retriable_and_moves_nothing(soap, tmp_path):
+    soap.player("p1", "100.00")
+    gw = start_gateway(tmp_path, soap.url, password="not-the-password")
+    try:
+        client = IgspClient(gw.url, ACME["api_key"], ACME["secret"])
+        r = client.hook(bet("tx-f", "1.00"))
+        assert_error(r, 502, "upstream_error")
+        assert "Authentication failed" in r.json()["message"] and "not-the-password" not in r.text
+        assert_error(client.hook(bet("tx-f", "1.00")), 502, "upstream_error")  # retried afresh
+        assert soap.calls("withdraw") == 2
+        assert_error(client.hook(balance()), 502, "upstream_error")
+        assert "not-the-password" not in gw.log_text()
+    finally:
+        gw.stop()
+    assert soap.balance("p1") == Decimal("100.00")
+
+
+def test_soap_server_fault_on_a_bet_is_retriable_and_compensated(soap, acme, gateway):
+    soap.player("p1", "100.00")
+    player = soap.server.state.players["p1"]
+    player["balance"] = None  # the wallet crashes inside Withdraw: a soap:Server fault, HTTP 500
+    r = acme.hook(bet("tx-crash", "3.00"))
+    player["balance"] = Decimal("100.00")
+    assert_error(r, 503, "upstream_unavailable")
+    # The outcome was unknown: the bet is voided and a Rollback is sent; the wallet never
+    # saw the bet (code 4), which acknowledges the rollback instead of dead-lettering it.
+    wait_for(lambda: queue_attempts(gateway, "delivered") >= 1, timeout=15)
+    assert soap.calls("rollback") == 1 and queue_attempts(gateway, "retry") == 0
+    assert_error(acme.hook(bet("tx-crash", "3.00")), 409, "transaction_voided")
+    assert soap.balance("p1") == Decimal("100.00") and soap.ledger() == []
+
+
+def test_html_500_is_retriable(soap, acme):
+    soap.player("p1", "100.00")
+    soap.fault("http_500_html", endpoint="getbalance")
+    assert_error(acme.hook(balance()), 503, "upstream_unavailable")
+    assert acme.hook(balance()).status_code == 200
