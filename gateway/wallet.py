@@ -26,6 +26,7 @@ import orjson
 
 from gateway import money
 from gateway.errors import IgspError, UpstreamError
+from gateway.retry_queue import DeadLetter
 from gateway.store import QueueEntry, Store, TxRecord
 from gateway.store.base import DONE, PENDING, QUEUED
 from gateway.templating import IGSP_NAMESPACE
@@ -227,7 +228,11 @@ class Wallet:
         try:
             reply = await self.client.call(self.rollback_op if op == "rollback" else op,
                                            self.context(payload, request_id))
-        except UpstreamError:
+        except UpstreamError as exc:
+            if exc.applied is None and op != "rollback" and not self.mapping.idempotent:
+                # Paid or not, nobody knows, and the wallet would pay a resend again: an
+                # operator reconciles and replays it (igsp-gateway dlq), the queue does not.
+                raise DeadLetter(f"unknown outcome on a non-idempotent wallet: {exc}") from exc
             raise
         except IgspError as exc:
             if op == "rollback":
