@@ -138,6 +138,7 @@ async def _faces_ctx(app: web.Application):
         if partner.face == "platform":
             wallets[partner.id] = Wallet(partner.id, client, store, retention=config.retention_seconds,
                                          currencies=config.currencies, wake_queue=worker.wake.set,
+                                         orphan_after=config.queue_lease_seconds,
                                          on_replay=lambda action, pid=partner.id: metrics.REPLAYS.labels(pid, action).inc())
     app[CLIENTS], app[WALLETS], app[WORKER] = clients, wallets, worker
 

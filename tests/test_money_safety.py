@@ -266,6 +266,61 @@ def test_kill_9_with_deliveries_in_flight_another_process_finishes_them(hub88_ke
         wallet.stop()
 
 
+def test_bets_orphaned_by_kill_9_mid_call_are_rolled_back(wallet, gateways, store_url, tmp_path):
+    """A gateway dies while the wallet has debited but not yet answered: the ledger holds two
+    pending bets nobody will finish. A retry of one, and a refund of the other, settle them."""
+    config = gateway_config(store_url, fast_mapping(tmp_path))
+    first = gateways(config, wallet)
+    wallet.fault("apply_then_hang", endpoint="bet", seconds=5)
+    wallet.fault("apply_then_hang", endpoint="bet", seconds=5)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    for txid in ("o-1", "o-2"):
+        pool.submit(acme(first).hook, bet(txid, "10.00"))
+    wait_for(lambda: len(wallet.ledger("bet")) == 2, what="both bets debited")
+    first.kill()
+    pool.shutdown()
+    assert wallet.balance("p1") == Decimal("80.00")
+    second = first.start() if store_url.startswith("sqlite") else gateways(config, wallet)
+    client = acme(second)
+
+    answers = []  # each retry is retriable (503) until the bet is settled, then final
+    wait_for(lambda: answers.append(client.hook(bet("o-1", "10.00"))) or answers[-1].status_code < 500,
+             what="the bet retry settled")
+    assert {a.status_code for a in answers[:-1]} <= {503}
+    assert_error(answers[-1], 409, "transaction_voided")
+    refunds = []
+    wait_for(lambda: refunds.append(client.hook({**bet("rf-2", "10.00"), "action": "refund",
+                                                 "bet_transaction_id": "o-2"})) or refunds[-1].status_code < 500,
+             what="the refund settled")
+    assert all(r.json()["error"] == "transaction_in_progress" for r in refunds[:-1])
+    assert refunds[-1].status_code == 200, refunds[-1].text
+
+    wait_for(lambda: wallet.balance("p1") == Decimal("100.00"), what="both bets rolled back")
+    assert sorted(e["txid"] for e in wallet.ledger("rollback")) == ["o-1:rollback", "o-2:rollback"]
+    assert client.hook({**bet("rf-2", "10.00"), "action": "refund", "bet_transaction_id": "o-2"}).content \
+        == refunds[-1].content
+    time.sleep(0.5)
+    assert wallet.balance("p1") == Decimal("100.00") and len(wallet.ledger("rollback")) == 2
+
+
+def test_refund_racing_its_slow_bet_is_retriable_not_final(wallet, gateways, store_url):
+    """A provider that gave up on a slow bet refunds it; the bet then succeeds. The early
+    refund must be told "retry", not "no such bet" — or the player stays debited."""
+    gw = gateways(gateway_config(store_url), wallet)
+    client = acme(gw)
+    wallet.fault("delay", endpoint="bet", seconds=1.0)
+    refund = {**bet("rf-s", "10.00"), "action": "refund", "bet_transaction_id": "s-1"}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(client.hook, bet("s-1", "10.00"))
+        wait_for(lambda: wallet.state()["calls"].get("bet", 0) == 1, what="bet in flight")
+        assert_error(client.hook(refund), 503, "transaction_in_progress")
+        assert slow.result().status_code == 200
+    assert wallet.balance("p1") == Decimal("90.00")
+    r = client.hook(refund)
+    assert r.status_code == 200 and str(decimal_json(r)["balance"]) == "100.00"
+    assert wallet.balance("p1") == Decimal("100.00")
+
+
 def test_redis_restart_keeps_queued_deliveries(wallet, gateways, redis_server, tmp_path):
     gw = gateways(gateway_config(redis_server.url, fast_mapping(tmp_path)), wallet)
     client = acme(gw)
