@@ -23,7 +23,7 @@ log = logging.getLogger("igsp.queue")
 Handler = Callable[[QueueEntry], Awaitable[None]]
 
 
-class DeadLetter(Exception):  # noqa: N818 - it names where the entry goes
+class DeadLetter(Exception):
     """Raised by a handler when retrying could do harm: the entry goes to the dead letters at once."""
 
 

@@ -215,9 +215,10 @@ class Wallet:
         txid, bet_txid = payload["transaction_id"], payload["bet_transaction_id"]
         bet = await self.store.tx_get(self.partner_id, bet_txid)
         if bet is not None and bet.action == "bet" and bet.state == PENDING:
-            if self.orphaned(bet):
-                bet_payload = {k: v for k, v in payload.items() if k != "bet_transaction_id"}
-                await self.take_over({**bet_payload, "action": "bet", "transaction_id": bet_txid}, request_id)
+            bet_payload = {k: v for k, v in payload.items() if k != "bet_transaction_id"}
+            bet_payload.update(action="bet", transaction_id=bet_txid)
+            if self.orphaned(bet) and fingerprint(bet_payload) == bet.fingerprint:  # same player and amount
+                await self.take_over(bet_payload, request_id)
                 bet = await self.store.tx_get(self.partner_id, bet_txid)
             if bet is not None and bet.state == PENDING:
                 # The bet may still go through: a final "not found" now would leave it unrefunded.

@@ -22,6 +22,8 @@ import redis
 import requests
 import yaml
 
+from gateway.config import load_config
+from gateway.errors import ConfigError
 from gateway.simulators import RunningServer, hub88_wallet
 from gateway.simulators._common import parse_fault
 from tests.conftest import ACME, Hub88, platform_config
@@ -351,6 +353,9 @@ def test_dead_letters_listed_replayed_and_purged(wallet, gateways, store_url, tm
     for txid in ("d-1", "d-2", "d-3"):
         assert_error(client.hook(win(txid, "4.00")), 503, "upstream_unavailable")
     wait_for(lambda: queue_stats(gw)["dead"] == 3, what="three dead letters")
+    wait_for(lambda: "igsp_queue_dead_letters 3.0" in requests.get(gw.url + "/metrics", timeout=10).text,
+             what="the dead-letter gauge")
+    assert queue_attempts(gw, "dead") == 3
 
     listed = dlq_cli(gw.config_path, "list", "--json")
     assert listed.returncode == 0, listed.stderr
@@ -407,3 +412,16 @@ def test_admin_api_is_absent_without_a_token(wallet, gateways, tmp_path):
     gw = gateways(config, wallet)
     for method, path in (("GET", "/admin/dlq"), ("GET", "/admin/queue"), ("DELETE", "/admin/dlq")):
         assert_error(admin(gw, method, path), 404, "not_found")
+
+
+def test_config_refuses_a_lease_a_delivery_could_outlast(tmp_path, hub88_keys):
+    env = {"HUB88_WALLET_URL": "http://127.0.0.1:9", "HUB88_PRIVATE_KEY": hub88_keys[0]}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(gateway_config("redis://127.0.0.1:9/0", queue={"lease_seconds": 2.5})))
+    with pytest.raises(ConfigError, match=r"queue.lease_seconds: got 2.5: a lease must be longer than twice "
+                                          r"the slowest legacy timeout \(1.5 s in mapping 'hub88-wallet'\)"):
+        load_config(path, env)
+    path.write_text(yaml.safe_dump(gateway_config("redis://127.0.0.1:9/0", queue={"lease_seconds": 4},
+                                                  store={"namespace": "gw-blue"})))
+    config = load_config(path, env)
+    assert (config.queue_lease_seconds, config.store_namespace) == (4.0, "gw-blue")

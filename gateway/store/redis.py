@@ -21,7 +21,8 @@ gateways, or test runs, can share one Redis::
 
 A claim moves due delayed entries into the stream, takes over entries another consumer
 has held longer than the lease (XAUTOCLAIM: a crashed process's work is finished by a live
-one) and reads new ones (XREADGROUP). Ack, retry and dead-lettering XACK+XDEL the message.
+one; the lease is the claimer's, so every replica runs with the same ``queue.lease_seconds``)
+and reads new ones (XREADGROUP). Ack, retry and dead-lettering XACK+XDEL the message.
 Durability is Redis's: run it with ``appendonly yes`` (``appendfsync everysec`` loses at
 most a second of writes on a crash of the Redis host; ``always`` loses nothing).
 """
@@ -174,6 +175,8 @@ class RedisStore(Store):
         entry.extra.update(sid=sid.decode(), lease="")
 
     async def q_claim(self, consumer: str, limit: int, lease_seconds: float) -> list[QueueEntry]:
+        if time.monotonic() - self._pruned_at > _PRUNE_EVERY:
+            await self._prune_consumers(consumer)
         keys = [self.k_cursor, self.k_stream, self.k_delayed]
         args = [GROUP, consumer, repr(time.time()), limit, _ms(lease_seconds), self.k_entry, os.urandom(12).hex()]
         try:
@@ -183,14 +186,16 @@ class RedisStore(Store):
                 raise
             await self._ensure_group()  # Redis lost its data (no persistence?): start over
             rows = await self._run("Q_CLAIM", keys, args)
-        if time.monotonic() - self._pruned_at > _PRUNE_EVERY:
-            await self._prune_consumers(consumer)
         return [self._entry(row[0].decode(), dict(zip(row[1][::2], row[1][1::2], strict=True))) for row in rows]
 
     async def _prune_consumers(self, me: str) -> None:
         """Forget consumers of processes long gone (nothing pending, idle for an hour)."""
         self._pruned_at = time.monotonic()
-        for info in await self.r.xinfo_consumers(self.k_stream, GROUP):
+        try:
+            consumers = await self.r.xinfo_consumers(self.k_stream, GROUP)
+        except ResponseError:  # no group yet: the claim creates it
+            return
+        for info in consumers:
             name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
             if name != me and info["pending"] == 0 and info["idle"] > _PRUNE_IDLE_MS:
                 await self.r.xgroup_delconsumer(self.k_stream, GROUP, name)
