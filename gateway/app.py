@@ -16,6 +16,7 @@ import uuid
 from aiohttp import web
 
 from gateway import metrics
+from gateway.admin import setup_admin
 from gateway.auth import AuthFailure, Verifier
 from gateway.config import Config
 from gateway.errors import IgspError, UpstreamError
@@ -114,7 +115,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def _store_ctx(app: web.Application):
-    store = open_store(app[CONFIG].store_url)
+    store = open_store(app[CONFIG].store_url, namespace=app[CONFIG].store_namespace)
     await store.open()
     app[STORE] = store
     yield
@@ -130,12 +131,14 @@ async def _faces_ctx(app: web.Application):
     clients: dict[str, LegacyClient] = {}
     wallets: dict[str, Wallet] = {}
     worker = DeliveryWorker(store, {}, consumer=f"{socket.gethostname()}-{os.getpid()}",
-                            backoff_for=lambda entry: _backoff_for(app, entry))
+                            backoff_for=lambda entry: _backoff_for(app, entry),
+                            lease_seconds=config.queue_lease_seconds, poll_seconds=config.queue_poll_seconds)
     for partner in config.partners:
         client = clients.setdefault(partner.mapping.name, LegacyClient(partner.mapping, metrics.observe_upstream))
         if partner.face == "platform":
             wallets[partner.id] = Wallet(partner.id, client, store, retention=config.retention_seconds,
                                          currencies=config.currencies, wake_queue=worker.wake.set,
+                                         orphan_after=config.queue_lease_seconds,
                                          on_replay=lambda action, pid=partner.id: metrics.REPLAYS.labels(pid, action).inc())
     app[CLIENTS], app[WALLETS], app[WORKER] = clients, wallets, worker
 
@@ -181,4 +184,6 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_endpoint, name="metrics")
     setup_provider_face(app, config)
+    if config.admin_token:
+        setup_admin(app)
     return app

@@ -9,6 +9,7 @@ from pathlib import Path
 from gateway import __version__, signing
 from gateway.conformance import cli as conformance_cli
 from gateway.demo import add_parser as add_demo_parser
+from gateway.dlq import add_parser as add_dlq_parser
 from gateway.errors import ConfigError
 
 
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     conformance_cli.add_parser(sub)
     add_demo_parser(sub)
+    add_dlq_parser(sub)
 
     from gateway.try_cmd import add_parser as add_try
 

@@ -42,6 +42,19 @@ CONFIG_SCHEMA: dict = {
             "properties": {
                 "url": {"type": "string", "pattern": f"^({'|'.join(STORE_SCHEMES)})://"},
                 "retention_days": {"type": "number", "exclusiveMinimum": 0, "default": 30},
+                "namespace": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$", "default": "igsp",
+                              "description": "Redis key prefix: gateways sharing a Redis with the same "
+                                             "namespace share ledger and queue."},
+            },
+        },
+        "queue": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "lease_seconds": {"type": "number", "exclusiveMinimum": 0, "default": 30,
+                                  "description": "How long a delivery may run before another worker takes it over "
+                                                 "(the same on every replica)."},
+                "poll_seconds": {"type": "number", "exclusiveMinimum": 0, "default": 0.5},
             },
         },
         "security": {
@@ -130,6 +143,9 @@ class Config:
     provider_mount: str = "/igsp/v1"
     partners: tuple[Partner, ...] = ()
     raw: Any = None
+    store_namespace: str = "igsp"
+    queue_lease_seconds: float = 30.0
+    queue_poll_seconds: float = 0.5
 
     @property
     def secrets(self) -> list[str]:
@@ -179,6 +195,7 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
                                     "a provider-face partner needs hooks_url (the platform's iGSP hooks URL)"))
         partners.append(Partner(spec["id"], spec["face"], spec["api_key"],
                                 tuple(s.encode() for s in spec["secrets"]), mapping, spec.get("hooks_url")))
+    problems.extend(_lease_problems(data, file, partners))
     if problems:
         raise ConfigError(problems)
 
@@ -206,4 +223,38 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         provider_mount=(data.get("provider_face") or {}).get("mount", "/igsp/v1").rstrip("/"),
         partners=tuple(partners),
         raw=data,
+        store_namespace=store.get("namespace", "igsp"),
+        queue_lease_seconds=float((data.get("queue") or {}).get("lease_seconds", 30)),
+        queue_poll_seconds=float((data.get("queue") or {}).get("poll_seconds", 0.5)),
     )
+
+
+def _lease_problems(data: dict, file: str, partners: list[Partner]) -> list[Problem]:
+    """A queued delivery must end well inside its lease, or a second worker would take it over
+    while the first is still talking to the legacy side (and pay a non-idempotent wallet twice)."""
+    lease = float((data.get("queue") or {}).get("lease_seconds", 30))
+    slowest = max(((max([p.mapping.timeout] + [op.timeout or 0 for op in p.mapping.operations.values()]), p.mapping.name)
+                   for p in partners), default=(0.0, ""))
+    if lease > 2 * slowest[0]:
+        return []
+    return [Problem(file, line_of(data, ("queue", "lease_seconds")), "queue.lease_seconds",
+                    f"got {lease:g}: a lease must be longer than twice the slowest legacy timeout "
+                    f"({slowest[0]:g} s in mapping {slowest[1]!r})", hint=f"use at least {2 * slowest[0] + 1:g}")]
+
+
+def load_store_settings(path: str | Path, env: dict | None = None) -> tuple[str, str]:
+    """``(store url, namespace)`` of a config without loading its mappings (operator commands)."""
+    file = str(path)
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(file, 1, "", "the config must be a YAML mapping (key: value)")])
+    store = data.get("store") or {}
+    if isinstance(store, dict):
+        interpolate_env(store, file, env)
+    problems = schema_problems(store, CONFIG_SCHEMA["properties"]["store"], file, prefix=("store",))
+    if problems:
+        raise ConfigError(problems)
+    url = store.get("url", "sqlite:///igsp-gateway.db")
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        url = "sqlite:///" + str(Path(file).resolve().parent / url[len("sqlite:///"):])
+    return url, store.get("namespace", "igsp")

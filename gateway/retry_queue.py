@@ -23,6 +23,10 @@ log = logging.getLogger("igsp.queue")
 Handler = Callable[[QueueEntry], Awaitable[None]]
 
 
+class DeadLetter(Exception):
+    """Raised by a handler when retrying could do harm: the entry goes to the dead letters at once."""
+
+
 def backoff(attempts: int, initial: float, maximum: float) -> float:
     """Seconds before the next attempt: full jitter over an exponential ceiling."""
     return random.uniform(initial / 2, min(maximum, initial * 2 ** max(0, attempts - 1)))
@@ -59,8 +63,11 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         entries = await self.store.q_claim(self.consumer, self.batch, self.lease_seconds)
+        claimed_at = time.monotonic()
         for entry in entries:
-            if self.stopping:
+            # Past half the lease, the rest of the batch is left to expire and be claimed
+            # again, rather than delivered while another worker may be taking it over.
+            if self.stopping or time.monotonic() - claimed_at > self.lease_seconds / 2:
                 break
             self.busy += 1
             try:
@@ -77,7 +84,7 @@ class DeliveryWorker:
             await handler(entry)
         except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered
             reason = f"{type(exc).__name__}: {exc}"
-            if entry.attempts + 1 >= entry.max_attempts:
+            if entry.attempts + 1 >= entry.max_attempts or isinstance(exc, DeadLetter):
                 entry.attempts += 1
                 await self.store.q_dead(entry, reason)
                 metrics.QUEUE_ATTEMPTS.labels(entry.route, "dead").inc()

@@ -11,6 +11,11 @@ Outcomes of a legacy call, and what the caller and the ledger get:
                                   win/refund: queued for delivery, retries get 503 until done
     outcome unknown (timeout)  -> bet: 5xx now, compensating rollback queued, retries get 409
                                   win/refund: queued if the wallet is idempotent, else dead-lettered
+
+A record still ``pending`` after ``orphan_after`` seconds was left by a gateway that died
+mid-call (``kill -9``, OOM): the next retry of it, or a refund of that bet, settles it as an
+unknown outcome. Until then a refund of a pending bet is answered retriable 503, never a
+final 404 — the bet may yet go through.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import orjson
 
 from gateway import money
 from gateway.errors import IgspError, UpstreamError
+from gateway.retry_queue import DeadLetter
 from gateway.store import QueueEntry, Store, TxRecord
 from gateway.store.base import DONE, PENDING, QUEUED
 from gateway.templating import IGSP_NAMESPACE
@@ -56,7 +62,8 @@ class Wallet:
     """One platform-face partner: its legacy wallet client, the store and the queue."""
 
     def __init__(self, partner_id: str, client: LegacyClient, store: Store, *, retention: float,
-                 currencies: dict | None = None, wait_seconds: float = 2.0, wake_queue=None, on_replay=None):
+                 currencies: dict | None = None, wait_seconds: float = 2.0, wake_queue=None, on_replay=None,
+                 orphan_after: float = 30.0):
         self.partner_id = partner_id
         self.client = client
         self.mapping = client.mapping
@@ -66,6 +73,7 @@ class Wallet:
         self.wait_seconds = wait_seconds
         self.wake_queue = wake_queue or (lambda: None)
         self.on_replay = on_replay or (lambda action: None)
+        self.orphan_after = orphan_after  # > any legacy call's duration (config: queue.lease_seconds)
         self.rollback_op = "rollback" if "rollback" in self.mapping.operations else "refund"
 
     # -- context -------------------------------------------------------------------
@@ -101,7 +109,7 @@ class Wallet:
         rec = TxRecord(self.partner_id, txid, action, fingerprint(payload))
         existing = await self.store.tx_begin(rec, self.retention)
         if existing is not None:
-            return await self.replay(existing, rec.fingerprint)
+            return await self.replay(existing, rec.fingerprint, payload, request_id)
         try:
             if action == "refund":
                 return await self.refund(payload, request_id)
@@ -116,7 +124,7 @@ class Wallet:
                                                          applied=None))
             raise
 
-    async def replay(self, existing: TxRecord, fp: str) -> tuple[int, bytes]:
+    async def replay(self, existing: TxRecord, fp: str, payload: dict, request_id: str) -> tuple[int, bytes]:
         if existing.fingerprint != fp:
             return error_body(IgspError("transaction_conflict",
                                         "transaction_id was already used with a different payload"))
@@ -124,10 +132,24 @@ class Wallet:
         while existing.state == PENDING and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
             existing = await self.store.tx_get(existing.partner, existing.txid) or existing
+        if self.orphaned(existing):
+            await self.take_over(payload, request_id)
+            existing = await self.store.tx_get(existing.partner, existing.txid) or existing
         if existing.state == PENDING:
             return error_body(IgspError("transaction_in_progress", "the first copy of this transaction is still running"))
         self.on_replay(existing.action)
         return existing.status, existing.body
+
+    def orphaned(self, rec: TxRecord) -> bool:
+        return rec.state == PENDING and time.time() - rec.created_at > self.orphan_after
+
+    async def take_over(self, payload: dict, request_id: str) -> None:
+        """Settle an orphaned pending record as an unknown outcome. Replicas race for it with a
+        compare-and-set on ``voided_by`` (unused by a pending record): one settles, the others wait."""
+        if await self.store.tx_void(self.partner_id, payload["transaction_id"], COMPENSATION) is None:
+            await self.unknown_outcome(payload, request_id, UpstreamError(
+                "upstream_timeout", "the gateway handling this transaction stopped mid-call", kind="orphan",
+                applied=None))
 
     async def finish(self, txid: str, status: int, body: bytes, state: str = DONE) -> tuple[int, bytes]:
         await self.store.tx_finish(self.partner_id, txid, state, status, body, self.retention)
@@ -192,6 +214,16 @@ class Wallet:
     async def refund(self, payload: dict, request_id: str) -> tuple[int, bytes]:
         txid, bet_txid = payload["transaction_id"], payload["bet_transaction_id"]
         bet = await self.store.tx_get(self.partner_id, bet_txid)
+        if bet is not None and bet.action == "bet" and bet.state == PENDING:
+            bet_payload = {k: v for k, v in payload.items() if k != "bet_transaction_id"}
+            bet_payload.update(action="bet", transaction_id=bet_txid)
+            if self.orphaned(bet) and fingerprint(bet_payload) == bet.fingerprint:  # same player and amount
+                await self.take_over(bet_payload, request_id)
+                bet = await self.store.tx_get(self.partner_id, bet_txid)
+            if bet is not None and bet.state == PENDING:
+                # The bet may still go through: a final "not found" now would leave it unrefunded.
+                await self.store.tx_forget(self.partner_id, txid)
+                return error_body(IgspError("transaction_in_progress", f"bet {bet_txid} is still in progress"))
         if bet is None or bet.action != "bet" or bet.state == PENDING:
             return await self.finish(txid, *error_body(IgspError("transaction_not_found",
                                                                  f"bet {bet_txid} is not known")))
@@ -227,7 +259,11 @@ class Wallet:
         try:
             reply = await self.client.call(self.rollback_op if op == "rollback" else op,
                                            self.context(payload, request_id))
-        except UpstreamError:
+        except UpstreamError as exc:
+            if exc.applied is None and op != "rollback" and not self.mapping.idempotent:
+                # Paid or not, nobody knows, and the wallet would pay a resend again: an
+                # operator reconciles and replays it (igsp-gateway dlq), the queue does not.
+                raise DeadLetter(f"unknown outcome on a non-idempotent wallet: {exc}") from exc
             raise
         except IgspError as exc:
             if op == "rollback":

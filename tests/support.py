@@ -167,6 +167,11 @@ class RedisServer:
             self.proc.send_signal(sig)
             self.proc.wait(10)
 
+    def restart(self) -> RedisServer:
+        """Stop (SIGTERM: the append-only file is flushed) and start again on the same dir and port."""
+        self.stop()
+        return self.start()
+
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

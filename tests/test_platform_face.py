@@ -14,8 +14,14 @@ from decimal import Decimal
 import pytest
 
 from gateway import signing
-from tests.conftest import ACME, BETA
+from tests.conftest import ACME, BETA, platform_config
 from tests.support import IgspClient, decimal_json
+
+
+@pytest.fixture
+def platform_gateway(gateway_factory, store_url):
+    """Every test below runs against both stores: embedded SQLite and a shared Redis."""
+    return gateway_factory(platform_config(store_url))
 
 
 def bet(txid="tx-1", amount=10, player="p1", **extra):

@@ -1,0 +1,244 @@
+"""The shared store for several replicas: Redis (standalone or Sentinel-fronted, not Cluster).
+
+``redis://host:port/db`` (or ``rediss://``), one pooled asyncio client per process.
+Every read-modify-write is a Lua script (``redis_scripts.py``), so concurrent replicas
+never race. Key layout, all under ``{namespace}:`` (``igsp`` by default) so several
+gateways, or test runs, can share one Redis::
+
+    {ns}:tx:{partner}:{txid}   hash    ledger record: owner action fingerprint state status body
+                                       voided_by created_at; expires after the retention TTL
+    {ns}:kv:{space}:{key}      string  sessions, replay cache, id maps; expires with its TTL
+    {ns}:q:stream              stream  due deliveries, one message {id: <entry id>} each;
+                                       consumer group "workers", one consumer per process
+    {ns}:q:delayed             zset    entry ids not due yet, scored by next_at
+    {ns}:q:live                zset    every queued (not dead) entry id, scored by created_at
+    {ns}:q:dead                zset    dead-letter entry ids, scored by created_at
+    {ns}:q:e:{id}              hash    the entry: route, payload (JSON), attempts, max_attempts,
+                                       next_at, created_at, last_error, sid (its current
+                                       stream id, '' while delayed or dead), lease (token of
+                                       the claim holding it, ''), dead ('0'/'1')
+    {ns}:q:cursor              string  where the next XAUTOCLAIM scan of pending entries starts
+
+A claim moves due delayed entries into the stream, takes over entries another consumer
+has held longer than the lease (XAUTOCLAIM: a crashed process's work is finished by a live
+one; the lease is the claimer's, so every replica runs with the same ``queue.lease_seconds``)
+and reads new ones (XREADGROUP). Ack, retry and dead-lettering XACK+XDEL the message.
+Durability is Redis's: run it with ``appendonly yes`` (``appendfsync everysec`` loses at
+most a second of writes on a crash of the Redis host; ``always`` loses nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.store import redis_scripts as lua
+from gateway.store.base import PENDING, QueueEntry, Store, TxRecord
+
+GROUP = "workers"
+_PRUNE_EVERY = 600.0  # seconds between sweeps of consumers left behind by dead processes
+_PRUNE_IDLE_MS = 3600_000
+
+
+def _ms(seconds: float) -> int:
+    """A TTL in whole milliseconds, rounded up: a record never expires early."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _str(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, namespace: str = "igsp", *, max_connections: int = 64):
+        self.url = url
+        self.ns = namespace
+        self.max_connections = max_connections
+        self._redis: aioredis.Redis | None = None
+        q = f"{namespace}:q:"
+        self.k_stream, self.k_delayed, self.k_live, self.k_dead = q + "stream", q + "delayed", q + "live", q + "dead"
+        self.k_cursor, self.k_entry = q + "cursor", q + "e:"
+        self._pruned_at = 0.0
+
+    async def open(self) -> None:
+        # A command whose connection broke is retried briefly; every script is safe to
+        # run twice (see redis_scripts.py), so a retry never moves a queue entry twice.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=self.max_connections, timeout=5.0, socket_timeout=5.0,
+            socket_connect_timeout=2.0, health_check_interval=15,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)
+        self._scripts = {name: self._redis.register_script(getattr(lua, name))
+                         for name in ("TX_BEGIN", "TX_FINISH", "TX_VOID", "TX_UNVOID", "Q_PUT", "Q_CLAIM",
+                                      "Q_ACK", "Q_RETRY", "Q_DEAD", "DLQ_REPLAY", "DLQ_PURGE")}
+        await self._ensure_group()
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose(close_connection_pool=True)
+            self._redis = None
+
+    @property
+    def r(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise RuntimeError("store is not open")
+        return self._redis
+
+    async def _run(self, name: str, keys: list[str], args: list) -> object:
+        return await self._scripts[name](keys=keys, args=args, client=self.r)
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.r.xgroup_create(self.k_stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def ping(self) -> None:
+        await self.r.ping()
+
+    # -- ledger ------------------------------------------------------------------------
+    def _tx_key(self, partner: str, txid: str) -> str:
+        return f"{self.ns}:tx:{partner}:{txid}"
+
+    async def tx_begin(self, rec: TxRecord, ttl: float) -> TxRecord | None:
+        now = time.time()
+        existing = await self._run("TX_BEGIN", [self._tx_key(rec.partner, rec.txid)],
+                                   [os.urandom(12).hex(), _ms(ttl), rec.action, rec.fingerprint, PENDING, repr(now)])
+        if existing is None:
+            rec.created_at = now
+            return None
+        return self._record(rec.partner, rec.txid, dict(zip(existing[::2], existing[1::2], strict=True)))
+
+    @staticmethod
+    def _record(partner: str, txid: str, h: dict) -> TxRecord:
+        status = h.get(b"status")
+        return TxRecord(partner, txid, h[b"action"].decode(), h[b"fingerprint"].decode(), h[b"state"].decode(),
+                        int(status) if status else None, h.get(b"body"), _str(h.get(b"voided_by")),
+                        float(h[b"created_at"]))
+
+    async def tx_get(self, partner: str, txid: str) -> TxRecord | None:
+        h = await self.r.hgetall(self._tx_key(partner, txid))
+        return self._record(partner, txid, h) if h else None
+
+    async def tx_finish(self, partner: str, txid: str, state: str, status: int, body: bytes, ttl: float) -> None:
+        await self._run("TX_FINISH", [self._tx_key(partner, txid)], [state, status, body, _ms(ttl)])
+
+    async def tx_forget(self, partner: str, txid: str) -> None:
+        await self.r.delete(self._tx_key(partner, txid))
+
+    async def tx_void(self, partner: str, bet_txid: str, by_txid: str) -> str | None:
+        return _str(await self._run("TX_VOID", [self._tx_key(partner, bet_txid)], [by_txid]))
+
+    async def tx_unvoid(self, partner: str, bet_txid: str, by_txid: str) -> None:
+        await self._run("TX_UNVOID", [self._tx_key(partner, bet_txid)], [by_txid])
+
+    # -- kv ----------------------------------------------------------------------------
+    async def kv_put(self, ns: str, key: str, value: bytes, ttl: float | None = None, *, only_new: bool = False) -> bool:
+        done = await self.r.set(f"{self.ns}:kv:{ns}:{key}", value, px=_ms(ttl) if ttl else None, nx=only_new)
+        return bool(done)
+
+    async def kv_get(self, ns: str, key: str) -> bytes | None:
+        return await self.r.get(f"{self.ns}:kv:{ns}:{key}")
+
+    # -- queue -------------------------------------------------------------------------
+    def _q_keys(self, entry_id: str) -> list[str]:
+        return [self.k_entry + entry_id, self.k_stream, self.k_delayed, self.k_live, self.k_dead]
+
+    @staticmethod
+    def _entry(entry_id: str, h: dict) -> QueueEntry:
+        return QueueEntry(id=entry_id, route=h[b"route"].decode(), payload=json.loads(h[b"payload"]),
+                          attempts=int(h[b"attempts"]), max_attempts=int(h[b"max_attempts"]),
+                          next_at=float(h[b"next_at"]), created_at=float(h[b"created_at"]),
+                          last_error=_str(h.get(b"last_error")) or None,
+                          extra={"sid": h.get(b"sid", b"").decode(), "lease": h.get(b"lease", b"").decode()})
+
+    async def q_put(self, entry: QueueEntry) -> None:
+        now = time.time()
+        entry.id = entry.id or os.urandom(16).hex()
+        entry.created_at = entry.created_at or now
+        entry.next_at = entry.next_at or entry.created_at
+        sid = await self._run("Q_PUT", self._q_keys(entry.id), [
+            GROUP, entry.id, entry.route, json.dumps(entry.payload), entry.attempts, entry.max_attempts,
+            repr(entry.next_at), repr(entry.created_at), entry.last_error or "", repr(now)])
+        entry.extra.update(sid=sid.decode(), lease="")
+
+    async def q_claim(self, consumer: str, limit: int, lease_seconds: float) -> list[QueueEntry]:
+        if time.monotonic() - self._pruned_at > _PRUNE_EVERY:
+            await self._prune_consumers(consumer)
+        keys = [self.k_cursor, self.k_stream, self.k_delayed]
+        args = [GROUP, consumer, repr(time.time()), limit, _ms(lease_seconds), self.k_entry, os.urandom(12).hex()]
+        try:
+            rows = await self._run("Q_CLAIM", keys, args)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._ensure_group()  # Redis lost its data (no persistence?): start over
+            rows = await self._run("Q_CLAIM", keys, args)
+        return [self._entry(row[0].decode(), dict(zip(row[1][::2], row[1][1::2], strict=True))) for row in rows]
+
+    async def _prune_consumers(self, me: str) -> None:
+        """Forget consumers of processes long gone (nothing pending, idle for an hour)."""
+        self._pruned_at = time.monotonic()
+        try:
+            consumers = await self.r.xinfo_consumers(self.k_stream, GROUP)
+        except ResponseError:  # no group yet: the claim creates it
+            return
+        for info in consumers:
+            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+            if name != me and info["pending"] == 0 and info["idle"] > _PRUNE_IDLE_MS:
+                await self.r.xgroup_delconsumer(self.k_stream, GROUP, name)
+
+    async def q_ack(self, entry: QueueEntry) -> None:
+        await self._run("Q_ACK", self._q_keys(entry.id), [GROUP, entry.id, entry.extra.get("sid", "")])
+
+    async def q_retry(self, entry: QueueEntry, next_at: float, error: str) -> None:
+        entry.attempts += 1
+        await self._run("Q_RETRY", self._q_keys(entry.id),
+                        [GROUP, entry.id, entry.extra.get("lease", ""), entry.attempts, repr(next_at), error[:500]])
+
+    async def q_dead(self, entry: QueueEntry, error: str) -> None:
+        await self._run("Q_DEAD", self._q_keys(entry.id),
+                        [GROUP, entry.id, entry.extra.get("lease", ""), entry.attempts, error[:500]])
+
+    async def q_stats(self) -> dict:
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.xlen(self.k_stream).zcard(self.k_delayed).zrange(self.k_live, 0, 0, withscores=True)
+            pipe.zcard(self.k_dead)
+            due, delayed, oldest, dead = await pipe.execute()
+        age = max(0.0, time.time() - oldest[0][1]) if oldest else 0.0
+        return {"depth": due + delayed, "oldest_age": age, "dead": dead}
+
+    async def dlq_list(self, limit: int = 100) -> list[QueueEntry]:
+        ids = [i.decode() for i in await self.r.zrange(self.k_dead, 0, max(0, limit - 1))]
+        async with self.r.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.hgetall(self.k_entry + entry_id)
+            hashes = await pipe.execute()
+        return [self._entry(i, h) for i, h in zip(ids, hashes, strict=True) if h.get(b"dead") == b"1"]
+
+    async def dlq_get(self, entry_id: str) -> QueueEntry | None:
+        h = await self.r.hgetall(self.k_entry + entry_id)
+        return self._entry(entry_id, h) if h.get(b"dead") == b"1" else None
+
+    async def dlq_replay(self, entry_id: str) -> bool:
+        return bool(await self._run("DLQ_REPLAY", self._q_keys(entry_id), [GROUP, entry_id, repr(time.time())]))
+
+    async def dlq_purge(self, entry_id: str | None = None) -> int:
+        if entry_id is not None:
+            return int(await self._run("DLQ_PURGE", [self.k_dead], [self.k_entry, entry_id]))
+        total = 0
+        while n := int(await self._run("DLQ_PURGE", [self.k_dead], [self.k_entry, ""])):
+            total += n
+        return total

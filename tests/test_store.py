@@ -1,0 +1,378 @@
+"""One contract, two stores: SQLite (a temp file) and Redis (a private redis-server).
+
+Every test runs against both; the Redis-only tests at the end cover what only a shared
+server has: restarts from the append-only file, namespaces, and takeover by a live worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+
+import pytest
+
+from gateway.store import QueueEntry, TxRecord, open_store
+from gateway.store.base import DONE, PENDING, QUEUED
+from tests.support import RedisServer
+
+
+@pytest.fixture(scope="module")
+def shared_redis():
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_spec(request, tmp_path):
+    """(url, namespace) of a fresh, empty store."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db", "igsp"
+    return request.getfixturevalue("shared_redis").url, f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def store(store_spec):
+    s = open_store(store_spec[0], namespace=store_spec[1])
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def reopen(store_spec):
+    s = open_store(store_spec[0], namespace=store_spec[1])
+    await s.open()
+    return s
+
+
+def rec(txid="tx-1", action="bet", fp="fp-1", partner="acme"):
+    return TxRecord(partner, txid, action, fp)
+
+
+def entry(payload=None, next_at=0.0, **kw):
+    return QueueEntry(id=uuid.uuid4().hex, route="wallet", payload=payload or {"op": "win", "amount": "10.50"},
+                      next_at=next_at, **kw)
+
+
+# -- ledger -----------------------------------------------------------------------------
+async def test_begin_then_duplicate_returns_the_first_record(store):
+    assert await store.tx_begin(rec(fp="fp-a"), 60) is None
+    again = await store.tx_begin(rec(fp="fp-b"), 60)
+    assert again is not None
+    assert (again.partner, again.txid, again.action, again.fingerprint, again.state) == ("acme", "tx-1", "bet",
+                                                                                       "fp-a", PENDING)
+    assert again.status is None and again.body is None and again.voided_by is None and again.created_at > 0
+    # Partners have separate ledgers.
+    assert await store.tx_begin(rec(partner="beta"), 60) is None
+
+
+async def test_finish_stores_the_exact_answer(store):
+    await store.tx_begin(rec(), 60)
+    body = b'{"balance":87.66,"transaction_id":"x"}\x00\xff'
+    await store.tx_finish("acme", "tx-1", DONE, 200, body, 60)
+    got = await store.tx_get("acme", "tx-1")
+    assert (got.state, got.status, got.body) == (DONE, 200, body)
+    await store.tx_finish("acme", "tx-1", QUEUED, 503, b"{}", 60)
+    assert (await store.tx_begin(rec(), 60)).state == QUEUED
+    assert await store.tx_get("acme", "nope") is None
+
+
+async def test_forget_lets_a_retry_start_afresh(store):
+    await store.tx_begin(rec(), 60)
+    await store.tx_forget("acme", "tx-1")
+    assert await store.tx_get("acme", "tx-1") is None
+    assert await store.tx_begin(rec(), 60) is None
+
+
+async def test_void_once_and_unvoid_only_by_the_voider(store):
+    await store.tx_begin(rec("bet-1"), 60)
+    assert await store.tx_void("acme", "bet-1", "rf-1") is None
+    assert await store.tx_void("acme", "bet-1", "rf-2") == "rf-1"
+    await store.tx_unvoid("acme", "bet-1", "rf-2")  # not the voider: no effect
+    assert (await store.tx_get("acme", "bet-1")).voided_by == "rf-1"
+    await store.tx_unvoid("acme", "bet-1", "rf-1")
+    assert (await store.tx_get("acme", "bet-1")).voided_by is None
+    assert await store.tx_void("acme", "bet-1", "rf-2") is None
+
+
+async def test_concurrent_begins_across_connections_create_exactly_one(store_spec):
+    """Twelve threads, each with its own store connection, race for one transaction id."""
+    n, results, barrier = 12, [], threading.Barrier(12)
+
+    def racer(i):
+        async def go():
+            s = await reopen(store_spec)
+            try:
+                barrier.wait(5)
+                results.append(await s.tx_begin(rec("tx-race", fp=f"fp-{i}"), 60))
+            finally:
+                await s.close()
+        asyncio.run(go())
+
+    threads = [threading.Thread(target=racer, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(results) == n
+    winners = [r for r in results if r is None]
+    assert len(winners) == 1
+    assert len({r.fingerprint for r in results if r is not None}) == 1  # all saw the winner's record
+
+
+async def test_concurrent_begins_on_one_store_create_exactly_one(store):
+    results = await asyncio.gather(*(store.tx_begin(rec("tx-c", fp=str(i)), 60) for i in range(50)))
+    assert sum(r is None for r in results) == 1
+
+
+async def test_retention_expires_records_but_never_before(store):
+    await store.tx_begin(rec("short"), 0.4)
+    await store.tx_begin(rec("long"), 60)
+    await store.tx_begin(rec("extended"), 0.4)
+    await store.tx_finish("acme", "extended", DONE, 200, b"{}", 60)  # finishing extends retention
+    await store.tx_begin(rec("kept"), 60)
+    await store.tx_finish("acme", "kept", DONE, 200, b"{}", 0.1)  # never shortens it
+    assert await store.tx_get("acme", "short") is not None
+    await asyncio.sleep(0.7)
+    assert await store.tx_get("acme", "short") is None
+    assert await store.tx_begin(rec("short", fp="new"), 60) is None  # a fresh transaction now
+    for txid in ("long", "extended", "kept"):
+        assert await store.tx_get("acme", txid) is not None, txid
+
+
+# -- key/value --------------------------------------------------------------------------
+async def test_kv_only_new_and_ttl(store):
+    assert await store.kv_put("sig", "k1", b"1", ttl=0.4, only_new=True) is True
+    assert await store.kv_put("sig", "k1", b"2", ttl=0.4, only_new=True) is False
+    assert await store.kv_get("sig", "k1") == b"1"
+    assert await store.kv_get("other", "k1") is None  # spaces are separate
+    await store.kv_put("map", "k2", b"a")
+    await store.kv_put("map", "k2", b"b")  # plain put overwrites
+    assert await store.kv_get("map", "k2") == b"b"
+    await asyncio.sleep(0.6)
+    assert await store.kv_get("sig", "k1") is None
+    assert await store.kv_put("sig", "k1", b"3", ttl=5, only_new=True) is True
+    assert await store.kv_get("map", "k2") == b"b"  # no TTL: kept
+
+
+# -- queue ------------------------------------------------------------------------------
+async def test_put_claim_ack(store):
+    e = entry({"partner": "acme", "op": "win", "hook": {"amount": "10.50", "nested": [1, "x"]}}, max_attempts=5)
+    await store.q_put(e)
+    stats = await store.q_stats()
+    assert stats["depth"] == 1 and stats["dead"] == 0 and stats["oldest_age"] >= 0
+    got = await store.q_claim("a", 10, 30)
+    assert [g.id for g in got] == [e.id]
+    assert got[0].payload == e.payload and got[0].route == "wallet"
+    assert (got[0].attempts, got[0].max_attempts) == (0, 5)
+    assert await store.q_claim("b", 10, 30) == []  # leased to "a"
+    await store.q_ack(got[0])
+    assert (await store.q_stats())["depth"] == 0
+    assert await store.q_claim("b", 10, 0.01) == []
+    assert (await store.q_stats())["oldest_age"] == 0
+
+
+async def test_claim_respects_limit_and_due_time(store):
+    now = time.time()
+    for _ in range(5):
+        await store.q_put(entry())
+    later = entry(next_at=now + 0.5)
+    await store.q_put(later)
+    assert (await store.q_stats())["depth"] == 6
+    first = await store.q_claim("a", 3, 30)
+    second = await store.q_claim("a", 10, 30)
+    assert len(first) == 3 and len(second) == 2
+    assert later.id not in {e.id for e in first + second}
+    await asyncio.sleep(0.6)
+    assert [e.id for e in await store.q_claim("a", 10, 30)] == [later.id]
+
+
+async def test_retry_counts_the_attempt_and_waits_for_next_at(store):
+    await store.q_put(entry())
+    [e] = await store.q_claim("a", 10, 30)
+    await store.q_retry(e, time.time() + 0.5, "UpstreamError: legacy API not reachable")
+    assert e.attempts == 1
+    assert await store.q_claim("a", 10, 30) == []
+    assert (await store.q_stats())["depth"] == 1
+    await asyncio.sleep(0.6)
+    [again] = await store.q_claim("b", 10, 30)
+    assert again.id == e.id and again.attempts == 1
+    assert again.last_error == "UpstreamError: legacy API not reachable"
+    await store.q_retry(again, time.time(), "x" * 2000)
+    [third] = await store.q_claim("b", 10, 30)
+    assert third.attempts == 2 and len(third.last_error) <= 500
+
+
+async def test_expired_lease_is_claimed_by_another_consumer(store):
+    await store.q_put(entry())
+    [held] = await store.q_claim("crashed", 10, 0.3)
+    assert await store.q_claim("live", 10, 0.3) == []
+    await asyncio.sleep(0.5)
+    [taken] = await store.q_claim("live", 10, 0.3)  # every replica runs with the same lease
+    assert taken.id == held.id and taken.payload == held.payload
+    await store.q_ack(taken)
+    # The crashed consumer coming back late cannot bring the delivered entry back.
+    await store.q_retry(held, time.time(), "late")
+    assert await store.q_claim("crashed", 10, 30) == []
+    assert await store.q_stats() == {"depth": 0, "oldest_age": 0.0, "dead": 0}
+
+
+async def test_dead_letters_list_replay_purge(store):
+    entries = [entry({"n": i}, max_attempts=2) for i in range(3)]
+    for e in entries:
+        await store.q_put(e)
+    claimed = await store.q_claim("a", 10, 30)
+    assert len(claimed) == 3
+    for e in claimed:
+        e.attempts = 2
+        await store.q_dead(e, "out of attempts")
+    assert await store.q_claim("a", 10, 0.01) == []
+    stats = await store.q_stats()
+    assert (stats["depth"], stats["dead"]) == (0, 3)
+    dead = await store.dlq_list()
+    assert {d.id for d in dead} == {e.id for e in entries}
+    assert all(d.attempts == 2 and d.last_error == "out of attempts" for d in dead)
+    assert len(await store.dlq_list(limit=2)) == 2
+    one = await store.dlq_get(entries[0].id)
+    assert one.payload == {"n": 0}
+    assert await store.dlq_get("nope") is None
+
+    assert await store.dlq_replay(entries[0].id) is True
+    assert await store.dlq_replay(entries[0].id) is False  # no longer dead
+    assert await store.dlq_replay("nope") is False
+    assert await store.dlq_get(entries[0].id) is None
+    [back] = await store.q_claim("b", 10, 30)
+    assert back.id == entries[0].id and back.attempts == 0 and back.payload == {"n": 0}
+
+    assert await store.dlq_purge(entries[1].id) == 1
+    assert await store.dlq_purge(entries[1].id) == 0
+    assert await store.dlq_purge("nope") == 0
+    assert await store.dlq_purge(back.id) == 0  # live entries are not dead letters
+    assert await store.dlq_purge() == 1
+    assert await store.dlq_list() == []
+    assert (await store.q_stats())["dead"] == 0 and (await store.q_stats())["depth"] == 1
+
+
+async def test_dead_letter_straight_after_put(store):
+    """The wallet's pattern for an unknown outcome on a non-idempotent wallet."""
+    for next_at in (time.time() + 60, 0.0):
+        e = entry(next_at=next_at)
+        await store.q_put(e)
+        await store.q_dead(e, "unknown outcome")
+        assert (await store.dlq_get(e.id)).last_error == "unknown outcome"
+    assert await store.q_claim("a", 10, 30) == []
+    assert (await store.q_stats())["depth"] == 0 and (await store.q_stats())["dead"] == 2
+
+
+async def test_queue_survives_reopening(store_spec, store):
+    e = entry({"op": "rollback"})
+    await store.q_put(e)
+    await store.q_put(entry(next_at=time.time() + 60))
+    await store.tx_begin(rec(), 60)
+    again = await reopen(store_spec)
+    try:
+        assert (await again.q_stats())["depth"] == 2
+        assert [x.payload for x in await again.q_claim("a", 10, 30)] == [{"op": "rollback"}]
+        assert (await again.tx_get("acme", "tx-1")).state == PENDING
+    finally:
+        await again.close()
+
+
+# -- Redis only -------------------------------------------------------------------------
+@pytest.fixture
+async def redis_store(shared_redis):
+    s = open_store(shared_redis.url, namespace=f"t-{uuid.uuid4().hex[:12]}")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_redis_namespaces_do_not_collide(shared_redis, redis_store):
+    other = open_store(shared_redis.url, namespace=redis_store.ns + "-other")
+    await other.open()
+    try:
+        before = set(await redis_store.r.keys("*"))
+        await redis_store.tx_begin(rec(), 60)
+        await redis_store.q_put(entry())
+        await redis_store.kv_put("sig", "k", b"1")
+        written = set(await redis_store.r.keys("*")) - before
+        assert len(written) >= 3 and all(k.startswith(redis_store.ns.encode() + b":") for k in written)
+        assert await other.tx_get("acme", "tx-1") is None
+        assert await other.kv_get("sig", "k") is None
+        assert await other.q_claim("a", 10, 30) == []
+        assert (await other.q_stats())["depth"] == 0
+    finally:
+        await other.close()
+
+
+async def test_redis_stale_worker_cannot_move_a_taken_over_entry(redis_store):
+    await redis_store.q_put(entry(max_attempts=3))
+    [stale] = await redis_store.q_claim("crashed", 10, 0.2)
+    await asyncio.sleep(0.3)
+    [live] = await redis_store.q_claim("live", 10, 0.2)
+    # The first worker wakes up while the entry is held by the second: its report is ignored...
+    await redis_store.q_dead(stale, "late")
+    await redis_store.q_retry(stale, time.time(), "late")
+    assert await redis_store.dlq_list() == []
+    assert await redis_store.q_claim("x", 10, 30) == []
+    # ...and so it is once the second has rescheduled it.
+    await redis_store.q_retry(live, time.time() + 60, "still down")
+    await redis_store.q_retry(stale, time.time(), "late")
+    await redis_store.q_dead(stale, "late")
+    assert await redis_store.dlq_list() == []
+    assert await redis_store.q_claim("x", 10, 30) == []
+    assert (await redis_store.q_stats())["depth"] == 1
+
+
+async def test_redis_scripts_resent_after_a_broken_connection_apply_once(redis_store):
+    """redis-py resends a command whose answer was lost; the resend must change nothing."""
+    s = redis_store
+    record = [s._tx_key("acme", "tx-1")], ["owner-1", 60_000, "bet", "fp", PENDING, "1.0"]
+    assert await s._run("TX_BEGIN", *record) is None
+    assert await s._run("TX_BEGIN", *record) is None  # still this call's own record
+    assert await s.tx_begin(rec(), 60) is not None  # anyone else sees it exists
+    await s.q_put(entry())
+    [e] = await s.q_claim("a", 10, 30)
+    retry = s._q_keys(e.id), ["workers", e.id, e.extra["lease"], 1, repr(time.time() + 0.2), "down"]
+    assert await s._run("Q_RETRY", *retry) == 1
+    assert await s._run("Q_RETRY", *retry) == 0
+    await asyncio.sleep(0.3)
+    [again] = await s.q_claim("a", 10, 30)
+    assert again.attempts == 1 and (await s.q_stats())["depth"] == 1
+
+
+async def test_redis_recovers_when_the_server_lost_its_data(redis_store):
+    await redis_store.r.flushdb()
+    e = entry()
+    await redis_store.q_put(e)
+    assert [x.id for x in await redis_store.q_claim("a", 10, 30)] == [e.id]
+
+
+async def test_redis_restart_keeps_queue_ledger_and_dead_letters():
+    server = RedisServer().start()
+    try:
+        s = open_store(server.url)
+        await s.open()
+        due, later, dead = entry({"k": "due"}), entry({"k": "later"}, next_at=time.time() + 0.5), entry({"k": "dead"})
+        for e in (due, later, dead):
+            await s.q_put(e)
+        claimed = await s.q_claim("gw-1", 10, 0.5)
+        await s.q_dead(next(x for x in claimed if x.id == dead.id), "gave up")
+        await s.tx_begin(rec("bet-1"), 3600)
+        await s.tx_finish("acme", "bet-1", DONE, 200, b'{"balance":1.00}', 3600)
+        await s.kv_put("sig", "k", b"1", ttl=3600)
+
+        server.restart()
+        # The same client (its pooled connections broke) carries on after the restart.
+        assert (await s.tx_get("acme", "bet-1")).body == b'{"balance":1.00}'
+        assert await s.kv_get("sig", "k") == b"1"
+        assert 0 < await s.r.pttl(s._tx_key("acme", "bet-1")) <= 3600_000
+        assert [d.id for d in await s.dlq_list()] == [dead.id]
+        await asyncio.sleep(0.6)  # "later" falls due, "due"'s lease (held by gw-1) expires
+        claimed = await s.q_claim("gw-2", 10, 0.5)
+        assert {x.payload["k"] for x in claimed} == {"due", "later"}
+        await s.close()
+    finally:
+        server.cleanup()
