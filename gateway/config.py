@@ -157,6 +157,15 @@ class Config:
         return [s for s in found if s]
 
 
+def _drop_empty_secrets(data: dict) -> None:
+    """``secrets: ["${NEW}", "${OLD:-}"]``: an unset previous secret means "not rotating"."""
+    for partner in data.get("partners") or []:
+        if isinstance(partner, dict) and isinstance(partner.get("secrets"), list):
+            kept = [s for s in partner["secrets"] if s != ""]
+            if kept:
+                partner["secrets"][:] = kept
+
+
 def load_config(path: str | Path, env: dict | None = None) -> Config:
     """Load and check a config and all its mappings; raise ConfigError listing every problem."""
     file = str(path)
@@ -164,6 +173,7 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, 1, "", "the config must be a YAML mapping (key: value)")])
     interpolate_env(data, file, env)
+    _drop_empty_secrets(data)
     problems = schema_problems(data, CONFIG_SCHEMA, file)
     if problems:
         raise ConfigError(problems)

@@ -31,3 +31,32 @@ def test_defaults(tmp_path):
     assert config.hooks_path == "/platforms/game-provider/hooks" and config.provider_mount == "/igsp/v1"
     assert config.store_url == f"sqlite:///{tmp_path}/igsp-gateway.db"
     assert config.retention_seconds == 30 * 86400
+
+
+def test_unset_previous_secret_means_not_rotating(tmp_path):
+    from tests.support import ROOT
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"""version: 1
+partners:
+  - id: acme
+    face: platform
+    mapping: {ROOT}/mappings/hub88-wallet.yaml
+    api_key: acme-key-0001
+    secrets: ["${{ACME_SECRET}}", "${{ACME_SECRET_PREVIOUS:-}}"]
+""")
+    env = {"ACME_SECRET": "s" * 32, "HUB88_WALLET_URL": "http://127.0.0.1:1", "HUB88_PRIVATE_KEY": "unused"}
+    import pytest
+
+    from gateway.errors import ConfigError
+
+    # The Hub88 key is not a PEM: the mapping must refuse it, naming the field.
+    with pytest.raises(ConfigError, match=r"hub88-wallet.yaml:\d+: signer: .*(RSA|key)"):
+        load_config(path, env)
+    from gateway.simulators.hub88_wallet import generate_keypair
+
+    env["HUB88_PRIVATE_KEY"] = generate_keypair()[0]
+    config = load_config(path, env)
+    assert config.partners[0].secrets == (b"s" * 32,)
+    env["ACME_SECRET_PREVIOUS"] = "p" * 32
+    assert load_config(path, env).partners[0].secrets == (b"s" * 32, b"p" * 32)
