@@ -39,6 +39,7 @@ CLIENTS = web.AppKey("clients", dict)
 WALLETS = web.AppKey("wallets", dict)
 WORKER = web.AppKey("worker", DeliveryWorker)
 INFLIGHT = web.AppKey("inflight", dict)
+LIMITER = web.AppKey("limiter", Limiter)
 
 
 def _error_response(error: IgspError, request_id: str) -> web.Response:
@@ -131,8 +132,7 @@ async def _faces_ctx(app: web.Application):
     app[VERIFIER] = Verifier({p.api_key: p for p in config.partners}, config.signature_window, store,
                              config.replay_protection,
                              on_failure=lambda reason: metrics.SIGNATURE_FAILURES.labels(reason).inc(),
-                             limiter=Limiter({p.id: p.rate_limit for p in config.partners},
-                                             on_limited=lambda pid: metrics.RATE_LIMITED.labels(pid).inc()))
+                             limiter=app[LIMITER])
     clients: dict[str, LegacyClient] = {}
     wallets: dict[str, Wallet] = {}
     worker = DeliveryWorker(store, {}, consumer=f"{socket.gethostname()}-{os.getpid()}",
@@ -181,6 +181,9 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[HOOK_SPEC] = SpecValidators(HOOKS_SPEC)
     app[INFLIGHT] = {"n": 0}
+    # One bucket per partner, shared by every face of this process.
+    app[LIMITER] = Limiter({p.id: p.rate_limit for p in config.partners},
+                           on_limited=lambda pid: metrics.RATE_LIMITED.labels(pid).inc())
     for name in ("BalanceRequest", "BetRequest", "WinRequest", "RefundRequest"):
         app[HOOK_SPEC].validator(name)  # compile at start-up, not on the first request
     app.cleanup_ctx.append(_store_ctx)

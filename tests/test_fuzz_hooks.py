@@ -77,7 +77,8 @@ def gateway(wallet, hub88_keys, tmp_path_factory):
                           env={"HUB88_WALLET_URL": wallet.url, "HUB88_PRIVATE_KEY": hub88_keys[0]}).start()
     yield proc
     proc.stop()
-    assert "Traceback" not in proc.log_text()
+    log = proc.log_text()
+    assert "Traceback" not in log, log[log.find("Traceback") - 600:][:3000]
 
 
 def assert_clean(response) -> None:
