@@ -77,6 +77,17 @@ def test_bet_with_unknown_outcome_is_voided_and_rolled_back_once(hub88, gw, kind
     assert dead_letters(gw.db) == []
 
 
+def test_extra_fields_with_nested_numbers_survive_the_queue(hub88, gw):
+    """The spec allows extra hook fields; a compensation must still be queued with them."""
+    hub88.player("p1", "100.00")
+    hub88.fault("apply_then_hang", endpoint="bet", seconds=5)
+    extra = {"meta": {"rtp": Decimal("96.5"), "lines": [Decimal("0.25"), 3]}, "jackpot": Decimal("1.5")}
+    assert_error(gw.client.hook(bet("tx-x", 10, **extra)), 504, "upstream_timeout")
+    _wait_for(lambda: hub88.balance("p1") == Decimal("100.00"), timeout=15)
+    assert_error(gw.client.hook(bet("tx-x", 10, **extra)), 409, "transaction_voided")
+    assert "Traceback" not in gw.log_text()
+
+
 def test_bet_while_wallet_is_down_is_not_remembered_and_can_be_retried(hub88, gw):
     hub88.player("p1", "100.00")
     hub88.fault("down", endpoint="bet", count=2)
