@@ -175,7 +175,8 @@ def _bet_in_background(client: IgspClient, payload: dict) -> concurrent.futures.
 def _kill_mid_bet(hub88, gateway_factory, tmp_path):
     """Start a bet the wallet applies and then hangs on; kill -9 the gateway while it waits."""
     db = tmp_path / "gateway.db"
-    config = platform_config(f"sqlite:///{db}")
+    # A record pending longer than the queue lease (> 2 x the legacy timeout) is orphaned.
+    config = platform_config(f"sqlite:///{db}", queue={"lease_seconds": 4})
     first = gateway_factory(config)
     hub88.player("p1", "100.00")
     hub88.fault("apply_then_hang", endpoint="bet", seconds=5)

@@ -302,3 +302,37 @@ def test_no_secret_ever_reaches_the_log(hub88, hub88_keys, gateway_factory, tmp_
     for secret in (ACME["secret"], ACME["old_secret"], BETA["secret"], ACME["api_key"], BETA["api_key"]):
         assert secret not in log
     assert private_body[:40] not in log and private_body[-40:] not in log
+
+
+# -- admin API ------------------------------------------------------------------------------------------
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+ADMIN_ROUTES = [("GET", "/admin/queue"), ("GET", "/admin/dlq"), ("GET", "/admin/dlq/x"),
+                ("POST", "/admin/dlq/x/replay"), ("DELETE", "/admin/dlq/x"), ("DELETE", "/admin/dlq")]
+
+
+def test_admin_api_is_off_without_a_token(hub88, platform_gateway):
+    for method, path in ADMIN_ROUTES:
+        r = requests.request(method, platform_gateway.url + path, headers={"Authorization": "Bearer x"}, timeout=5)
+        assert r.status_code in (404, 405), (method, path, r.status_code)
+
+
+def test_admin_api_refuses_everything_but_its_own_token(hub88, gateway_factory, tmp_path):
+    hub88.player("p1", "100.00")
+    db = tmp_path / "g.db"
+    gw = gateway_factory(platform_config(f"sqlite:///{db}", admin={"token": ADMIN_TOKEN}))
+    # One dead letter to protect: an unknown win on the non-idempotent wallet.
+    hub88.fault("apply_then_hang", endpoint="win", seconds=5)
+    IgspClient(gw.url, ACME["api_key"], ACME["secret"]).hook(win("w-adm", 1))
+    signed = signing.signed_headers(ACME["api_key"], ACME["secret"], b"")
+    attempts = [{}, {"Authorization": "Bearer"}, {"Authorization": f"Bearer {ACME['api_key']}"},
+                {"Authorization": f"Bearer {ACME['secret']}"}, signed,
+                {"Authorization": f"Bearer {ADMIN_TOKEN[:-1]}"}, {"Authorization": f"Basic {ADMIN_TOKEN}"},
+                {"X-Admin-Token": ADMIN_TOKEN}]
+    for method, path in ADMIN_ROUTES:
+        for headers in attempts:
+            r = requests.request(method, gw.url + path, headers=headers, timeout=5)
+            assert_error_response(r, 401, "unauthorized")
+    ok = requests.get(gw.url + "/admin/dlq", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5)
+    assert ok.status_code == 200 and ok.json()["count"] == 1  # nothing was purged by the refused calls
+    gw.stop()
+    assert ADMIN_TOKEN not in gw.log_text()
