@@ -8,6 +8,7 @@ never break the document. Responses are read into plain dicts keyed by local nam
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET  # noqa: S405 - we only build and parse, no DTDs/entities allowed below
 from typing import Any
 
@@ -15,6 +16,22 @@ from adapters.codecs import form_value
 from gateway.adapter_api import Adapter, LegacyRequest
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+#: Characters XML 1.0 cannot carry at all, not even as character references.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _text(value: Any) -> str:
+    text = form_value(value)
+    if _NOT_XML.search(text):
+        # Refuse (the caller gets 400) rather than send a document the legacy side cannot parse.
+        raise ValueError("a value holds a character XML 1.0 cannot carry (a control character or lone surrogate)")
+    return text
+
+
+def _serialise(element: ET.Element) -> bytes:
+    # ElementTree writes a carriage return in text as is, and every XML parser turns it
+    # into a newline: escape it so the legacy side reads exactly what was sent.
+    return ET.tostring(element, encoding="utf-8", xml_declaration=True).replace(b"\r", b"&#13;")
 
 
 def _build(parent: ET.Element, tag: str, value: Any) -> None:
@@ -28,7 +45,7 @@ def _build(parent: ET.Element, tag: str, value: Any) -> None:
             if sub is not None:
                 _build(child, str(key), sub)
     elif value is not None:
-        child.text = form_value(value)
+        child.text = _text(value)
 
 
 def element_to_data(element: ET.Element) -> Any:
@@ -74,7 +91,7 @@ class XmlCodec(Adapter):
         return element
 
     def encode(self, req: LegacyRequest) -> None:
-        req.body = ET.tostring(self._root(req), encoding="utf-8", xml_declaration=True)
+        req.body = _serialise(self._root(req))
         req.headers.setdefault("Content-Type", "text/xml; charset=utf-8")
 
     def decode(self, raw: bytes, content_type: str) -> Any:
@@ -96,7 +113,7 @@ class SoapCodec(XmlCodec):
         body = ET.SubElement(envelope, f"{{{SOAP_ENV}}}Body")
         body.append(element)
         ET.register_namespace("soap", SOAP_ENV)
-        req.body = ET.tostring(envelope, encoding="utf-8", xml_declaration=True)
+        req.body = _serialise(envelope)
         req.headers.setdefault("Content-Type", "text/xml; charset=utf-8")
         prefix = self.option("action_prefix", f"{self.namespace}#" if self.namespace else "", str)
         req.headers.setdefault("SOAPAction", f'"{prefix}{element.tag}"')

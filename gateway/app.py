@@ -22,6 +22,7 @@ from gateway.config import Config
 from gateway.errors import IgspError, UpstreamError
 from gateway.platform_face import handle_hook
 from gateway.provider_face import setup_provider_face
+from gateway.ratelimit import Limiter, RateLimited
 from gateway.retry_queue import DeliveryWorker
 from gateway.spec import HOOKS_SPEC, SpecValidators
 from gateway.store import QueueEntry, Store, open_store
@@ -38,12 +39,15 @@ CLIENTS = web.AppKey("clients", dict)
 WALLETS = web.AppKey("wallets", dict)
 WORKER = web.AppKey("worker", DeliveryWorker)
 INFLIGHT = web.AppKey("inflight", dict)
+LIMITER = web.AppKey("limiter", Limiter)
 
 
 def _error_response(error: IgspError, request_id: str) -> web.Response:
     status, body = error_body(error)
-    return web.Response(status=status, body=body, content_type="application/json",
-                        headers={"X-Request-ID": request_id})
+    headers = {"X-Request-ID": request_id}
+    if isinstance(error, RateLimited):
+        headers["Retry-After"] = str(error.retry_after)
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
 @web.middleware
@@ -127,7 +131,8 @@ async def _faces_ctx(app: web.Application):
     store = app[STORE]
     app[VERIFIER] = Verifier({p.api_key: p for p in config.partners}, config.signature_window, store,
                              config.replay_protection,
-                             on_failure=lambda reason: metrics.SIGNATURE_FAILURES.labels(reason).inc())
+                             on_failure=lambda reason: metrics.SIGNATURE_FAILURES.labels(reason).inc(),
+                             limiter=app[LIMITER])
     clients: dict[str, LegacyClient] = {}
     wallets: dict[str, Wallet] = {}
     worker = DeliveryWorker(store, {}, consumer=f"{socket.gethostname()}-{os.getpid()}",
@@ -171,10 +176,14 @@ def _backoff_for(app: web.Application, entry: QueueEntry) -> tuple[float, float]
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=config.max_body_bytes,
-                          handler_args={"max_field_size": 8190, "max_line_size": 8190})
+                          handler_args={"max_field_size": config.max_header_bytes,
+                                        "max_line_size": config.max_header_bytes})
     app[CONFIG] = config
     app[HOOK_SPEC] = SpecValidators(HOOKS_SPEC)
     app[INFLIGHT] = {"n": 0}
+    # One bucket per partner, shared by every face of this process.
+    app[LIMITER] = Limiter({p.id: p.rate_limit for p in config.partners},
+                           on_limited=lambda pid: metrics.RATE_LIMITED.labels(pid).inc())
     for name in ("BalanceRequest", "BetRequest", "WinRequest", "RefundRequest"):
         app[HOOK_SPEC].validator(name)  # compile at start-up, not on the first request
     app.cleanup_ctx.append(_store_ctx)

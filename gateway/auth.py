@@ -2,7 +2,8 @@
 
 401 ``unauthorized`` for a missing or unknown credential, 403 ``invalid_signature`` for
 a bad signature, a timestamp outside the window, or a replayed signature. The caller
-only learns the status; the precise reason goes to logs and metrics.
+only learns the status; the precise reason goes to logs and metrics. A verified partner
+over its rate limit gets 429 before its signature is remembered (gateway/ratelimit.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from gateway import signing
 from gateway.config import Partner
 from gateway.errors import IgspError
+from gateway.ratelimit import Limiter
 from gateway.store import Store
 
 
@@ -27,8 +29,9 @@ class AuthFailure(IgspError):
 
 class Verifier:
     def __init__(self, partners: dict[str, Partner], window: int, store: Store | None, replay_protection: bool,
-                 on_failure: Callable[[str], None] | None = None):
+                 on_failure: Callable[[str], None] | None = None, limiter: Limiter | None = None):
         self.partners = partners  # api_key -> Partner
+        self.limiter = limiter
         self.window = window
         self.store = store if replay_protection else None
         self.on_failure = on_failure
@@ -53,6 +56,8 @@ class Verifier:
             raise self._fail("invalid_signature", "stale_timestamp")
         if not signing.verify(partner.secrets, body, timestamp, signature):
             raise self._fail("invalid_signature", "bad_signature")
+        if self.limiter is not None:
+            self.limiter.check(partner.id)
         if self.store is not None:
             # A valid signature is accepted once: a captured request replayed inside
             # the window is refused. Remembered a little longer than the window.

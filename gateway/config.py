@@ -12,10 +12,20 @@ from typing import Any
 
 from gateway.errors import ConfigError, Problem
 from gateway.mapping import Mapping, load_mapping
+from gateway.ratelimit import RateLimit
 from gateway.store import STORE_SCHEMES
 from gateway.yamlload import interpolate_env, line_of, load_yaml, schema_problems
 
 _SECRET = {"type": "string", "minLength": 16}
+_RATE_LIMIT = {
+    "description": "Token bucket per partner and per process: requests_per_second, burst; null = no limit.",
+    "oneOf": [
+        {"type": "null"},
+        {"type": "object", "additionalProperties": False, "required": ["requests_per_second"],
+         "properties": {"requests_per_second": {"type": "number", "exclusiveMinimum": 0},
+                        "burst": {"type": "integer", "minimum": 1}}},
+    ],
+}
 
 CONFIG_SCHEMA: dict = {
     "type": "object",
@@ -32,6 +42,8 @@ CONFIG_SCHEMA: dict = {
                 "port": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 8080},
                 "workers": {"type": "integer", "minimum": 1, "maximum": 64, "default": 1},
                 "max_body_bytes": {"type": "integer", "minimum": 256, "default": 65536},
+                "max_header_bytes": {"type": "integer", "minimum": 1024, "maximum": 65536, "default": 8190,
+                                     "description": "Longest request line or header field; longer gets 4xx."},
                 "drain_seconds": {"type": "number", "minimum": 0, "default": 20},
                 "access_log": {"type": "boolean", "default": True},
             },
@@ -63,6 +75,7 @@ CONFIG_SCHEMA: dict = {
             "properties": {
                 "signature_window_seconds": {"type": "integer", "minimum": 1, "maximum": 3600, "default": 300},
                 "replay_protection": {"type": "boolean", "default": True},
+                "rate_limit": _RATE_LIMIT,
             },
         },
         "admin": {
@@ -104,6 +117,7 @@ CONFIG_SCHEMA: dict = {
                     "api_key": {"type": "string", "minLength": 8},
                     "secrets": {"type": "array", "minItems": 1, "maxItems": 2, "items": _SECRET},
                     "hooks_url": {"type": "string", "pattern": "^https?://"},
+                    "rate_limit": _RATE_LIMIT,
                 },
             },
         },
@@ -121,6 +135,7 @@ class Partner:
     secrets: tuple[bytes, ...]
     mapping: Mapping
     hooks_url: str | None = None
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +145,7 @@ class Config:
     port: int = 8080
     workers: int = 1
     max_body_bytes: int = 65536
+    max_header_bytes: int = 8190
     drain_seconds: float = 20.0
     access_log: bool = True
     store_url: str = "sqlite:///igsp-gateway.db"
@@ -179,6 +195,7 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         raise ConfigError(problems)
 
     base = Path(file).resolve().parent
+    default_limit = (data.get("security") or {}).get("rate_limit")
     partners, seen_ids, seen_keys, loaded = [], set(), set(), {}
     for index, spec in enumerate(data["partners"]):
         where = ("partners", index)
@@ -204,7 +221,8 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
             problems.append(Problem(file, line_of(data, where), f"partners[{index}]",
                                     "a provider-face partner needs hooks_url (the platform's iGSP hooks URL)"))
         partners.append(Partner(spec["id"], spec["face"], spec["api_key"],
-                                tuple(s.encode() for s in spec["secrets"]), mapping, spec.get("hooks_url")))
+                                tuple(s.encode() for s in spec["secrets"]), mapping, spec.get("hooks_url"),
+                                RateLimit.parse(spec["rate_limit"] if "rate_limit" in spec else default_limit)))
     problems.extend(_lease_problems(data, file, partners))
     if problems:
         raise ConfigError(problems)
@@ -220,6 +238,7 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         port=server.get("port", 8080),
         workers=server.get("workers", 1),
         max_body_bytes=server.get("max_body_bytes", 65536),
+        max_header_bytes=server.get("max_header_bytes", 8190),
         drain_seconds=float(server.get("drain_seconds", 20)),
         access_log=server.get("access_log", True),
         store_url=store_url,

@@ -50,7 +50,9 @@ def encode(keys: tuple[bytes, ...], position: dict) -> str:
 def decode(keys: tuple[bytes, ...], token: str) -> dict:
     """The position inside a cursor this gateway signed; ``invalid_cursor`` otherwise."""
     bad = IgspError("invalid_cursor", "cursor is not valid; start again without one")
-    if not token or len(token) > MAX_LENGTH or token.count(".") != 1:
+    # Cursors this gateway issues are base64url: anything else (non-ASCII included, which
+    # hmac.compare_digest cannot even compare) is refused before any work.
+    if not token or len(token) > MAX_LENGTH or not token.isascii() or token.count(".") != 1:
         raise bad
     payload, mac = token.split(".")
     if not any(hmac.compare_digest(_mac(key, payload), mac) for key in keys):

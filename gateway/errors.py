@@ -46,6 +46,7 @@ ERROR_CODES: dict[str, int] = {
     "upstream_error": 502,
     "upstream_bad_response": 502,
     "upstream_unavailable": 503,
+    "service_unavailable": 503,
     "transaction_in_progress": 503,
     "upstream_timeout": 504,
 }

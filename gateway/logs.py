@@ -11,6 +11,7 @@ import sys
 import time
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 REDACTED = "[REDACTED]"
@@ -42,9 +43,21 @@ class JsonFormatter(logging.Formatter):
         return self.redact(orjson.dumps(entry, default=str).decode())
 
 
+def quiet_protocol_errors(record: logging.LogRecord) -> bool:
+    """Malformed HTTP from a client (an oversized header, garbage bytes) is its mistake, not
+    ours: aiohttp already answered 4xx; log one warning line instead of an error traceback."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError) and (exc.code or 400) < 500:
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = "malformed HTTP request refused: %s", (str(exc.message)[:200],)
+    return True
+
+
 def setup_logging(level: str = "info", secrets: list[str] | None = None, stream=None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(secrets))
+    handler.addFilter(quiet_protocol_errors)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

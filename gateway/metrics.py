@@ -21,6 +21,7 @@ UPSTREAM_SECONDS = Histogram("igsp_upstream_duration_seconds", "Legacy API call 
 UPSTREAM_ERRORS = Counter("igsp_upstream_errors", "Legacy API failures by kind",
                           ["mapping", "operation", "kind"])
 SIGNATURE_FAILURES = Counter("igsp_signature_failures", "Rejected iGSP credentials or signatures", ["reason"])
+RATE_LIMITED = Counter("igsp_rate_limited", "Requests refused by a partner's rate limit", ["partner"])
 REPLAYS = Counter("igsp_idempotent_replays", "Duplicate transactions answered from the ledger",
                   ["partner", "action"])
 QUEUE_DEPTH = Gauge("igsp_queue_depth", "Deliveries waiting in the retry queue", multiprocess_mode="max")

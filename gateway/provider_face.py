@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+import orjson
 from aiohttp import web
 
 from adapters.codecs import dumps
@@ -59,7 +60,7 @@ def setup_provider_face(app: web.Application, config: Config) -> None:
 
 
 async def _provider_ctx(app: web.Application):
-    from gateway.app import CLIENTS, CONFIG, STORE
+    from gateway.app import CLIENTS, CONFIG, LIMITER, STORE
 
     config, store = app[CONFIG], app[STORE]
     partners = [p for p in config.partners if p.face == "provider"]
@@ -68,9 +69,10 @@ async def _provider_ctx(app: web.Application):
     face = ProviderFace(
         # Catalogue reads are idempotent and their query is unsigned anyway, so a GET
         # signature may be used more than once (a platform pages fast, timestamps in seconds).
-        read_verifier=Verifier(by_key, config.signature_window, store, False, on_failure=on_failure),
+        read_verifier=Verifier(by_key, config.signature_window, store, False, on_failure=on_failure,
+                               limiter=app[LIMITER]),
         write_verifier=Verifier(by_key, config.signature_window, store, config.replay_protection,
-                                on_failure=on_failure),
+                                on_failure=on_failure, limiter=app[LIMITER]),
         spec=SpecValidators(PROVIDER_SPEC),
         hooks=HookClient(observer=lambda partner, action, kind, seconds: metrics.observe_upstream(
             "platform-hooks", action, kind, seconds)),
@@ -147,6 +149,8 @@ async def handle_igsp(request: web.Request) -> web.Response:
 def _session_request(body: bytes, spec: SpecValidators) -> dict:
     try:
         payload = json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+        if b"\\u" in body:
+            orjson.loads(body)  # refuses an escaped lone surrogate, which json accepts (see platform_face)
     except (ValueError, RecursionError):
         raise IgspError("invalid_json", "body is not valid JSON") from None
     if not isinstance(payload, dict):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import secrets
 import time
 from datetime import datetime, timezone
@@ -40,7 +41,12 @@ PLAYER_NS = "pplayer"  # "<mapping>:<player_id>" -> latest legacy token
 def fingerprint(payload: dict) -> str:
     """Canonical digest of a launch request: equal bodies (any key order, 10 or 10.0) match."""
     canonical = {k: (format(v.normalize(), "f") if isinstance(v, Decimal) else v) for k, v in payload.items()}
-    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()[:32]
+    try:
+        text = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS, default=str)
+    except TypeError:
+        # orjson stops at 64-bit integers; extra fields may hold any JSON number.
+        text = json.dumps(canonical, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(text).hexdigest()[:32]
 
 
 class Launcher:

@@ -4,6 +4,7 @@ Every foreign failure is translated here, where it enters, into an UpstreamError
 says whether money may have moved (``applied``):
 
     connect refused / connect timeout        -> upstream_unavailable, applied=False
+    TLS certificate not trusted              -> upstream_unavailable, applied=False (kind "tls")
     HTTP 503 without a readable answer       -> upstream_unavailable, applied=False
     read timeout, reset, other 5xx, garbage  -> upstream_timeout / _unavailable / _bad_response, applied=None
     a mapped legacy business error           -> its iGSP code (IgspError), nothing applied
@@ -137,6 +138,10 @@ class LegacyClient:
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamError("upstream_unavailable", "legacy API not reachable (connect timeout)",
                                 kind="connect", applied=False) from exc
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientConnectorSSLError) as exc:
+            # Never sent: the upstream's certificate is not trusted (upstream.tls_verify).
+            raise UpstreamError("upstream_unavailable", "legacy API TLS handshake failed (certificate not trusted)",
+                                kind="tls", applied=False) from exc
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError("upstream_unavailable", "legacy API not reachable", kind="connect",
                                 applied=False) from exc

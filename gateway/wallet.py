@@ -194,8 +194,7 @@ class Wallet:
         entry = QueueEntry(
             id=uuid.uuid4().hex,
             route="wallet",
-            payload={"partner": self.partner_id, "op": op, "request_id": request_id,
-                     "hook": {k: (format(v, "f") if isinstance(v, Decimal) else v) for k, v in payload.items()}},
+            payload={"partner": self.partner_id, "op": op, "request_id": request_id, "hook": _plain(payload)},
             max_attempts=self.mapping.max_attempts,
             # A late legacy answer may still be in flight: a rollback that overtakes
             # its own bet would be acknowledged as "unknown" and undo nothing.
@@ -281,6 +280,18 @@ def check_currency(fields: dict, currency: str) -> None:
     legacy = fields.get("currency")
     if legacy not in (None, "") and str(legacy).upper() != currency:
         raise IgspError("currency_mismatch", f"the wallet keeps this player's balance in {legacy}, not {currency}")
+
+
+def _plain(value):
+    """JSON-safe copy for the queue: every Decimal, however deep (extra hook fields may
+    hold numbers), as its exact text; ``deliver`` turns ``amount`` back into a Decimal."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def compensation_payload(bet: dict) -> dict:

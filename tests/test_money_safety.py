@@ -54,11 +54,19 @@ class Wallet(Hub88):
         self.books.faults.append(parse_fault({"kind": kind, **options}))
 
     def wins(self) -> dict[str, int]:
-        """transaction id -> how many times the wallet credited it (readable while stopped too)."""
+        """transaction id -> how many times the wallet credited it (readable while stopped too).
+
+        The mapping sends ``<partner>:<transaction id>``; the partner prefix is dropped here."""
         counts: dict[str, int] = {}
         for e in [e for e in list(self.books.ledger) if e["kind"] == "win"]:
-            counts[e["txid"]] = counts.get(e["txid"], 0) + 1
+            txid = unprefixed(e["txid"])
+            counts[txid] = counts.get(txid, 0) + 1
         return counts
+
+
+def unprefixed(legacy_txid: str) -> str:
+    """``acme-games:w-1`` -> ``w-1`` (the Hub88 mapping namespaces legacy ids by partner)."""
+    return legacy_txid.split(":", 1)[1] if legacy_txid.startswith(f"{ACME['id']}:") else legacy_txid
 
 
 @pytest.fixture
@@ -298,7 +306,7 @@ def test_bets_orphaned_by_kill_9_mid_call_are_rolled_back(wallet, gateways, stor
     assert refunds[-1].status_code == 200, refunds[-1].text
 
     wait_for(lambda: wallet.balance("p1") == Decimal("100.00"), what="both bets rolled back")
-    assert sorted(e["txid"] for e in wallet.ledger("rollback")) == ["o-1:rollback", "o-2:rollback"]
+    assert sorted(unprefixed(e["txid"]) for e in wallet.ledger("rollback")) == ["o-1:rollback", "o-2:rollback"]
     assert client.hook({**bet("rf-2", "10.00"), "action": "refund", "bet_transaction_id": "o-2"}).content \
         == refunds[-1].content
     time.sleep(0.5)

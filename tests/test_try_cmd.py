@@ -58,7 +58,7 @@ def test_hub88_request_without_any_environment():
     assert "POST ${HUB88_WALLET_URL}/transaction/bet\n" in out
     body = json.loads(out.split("\n\n")[2].splitlines()[-1])
     assert body == {"user": "p1", "token": "s-1", "request_uuid": "rq-1", "game_code": "vs20olympgate",
-                    "transaction_uuid": "tx-1", "supplier_transaction_id": "tx-1", "round": "r-1",
+                    "transaction_uuid": "try:tx-1", "supplier_transaction_id": "tx-1", "round": "r-1",
                     "round_closed": False, "currency": "EUR", "amount": 1234000, "is_free": False, "bet": "bet"}
     assert "(give --response BODY|@file or --live to see the iGSP answer)" in out
 

@@ -11,7 +11,20 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
+from gateway.errors import IgspError
+
 PENDING, DONE, QUEUED = "pending", "done", "queued"
+
+
+class StoreUnavailable(IgspError):
+    """The store cannot be read or written (disk full, I/O error, locked, unreachable).
+
+    Answered ``503 service_unavailable`` (retriable). Backends raise it instead of their
+    driver's exceptions so no caller ever sees those.
+    """
+
+    def __init__(self, message: str = "the gateway's store is unavailable; retry later"):
+        super().__init__("service_unavailable", message)
 
 
 @dataclass

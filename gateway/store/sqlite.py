@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from gateway.store.base import PENDING, QueueEntry, Store, TxRecord
+from gateway.store.base import PENDING, QueueEntry, Store, StoreUnavailable, TxRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -45,12 +45,36 @@ def sqlite_path(url: str) -> str:
     return path or parts.netloc or ":memory:"
 
 
+class _Guarded:
+    """The connection, with ``OperationalError`` (disk full, I/O error, busy) as StoreUnavailable.
+
+    Every statement is its own autocommit transaction, so a failed one changed nothing.
+    """
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: sqlite3.Connection):
+        self.raw = raw
+
+    def execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        try:
+            return self.raw.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable() from exc
+
+    def executemany(self, sql: str, rows: list) -> sqlite3.Cursor:
+        try:
+            return self.raw.executemany(sql, rows)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable() from exc
+
+
 class SqliteStore(Store):
     def __init__(self, url: str):
         self.url = url
         self.path = sqlite_path(url)
         self.synchronous = parse_qs(urlsplit(url).query).get("synchronous", ["normal"])[0].upper()
-        self._db: sqlite3.Connection | None = None
+        self._db: _Guarded | None = None
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -60,16 +84,16 @@ class SqliteStore(Store):
         db.execute(f"PRAGMA synchronous={self.synchronous if self.synchronous in ('NORMAL', 'FULL') else 'NORMAL'}")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
-        self._db = db
+        self._db = _Guarded(db)
         self.purge_expired()
 
     async def close(self) -> None:
         if self._db is not None:
-            self._db.close()
+            self._db.raw.close()
             self._db = None
 
     @property
-    def db(self) -> sqlite3.Connection:
+    def db(self) -> _Guarded:
         if self._db is None:
             raise RuntimeError("store is not open")
         return self._db
