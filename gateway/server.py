@@ -18,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -46,7 +49,12 @@ def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-async def serve_async(config: Config, sock: socket.socket, ready_line: bool = True) -> None:
+def print_ready(url: str) -> None:
+    print(f"READY {url}", flush=True)
+
+
+async def serve_async(config: Config, sock: socket.socket, on_ready: Callable[[str], None] = print_ready,
+                      hup_pending: threading.Event | None = None) -> None:
     from gateway.app import INFLIGHT, RUNTIME, create_app
     from gateway.runtime import watch
 
@@ -56,10 +64,6 @@ async def serve_async(config: Config, sock: socket.socket, ready_line: bool = Tr
     site = web.SockSite(runner, sock)
     await site.start()
     host, port = sock.getsockname()[:2]
-    log.info("listening", extra={"url": f"http://{host}:{port}",
-                                 "partners": [p.id for p in config.partners], "store": config.store_url.split("://")[0]})
-    if ready_line:
-        print(f"READY http://{host}:{port}", flush=True)
     runtime = app[RUNTIME]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,8 +77,13 @@ async def serve_async(config: Config, sock: socket.socket, ready_line: bool = Tr
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: background(runtime.reload("SIGHUP"), "reload"))
+    if hup_pending is not None and hup_pending.is_set():
+        background(runtime.reload("SIGHUP"), "reload")  # one that came while starting
     if config.watch_seconds > 0:
         background(watch(runtime, config.watch_seconds), "watch-config")
+    log.info("listening", extra={"url": f"http://{host}:{port}",
+                                 "partners": [p.id for p in config.partners], "store": config.store_url.split("://")[0]})
+    on_ready(f"http://{host}:{port}")
     await stop.wait()
     log.info("draining", extra={"inflight": app[INFLIGHT]["n"], "grace_seconds": config.drain_seconds})
     # AppRunner.cleanup closes the listening socket, closes idle connections, waits up to
@@ -86,20 +95,27 @@ async def serve_async(config: Config, sock: socket.socket, ready_line: bool = Tr
     log.info("stopped")
 
 
-def _run_one(config: Config, sock: socket.socket, ready_line: bool) -> None:
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's handler is in place
+def _run_one(config: Config, sock: socket.socket, on_ready: Callable[[str], None]) -> None:
+    # A SIGHUP that arrives while starting is kept and acted on once the loop is up.
+    hup_pending = threading.Event()
+    signal.signal(signal.SIGHUP, lambda signum, frame: hup_pending.set())
     setup_logging(config.log_level, config.secrets)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve_async(config, sock, ready_line))
+        asyncio.run(serve_async(config, sock, on_ready, hup_pending))
     else:
-        uvloop.run(serve_async(config, sock, ready_line))
+        uvloop.run(serve_async(config, sock, on_ready, hup_pending))
 
 
 def serve(config: Config) -> int:
     if config.workers <= 1:
-        _run_one(config, _socket(config.host, config.port, False), True)
+        setup_logging(config.log_level, config.secrets)
+        try:
+            _run_one(config, _socket(config.host, config.port, False), print_ready)
+        except Exception:  # noqa: BLE001 - e.g. the store cannot be opened: one log line, exit 1
+            log.exception("failed to start")
+            return 1
         return 0
     return _serve_workers(config)
 
@@ -117,21 +133,24 @@ def _serve_workers(config: Config) -> int:
     for stale in Path(metrics_dir).glob("*.db"):
         stale.unlink(missing_ok=True)
     from gateway import metrics
-    setup_logging(config.log_level, config.secrets)
 
+    setup_logging(config.log_level, config.secrets)
     # Bind once to learn the port (port 0 = pick one), then every worker binds it too.
     probe = _socket(config.host, config.port, True)
     port = probe.getsockname()[1]
+    ready_r, ready_w = os.pipe()  # a worker writes one byte here once it serves
     stopping = False
 
-    def spawn(index: int, sock: socket.socket | None, ready_line: bool = False) -> int:
+    def spawn(index: int, sock: socket.socket | None = None) -> int:
         pid = os.fork()
         if pid == 0:
             code = 0
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, signal.SIG_DFL)  # not the parent's forwarder
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            os.close(ready_r)
             try:
-                _run_one(config, sock or _socket(config.host, port, True), ready_line)
+                _run_one(config, sock or _socket(config.host, port, True), lambda url: os.write(ready_w, b"."))
             except BaseException:  # noqa: BLE001 - a worker reports and exits, never returns to the parent's loop
                 log.exception("worker failed")
                 code = 1
@@ -139,12 +158,6 @@ def _serve_workers(config: Config) -> int:
                 sys.stdout.flush()
                 os._exit(code)
         return pid
-
-    children = {spawn(0, probe, ready_line=True): 0}
-    probe.close()
-    for index in range(1, config.workers):
-        children[spawn(index, None)] = index
-    log.info("workers started", extra={"workers": sorted(children), "metrics_dir": metrics_dir, "port": port})
 
     def forward(signum, frame):
         nonlocal stopping
@@ -155,12 +168,29 @@ def _serve_workers(config: Config) -> int:
             except ProcessLookupError:
                 pass
 
+    children: dict[int, int] = {}
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
+    children[spawn(0, probe)] = 0
+    probe.close()
+    for index in range(1, config.workers):
+        children[spawn(index)] = index
+    log.info("workers started", extra={"workers": sorted(children), "metrics_dir": metrics_dir, "port": port})
     status = 0
     try:
+        failed = _wait_ready(ready_r, config.workers, lambda: stopping)
+        if failed is not None:
+            children.pop(failed, None)
+            metrics.mark_process_dead(failed)
+            forward(signal.SIGTERM, None)
+            status = 1
+        elif not stopping:
+            print_ready(f"http://{config.host}:{port}")
         while children:
-            pid, code = os.wait()
+            try:
+                pid, code = os.wait()
+            except ChildProcessError:
+                break
             index = children.pop(pid, None)
             metrics.mark_process_dead(pid)
             exit_code = os.waitstatus_to_exitcode(code)
@@ -173,9 +203,24 @@ def _serve_workers(config: Config) -> int:
                       extra={"worker_pid": pid, "exit_code": exit_code, "worker": index})
             time.sleep(0.5)  # a worker that cannot start must not become a fork loop
             if not stopping:
-                children[spawn(index, None)] = index
+                children[spawn(index)] = index
     finally:
         sys.stdout.flush()
         if owned:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
+
+
+def _wait_ready(ready_r: int, workers: int, stopping: Callable[[], bool]) -> int | None:
+    """Until every worker serves (None), or one dies while starting (its pid)."""
+    started = 0
+    while started < workers and not stopping():
+        readable, _, _ = select.select([ready_r], [], [], 0.2)
+        if readable:
+            started += len(os.read(ready_r, 64))
+        pid, code = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            log.error("a worker failed to start", extra={"worker_pid": pid,
+                                                         "exit_code": os.waitstatus_to_exitcode(code)})
+            return pid
+    return None
