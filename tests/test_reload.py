@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import signal
 import threading
+from decimal import Decimal
 
 import pytest
 import yaml
@@ -177,3 +178,31 @@ async def test_a_replaced_generation_closes_its_pools_after_its_last_request(tmp
         finally:
             await runtime.close()
             await store.close()
+
+
+def test_the_provider_face_is_rebuilt_on_reload_and_keeps_serving(tmp_path):
+    from tests.test_provider_face import World
+
+    world = World(tmp_path)
+    try:
+        world.player("zed", "50.00")
+        assert world.get("/games", limit=5).status_code == 200
+        token = world.token("sess-zed", "zed")
+        world.gateway.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: reloads(world.gateway, "applied") == 1, what="the reload")
+        # Catalogue, launch and the legacy wallet callbacks all run on the new generation;
+        # the session made before the reload is still known (it lives in the store).
+        assert world.get("/games", limit=5).status_code == 200
+        played = world.play(token, [{"op": "bet", "amount": "2.00", "reference": "z-bet"},
+                                    {"op": "result", "amount": "5.00", "reference": "z-win"}])
+        assert played["ok"] is True, played
+        assert world.balance("zed") == Decimal("53.00")
+        assert world.launch("sess-zed-2", "zed").status_code == 201
+        m = Metrics.scrape(world.gateway.url)
+        assert m.value("igsp_catalogue_cache_total", result="miss") >= 1
+        assert m.value("igsp_catalogue_cache_total", result="hit") >= 1
+        assert m.value("igsp_requests_total", partner="casino-one", face="provider", operation="games",
+                       outcome="ok") == 2
+        assert m.value("igsp_requests_total", partner="casino-one", face="legacy", outcome="ok") >= 2
+    finally:
+        world.stop()
