@@ -10,6 +10,7 @@ import threading
 from decimal import Decimal
 
 import pytest
+import requests
 import yaml
 
 from gateway.config import load_config
@@ -206,3 +207,21 @@ def test_the_provider_face_is_rebuilt_on_reload_and_keeps_serving(tmp_path):
         assert m.value("igsp_requests_total", partner="casino-one", face="legacy", outcome="ok") >= 2
     finally:
         world.stop()
+
+
+def test_a_reload_rotates_the_admin_token(gateway_factory, hub88, tmp_path):
+    config = platform_config(f"sqlite:///{tmp_path}/gateway.db", admin={"token": "admin-token-old-0001"})
+    gw = gateway_factory(config)
+
+    def queue_status(token: str) -> int:
+        return requests.get(f"{gw.url}/admin/queue", headers={"Authorization": f"Bearer {token}"},
+                            timeout=5).status_code
+
+    assert queue_status("admin-token-old-0001") == 200
+    config["admin"]["token"] = "admin-token-new-0002"
+    gw.config_path.write_text(yaml.safe_dump(config))
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: reloads(gw, "applied") == 1, what="the reload")
+    assert queue_status("admin-token-new-0002") == 200
+    assert queue_status("admin-token-old-0001") == 401
+    assert "admin-token-old-0001" not in gw.log_text() and "admin-token-new-0002" not in gw.log_text()
