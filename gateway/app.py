@@ -103,6 +103,8 @@ async def _answer(request: web.Request, handler, request_id: str) -> web.StreamR
         request["error"] = exc.code
         if isinstance(exc, AuthFailure):
             request["auth_failure"] = exc.reason
+        elif isinstance(exc, RateLimited) and exc.partner:
+            request["partner"] = exc.partner
         elif isinstance(exc, UpstreamError):
             request["upstream_failure"] = exc.kind
         return _error_response(exc, request_id)

@@ -43,6 +43,7 @@ def ops_gateway(gateway_factory, tmp_path):
                          base_url=f"http://127.0.0.1:{free_port()}")
     config = platform_config(f"sqlite:///{tmp_path}/gateway.db")
     config["partners"][1]["mapping"] = str(dead)
+    config["partners"][1]["rate_limit"] = {"requests_per_second": 0.001, "burst": 1}
     return gateway_factory(config)
 
 
@@ -67,6 +68,7 @@ def scripted_traffic(hub88, gw) -> None:
         hub88.fault(kind, endpoint="balance")
         assert acme.hook(balance()).status_code == status, kind
     assert beta.hook(balance()).status_code == 503  # connection refused
+    assert beta.hook(balance()).status_code == 429  # beta's one-request burst is spent
 
     # A win whose outcome is unknown on a wallet that does not dedupe: dead-lettered.
     hub88.fault("delay", endpoint="win", seconds=2.5)
@@ -94,11 +96,12 @@ def test_metrics_count_scripted_traffic_exactly(hub88, ops_gateway):
         ("unknown", "unknown", "client_error"): 5,
         ("acme-games", "balance", "server_error"): 3,
         ("beta-games", "balance", "server_error"): 1,
+        ("beta-games", "unknown", "client_error"): 1,  # rate limited: refused before the body is read
         ("acme-games", "win", "server_error"): 1,
         ("acme-games", "bet", "server_error"): 1,
     }
     assert {s["face"] for s in m.series("igsp_requests_total")} == {"platform"}
-    assert m.value("igsp_request_duration_seconds_count", face="platform") == 15
+    assert m.value("igsp_request_duration_seconds_count", face="platform") == 16
     assert m.value("igsp_request_duration_seconds_count", face="platform", operation="bet") == 4
     assert m.value("igsp_request_duration_seconds_bucket", face="platform", operation="bet", le="+Inf") == 4
 
@@ -109,6 +112,8 @@ def test_metrics_count_scripted_traffic_exactly(hub88, ops_gateway):
     assert m.value("igsp_signature_failures_total", reason="unknown_api_key") == 1
     assert m.value("igsp_signature_failures_total", reason="stale_timestamp") == 1
     assert m.value("igsp_signature_failures_total") == 5
+    assert m.value("igsp_rate_limited_total", partner="beta-games") == 1
+    assert m.value("igsp_rate_limited_total") == 1
     assert m.value("igsp_signature_failures_total", reason="replayed_signature") == 0  # exported at zero
 
     errors = {(s["mapping"], s["operation"], s["kind"]): m.value("igsp_upstream_errors_total", **s)

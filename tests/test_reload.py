@@ -225,3 +225,27 @@ def test_a_reload_rotates_the_admin_token(gateway_factory, hub88, tmp_path):
     assert queue_status("admin-token-new-0002") == 200
     assert queue_status("admin-token-old-0001") == 401
     assert "admin-token-old-0001" not in gw.log_text() and "admin-token-new-0002" not in gw.log_text()
+
+
+async def test_a_reload_keeps_the_rate_limit_bucket_of_an_unchanged_limit(tmp_path, hub88_keys, monkeypatch):
+    monkeypatch.setenv("HUB88_WALLET_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("HUB88_PRIVATE_KEY", hub88_keys[0])
+    config = platform_config(f"sqlite:///{tmp_path}/gateway.db")
+    config["partners"][0]["rate_limit"] = {"requests_per_second": 1, "burst": 2}
+    config["partners"][1]["rate_limit"] = {"requests_per_second": 1, "burst": 3}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    store = open_store(config["store"]["url"])
+    await store.open()
+    runtime = Runtime(load_config(path), store)
+    try:
+        first = runtime.current.limiter.buckets
+        config["partners"][1]["rate_limit"]["burst"] = 5
+        path.write_text(yaml.safe_dump(config))
+        assert await runtime.reload()
+        now = runtime.current.limiter.buckets
+        assert now["acme-games"] is first["acme-games"]  # a reload is no way around a limit
+        assert now["beta-games"] is not first["beta-games"] and now["beta-games"].capacity == 5
+    finally:
+        await runtime.close()
+        await store.close()
