@@ -12,14 +12,17 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 from decimal import Decimal
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from tests.conftest import ACME, platform_config
 from tests.ops_support import Metrics, wait_for, write_mapping
-from tests.support import IgspClient
+from tests.support import ROOT, IgspClient
 
 
 def bet(txid, amount=10, player="p1"):
@@ -163,3 +166,30 @@ def test_the_metrics_directory_made_for_workers_is_removed_at_exit(gateway_facto
     assert Metrics.scrape(gw.url).value("igsp_signature_failures_total") == 0
     assert gw.stop() == 0
     assert not os.path.exists(made)
+
+
+def test_sighup_to_the_parent_reloads_every_worker(hub88, two_workers):
+    gw = two_workers
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: Metrics.scrape(gw.url).value("igsp_config_reloads_total", outcome="applied") == 2,
+             what="both workers to reload")
+    reloaded = {line["pid"] for line in gw.log_lines() if line["msg"] == "config reloaded"}
+    assert reloaded == worker_pids(gw)
+    acme = IgspClient(gw.url, ACME["api_key"], ACME["secret"])
+    hub88.player("p1", "100.00")
+    assert acme.hook(balance()).status_code == 200
+    assert gw.stop() == 0
+
+
+def test_workers_that_cannot_start_make_the_server_exit_1(hub88, hub88_keys, tmp_path):
+    (tmp_path / "a-directory").mkdir()
+    config = platform_config(f"sqlite:///{tmp_path}/a-directory")  # the store cannot open
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HUB88_WALLET_URL": hub88.url, "HUB88_PRIVATE_KEY": hub88_keys[0]}
+    result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(path), "--workers", "2"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "READY" not in result.stdout
+    assert "a worker failed to start" in result.stderr
+    assert all(line.startswith("{") for line in result.stderr.splitlines())  # JSON lines, no bare traceback
