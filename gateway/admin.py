@@ -45,9 +45,9 @@ def _authorized(handler):
 
     @functools.wraps(handler)
     async def check(request: web.Request) -> web.Response:
-        from gateway.app import CONFIG
+        from gateway.app import generation
 
-        token = request.app[CONFIG].admin_token or ""
+        token = generation(request).config.admin_token or ""  # a reload may rotate it
         given = request.headers.get("Authorization", "")
         if not (token and given.startswith("Bearer ")
                 and hmac.compare_digest(given[7:].strip().encode(), token.encode())):

@@ -2,6 +2,8 @@
 
 State lives under typed ``web.AppKey`` constants; each resource (store, legacy
 clients, delivery worker) is a ``cleanup_ctx`` generator; nothing changes after start.
+What a reload replaces lives in the ``RUNTIME`` holder (gateway/runtime.py): a request
+uses ``request["generation"]``, the one current when it arrived.
 """
 
 from __future__ import annotations
@@ -17,29 +19,35 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.admin import setup_admin
-from gateway.auth import AuthFailure, Verifier
+from gateway.auth import AuthFailure
 from gateway.config import Config
 from gateway.errors import IgspError, UpstreamError
+from gateway.health import UpstreamProbe, healthz, metrics_endpoint, readyz
+from gateway.logs import REQUEST_ID
 from gateway.platform_face import handle_hook
 from gateway.provider_face import setup_provider_face
-from gateway.ratelimit import Limiter, RateLimited
+from gateway.ratelimit import RateLimited
 from gateway.retry_queue import DeliveryWorker
+from gateway.runtime import Generation, Runtime
 from gateway.spec import HOOKS_SPEC, SpecValidators
 from gateway.store import QueueEntry, Store, open_store
-from gateway.upstream import LegacyClient
-from gateway.wallet import Wallet, error_body
+from gateway.wallet import error_body
 
 log = logging.getLogger("igsp.access")
 
-CONFIG = web.AppKey("config", Config)
+CONFIG = web.AppKey("config", Config)  # as started: listen address, store, routes
 STORE = web.AppKey("store", Store)
-VERIFIER = web.AppKey("verifier", Verifier)
 HOOK_SPEC = web.AppKey("hook_spec", SpecValidators)
-CLIENTS = web.AppKey("clients", dict)
-WALLETS = web.AppKey("wallets", dict)
+RUNTIME = web.AppKey("runtime", Runtime)  # the current Generation (verifier, clients, wallets)
 WORKER = web.AppKey("worker", DeliveryWorker)
 INFLIGHT = web.AppKey("inflight", dict)
-LIMITER = web.AppKey("limiter", Limiter)
+PROBE = web.AppKey("upstream_probe", UpstreamProbe)
+BUILDERS = web.AppKey("generation_builders", dict)  # face name -> Builder (gateway/runtime.py)
+
+
+def generation(request: web.Request) -> Generation:
+    """The config generation this request runs under (fixed for its whole life)."""
+    return request["generation"]
 
 
 def _error_response(error: IgspError, request_id: str) -> web.Response:
@@ -60,62 +68,54 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     face = request.match_info.route.name or "other"
     inflight = request.app[INFLIGHT]
     inflight["n"] += 1
+    logged = REQUEST_ID.set(request_id)  # every log line of this request carries its id
     try:
-        try:
-            response = await handler(request)
-            response.headers["X-Request-ID"] = request_id
-        except IgspError as exc:
-            response = _error_response(exc, request_id)
-            if isinstance(exc, AuthFailure):
-                request["auth_failure"] = exc.reason
-            elif isinstance(exc, UpstreamError):
-                request["upstream_failure"] = exc.kind
-        except web.HTTPRequestEntityTooLarge:
-            response = _error_response(IgspError("payload_too_large", "request body is too large"), request_id)
-        except web.HTTPException as exc:
-            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "invalid_request")
-            response = _error_response(IgspError(code, exc.reason or "request refused", exc.status), request_id)
-        except Exception:  # noqa: BLE001 - never a traceback to a client
-            log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
-            response = _error_response(IgspError("internal_error", "internal error"), request_id)
+        with request.app[RUNTIME].use() as gen:
+            request["generation"] = gen
+            response = await _answer(request, handler, request_id)
     finally:
         inflight["n"] -= 1
+        REQUEST_ID.reset(logged)
     if face in ("platform", "provider", "legacy"):
         elapsed = time.perf_counter() - started
         operation = request.get("operation", "unknown")
-        partner = request.get("partner", "unknown")
+        partner = request.get("partner", "unknown")  # set only once a configured partner is verified
         outcome = "ok" if response.status < 400 else ("client_error" if response.status < 500 else "server_error")
         metrics.REQUESTS.labels(partner, face, operation, outcome).inc()
         metrics.REQUEST_SECONDS.labels(face, operation).observe(elapsed)
-        if request.app[CONFIG].access_log:
+        if gen.config.access_log:
             log.info("request", extra={
                 "request_id": request_id, "partner": partner, "face": face, "operation": operation,
                 "status": response.status, "latency_ms": round(elapsed * 1000, 3),
                 "transaction_id": request.get("transaction_id"), "method": request.method, "path": request.path,
                 **({"auth_failure": request["auth_failure"]} if "auth_failure" in request else {}),
+                **({"error": request["error"]} if "error" in request else {}),
             })
     return response
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    app = request.app
-    checks = {"mappings": "ok" if app[CONFIG].partners else "none loaded"}
+async def _answer(request: web.Request, handler, request_id: str) -> web.StreamResponse:
     try:
-        await asyncio.wait_for(app[STORE].ping(), 2.0)
-        checks["store"] = "ok"
-    except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        checks["store"] = f"unreachable: {type(exc).__name__}"
-    ready = all(v == "ok" for v in checks.values())
-    return web.json_response({"status": "ready" if ready else "not ready", "checks": checks},
-                             status=200 if ready else 503)
-
-
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
+        response = await handler(request)
+        response.headers["X-Request-ID"] = request_id
+        return response
+    except IgspError as exc:
+        request["error"] = exc.code
+        if isinstance(exc, AuthFailure):
+            request["auth_failure"] = exc.reason
+        elif isinstance(exc, RateLimited) and exc.partner:
+            request["partner"] = exc.partner
+        elif isinstance(exc, UpstreamError):
+            request["upstream_failure"] = exc.kind
+        return _error_response(exc, request_id)
+    except web.HTTPRequestEntityTooLarge:
+        return _error_response(IgspError("payload_too_large", "request body is too large"), request_id)
+    except web.HTTPException as exc:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "invalid_request")
+        return _error_response(IgspError(code, exc.reason or "request refused", exc.status), request_id)
+    except Exception:  # noqa: BLE001 - never a traceback to a client
+        log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+        return _error_response(IgspError("internal_error", "internal error"), request_id)
 
 
 async def _store_ctx(app: web.Application):
@@ -127,48 +127,55 @@ async def _store_ctx(app: web.Application):
 
 
 async def _faces_ctx(app: web.Application):
-    config = app[CONFIG]
-    store = app[STORE]
-    app[VERIFIER] = Verifier({p.api_key: p for p in config.partners}, config.signature_window, store,
-                             config.replay_protection,
-                             on_failure=lambda reason: metrics.SIGNATURE_FAILURES.labels(reason).inc(),
-                             limiter=app[LIMITER])
-    clients: dict[str, LegacyClient] = {}
-    wallets: dict[str, Wallet] = {}
+    config, store = app[CONFIG], app[STORE]
     worker = DeliveryWorker(store, {}, consumer=f"{socket.gethostname()}-{os.getpid()}",
-                            backoff_for=lambda entry: _backoff_for(app, entry),
+                            backoff_for=lambda entry: _backoff_for(runtime.current, entry),
                             lease_seconds=config.queue_lease_seconds, poll_seconds=config.queue_poll_seconds)
-    for partner in config.partners:
-        client = clients.setdefault(partner.mapping.name, LegacyClient(partner.mapping, metrics.observe_upstream))
-        if partner.face == "platform":
-            wallets[partner.id] = Wallet(partner.id, client, store, retention=config.retention_seconds,
-                                         currencies=config.currencies, wake_queue=worker.wake.set,
-                                         orphan_after=config.queue_lease_seconds,
-                                         on_replay=lambda action, pid=partner.id: metrics.REPLAYS.labels(pid, action).inc())
-    app[CLIENTS], app[WALLETS], app[WORKER] = clients, wallets, worker
+    runtime = Runtime(config, store, wake_queue=worker.wake.set, builders=app[BUILDERS])
+    app[RUNTIME], app[WORKER] = runtime, worker
+    metrics.init_series()
 
     async def deliver_wallet(entry: QueueEntry) -> None:
-        wallet = wallets.get(entry.payload["partner"])
-        if wallet is None:
-            raise IgspError("internal_error", f"partner {entry.payload['partner']!r} is no longer configured")
-        await wallet.deliver(entry.payload["op"], entry.payload["hook"], entry.payload.get("request_id", ""))
+        logged = REQUEST_ID.set(entry.payload.get("request_id") or None)
+        try:
+            with runtime.use() as gen:
+                wallet = gen.wallets.get(entry.payload["partner"])
+                if wallet is None:
+                    raise IgspError("internal_error", f"partner {entry.payload['partner']!r} is no longer configured")
+                await wallet.deliver(entry.payload["op"], entry.payload["hook"], entry.payload.get("request_id", ""))
+        finally:
+            REQUEST_ID.reset(logged)
 
     worker.handlers["wallet"] = deliver_wallet
     task = asyncio.create_task(worker.run(), name="delivery-worker")
     yield
-    # Graceful stop: let the current delivery finish, then close the pools.
-    worker.stopping = True
-    worker.wake.set()
+    # Graceful stop (began in _begin_drain): the current delivery may finish within
+    # what is left of server.drain_seconds; the rest of the batch stays leased and is
+    # claimed again after a restart. Then the pools close.
+    _begin_drain(app)
+    remaining = max(0.0, runtime.drain_deadline - asyncio.get_running_loop().time())
     try:
-        await asyncio.wait_for(task, timeout=config.drain_seconds or 1.0)
+        await asyncio.wait_for(task, timeout=remaining or 0.1)
     except TimeoutError:
-        task.cancel()
-    for client in clients.values():
-        await client.close()
+        pass  # wait_for has cancelled it
+    await runtime.close()
 
 
-def _backoff_for(app: web.Application, entry: QueueEntry) -> tuple[float, float]:
-    wallet = app[WALLETS].get(entry.payload.get("partner"))
+def _begin_drain(app: web.Application) -> None:
+    """On shutdown (SIGTERM): stop claiming deliveries while in-flight requests finish."""
+    runtime = app[RUNTIME]
+    if runtime.drain_deadline is None:
+        runtime.drain_deadline = asyncio.get_running_loop().time() + app[CONFIG].drain_seconds
+    app[WORKER].stopping = True
+    app[WORKER].wake.set()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    _begin_drain(app)
+
+
+def _backoff_for(gen: Generation, entry: QueueEntry) -> tuple[float, float]:
+    wallet = gen.wallets.get(entry.payload.get("partner"))
     if wallet is None:
         return 1.0, 300.0
     return wallet.mapping.backoff_initial, wallet.mapping.backoff_max
@@ -181,13 +188,13 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[HOOK_SPEC] = SpecValidators(HOOKS_SPEC)
     app[INFLIGHT] = {"n": 0}
-    # One bucket per partner, shared by every face of this process.
-    app[LIMITER] = Limiter({p.id: p.rate_limit for p in config.partners},
-                           on_limited=lambda pid: metrics.RATE_LIMITED.labels(pid).inc())
     for name in ("BalanceRequest", "BetRequest", "WinRequest", "RefundRequest"):
         app[HOOK_SPEC].validator(name)  # compile at start-up, not on the first request
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_faces_ctx)
+    app.on_shutdown.append(_on_shutdown)
+    app[PROBE] = UpstreamProbe()
+    app[BUILDERS] = {}
     app.router.add_post(config.hooks_path, handle_hook, name="platform")
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")

@@ -25,7 +25,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server import serve
 
     config = _load(args.config)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers),
+                                   ("watch_seconds", args.watch)) if v is not None}
     return serve(replace(config, **overrides))
 
 
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT)")
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                   help="reload when the config or a mapping file changes, checking every SECONDS (default 2); "
+                        "SIGHUP always reloads")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("validate", help="check config and mapping files without starting anything")

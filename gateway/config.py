@@ -13,8 +13,9 @@ from typing import Any
 from gateway.errors import ConfigError, Problem
 from gateway.mapping import Mapping, load_mapping
 from gateway.ratelimit import RateLimit
+from gateway.redaction import scrub, secret_values
 from gateway.store import STORE_SCHEMES
-from gateway.yamlload import interpolate_env, line_of, load_yaml, schema_problems
+from gateway.yamlload import env_and_schema_problems, interpolate_env, line_of, load_yaml, schema_problems
 
 _SECRET = {"type": "string", "minLength": 16}
 _RATE_LIMIT = {
@@ -46,6 +47,10 @@ CONFIG_SCHEMA: dict = {
                                      "description": "Longest request line or header field; longer gets 4xx."},
                 "drain_seconds": {"type": "number", "minimum": 0, "default": 20},
                 "access_log": {"type": "boolean", "default": True},
+                "probe_upstreams": {"type": "boolean", "default": False,
+                                    "description": "/readyz also opens a TCP connection to every upstream."},
+                "watch_seconds": {"type": "number", "minimum": 0, "default": 0,
+                                  "description": "Reload when the config or a mapping file changes (0: SIGHUP only)."},
             },
         },
         "store": {
@@ -148,6 +153,8 @@ class Config:
     max_header_bytes: int = 8190
     drain_seconds: float = 20.0
     access_log: bool = True
+    probe_upstreams: bool = False
+    watch_seconds: float = 0.0
     store_url: str = "sqlite:///igsp-gateway.db"
     retention_seconds: float = 30 * 86400
     signature_window: int = 300
@@ -165,12 +172,23 @@ class Config:
 
     @property
     def secrets(self) -> list[str]:
-        """Every secret value the config holds, for log redaction."""
-        found = [s.decode() for p in self.partners for s in p.secrets] + [p.api_key for p in self.partners]
-        found += [v for p in self.partners for v in p.mapping.secrets.values()]
+        """Every secret value the config holds, for log redaction.
+
+        Partner secrets, the admin token, and whatever sits under a secret-named key in
+        a mapping (its ``secrets``, an adapter's ``secret`` or ``private_key``, with the
+        key file's content). API keys are public ids (PROTOCOL.md), not secrets.
+        """
+        found = [s.decode() for p in self.partners for s in p.secrets]
+        found += [v for m in {p.mapping.file: p.mapping for p in self.partners}.values()
+                  for v in secret_values(m.raw)]
         if self.admin_token:
             found.append(self.admin_token)
         return [s for s in found if s]
+
+    @property
+    def files(self) -> list[str]:
+        """The config file and every mapping file it names (watched for changes)."""
+        return [self.file, *dict.fromkeys(p.mapping.file for p in self.partners)]
 
 
 def _drop_empty_secrets(data: dict) -> None:
@@ -188,11 +206,9 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, 1, "", "the config must be a YAML mapping (key: value)")])
-    interpolate_env(data, file, env)
-    _drop_empty_secrets(data)
-    problems = schema_problems(data, CONFIG_SCHEMA, file)
+    problems = env_and_schema_problems(data, CONFIG_SCHEMA, file, env, prepare=_drop_empty_secrets)
     if problems:
-        raise ConfigError(problems)
+        raise scrub(ConfigError(problems + _mapping_problems(data, file, env)), secret_values(data))
 
     base = Path(file).resolve().parent
     default_limit = (data.get("security") or {}).get("rate_limit")
@@ -225,7 +241,7 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
                                 RateLimit.parse(spec["rate_limit"] if "rate_limit" in spec else default_limit)))
     problems.extend(_lease_problems(data, file, partners))
     if problems:
-        raise ConfigError(problems)
+        raise scrub(ConfigError(problems), secret_values(data))
 
     server, store, security = data.get("server") or {}, data.get("store") or {}, data.get("security") or {}
     store_url = store.get("url", "sqlite:///igsp-gateway.db")
@@ -241,6 +257,8 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         max_header_bytes=server.get("max_header_bytes", 8190),
         drain_seconds=float(server.get("drain_seconds", 20)),
         access_log=server.get("access_log", True),
+        probe_upstreams=server.get("probe_upstreams", False),
+        watch_seconds=float(server.get("watch_seconds", 0)),
         store_url=store_url,
         retention_seconds=float(store.get("retention_days", 30)) * 86400,
         signature_window=security.get("signature_window_seconds", 300),
@@ -287,3 +305,20 @@ def load_store_settings(path: str | Path, env: dict | None = None) -> tuple[str,
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         url = "sqlite:///" + str(Path(file).resolve().parent / url[len("sqlite:///"):])
     return url, store.get("namespace", "igsp")
+
+
+def _mapping_problems(data: dict, file: str, env: dict | None) -> list:
+    """The problems of every mapping a (broken) config names, so one run reports them all."""
+    problems, seen = [], set()
+    base = Path(file).resolve().parent
+    partners = data.get("partners")
+    for spec in partners if isinstance(partners, list) else []:
+        name = spec.get("mapping") if isinstance(spec, dict) else None
+        if not isinstance(name, str) or not name or (base / name).resolve() in seen:
+            continue
+        seen.add((base / name).resolve())
+        try:
+            load_mapping(base / name, env)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return problems

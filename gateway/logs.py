@@ -1,12 +1,25 @@
 """Structured JSON logs, one object per line, with secrets redacted everywhere.
 
-Redaction is a logging filter over the final message and every extra field, fed with
-every secret the config holds, so a secret cannot leak through any code path that logs.
+Redaction is applied to the final JSON line, so a secret cannot leak through any code
+path that logs (a message, an extra field, a traceback). It removes
+
+- every secret value the config holds (partner secrets, mapping secrets, adapter keys,
+  the admin token), in plain and in JSON-escaped form (a PEM key has newlines);
+- whatever follows a signature or credential header name (``X-Signature: …``,
+  ``"authorization": "…"``), since per-request signatures cannot be listed up front.
+
+API keys are public identifiers (PROTOCOL.md) and are not redacted; the gateway logs a
+partner by its id and never logs request headers.
+
+Every line written while a request (or a queued delivery) runs carries its
+``request_id`` through a context variable, so one grep follows a request end to end.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import re
 import sys
 import time
 
@@ -16,28 +29,57 @@ from aiohttp.http_exceptions import HttpProcessingError
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 REDACTED = "[REDACTED]"
 
+#: The request (or delivery) being handled by the current task, for every log line.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+# `X-Signature: abc`, `"x-hub88-signature": "abc"`, `authorization=Bearer abc`, `signature=abc`
+_HEADER_VALUE = re.compile(
+    r"""(?ix)
+    ( (?:x-[a-z0-9-]*signature|signature|authorization|x-api-secret|x-admin-token|x-auth-token)
+      \\?["']?\s*[:=]\s*\\?["']? )
+    (?:bearer\s+)?
+    [^\s"'\\,;}&]+
+    """
+)
+
 
 class JsonFormatter(logging.Formatter):
     def __init__(self, secrets: list[str] | None = None):
         super().__init__()
-        self.secrets = sorted({s for s in (secrets or []) if len(s) >= 4}, key=len, reverse=True)
+        self._pattern: re.Pattern | None = None
+        self._secrets: set[str] = set()
+        self.add_secrets(secrets or [])
+
+    def add_secrets(self, secrets) -> None:
+        """Redact these values from now on (a reload only ever adds: old values may still be in flight)."""
+        forms = set(self._secrets)
+        for secret in secrets:
+            if not secret or len(secret) < 6:
+                continue  # too short to redact without mangling ordinary text
+            forms.add(secret)
+            forms.add(orjson.dumps(secret).decode()[1:-1])  # as it appears inside a JSON string
+        self._secrets = forms
+        ordered = sorted(forms, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
+        if self._pattern is not None:
+            text = self._pattern.sub(REDACTED, text)
+        return _HEADER_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,
             "msg": record.getMessage(),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
+        if "request_id" not in entry and (request_id := REQUEST_ID.get()) is not None:
+            entry["request_id"] = request_id
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return self.redact(orjson.dumps(entry, default=str).decode())
@@ -54,7 +96,11 @@ def quiet_protocol_errors(record: logging.LogRecord) -> bool:
     return True
 
 
+_handler: logging.Handler | None = None
+
+
 def setup_logging(level: str = "info", secrets: list[str] | None = None, stream=None) -> None:
+    global _handler
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(secrets))
     handler.addFilter(quiet_protocol_errors)
@@ -62,3 +108,11 @@ def setup_logging(level: str = "info", secrets: list[str] | None = None, stream=
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    _handler = handler
+
+
+def update_logging(level: str, secrets: list[str]) -> None:
+    """After a config reload: new level, and the new secrets added to the redaction list."""
+    logging.getLogger().setLevel(level.upper())
+    if _handler is not None and isinstance(_handler.formatter, JsonFormatter):
+        _handler.formatter.add_secrets(secrets)

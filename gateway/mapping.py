@@ -24,8 +24,9 @@ from gateway.adapter_api import Adapter
 from gateway.adapters import make_adapter
 from gateway.errors import ConfigError, IgspError, Problem
 from gateway.mapping_schema import MAPPING_SCHEMA, PLATFORM_OPERATIONS
+from gateway.redaction import scrub, secret_values
 from gateway.templating import TemplateError, Templates
-from gateway.yamlload import dotted, interpolate_env, line_of, load_yaml, schema_problems
+from gateway.yamlload import dotted, env_and_schema_problems, line_of, load_yaml
 
 
 @dataclass(frozen=True)
@@ -242,11 +243,19 @@ def load_mapping(path: str | Path, env: dict | None = None) -> Mapping:
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, 1, "", "a mapping file must be a YAML mapping (key: value)")])
-    interpolate_env(data, file, env)
-    problems = schema_problems(data, MAPPING_SCHEMA, file)
+    problems = env_and_schema_problems(data, MAPPING_SCHEMA, file, env)
+    try:
+        mapping = compile_mapping(data, file)
+    except ConfigError as exc:
+        problems += [p for p in exc.problems if p not in problems]
+    except Exception:
+        if not problems:
+            raise
+        # The structure is wrong in a way already reported; compiling what is there
+        # found nothing more to add.
     if problems:
-        raise ConfigError(problems)
-    return compile_mapping(data, file)
+        raise scrub(ConfigError(problems), secret_values(data))
+    return mapping
 
 
 def compile_mapping(data: dict, file: str) -> Mapping:

@@ -1,7 +1,13 @@
 """Prometheus metrics, low-cardinality by design (no player or transaction ids).
 
-With several worker processes set ``PROMETHEUS_MULTIPROC_DIR`` (``igsp-gateway serve
---workers N`` does it for you) and every process's samples are aggregated on scrape.
+Labels only ever take values from small, known sets: configured partner ids, route
+names, operation names, iGSP outcome classes, failure kinds and reasons.
+
+With several worker processes ``PROMETHEUS_MULTIPROC_DIR`` must be set *before* this
+module is imported (``igsp-gateway serve --workers N`` does it) and every process's
+samples are aggregated on scrape. The queue gauges then report the most recent value
+of a live process, and a worker that exits is marked dead so its gauges disappear
+while its counters keep counting.
 """
 
 from __future__ import annotations
@@ -24,18 +30,47 @@ SIGNATURE_FAILURES = Counter("igsp_signature_failures", "Rejected iGSP credentia
 RATE_LIMITED = Counter("igsp_rate_limited", "Requests refused by a partner's rate limit", ["partner"])
 REPLAYS = Counter("igsp_idempotent_replays", "Duplicate transactions answered from the ledger",
                   ["partner", "action"])
-QUEUE_DEPTH = Gauge("igsp_queue_depth", "Deliveries waiting in the retry queue", multiprocess_mode="max")
-QUEUE_OLDEST = Gauge("igsp_queue_oldest_age_seconds", "Age of the oldest queued delivery", multiprocess_mode="max")
-QUEUE_DEAD = Gauge("igsp_queue_dead_letters", "Entries in the dead-letter queue", multiprocess_mode="max")
+QUEUE_DEPTH = Gauge("igsp_queue_depth", "Deliveries waiting in the retry queue",
+                    multiprocess_mode="livemostrecent")
+QUEUE_OLDEST = Gauge("igsp_queue_oldest_age_seconds", "Age of the oldest queued delivery",
+                     multiprocess_mode="livemostrecent")
+QUEUE_DEAD = Gauge("igsp_queue_dead_letters", "Entries in the dead-letter queue", multiprocess_mode="livemostrecent")
 QUEUE_ATTEMPTS = Counter("igsp_queue_attempts", "Queued delivery attempts", ["route", "outcome"])
 DEAD_LETTERS = Counter("igsp_dead_letters", "Deliveries moved to the dead-letter queue", ["route"])
 CATALOGUE_CACHE = Counter("igsp_catalogue_cache", "Catalogue cache lookups", ["result"])
+CONFIG_RELOADS = Counter("igsp_config_reloads", "Config reloads (SIGHUP or file change)", ["outcome"])
+
+#: Label values known up front, exported at zero from start-up so rate() and the
+#: dashboard work before the first event (and a missing series is never "no data").
+SIGNATURE_REASONS = ("missing_credential", "unknown_api_key", "missing_signature", "stale_timestamp",
+                     "bad_signature", "replayed_signature")
+UPSTREAM_KINDS = ("timeout", "connect", "5xx", "bad_body", "reset")
+QUEUE_OUTCOMES = ("delivered", "retry", "dead")
+QUEUE_ROUTES = ("wallet",)
+
+
+def init_series() -> None:
+    for reason in SIGNATURE_REASONS:
+        SIGNATURE_FAILURES.labels(reason)
+    for route in QUEUE_ROUTES:
+        DEAD_LETTERS.labels(route)
+        for outcome in QUEUE_OUTCOMES:
+            QUEUE_ATTEMPTS.labels(route, outcome)
+    for result in ("hit", "miss"):
+        CATALOGUE_CACHE.labels(result)
+    for outcome in ("applied", "refused"):
+        CONFIG_RELOADS.labels(outcome)
 
 
 def observe_upstream(mapping: str, operation: str, kind: str, seconds: float) -> None:
+    """The LegacyClient observer: latency of every call, and a count of each failure kind."""
     UPSTREAM_SECONDS.labels(mapping, operation).observe(seconds)
     if kind not in ("ok", "business"):
         UPSTREAM_ERRORS.labels(mapping, operation, kind).inc()
+
+
+def catalogue_lookup(hit: bool) -> None:
+    CATALOGUE_CACHE.labels("hit" if hit else "miss").inc()
 
 
 def render() -> bytes:
@@ -47,4 +82,13 @@ def render() -> bytes:
     return generate_latest()
 
 
-__all__ = ["CONTENT_TYPE", "render", "observe_upstream"]
+# -- multiprocess bookkeeping (called by the pre-forking parent) -----------------------
+
+
+def mark_process_dead(pid: int) -> None:
+    """A worker exited: drop its live gauges (its counters stay, they still count)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)
+
+
+__all__ = ["CONTENT_TYPE", "catalogue_lookup", "init_series", "observe_upstream", "render"]

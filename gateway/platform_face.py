@@ -41,15 +41,15 @@ def _reject_constant(name: str):
 
 
 async def handle_hook(request: web.Request) -> web.Response:
-    from gateway.app import HOOK_SPEC, VERIFIER, WALLETS
+    from gateway.app import HOOK_SPEC, generation
 
-    app = request.app
+    app, gen = request.app, generation(request)
     body = await request.read()
-    partner = await app[VERIFIER].verify(request.headers, body, "platform")
+    partner = await gen.verifier.verify(request.headers, body, "platform")
     request["partner"] = partner.id
     payload = parse_hook(body, app[HOOK_SPEC])
     request["operation"] = payload["action"]
     if "transaction_id" in payload:
         request["transaction_id"] = payload["transaction_id"]
-    status, out = await app[WALLETS][partner.id].handle(payload, request["request_id"])
+    status, out = await gen.wallets[partner.id].handle(payload, request["request_id"])
     return web.Response(status=status, body=out, content_type="application/json")

@@ -4,10 +4,12 @@
     POST {mount}/sessions             launch (sessions.py), HMAC-verified
     *    /legacy/<mapping>/<endpoint> the legacy game server's wallet callbacks (callbacks.py)
 
-``setup_provider_face(app, config)`` adds the routes and one ``cleanup_ctx`` that builds
-the per-mapping objects and owns the pooled hook client. The iGSP routes share one route
-name (``provider``) and the callbacks another (``legacy``), which is what the access log
-and metrics middleware counts by.
+``setup_provider_face(app, config)`` adds the routes, the pooled hook client (closed by a
+``cleanup_ctx``) and a builder of the per-mapping objects: they are part of each config
+generation (gateway/runtime.py), so a reload rebuilds them and a request uses those of
+the generation it started in. The iGSP routes share one route name (``provider``) and
+the callbacks another (``legacy``), which is what the access log and metrics middleware
+counts by.
 """
 
 from __future__ import annotations
@@ -47,22 +49,33 @@ class ProviderFace:
     hooks: HookClient | None = None
 
 
-PROVIDER_FACE = web.AppKey("provider_face", ProviderFace)
+HOOK_CLIENT = web.AppKey("hook_client", HookClient)
 
 
 def setup_provider_face(app: web.Application, config: Config) -> None:
     """Add the provider-face routes when at least one partner is on that face."""
+    from gateway.app import BUILDERS
+
     if not any(p.face == "provider" for p in config.partners):
         return
     app.router.add_route("*", config.provider_mount + "/{resource}", handle_igsp, name="provider")
     app.router.add_route("*", LEGACY_PREFIX + "/{mapping}/{endpoint:.+}", handle_legacy, name="legacy")
+    hooks = HookClient(observer=lambda partner, action, kind, seconds: metrics.observe_upstream(
+        "platform-hooks", action, kind, seconds))
+    app[HOOK_CLIENT] = hooks
+    app[BUILDERS]["provider"] = lambda gen, store: build_provider_face(gen, store, hooks)
     app.cleanup_ctx.append(_provider_ctx)
 
 
 async def _provider_ctx(app: web.Application):
-    from gateway.app import CLIENTS, CONFIG, LIMITER, STORE
+    yield
+    await app[HOOK_CLIENT].close()
 
-    config, store = app[CONFIG], app[STORE]
+
+def build_provider_face(gen, store, hooks: HookClient) -> ProviderFace:
+    """The provider-face objects of one config generation (gateway/runtime.py): its config,
+    legacy clients and rate limiter."""
+    config, clients = gen.config, gen.clients
     partners = [p for p in config.partners if p.face == "provider"]
     on_failure = lambda reason: metrics.SIGNATURE_FAILURES.labels(reason).inc()  # noqa: E731
     by_key = {p.api_key: p for p in partners}
@@ -70,12 +83,11 @@ async def _provider_ctx(app: web.Application):
         # Catalogue reads are idempotent and their query is unsigned anyway, so a GET
         # signature may be used more than once (a platform pages fast, timestamps in seconds).
         read_verifier=Verifier(by_key, config.signature_window, store, False, on_failure=on_failure,
-                               limiter=app[LIMITER]),
+                               limiter=gen.limiter),
         write_verifier=Verifier(by_key, config.signature_window, store, config.replay_protection,
-                                on_failure=on_failure, limiter=app[LIMITER]),
+                                on_failure=on_failure, limiter=gen.limiter),
         spec=SpecValidators(PROVIDER_SPEC),
-        hooks=HookClient(observer=lambda partner, action, kind, seconds: metrics.observe_upstream(
-            "platform-hooks", action, kind, seconds)),
+        hooks=hooks,
     )
     face.spec.validator("SessionRequest")  # compile at start-up, not on the first request
     hook_spec = SpecValidators(HOOKS_SPEC)
@@ -83,7 +95,7 @@ async def _provider_ctx(app: web.Application):
         mapping = partner.mapping
         if mapping.name in face.catalogues:
             continue
-        client = app[CLIENTS][mapping.name]
+        client = clients[mapping.name]
         catalogue = Catalogue(mapping, client, store, face.spec,
                               on_cache=lambda result: metrics.CATALOGUE_CACHE.labels(result).inc())
         face.catalogues[mapping.name] = catalogue
@@ -91,9 +103,13 @@ async def _provider_ctx(app: web.Application):
         if mapping.provider.callbacks is not None:
             users = {p.id: p for p in partners if p.mapping.name == mapping.name}
             face.callbacks[mapping.name] = Callbacks(mapping, store, face.hooks, users, hook_spec, config.currencies)
-    app[PROVIDER_FACE] = face
-    yield
-    await face.hooks.close()
+    return face
+
+
+def _face(request: web.Request) -> ProviderFace:
+    from gateway.app import generation
+
+    return generation(request).faces["provider"]
 
 
 # -- iGSP side -----------------------------------------------------------------------------
@@ -120,7 +136,7 @@ def _updated_after(value: str | None) -> int | None:
 
 
 async def handle_igsp(request: web.Request) -> web.Response:
-    face = request.app[PROVIDER_FACE]
+    face = _face(request)
     resource = request.match_info["resource"]
     request["operation"] = resource
     allowed = {"games": "GET", "providers": "GET", "sessions": "POST"}
@@ -167,7 +183,7 @@ def _reject_constant(name: str):
 
 
 async def handle_legacy(request: web.Request) -> web.Response:
-    face = request.app[PROVIDER_FACE]
+    face = _face(request)
     callbacks = face.callbacks.get(request.match_info["mapping"])
     endpoint = callbacks.spec.endpoints.get("/" + request.match_info["endpoint"]) if callbacks else None
     if endpoint is None or request.method != endpoint.method:

@@ -45,9 +45,10 @@ class RateLimit:
 class RateLimited(IgspError):
     """429 ``rate_limited``; ``retry_after`` (seconds) goes into the Retry-After header."""
 
-    def __init__(self, retry_after: int):
+    def __init__(self, retry_after: int, partner: str | None = None):
         super().__init__("rate_limited", "too many requests for this credential; retry later")
         self.retry_after = retry_after
+        self.partner = partner  # authenticated: logs and metrics may name it
 
 
 class TokenBucket:
@@ -83,7 +84,7 @@ class Limiter:
         if wait > 0:
             if self.on_limited is not None:
                 self.on_limited(partner_id)
-            raise RateLimited(max(1, math.ceil(wait)))
+            raise RateLimited(max(1, math.ceil(wait)), partner_id)
 
 
 __all__ = ["Limiter", "RateLimit", "RateLimited", "TokenBucket"]

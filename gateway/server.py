@@ -1,7 +1,16 @@
-"""Running the app: uvloop, graceful drain on SIGTERM, optional pre-forked workers.
+"""Running the app: uvloop, reload on SIGHUP, graceful drain on SIGTERM, pre-forked workers.
+
+SIGTERM/SIGINT: stop accepting (the listening socket closes, so new connections are
+refused), close idle keep-alive connections, let in-flight requests and the current
+queue delivery finish — all within ``server.drain_seconds`` — then exit 0.
+
+SIGHUP (or a changed file with ``--watch``): reload config and mappings; a broken one is
+refused and the running one keeps serving (gateway/runtime.py).
 
 With ``--workers N`` each process binds the same port with SO_REUSEPORT and the kernel
-spreads connections; metrics are aggregated across processes on scrape.
+spreads connections. The parent forwards signals, replaces a worker that dies, and owns
+the Prometheus multiprocess directory: set before any metric exists, cleared of a
+previous run's files, a dead worker's live gauges dropped, removed at exit if it made it.
 """
 
 from __future__ import annotations
@@ -9,14 +18,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
+import shutil
 import signal
 import socket
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
-from gateway.app import INFLIGHT, create_app
 from gateway.config import Config
 from gateway.logs import setup_logging
 
@@ -35,78 +49,178 @@ def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-async def serve_async(config: Config, sock: socket.socket, ready_line: bool = True) -> None:
+def print_ready(url: str) -> None:
+    print(f"READY {url}", flush=True)
+
+
+async def serve_async(config: Config, sock: socket.socket, on_ready: Callable[[str], None] = print_ready,
+                      hup_pending: threading.Event | None = None) -> None:
+    from gateway.app import INFLIGHT, RUNTIME, create_app
+    from gateway.runtime import watch
+
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=config.drain_seconds)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
     host, port = sock.getsockname()[:2]
-    log.info("listening", extra={"url": f"http://{host}:{port}", "pid": os.getpid(),
-                                 "partners": [p.id for p in config.partners], "store": config.store_url.split("://")[0]})
-    if ready_line:
-        print(f"READY http://{host}:{port}", flush=True)
+    runtime = app[RUNTIME]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task] = set()
+
+    def background(coro, name: str) -> None:
+        task = loop.create_task(coro, name=name)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: background(runtime.reload("SIGHUP"), "reload"))
+    if hup_pending is not None and hup_pending.is_set():
+        background(runtime.reload("SIGHUP"), "reload")  # one that came while starting
+    if config.watch_seconds > 0:
+        background(watch(runtime, config.watch_seconds), "watch-config")
+    log.info("listening", extra={"url": f"http://{host}:{port}",
+                                 "partners": [p.id for p in config.partners], "store": config.store_url.split("://")[0]})
+    on_ready(f"http://{host}:{port}")
     await stop.wait()
     log.info("draining", extra={"inflight": app[INFLIGHT]["n"], "grace_seconds": config.drain_seconds})
-    # Stop accepting, let in-flight requests finish (bounded by drain_seconds), then
-    # close resources (the delivery worker finishes its current entry).
-    await site.stop()
-    deadline = loop.time() + config.drain_seconds
-    while app[INFLIGHT]["n"] > 0 and loop.time() < deadline:
-        await asyncio.sleep(0.05)
+    # AppRunner.cleanup closes the listening socket, closes idle connections, waits up to
+    # shutdown_timeout for in-flight handlers, then runs the app's cleanup (the delivery
+    # worker gets what is left of the same budget, see gateway/app.py).
+    for task in list(tasks):
+        task.cancel()
     await runner.cleanup()
     log.info("stopped")
 
 
-def _run_one(config: Config, sock: socket.socket, ready_line: bool) -> None:
+def _run_one(config: Config, sock: socket.socket, on_ready: Callable[[str], None]) -> None:
+    # A SIGHUP that arrives while starting is kept and acted on once the loop is up.
+    hup_pending = threading.Event()
+    signal.signal(signal.SIGHUP, lambda signum, frame: hup_pending.set())
     setup_logging(config.log_level, config.secrets)
     try:
         import uvloop
-
-        uvloop.run(serve_async(config, sock, ready_line))
     except ImportError:
-        asyncio.run(serve_async(config, sock, ready_line))
+        asyncio.run(serve_async(config, sock, on_ready, hup_pending))
+    else:
+        uvloop.run(serve_async(config, sock, on_ready, hup_pending))
 
 
 def serve(config: Config) -> int:
-    workers = config.workers
-    if workers <= 1:
-        _run_one(config, _socket(config.host, config.port, False), True)
+    if config.workers <= 1:
+        setup_logging(config.log_level, config.secrets)
+        try:
+            _run_one(config, _socket(config.host, config.port, False), print_ready)
+        except Exception:  # noqa: BLE001 - e.g. the store cannot be opened: one log line, exit 1
+            log.exception("failed to start")
+            return 1
         return 0
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    return _serve_workers(config)
+
+
+def _serve_workers(config: Config) -> int:
+    if "gateway.metrics" in sys.modules:
+        # prometheus_client picks its value store when the first metric is created.
+        raise RuntimeError("gateway.metrics was imported before the multiprocess directory was set")
+    owned = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if owned:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="igsp-metrics-")
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(metrics_dir, exist_ok=True)
+    # A previous run's files would be added to this run's counters.
+    for stale in Path(metrics_dir).glob("*.db"):
+        stale.unlink(missing_ok=True)
+    from gateway import metrics
+
+    setup_logging(config.log_level, config.secrets)
     # Bind once to learn the port (port 0 = pick one), then every worker binds it too.
     probe = _socket(config.host, config.port, True)
     port = probe.getsockname()[1]
-    children = []
-    for index in range(workers):
+    ready_r, ready_w = os.pipe()  # a worker writes one byte here once it serves
+    stopping = False
+
+    def spawn(index: int, sock: socket.socket | None = None) -> int:
         pid = os.fork()
         if pid == 0:
-            sock = probe if index == 0 else _socket(config.host, port, True)
-            if index != 0:
-                probe.close()
-            _run_one(config, sock, ready_line=index == 0)
-            os._exit(0)
-        children.append(pid)
-    probe.close()
+            code = 0
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_DFL)  # not the parent's forwarder
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            os.close(ready_r)
+            try:
+                _run_one(config, sock or _socket(config.host, port, True), lambda url: os.write(ready_w, b"."))
+            except BaseException:  # noqa: BLE001 - a worker reports and exits, never returns to the parent's loop
+                log.exception("worker failed")
+                code = 1
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        return pid
 
     def forward(signum, frame):
-        for child in children:
+        nonlocal stopping
+        stopping = stopping or signum in (signal.SIGTERM, signal.SIGINT)
+        for child in list(children):
             try:
                 os.kill(child, signum)
             except ProcessLookupError:
                 pass
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward)
+    children: dict[int, int] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    children[spawn(0, probe)] = 0
+    probe.close()
+    for index in range(1, config.workers):
+        children[spawn(index)] = index
+    log.info("workers started", extra={"workers": sorted(children), "metrics_dir": metrics_dir, "port": port})
     status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    sys.stdout.flush()
+    try:
+        failed = _wait_ready(ready_r, config.workers, lambda: stopping)
+        if failed is not None:
+            children.pop(failed, None)
+            metrics.mark_process_dead(failed)
+            forward(signal.SIGTERM, None)
+            status = 1
+        elif not stopping:
+            print_ready(f"http://{config.host}:{port}")
+        while children:
+            try:
+                pid, code = os.wait()
+            except ChildProcessError:
+                break
+            index = children.pop(pid, None)
+            metrics.mark_process_dead(pid)
+            exit_code = os.waitstatus_to_exitcode(code)
+            if index is None:
+                continue
+            if stopping:
+                status = status or exit_code
+                continue
+            log.error("worker exited unexpectedly; starting a new one",
+                      extra={"worker_pid": pid, "exit_code": exit_code, "worker": index})
+            time.sleep(0.5)  # a worker that cannot start must not become a fork loop
+            if not stopping:
+                children[spawn(index)] = index
+    finally:
+        sys.stdout.flush()
+        if owned:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
+
+
+def _wait_ready(ready_r: int, workers: int, stopping: Callable[[], bool]) -> int | None:
+    """Until every worker serves (None), or one dies while starting (its pid)."""
+    started = 0
+    while started < workers and not stopping():
+        readable, _, _ = select.select([ready_r], [], [], 0.2)
+        if readable:
+            started += len(os.read(ready_r, 64))
+        pid, code = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            log.error("a worker failed to start", extra={"worker_pid": pid,
+                                                         "exit_code": os.waitstatus_to_exitcode(code)})
+            return pid
+    return None

@@ -29,7 +29,7 @@ from decimal import Decimal
 
 import orjson
 
-from gateway import money
+from gateway import metrics, money
 from gateway.errors import IgspError, UpstreamError
 from gateway.retry_queue import DeadLetter
 from gateway.store import QueueEntry, Store, TxRecord
@@ -206,6 +206,7 @@ class Wallet:
             # Unknown outcome on a wallet that does not dedupe: a redelivery could pay
             # twice, so an operator reconciles and replays it (igsp-gateway dlq).
             await self.store.q_dead(entry, f"unknown outcome on a non-idempotent wallet: {exc}")
+            metrics.DEAD_LETTERS.labels(entry.route).inc()
         else:
             self.wake_queue()
 

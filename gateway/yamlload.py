@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +156,9 @@ def interpolate_env(data: Any, file: str, env: Mapping[str, str] | None = None) 
 def schema_problems(data: Any, schema: dict, file: str, prefix: tuple = ()) -> list[Problem]:
     """Every JSON-Schema violation of ``data`` as a Problem with file, line and path."""
     validator = jsonschema.Draft202012Validator(schema)
-    problems = []
-    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+    problems: list[Problem] = []
+
+    def emit(error: jsonschema.ValidationError) -> None:
         where = tuple(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             # Point at each unknown key itself: that is the line the author must fix.
@@ -166,16 +167,63 @@ def schema_problems(data: Any, schema: dict, file: str, prefix: tuple = ()) -> l
                 if key not in allowed and not str(key).startswith("x-"):
                     problems.append(Problem(file, line_of(data, where + (key,)), dotted(prefix + where + (key,)),
                                             f"unknown key {key!r}; allowed keys: {', '.join(allowed)}"))
-            continue
+            return
+        if error.validator in ("oneOf", "anyOf") and error.context:
+            # Explain the alternative whose type fits (a string that is not a known
+            # code, an object with a bad key) rather than "not valid under any".
+            branches: dict = {}
+            for sub in error.context:
+                branches.setdefault(sub.schema_path[0], []).append(sub)
+            fitting = [subs for subs in branches.values()
+                       if not any(s.validator == "type" and not s.path for s in subs)]
+            if len(fitting) == 1:
+                for sub in fitting[0]:
+                    emit(sub)
+                return
+            wanted = [b.get("type") for b in error.validator_value if isinstance(b, dict) and "type" in b]
+            if wanted:
+                problems.append(Problem(file, line_of(data, where), dotted(prefix + where),
+                                        f"got {_shown(error.instance)}, want {' or '.join(map(str, wanted))}"))
+                return
         problems.append(Problem(file, line_of(data, where), dotted(prefix + where), _describe(error)))
+
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        emit(error)
     return problems
+
+
+def env_and_schema_problems(data: Any, schema: dict, file: str, env: Mapping[str, str] | None = None,
+                            prepare: Callable[[Any], None] | None = None) -> list[Problem]:
+    """Resolve ``${VAR}`` (then ``prepare`` the data) and check the schema, collecting both
+    kinds of problem at once.
+
+    A missing variable is reported once, where it is used, not again as the empty
+    value it leaves behind.
+    """
+    try:
+        interpolate_env(data, file, env)
+        problems: list[Problem] = []
+    except ConfigError as exc:
+        problems = list(exc.problems)
+    if prepare is not None:
+        prepare(data)
+    missing = {p.path for p in problems}
+    return problems + [p for p in schema_problems(data, schema, file) if p.path not in missing]
+
+
+def _shown(got: Any) -> str:
+    return repr(got) if not isinstance(got, (dict, list)) else ("a mapping" if isinstance(got, dict) else "a list")
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
     got = error.instance
-    shown = repr(got) if not isinstance(got, (dict, list)) else ("a mapping" if isinstance(got, dict) else "a list")
+    shown = _shown(got)
     if error.validator == "required":
         return error.message
+    if error.validator in ("minLength", "maxLength") and isinstance(got, str):
+        # Without the value: a too-short secret must not be printed.
+        bound = "at least" if error.validator == "minLength" else "at most"
+        return f"got {len(got)} characters, want {bound} {error.validator_value}"
     if error.validator == "enum":
         return f"got {shown}, want one of {', '.join(map(str, error.validator_value))}"
     if error.validator == "type":

@@ -552,7 +552,7 @@ def test_bundled_mapping_files_are_mounted_and_rolled(tmp_path: Path) -> None:
 
 def test_dashboard_uses_the_gateway_metrics() -> None:
     dashboard = json.loads((CHART_DIR / "files" / "dashboards" / "igsp-gateway.json").read_text(encoding="utf-8"))
-    exprs = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
+    exprs = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", []))
     for metric in (
         "igsp_requests_total",
         "igsp_request_duration_seconds_bucket",
