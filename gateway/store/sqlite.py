@@ -8,6 +8,7 @@ to survive power loss too. Several processes may share the file (``--workers``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -69,6 +70,19 @@ class _Guarded:
             raise StoreUnavailable() from exc
 
 
+async def _enable_wal(db: sqlite3.Connection, attempts: int = 50) -> None:
+    """Switch to WAL, retrying: several workers opening a new file at once race for the
+    exclusive lock the switch needs, and SQLite answers "locked" without waiting."""
+    for attempt in range(attempts):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.02 * (attempt + 1))
+
+
 class SqliteStore(Store):
     def __init__(self, url: str):
         self.url = url
@@ -80,9 +94,9 @@ class SqliteStore(Store):
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self.synchronous if self.synchronous in ('NORMAL', 'FULL') else 'NORMAL'}")
         db.execute("PRAGMA busy_timeout=5000")
+        await _enable_wal(db)
+        db.execute(f"PRAGMA synchronous={self.synchronous if self.synchronous in ('NORMAL', 'FULL') else 'NORMAL'}")
         db.executescript(_SCHEMA)
         self._db = _Guarded(db)
         self.purge_expired()
