@@ -1,0 +1,6 @@
+"""The gateway's benchmark: ``python -m bench`` (see README.md, "Benchmark").
+
+Everything runs on loopback: a fast Hub88-shaped wallet stub, the gateway in front of
+it (SQLite and Redis stores), a hand-written minimal translator as the reference peer,
+and the stub reached directly. Results go to a table and ``bench/results/*.json``.
+"""
