@@ -283,10 +283,13 @@ class Http1Client:
         raw = self._encode(method, host_header, target, headers, body)
         slots = self._slots
         if slots is not None:
-            try:
-                await asyncio.wait_for(slots.acquire(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                raise aiohttp.ConnectionTimeoutError(f"Connection timeout to host {url}") from None
+            if slots.locked():  # all connections busy: wait for one, within the deadline
+                try:
+                    await asyncio.wait_for(slots.acquire(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise aiohttp.ConnectionTimeoutError(f"Connection timeout to host {url}") from None
+            else:
+                await slots.acquire()  # free: returns at once
         conn = None
         try:
             conn = await self._connection(loop, deadline, connect, host, port, url)
