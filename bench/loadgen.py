@@ -1,8 +1,9 @@
 """Python load generators on raw asyncio connections (uvloop when present).
 
 * ``fixed_rate``: open loop at a fixed rate (requests leave on schedule whatever the
-  answers do), for latency at a moderate load; each request is built (and signed) just
-  before it leaves and timed from the write to the last byte of the answer.
+  answers do), for latency at a moderate load, over several targets in interleaved
+  rounds; each request is built (and signed) just before it leaves and timed from the
+  write to the last byte of the answer.
 * ``closed_loop``: N connections each sending as fast as answers come back, for
   throughput where ``wrk`` is not installed (the smoke test).
 
@@ -86,45 +87,74 @@ def percentiles(samples: list[float]) -> dict:
             "max_ms": round(ordered[-1] * 1000, 3)}
 
 
-async def fixed_rate(host: str, port: int, make: Callable[[int], bytes], rate: float, seconds: float,
-                     warmup: int = 50) -> dict:
-    """Open loop: request i leaves at start + i/rate on a free connection (new ones as needed)."""
-    idle: list[Connection] = []
-    latencies: list[float] = []
-    errors = {"non_2xx": 0, "failed": 0}
+class Target:
+    """One server under test: where it is and what to send it."""
 
-    async def one(index: int) -> None:
-        conn = idle.pop() if idle else await connect(host, port)
-        raw = make(index)
+    def __init__(self, spec: str):
+        # name=kind@http://host:port
+        self.name, _, rest = spec.partition("=")
+        self.kind, _, url = rest.partition("@")
+        self.hostport = url.split("://", 1)[-1].rstrip("/")
+        self.host, port = self.hostport.rsplit(":", 1)
+        self.port = int(port)
+        self.make = request_maker(self.kind, self.hostport, hooks.new_run_id())
+        self.idle: list[Connection] = []
+        self.latencies: list[float] = []
+        self.errors = {"non_2xx": 0, "failed": 0}
+        self.sent = 0
+
+    async def one(self, record: bool = True) -> None:
+        conn = self.idle.pop() if self.idle else await connect(self.host, self.port)
+        raw = self.make(self.sent)
+        self.sent += 1
         try:
             status, elapsed = await conn.send(raw)
         except (ConnectionError, OSError):
-            errors["failed"] += 1
+            self.errors["failed"] += 1
             return
         if not conn.lost:
-            idle.append(conn)
+            self.idle.append(conn)
         if status >= 300:
-            errors["non_2xx"] += 1
-        elif index >= warmup:
-            latencies.append(elapsed)
+            self.errors["non_2xx"] += 1
+        elif record:
+            self.latencies.append(elapsed)
 
-    for i in range(warmup):  # open connections and warm caches before the clock starts
-        await one(i)
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.transport.close()
+
+
+async def fixed_rate(targets: list[Target], rate: float, seconds: float, rounds: int = 1, warmup: int = 50) -> dict:
+    """Open loop: in each round, each target in turn gets ``rate`` requests/s for ``seconds``.
+
+    Request i of a phase leaves at start + i/rate on a free connection (a new one when
+    all are busy), whatever the answers do; rounds interleave the targets so a change in
+    the machine's background load touches them all alike.
+    """
     loop = asyncio.get_running_loop()
-    total = int(rate * seconds)
-    start = loop.time()
-    tasks = []
-    for i in range(total):
-        delay = start + i / rate - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(warmup + i)))
-    await asyncio.gather(*tasks)
-    elapsed = loop.time() - start
-    for conn in idle:
-        conn.transport.close()
-    return {"mode": "fixed_rate", "rate": rate, "achieved_rate": round(total / elapsed, 1),
-            "latency": percentiles(latencies), **errors}
+    for target in targets:  # open connections and warm caches before any clock starts
+        for _ in range(warmup):
+            await target.one(record=False)
+    achieved: dict[str, list[float]] = {t.name: [] for t in targets}
+    for _ in range(rounds):
+        for target in targets:
+            total = int(rate * seconds)
+            start = loop.time()
+            tasks = []
+            for i in range(total):
+                delay = start + i / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.ensure_future(target.one()))
+            await asyncio.gather(*tasks)
+            achieved[target.name].append(total / (loop.time() - start))
+    out = {}
+    for target in targets:
+        target.close()
+        out[target.name] = {"mode": "fixed_rate", "rate": rate, "rounds": rounds,
+                            "achieved_rate": round(min(achieved[target.name]), 1),
+                            "latency": percentiles(target.latencies), **target.errors}
+    return out
 
 
 async def closed_loop(host: str, port: int, make: Callable[[int], bytes], connections: int, seconds: float) -> dict:
@@ -151,7 +181,7 @@ async def closed_loop(host: str, port: int, make: Callable[[int], bytes], connec
     await asyncio.gather(*(worker() for _ in range(connections)))
     elapsed = time.perf_counter() - started
     total = done["ok"] + done["non_2xx"]
-    return {"mode": "closed_loop", "connections": connections, "requests": total,
+    return {"mode": "closed_loop", "connections": connections, "requests": total, "seconds": round(elapsed, 3),
             "rps": round(total / elapsed, 1), "latency": percentiles(latencies), **done}
 
 
@@ -163,20 +193,18 @@ def request_maker(kind: str, host: str, run: str) -> Callable[[int], bytes]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("url", help="http://host:port of the target")
-    parser.add_argument("--kind", choices=("hook", "direct"), required=True)
+    parser.add_argument("targets", nargs="+", help="name=hook@http://host:port or name=direct@http://host:port")
     parser.add_argument("--rate", type=float, help="open loop at this many requests/s")
+    parser.add_argument("--rounds", type=int, default=1, help="open loop: rounds over the targets")
     parser.add_argument("--connections", type=int, default=16, help="closed loop with this many connections")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--run", default=None, help="transaction id prefix (unique per run)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per target and round")
     args = parser.parse_args(argv)
-    hostport = args.url.split("://", 1)[-1].rstrip("/")
-    host, port = hostport.rsplit(":", 1)
-    make = request_maker(args.kind, hostport, args.run or hooks.new_run_id())
+    targets = [Target(spec) for spec in args.targets]
     if args.rate:
-        job = fixed_rate(host, int(port), make, args.rate, args.seconds)
+        job = fixed_rate(targets, args.rate, args.seconds, args.rounds)
     else:
-        job = closed_loop(host, int(port), make, args.connections, args.seconds)
+        target = targets[0]
+        job = closed_loop(target.host, target.port, target.make, args.connections, args.seconds)
     try:
         import uvloop
 

@@ -100,6 +100,23 @@ def _readline(proc: subprocess.Popen, timeout: float) -> str:
     return result[0] if result else ""
 
 
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(proc: Proc) -> float:
+    """CPU time (user + system) used so far by a process and its live children."""
+    if proc.proc is None:
+        return 0.0
+    total = 0
+    for pid in [proc.proc.pid, *_children(proc.proc.pid)]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / _TICKS
+
+
 def _rss(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -1,15 +1,22 @@
 """``python -m bench``: throughput, added latency, worker scaling and (optionally) a soak.
 
-Layout on a machine with two or more cores: the gateway (or the peer) is pinned to one
-core; ``wrk``, the wallet stub, redis-server and the latency client to another. The
-worker-scaling run gives the gateway every core, shared with the rest: on a 2-core
-machine that understates scaling, and the report says so.
+All servers run at once on loopback; the load moves from one to the next in rounds
+(``--rounds``), so a change in the machine's background load touches every target alike
+and the ratios, all measured in one run, stay fair. Besides requests per second, each
+target's CPU time per request is read from /proc: on a shared machine it is the steadier
+measure of what a request costs.
+
+Layout on two or more cores: the servers under test are pinned to the last core; wrk,
+the wallet stub, redis-server and the latency client to the others. The worker-scaling
+runs give the gateway every core, shared with the rest: on a 2-core machine that
+understates scaling, and the report says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import re
 import sqlite3
@@ -24,10 +31,11 @@ from pathlib import Path
 import yaml
 
 from bench import hooks
-from bench.procs import ROOT, Proc, Redis, cpu_count, ensure_wrk, pinned, python_env
+from bench.procs import ROOT, Proc, Redis, cpu_count, cpu_seconds, ensure_wrk, pinned, python_env
 
 RESULTS = ROOT / "bench" / "results"
 WRK_SCRIPT = ROOT / "bench" / "wrk.lua"
+MAPPING = ROOT / "mappings" / "hub88-wallet.yaml"
 #: Requests pre-signed per second of a wrk run, per server core: above any rate reached here.
 PRESIGN_RATE = 14000
 
@@ -35,11 +43,13 @@ PRESIGN_RATE = 14000
 @dataclass
 class Plan:
     duration: float = 10.0
-    warmup: float = 1.5
+    rounds: int = 5
+    warmup: float = 1.0
     connections: int = 32
     rate: float = 200.0
     latency_seconds: float = 10.0
     scaling: bool = True
+    unsigned: bool = True
     stores: tuple = ("sqlite", "redis")
     soak: float = 0.0
     soak_rate: float = 500.0
@@ -47,6 +57,17 @@ class Plan:
     smoke: bool = False
     out: Path | None = None
     notes: list = field(default_factory=list)
+
+
+@dataclass
+class Target:
+    name: str
+    proc: Proc
+    kind: str  # "hook" (signed iGSP hooks) or "direct" (Hub88 calls to the stub)
+    group: str  # "signed" or "unsigned": which peer it is compared with
+    store_url: str | None = None
+    cores: int = 1
+    runs: list = field(default_factory=list)
 
 
 def redis_store_available() -> bool:
@@ -60,8 +81,12 @@ class Bench:
         self.plan = plan
         self.work = Path(tempfile.mkdtemp(prefix="igsp-bench-"))
         self.wrk = ensure_wrk(plan.install_wrk)
+        if self.wrk is None:
+            plan.notes.append("wrk not found: throughput measured with the Python client (bench/loadgen.py)")
         cpus = cpu_count()
-        self.server_cpu, self.client_cpu = (str(cpus - 1), ",".join(map(str, range(cpus - 1)))) if cpus >= 2 else (None, None)
+        self.server_cpu = str(cpus - 1) if cpus >= 2 else None
+        self.client_cpu = ",".join(map(str, range(cpus - 1))) if cpus >= 2 else None
+        self.every_cpu = ",".join(map(str, range(cpus)))
         self.results: dict = {"throughput": {}, "latency": {}, "scaling": {}, "checks": {}, "soak": None}
         self.procs: list = []
         from gateway.simulators.hub88_wallet import generate_keypair
@@ -80,107 +105,136 @@ class Bench:
         if proc in self.procs:
             self.procs.remove(proc)
 
+    def cleanup(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
     def stub(self) -> Proc:
         return self.start(Proc("stub", [sys.executable, "-m", "bench.stub"], cpus=self.client_cpu,
                                log=self.work / "stub.log"))
 
-    def peer(self, upstream: str) -> Proc:
-        return self.start(Proc("peer", [sys.executable, "-m", "bench.peer", "--upstream", upstream, "--api-key",
-                                        hooks.API_KEY, "--secret", hooks.SECRET, "--rsa-key", str(self.key_file)],
-                               cpus=self.server_cpu, log=self.work / "peer.log"))
+    def peer(self, name: str, upstream: str, signed: bool) -> Proc:
+        command = [sys.executable, "-m", "bench.peer", "--upstream", upstream, "--api-key", hooks.API_KEY,
+                   "--secret", hooks.SECRET]
+        if signed:
+            command += ["--rsa-key", str(self.key_file)]
+        return self.start(Proc(name, command, cpus=self.server_cpu, log=self.work / f"{name}.log"))
 
-    def gateway(self, name: str, store_url: str, upstream: str, workers: int = 1, cpus: str | None = "server") -> Proc:
+    def gateway(self, name: str, store_url: str, upstream: str, *, workers: int = 1, cpus: str | None = None,
+                mapping: Path = MAPPING) -> Proc:
         config = {
             "version": 1,
             "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 2, "access_log": True},
             "store": {"url": store_url},
             "logging": {"level": "info"},
             "security": {"replay_protection": True},
-            "partners": [{"id": hooks.PARTNER, "face": "platform", "mapping": str(ROOT / "mappings" / "hub88-wallet.yaml"),
+            "partners": [{"id": hooks.PARTNER, "face": "platform", "mapping": str(mapping),
                           "api_key": hooks.API_KEY, "secrets": [hooks.SECRET]}],
         }
         path = self.work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         return self.start(Proc(name, [sys.executable, "-m", "gateway", "serve", "--config", str(path),
                                       "--workers", str(workers)],
-                               cpus=self.server_cpu if cpus == "server" else cpus, log=self.work / f"{name}.log",
+                               cpus=cpus or self.server_cpu, log=self.work / f"{name}.log",
                                env={"HUB88_WALLET_URL": upstream, "HUB88_PRIVATE_KEY": str(self.key_file)},
                                cwd=self.work))
 
-    def cleanup(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-        self.procs.clear()
+    def unsigned_mapping(self) -> Path:
+        """The shipped mapping without its signer: isolates the gateway's own cost."""
+        data = yaml.safe_load(MAPPING.read_text())
+        data.pop("signer", None)
+        path = self.work / "hub88-wallet-unsigned.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
 
     # -- load ----------------------------------------------------------------------
-    def throughput(self, target: Proc, kind: str, *, cores: int = 1, client_cpu: str | None = "client") -> dict:
-        """Closed-loop throughput with wrk (the Python client when wrk is missing)."""
-        cpus = self.client_cpu if client_cpu == "client" else client_cpu
-        if self.wrk is None:
-            if self.plan.warmup:
-                self.loadgen(target, kind, ["--connections", str(self.plan.connections)], self.plan.warmup, cpus)
-            return self.loadgen(target, kind, ["--connections", str(self.plan.connections)], self.plan.duration, cpus)
-        if self.plan.warmup:
-            self.run_wrk(target, kind, self.plan.warmup, cores, cpus)
-        return self.run_wrk(target, kind, self.plan.duration, cores, cpus)
+    def closed_loop(self, target: Target, seconds: float, cpus: str | None) -> dict:
+        """One closed-loop run with wrk (the Python client when wrk is missing), with CPU used."""
+        before = cpu_seconds(target.proc)
+        if self.wrk is not None:
+            result = self.run_wrk(target, seconds, cpus)
+        else:
+            result = self.loadgen([target], ["--connections", str(self.plan.connections)], seconds, cpus)[target.name]
+        result["cpu_seconds"] = round(cpu_seconds(target.proc) - before, 4)
+        return result
 
-    def run_wrk(self, target: Proc, kind: str, seconds: float, cores: int, cpus: str | None) -> dict:
+    def run_wrk(self, target: Target, seconds: float, cpus: str | None) -> dict:
         run = hooks.new_run_id()
         file = self.work / f"requests-{run}.bin"
-        if kind == "hook":
-            count = int(PRESIGN_RATE * cores * seconds) + 1000
-            hooks.write_requests(file, hooks.hook_requests(target.hostport, run, count))
+        seconds = max(1, math.ceil(seconds))
+        if target.kind == "hook":
+            count = int(PRESIGN_RATE * target.cores * seconds) + 1000
+            hooks.write_requests(file, hooks.hook_requests(target.proc.hostport, run, count))
         else:
             count = 20000  # the stub is stateless: direct calls may repeat
-            hooks.write_requests(file, hooks.direct_requests(target.hostport, run, count))
-        command = pinned([self.wrk, "-t1", f"-c{self.plan.connections}", f"-d{max(1, round(seconds))}s",
-                          "--timeout", "5s", "-s", str(WRK_SCRIPT), target.url, "--", str(file), "1"], cpus)
+            hooks.write_requests(file, hooks.direct_requests(target.proc.hostport, run, count))
+        command = pinned([self.wrk, "-t1", f"-c{self.plan.connections}", f"-d{seconds}s", "--timeout", "5s",
+                          "-s", str(WRK_SCRIPT), target.proc.url, "--", str(file), "1"], cpus)
         out = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + 60)
         file.unlink(missing_ok=True)
         match = re.search(r"^WRKJSON (.*)$", out.stdout, re.M)
         if not match:
             raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
         data = json.loads(match.group(1))
-        seconds_run = data["duration_us"] / 1e6
         errors = sum(data[k] for k in ("connect_errors", "read_errors", "write_errors", "non_2xx", "timeouts"))
-        if kind == "hook" and data["wrapped"]:
-            errors += data["wrapped"]
-        return {"tool": "wrk", "connections": self.plan.connections, "seconds": round(seconds_run, 2),
-                "requests": data["requests"], "rps": round(data["requests"] / seconds_run, 1), "errors": errors,
-                "latency_ms": {k: v / 1000 for k, v in data["latency_us"].items()}, "presigned": count,
-                "wrapped": data["wrapped"]}
+        if target.kind == "hook":
+            errors += data["wrapped"]  # a replayed signature: refused, and not what we meant to measure
+        return {"tool": "wrk", "seconds": data["duration_us"] / 1e6, "requests": data["requests"], "errors": errors,
+                "latency_ms": {k: v / 1000 for k, v in data["latency_us"].items()}}
 
-    def loadgen(self, target: Proc, kind: str, args: list[str], seconds: float, cpus: str | None) -> dict:
-        command = pinned([sys.executable, "-m", "bench.loadgen", target.url, "--kind", kind, "--seconds",
-                          str(seconds), *args], cpus)
+    def loadgen(self, targets: list[Target], args: list[str], seconds: float, cpus: str | None) -> dict:
+        specs = [f"{t.name}={t.kind}@{t.proc.url}" for t in targets]
+        command = pinned([sys.executable, "-m", "bench.loadgen", *specs, "--seconds", str(seconds), *args], cpus)
         out = subprocess.run(command, capture_output=True, text=True, env=python_env(), check=False,
-                             timeout=seconds + 120)
+                             timeout=seconds * 20 + 120)
         if out.returncode != 0:
             raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
         data = json.loads(out.stdout.strip().splitlines()[-1])
-        if data["mode"] == "closed_loop":
-            data.update(tool="python", errors=data["non_2xx"] + data["failed"])
+        if data.get("mode") == "closed_loop":
+            data = {targets[0].name: {"tool": "python", "seconds": data["seconds"], "requests": data["requests"],
+                                      "errors": data["non_2xx"] + data["failed"], "latency_ms": data["latency"]}}
         return data
 
-    def latency(self, target: Proc, kind: str) -> dict:
-        return self.loadgen(target, kind, ["--rate", str(self.plan.rate)], self.plan.latency_seconds, self.client_cpu)
+    def throughput(self, targets: list[Target], cpus: str | None, rounds: int) -> dict:
+        """Warm each target, then ``rounds`` rounds of one closed-loop run per target."""
+        seconds = self.plan.duration / rounds
+        if self.plan.warmup:
+            for target in targets:
+                self.closed_loop(target, self.plan.warmup, cpus)
+        for _ in range(rounds):
+            for target in targets:
+                target.runs.append(self.closed_loop(target, seconds, cpus))
+        out = {}
+        for target in targets:
+            runs = target.runs
+            requests, secs = sum(r["requests"] for r in runs), sum(r["seconds"] for r in runs)
+            cpu = sum(r["cpu_seconds"] for r in runs)
+            out[target.name] = {
+                "group": target.group, "tool": runs[0]["tool"], "connections": self.plan.connections,
+                "rounds": len(runs), "seconds": round(secs, 2), "requests": requests,
+                "rps": round(requests / secs, 1), "rps_per_round": [round(r["requests"] / r["seconds"], 1) for r in runs],
+                "cpu_us_per_request": round(cpu / requests * 1e6, 1) if requests else None,
+                "errors": sum(r["errors"] for r in runs), "latency_ms_last_round": runs[-1]["latency_ms"],
+            }
+        return out
 
     # -- checks ------------------------------------------------------------------------
-    def gateway_facts(self, proc: Proc, name: str, store_url: str) -> dict:
+    def gateway_facts(self, target: Target) -> dict:
         """Evidence that every feature ran: metrics counted, log lines written, ledger rows kept."""
         facts: dict = {}
         try:
-            text = urllib.request.urlopen(proc.url + "/metrics", timeout=5).read().decode()  # noqa: S310 - loopback
-            facts["metrics_requests_ok"] = sum(float(m) for m in re.findall(
-                r'^igsp_requests_total\{[^}]*outcome="ok"[^}]*\} (\S+)$', text, re.M))
+            text = urllib.request.urlopen(target.proc.url + "/metrics", timeout=5).read().decode()  # noqa: S310
+            facts["metrics_requests_ok"] = int(sum(float(m) for m in re.findall(
+                r'^igsp_requests_total\{[^}]*outcome="ok"[^}]*\} (\S+)$', text, re.M)))
         except OSError as exc:
             facts["metrics_error"] = str(exc)
-        log = self.work / f"{name}.log"
-        if log.exists():
+        log = target.proc.log
+        if log and log.exists():
             with open(log, "rb") as f:
                 facts["access_log_lines"] = sum(1 for line in f if b'"msg":"request"' in line)
-        if store_url.startswith("sqlite"):
-            db = sqlite3.connect(f"file:{store_url.split(':///', 1)[1]}?mode=ro", uri=True)
+        if target.store_url and target.store_url.startswith("sqlite"):
+            db = sqlite3.connect(f"file:{target.store_url.split(':///', 1)[1]}?mode=ro", uri=True)
             facts["ledger_rows"] = db.execute("SELECT COUNT(*) FROM ledger").fetchone()[0]
             facts["replay_keys"] = db.execute("SELECT COUNT(*) FROM kv WHERE ns='sig'").fetchone()[0]
             db.close()
@@ -191,35 +245,41 @@ class Bench:
         plan = self.plan
         started = time.time()
         stub = self.stub()
-        peer = self.peer(stub.url)
-        tp, lat = self.results["throughput"], self.results["latency"]
-
-        print(f"direct: wrk -> stub {stub.url}", file=sys.stderr, flush=True)
-        tp["direct"] = self.throughput(stub, "direct")
-        lat["direct"] = self.latency(stub, "direct")
-        print("peer: the hand-written translator", file=sys.stderr, flush=True)
-        tp["peer"] = self.throughput(peer, "hook")
-        lat["peer"] = self.latency(peer, "hook")
-        self.stop(peer)
-
-        stores = []
+        targets = [Target("direct", stub, "direct", "signed"),
+                   Target("peer", self.peer("peer", stub.url, signed=True), "hook", "signed")]
         for store in plan.stores:
+            name = f"gateway-{store}"
             if store == "sqlite":
-                stores.append(("gateway-sqlite", f"sqlite:///{self.work}/gateway.db", None))
+                url = f"sqlite:///{self.work}/{name}.db"
             elif store == "redis":
                 if not redis_store_available():
-                    plan.notes.append("redis: skipped, the Redis store (gateway/store/redis.py) is not in this tree yet")
+                    plan.notes.append("redis: skipped, the Redis store (gateway/store/redis.py) is not in this tree")
                     continue
                 redis = Redis(self.work, self.client_cpu)
                 self.procs.append(redis)
-                stores.append(("gateway-redis", redis.start().url, redis))
-        for name, url, _ in stores:
-            print(f"{name}: the gateway, one worker", file=sys.stderr, flush=True)
-            gw = self.gateway(name, url, stub.url)
-            tp[name] = self.throughput(gw, "hook")
-            lat[name] = self.latency(gw, "hook")
-            self.results["checks"][name] = self.gateway_facts(gw, name, url)
-            self.stop(gw)
+                url = redis.start().url
+            else:
+                raise SystemExit(f"unknown store {store!r}: use sqlite and/or redis")
+            targets.append(Target(name, self.gateway(name, url, stub.url), "hook", "signed", url))
+        if plan.unsigned:
+            targets.append(Target("peer-unsigned", self.peer("peer-unsigned", stub.url, signed=False), "hook",
+                                  "unsigned"))
+            url = f"sqlite:///{self.work}/gateway-sqlite-unsigned.db"
+            targets.append(Target("gateway-sqlite-unsigned", self.gateway("gateway-sqlite-unsigned", url, stub.url,
+                                                                         mapping=self.unsigned_mapping()),
+                                  "hook", "unsigned", url))
+
+        print(f"throughput: {', '.join(t.name for t in targets)} in {plan.rounds} rounds", file=sys.stderr, flush=True)
+        self.results["throughput"] = self.throughput(targets, self.client_cpu, plan.rounds)
+        print(f"latency at {plan.rate:g} req/s", file=sys.stderr, flush=True)
+        self.results["latency"] = self.loadgen(
+            targets, ["--rate", str(plan.rate), "--rounds", str(plan.rounds)], plan.latency_seconds / plan.rounds,
+            self.client_cpu)
+        for target in targets:
+            if target.name.startswith("gateway"):
+                self.results["checks"][target.name] = self.gateway_facts(target)
+        for target in targets[1:]:
+            self.stop(target.proc)
 
         if plan.scaling and self.server_cpu is not None:
             self.scaling(stub)
@@ -229,32 +289,36 @@ class Bench:
         return self.summarise()
 
     def scaling(self, stub: Proc) -> None:
-        """One worker vs two, both with every core available to everything (2-core honest view)."""
-        every = ",".join(map(str, range(cpu_count())))
-        out = self.results["scaling"]
+        """--workers 1 vs 2, every process free to use every core (the honest view on 2 cores)."""
+        print("scaling: --workers 1 vs 2 on every core", file=sys.stderr, flush=True)
+        targets = []
         for workers in (1, 2):
             name = f"gateway-sqlite-w{workers}"
-            gw = self.gateway(name, f"sqlite:///{self.work}/{name}.db", stub.url, workers=workers, cpus=every)
-            print(f"{name}: scaling, every core shared", file=sys.stderr, flush=True)
-            out[f"workers_{workers}"] = self.throughput(gw, "hook", cores=2, client_cpu=every)
-            self.stop(gw)
-        out["ratio_2_over_1"] = round(out["workers_2"]["rps"] / out["workers_1"]["rps"], 2)
+            url = f"sqlite:///{self.work}/{name}.db"
+            proc = self.gateway(name, url, stub.url, workers=workers, cpus=self.every_cpu)
+            targets.append(Target(name, proc, "hook", "scaling", url, cores=2))
+        out = self.throughput(targets, self.every_cpu, max(1, min(3, self.plan.rounds)))
+        for target in targets:
+            self.stop(target.proc)
+        out["ratio_2_over_1"] = round(out["gateway-sqlite-w2"]["rps"] / out["gateway-sqlite-w1"]["rps"], 2)
+        self.results["scaling"] = out
 
     def soak(self, stub: Proc) -> None:
-        gw = self.gateway("gateway-soak", f"sqlite:///{self.work}/soak.db", stub.url)
+        url = f"sqlite:///{self.work}/soak.db"
+        target = Target("gateway-soak", self.gateway("gateway-soak", url, stub.url), "hook", "soak", url)
         print(f"soak: {self.plan.soak:.0f} s at {self.plan.soak_rate:.0f} req/s", file=sys.stderr, flush=True)
-        self.loadgen(gw, "hook", ["--rate", str(self.plan.soak_rate)], 5, self.client_cpu)  # warm up
-        command = pinned([sys.executable, "-m", "bench.loadgen", gw.url, "--kind", "hook", "--rate",
+        self.loadgen([target], ["--rate", str(self.plan.soak_rate)], 5, self.client_cpu)  # warm up
+        command = pinned([sys.executable, "-m", "bench.loadgen", f"soak=hook@{target.proc.url}", "--rate",
                           str(self.plan.soak_rate), "--seconds", str(self.plan.soak)], self.client_cpu)
         client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env())
         samples = []
         began = time.time()
         while client.poll() is None:
-            samples.append((round(time.time() - began, 1), gw.rss_kib()))
+            samples.append((round(time.time() - began, 1), target.proc.rss_kib()))
             time.sleep(min(10.0, max(1.0, self.plan.soak / 30)))
-        samples.append((round(time.time() - began, 1), gw.rss_kib()))
-        result = json.loads(client.stdout.read().decode().strip().splitlines()[-1])
-        self.stop(gw)
+        samples.append((round(time.time() - began, 1), target.proc.rss_kib()))
+        result = json.loads(client.stdout.read().decode().strip().splitlines()[-1])["soak"]
+        self.stop(target.proc)
         start_kib, end_kib = samples[0][1], samples[-1][1]
         self.results["soak"] = {
             "seconds": self.plan.soak, "rate": self.plan.soak_rate, "achieved_rate": result.get("achieved_rate"),
@@ -268,11 +332,19 @@ class Bench:
     def summarise(self) -> dict:
         tp, lat = self.results["throughput"], self.results["latency"]
         ratios, added = {}, {}
-        for name in tp:
-            if name.startswith("gateway"):
-                ratios[name] = {"vs_peer": round(tp[name]["rps"] / tp["peer"]["rps"], 3),
-                                "vs_direct": round(tp[name]["rps"] / tp["direct"]["rps"], 3)}
-        ratios["peer"] = {"vs_peer": 1.0, "vs_direct": round(tp["peer"]["rps"] / tp["direct"]["rps"], 3)}
+        direct = tp["direct"]
+        for name, value in tp.items():
+            if name == "direct":
+                continue
+            peer = tp["peer-unsigned" if value["group"] == "unsigned" else "peer"]
+            ratios[name] = {
+                "vs_peer": round(value["rps"] / peer["rps"], 3),
+                "vs_direct": round(value["rps"] / direct["rps"], 3),
+                "cpu_vs_peer": round(peer["cpu_us_per_request"] / value["cpu_us_per_request"], 3)
+                if value["cpu_us_per_request"] else None,
+                "vs_peer_per_round": [round(a / b, 3) for a, b in zip(value["rps_per_round"], peer["rps_per_round"],
+                                                                      strict=True)],
+            }
         base = lat["direct"]["latency"]
         for name, value in lat.items():
             if name != "direct" and value["latency"].get("count"):
@@ -290,7 +362,7 @@ class Bench:
         if "gateway-redis" in ratios:
             found["redis_vs_peer_ge_0.8"] = ratios["gateway-redis"]["vs_peer"] >= 0.8
         for name, value in added.items():
-            if name.startswith("gateway"):
+            if name in ("gateway-sqlite", "gateway-redis"):
                 found[f"{name}_added_p50_le_0.5ms"] = value["p50_ms"] <= 0.5
                 found[f"{name}_added_p99_le_2ms"] = value["p99_ms"] <= 2.0
         if self.results["scaling"].get("ratio_2_over_1"):
@@ -316,38 +388,63 @@ def machine() -> dict:
         uvloop_version = uvloop.__version__
     except ImportError:
         uvloop_version = None
-    return {"cpus": cpu_count(), "cpu_model": model, "python": platform.python_version(),
+    try:
+        load = [round(x, 2) for x in __import__("os").getloadavg()]
+    except OSError:
+        load = None
+    return {"cpus": cpu_count(), "cpu_model": model, "python": platform.python_version(), "load_average": load,
             "aiohttp": aiohttp.__version__, "uvloop": uvloop_version, "platform": platform.platform()}
+
+
+GROUP_TITLES = {
+    "signed": "signed upstream: the shipped mapping (RSA-SHA256 on every wallet call); the peer signs too",
+    "unsigned": "unsigned upstream: the same mapping without its signer; the peer without RSA",
+}
 
 
 def table(results: dict) -> str:
     tp, lat, ratios, added = results["throughput"], results["latency"], results["ratios"], results["added_latency"]
     rate = results["plan"]["rate"]
-    rows = [("target", "req/s", "errors", "x peer", "x direct", f"p50@{rate:g}/s", f"p99@{rate:g}/s",
-             "+p50 ms", "+p99 ms")]
-    for name in tp:
-        t, l_ = tp[name], lat.get(name, {}).get("latency", {})
-        r, a = ratios.get(name, {}), added.get(name, {})
-        rows.append((name, f"{t['rps']:.0f}", str(t.get("errors", 0)), f"{r['vs_peer']:.2f}" if r else "-",
-                     f"{r['vs_direct']:.2f}" if r else "1.00", f"{l_.get('p50_ms', 0):.3f}", f"{l_.get('p99_ms', 0):.3f}",
-                     f"{a['p50_ms']:+.3f}" if a else "-", f"{a['p99_ms']:+.3f}" if a else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    header = ("target", "req/s", "cpu us/req", "x peer", "x peer cpu", "x direct", f"p50@{rate:g}/s",
+              f"p99@{rate:g}/s", "+p50 ms", "+p99 ms", "errors")
+    rows = []
+    for group in ("signed", "unsigned"):
+        names = [n for n, v in tp.items() if v["group"] == group]
+        if not names:
+            continue
+        rows.append((f"# {GROUP_TITLES[group]}",))
+        for name in names:
+            t, l_ = tp[name], lat.get(name, {}).get("latency", {})
+            r, a = ratios.get(name), added.get(name)
+            rows.append((name, f"{t['rps']:.0f}", f"{t['cpu_us_per_request']:.0f}",
+                         f"{r['vs_peer']:.2f}" if r else "-", f"{r['cpu_vs_peer']:.2f}" if r else "-",
+                         f"{r['vs_direct']:.3f}" if r else "1", f"{l_.get('p50_ms', 0):.3f}",
+                         f"{l_.get('p99_ms', 0):.3f}", f"{a['p50_ms']:+.3f}" if a else "-",
+                         f"{a['p99_ms']:+.3f}" if a else "-", str(t["errors"])))
+    widths = [max(len(row[i]) for row in [header, *rows] if len(row) > 1) for i in range(len(header))]
+
+    def line(row):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+
+    lines = [line(header), "  ".join("-" * w for w in widths)]
+    lines += [row[0] if len(row) == 1 else line(row) for row in rows]
+    for name, r in ratios.items():
+        if name.startswith("gateway"):
+            lines.append(f"{name}: x peer per round {r['vs_peer_per_round']}")
     scaling = results["scaling"]
     if scaling.get("ratio_2_over_1"):
-        lines.append(f"\n--workers 2 / --workers 1 (every core shared with wrk and the stub): "
-                     f"{scaling['workers_2']['rps']:.0f} / {scaling['workers_1']['rps']:.0f} req/s = "
-                     f"{scaling['ratio_2_over_1']:.2f}x")
+        w1, w2 = scaling["gateway-sqlite-w1"], scaling["gateway-sqlite-w2"]
+        lines.append(f"--workers 2 / --workers 1 (every core shared with wrk and the stub): "
+                     f"{w2['rps']:.0f} / {w1['rps']:.0f} req/s = {scaling['ratio_2_over_1']:.2f}x")
     if results["soak"]:
         s = results["soak"]
         lines.append(f"soak {s['seconds']:.0f} s at {s['rate']:.0f} req/s: RSS {s['rss_start_kib'] / 1024:.1f} -> "
                      f"{s['rss_end_kib'] / 1024:.1f} MiB ({s['rss_change_pct']:+.1f} %), max "
                      f"{s['rss_max_kib'] / 1024:.1f} MiB, errors {s['errors']}")
     for name, facts in results["checks"].items():
-        lines.append(f"{name}: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in facts.items()))
+        lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in facts.items()))
+    lines.append(f"machine: {results['machine']['cpus']} cpus, load average {results['machine']['load_average']}, "
+                 f"{results['elapsed_seconds']} s")
     for note in results["plan"]["notes"]:
         lines.append(f"note: {note}")
     if results["targets"]:
@@ -358,11 +455,13 @@ def table(results: dict) -> str:
 def parse(argv: list[str] | None) -> Plan:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of each throughput run (default 10)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per target (default 10)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds the load is split into (default 5)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--rate", type=float, default=200.0, help="fixed rate of the latency runs (default 200/s)")
-    parser.add_argument("--latency-seconds", type=float, default=10.0, help="length of each latency run (default 10)")
+    parser.add_argument("--latency-seconds", type=float, default=10.0, help="latency run per target (default 10)")
     parser.add_argument("--stores", default="sqlite,redis", help="gateway store variants (default sqlite,redis)")
+    parser.add_argument("--no-unsigned", action="store_true", help="skip the unsigned-upstream pair")
     parser.add_argument("--no-scaling", action="store_true", help="skip the --workers 1 vs 2 runs")
     parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS", help="add a memory soak of this long")
     parser.add_argument("--soak-rate", type=float, default=500.0, help="request rate of the soak (default 500/s)")
@@ -370,12 +469,13 @@ def parse(argv: list[str] | None) -> Plan:
     parser.add_argument("--smoke", action="store_true", help="a few seconds in all: checks that it runs, not speed")
     parser.add_argument("--out", type=Path, help="the JSON result file (default bench/results/bench-<time>.json)")
     args = parser.parse_args(argv)
-    plan = Plan(duration=args.duration, connections=args.connections, rate=args.rate,
+    plan = Plan(duration=args.duration, rounds=max(1, args.rounds), connections=args.connections, rate=args.rate,
                 latency_seconds=args.latency_seconds, stores=tuple(s for s in args.stores.split(",") if s),
-                scaling=not args.no_scaling, soak=args.soak, soak_rate=args.soak_rate,
-                install_wrk=not args.no_install, smoke=args.smoke, out=args.out)
+                scaling=not args.no_scaling, unsigned=not args.no_unsigned, soak=args.soak,
+                soak_rate=args.soak_rate, install_wrk=not args.no_install, smoke=args.smoke, out=args.out)
     if plan.smoke:
-        plan.duration, plan.warmup, plan.latency_seconds, plan.scaling, plan.connections = 1.0, 0.0, 1.0, False, 8
+        plan.duration, plan.rounds, plan.warmup, plan.latency_seconds = 1.0, 1, 0.0, 1.0
+        plan.scaling, plan.unsigned, plan.connections = False, False, 8
     return plan
 
 
