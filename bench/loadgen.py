@@ -60,13 +60,13 @@ class Connection(asyncio.Protocol):
             if self.waiter is not None and not self.waiter.done():
                 self.waiter.set_result((status, time.perf_counter()))
 
-    async def send(self, raw: bytes) -> tuple[int, float]:
-        """Write ``raw``; return (status, seconds to the complete answer)."""
+    async def send(self, raw: bytes) -> tuple[int, float, float]:
+        """Write ``raw``; return (status, when it was written, when the answer was complete)."""
         self.waiter = asyncio.get_running_loop().create_future()
         started = time.perf_counter()
         self.transport.write(raw)
         status, finished = await self.waiter
-        return status, finished - started
+        return status, started, finished
 
 
 async def connect(host: str, port: int) -> Connection:
@@ -87,8 +87,12 @@ def percentiles(samples: list[float]) -> dict:
             "max_ms": round(ordered[-1] * 1000, 3)}
 
 
+#: Connections a fixed-rate client keeps at most per target, as a provider's pool would.
+MAX_CONNECTIONS = 64
+
+
 class Target:
-    """One server under test: where it is and what to send it."""
+    """One server under test: where it is, what to send it, and a bounded connection pool."""
 
     def __init__(self, spec: str):
         # name=kind@http://host:port
@@ -98,38 +102,61 @@ class Target:
         self.host, port = self.hostport.rsplit(":", 1)
         self.port = int(port)
         self.make = request_maker(self.kind, self.hostport, hooks.new_run_id())
-        self.idle: list[Connection] = []
+        self.free: asyncio.Queue[Connection] = asyncio.Queue()
+        self.opened = 0
         self.latencies: list[float] = []
-        self.errors = {"non_2xx": 0, "failed": 0}
+        self.errors = {"non_2xx": 0, "failed": 0, "waited_for_a_connection": 0}
         self.sent = 0
 
+    async def acquire(self) -> tuple[Connection, bool]:
+        if not self.free.empty():
+            return self.free.get_nowait(), False
+        if self.opened < MAX_CONNECTIONS:
+            self.opened += 1
+            try:
+                return await connect(self.host, self.port), False
+            except OSError:
+                self.opened -= 1
+                raise
+        self.errors["waited_for_a_connection"] += 1
+        return await self.free.get(), True
+
     async def one(self, record: bool = True) -> None:
-        conn = self.idle.pop() if self.idle else await connect(self.host, self.port)
+        due = time.perf_counter()
+        try:
+            conn, waited = await self.acquire()
+        except OSError:
+            self.errors["failed"] += 1
+            return
         raw = self.make(self.sent)
         self.sent += 1
         try:
-            status, elapsed = await conn.send(raw)
+            status, started, finished = await conn.send(raw)
         except (ConnectionError, OSError):
             self.errors["failed"] += 1
+            self.opened -= 1
             return
-        if not conn.lost:
-            self.idle.append(conn)
+        if conn.lost:
+            self.opened -= 1
+        else:
+            self.free.put_nowait(conn)
         if status >= 300:
             self.errors["non_2xx"] += 1
         elif record:
-            self.latencies.append(elapsed)
+            # A request that had to wait for a connection was due earlier: the wait counts.
+            self.latencies.append(finished - (due if waited else started))
 
     def close(self) -> None:
-        for conn in self.idle:
-            conn.transport.close()
+        while not self.free.empty():
+            self.free.get_nowait().transport.close()
 
 
 async def fixed_rate(targets: list[Target], rate: float, seconds: float, rounds: int = 1, warmup: int = 50) -> dict:
     """Open loop: in each round, each target in turn gets ``rate`` requests/s for ``seconds``.
 
-    Request i of a phase leaves at start + i/rate on a free connection (a new one when
-    all are busy), whatever the answers do; rounds interleave the targets so a change in
-    the machine's background load touches them all alike.
+    Request i of a phase leaves at start + i/rate on a free connection (a new one while
+    fewer than MAX_CONNECTIONS are open), whatever the answers do; rounds interleave the
+    targets so a change in the machine's background load touches them all alike.
     """
     loop = asyncio.get_running_loop()
     for target in targets:  # open connections and warm caches before any clock starts
@@ -168,13 +195,13 @@ async def closed_loop(host: str, port: int, make: Callable[[int], bytes], connec
         conn = await connect(host, port)
         while time.perf_counter() < deadline:
             try:
-                status, elapsed = await conn.send(make(next(counter)))
+                status, sent, finished = await conn.send(make(next(counter)))
             except (ConnectionError, OSError):
                 done["failed"] += 1
                 conn = await connect(host, port)
                 continue
             done["ok" if status < 300 else "non_2xx"] += 1
-            latencies.append(elapsed)
+            latencies.append(finished - sent)
         conn.transport.close()
 
     started = time.perf_counter()

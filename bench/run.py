@@ -19,6 +19,7 @@ import json
 import math
 import platform
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -54,6 +55,8 @@ class Plan:
     soak: float = 0.0
     soak_rate: float = 500.0
     install_wrk: bool = True
+    python_client: bool = False
+    keep: bool = False
     smoke: bool = False
     out: Path | None = None
     notes: list = field(default_factory=list)
@@ -80,9 +83,9 @@ class Bench:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.work = Path(tempfile.mkdtemp(prefix="igsp-bench-"))
-        self.wrk = ensure_wrk(plan.install_wrk)
+        self.wrk = None if plan.python_client else ensure_wrk(plan.install_wrk)
         if self.wrk is None:
-            plan.notes.append("wrk not found: throughput measured with the Python client (bench/loadgen.py)")
+            plan.notes.append("throughput measured with the Python client (bench/loadgen.py), not wrk")
         cpus = cpu_count()
         self.server_cpu = str(cpus - 1) if cpus >= 2 else None
         self.client_cpu = ",".join(map(str, range(cpus - 1))) if cpus >= 2 else None
@@ -109,6 +112,10 @@ class Bench:
         for proc in reversed(self.procs):
             proc.stop()
         self.procs.clear()
+        if self.plan.keep:
+            print(f"logs, configs and databases kept in {self.work}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def stub(self) -> Proc:
         return self.start(Proc("stub", [sys.executable, "-m", "bench.stub"], cpus=self.client_cpu,
@@ -300,14 +307,22 @@ class Bench:
         out = self.throughput(targets, self.every_cpu, max(1, min(3, self.plan.rounds)))
         for target in targets:
             self.stop(target.proc)
-        out["ratio_2_over_1"] = round(out["gateway-sqlite-w2"]["rps"] / out["gateway-sqlite-w1"]["rps"], 2)
+        w1, w2 = out["gateway-sqlite-w1"], out["gateway-sqlite-w2"]
+        out["ratio_2_over_1"] = round(w2["rps"] / w1["rps"], 2)
+        # What two dedicated cores would give if CPU were the only limit: twice the work,
+        # less whatever a request costs more with two workers (shared SQLite file, locks).
+        out["cpu_bound_estimate_2_over_1"] = round(2 * w1["cpu_us_per_request"] / w2["cpu_us_per_request"], 2)
         self.results["scaling"] = out
 
     def soak(self, stub: Proc) -> None:
         url = f"sqlite:///{self.work}/soak.db"
         target = Target("gateway-soak", self.gateway("gateway-soak", url, stub.url), "hook", "soak", url)
-        print(f"soak: {self.plan.soak:.0f} s at {self.plan.soak_rate:.0f} req/s", file=sys.stderr, flush=True)
-        self.loadgen([target], ["--rate", str(self.plan.soak_rate)], 5, self.client_cpu)  # warm up
+        warmup = max(10.0, min(60.0, self.plan.soak / 10))
+        print(f"soak: {warmup:.0f} s warm-up, then {self.plan.soak:.0f} s at {self.plan.soak_rate:.0f} req/s",
+              file=sys.stderr, flush=True)
+        # Memory is measured from the end of a warm-up at the same rate: caches, pools and
+        # the client's connections have reached their working size by then.
+        self.loadgen([target], ["--rate", str(self.plan.soak_rate)], warmup, self.client_cpu)
         command = pinned([sys.executable, "-m", "bench.loadgen", f"soak=hook@{target.proc.url}", "--rate",
                           str(self.plan.soak_rate), "--seconds", str(self.plan.soak)], self.client_cpu)
         client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env())
@@ -321,8 +336,10 @@ class Bench:
         self.stop(target.proc)
         start_kib, end_kib = samples[0][1], samples[-1][1]
         self.results["soak"] = {
-            "seconds": self.plan.soak, "rate": self.plan.soak_rate, "achieved_rate": result.get("achieved_rate"),
+            "seconds": self.plan.soak, "warmup_seconds": warmup, "rate": self.plan.soak_rate,
+            "achieved_rate": result.get("achieved_rate"),
             "errors": result.get("non_2xx", 0) + result.get("failed", 0), "latency": result.get("latency"),
+            "waited_for_a_connection": result.get("waited_for_a_connection", 0),
             "rss_start_kib": start_kib, "rss_end_kib": end_kib, "rss_max_kib": max(s[1] for s in samples),
             "rss_change_pct": round(100 * (end_kib - start_kib) / start_kib, 1) if start_kib else None,
             "samples": samples,
@@ -435,7 +452,9 @@ def table(results: dict) -> str:
     if scaling.get("ratio_2_over_1"):
         w1, w2 = scaling["gateway-sqlite-w1"], scaling["gateway-sqlite-w2"]
         lines.append(f"--workers 2 / --workers 1 (every core shared with wrk and the stub): "
-                     f"{w2['rps']:.0f} / {w1['rps']:.0f} req/s = {scaling['ratio_2_over_1']:.2f}x")
+                     f"{w2['rps']:.0f} / {w1['rps']:.0f} req/s = {scaling['ratio_2_over_1']:.2f}x measured; "
+                     f"cpu us/req {w2['cpu_us_per_request']:.0f} vs {w1['cpu_us_per_request']:.0f}, so "
+                     f"{scaling['cpu_bound_estimate_2_over_1']:.2f}x on two cores of its own (estimate)")
     if results["soak"]:
         s = results["soak"]
         lines.append(f"soak {s['seconds']:.0f} s at {s['rate']:.0f} req/s: RSS {s['rss_start_kib'] / 1024:.1f} -> "
@@ -466,13 +485,16 @@ def parse(argv: list[str] | None) -> Plan:
     parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS", help="add a memory soak of this long")
     parser.add_argument("--soak-rate", type=float, default=500.0, help="request rate of the soak (default 500/s)")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install wrk (use the Python client)")
+    parser.add_argument("--python-client", action="store_true", help="closed-loop load from bench/loadgen.py, not wrk")
+    parser.add_argument("--keep", action="store_true", help="keep the logs, configs and databases of the run")
     parser.add_argument("--smoke", action="store_true", help="a few seconds in all: checks that it runs, not speed")
     parser.add_argument("--out", type=Path, help="the JSON result file (default bench/results/bench-<time>.json)")
     args = parser.parse_args(argv)
     plan = Plan(duration=args.duration, rounds=max(1, args.rounds), connections=args.connections, rate=args.rate,
                 latency_seconds=args.latency_seconds, stores=tuple(s for s in args.stores.split(",") if s),
                 scaling=not args.no_scaling, unsigned=not args.no_unsigned, soak=args.soak,
-                soak_rate=args.soak_rate, install_wrk=not args.no_install, smoke=args.smoke, out=args.out)
+                soak_rate=args.soak_rate, install_wrk=not args.no_install, python_client=args.python_client,
+                keep=args.keep, smoke=args.smoke, out=args.out)
     if plan.smoke:
         plan.duration, plan.rounds, plan.warmup, plan.latency_seconds = 1.0, 1, 0.0, 1.0
         plan.scaling, plan.unsigned, plan.connections = False, False, 8
