@@ -245,6 +245,13 @@ class Bench:
             facts["ledger_rows"] = db.execute("SELECT COUNT(*) FROM ledger").fetchone()[0]
             facts["replay_keys"] = db.execute("SELECT COUNT(*) FROM kv WHERE ns='sig'").fetchone()[0]
             db.close()
+        elif target.store_url and target.store_url.startswith("redis"):
+            import redis
+
+            client = redis.Redis.from_url(target.store_url)
+            facts["ledger_rows"] = sum(1 for _ in client.scan_iter("igsp:tx:*", count=1000))
+            facts["replay_keys"] = sum(1 for _ in client.scan_iter("igsp:kv:sig:*", count=1000))
+            client.close()
         return facts
 
     # -- the whole run -------------------------------------------------------------------
