@@ -19,7 +19,7 @@ import jmespath
 import jmespath.exceptions
 import jmespath.functions
 
-from gateway import money
+from gateway import jmespath_fast, money
 from gateway.adapter_api import Adapter
 from gateway.adapters import make_adapter
 from gateway.errors import ConfigError, IgspError, Problem
@@ -120,7 +120,7 @@ class Mapping:
     provider: Any = None  # provider face: a compiled gateway.provider_mapping.ProviderSpec
 
     def search(self, expression: Any, data: Any) -> Any:
-        return expression.search(data, options=self.jmespath_options)
+        return jmespath_fast.search(expression, data, self.jmespath_options)
 
 
 def _jmespath_signature(func: Callable) -> tuple:

@@ -19,6 +19,7 @@ need a restart: a reload keeps their old values and says so.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -132,6 +133,9 @@ class Runtime:
             config = new.config
             update_logging(config.log_level, config.secrets)
             self.current = new
+            # Start-up objects were frozen out of the GC (server.py): give them back, so the
+            # retired generation's reference cycles can be collected once it is closed.
+            gc.unfreeze()
             old.retired = True
             self._retired.add(old)
             if old.users == 0:

@@ -3,6 +3,12 @@
 The spec is the single source of truth: the gateway compiles a JSON-Schema validator
 for each component it needs once at start-up and validates with it; nothing restates
 the protocol's field rules in code.
+
+Speed without a second truth: each component is also compiled, ``$ref``s inlined, into
+generated Python by ``fastjsonschema`` (a few microseconds instead of ~80). It only
+answers "valid"; anything it refuses goes to the ``jsonschema`` validator, which names
+the field and has the last word. Components using a keyword outside ``_FAST_KEYWORDS``
+(whose meaning both libraries share) are checked by ``jsonschema`` alone.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import jsonschema
 import yaml
 from referencing import Registry, Resource
@@ -39,6 +46,7 @@ class SpecValidators:
         self.uri = f"urn:igsp:{name}"
         self.registry = Registry().with_resource(self.uri, Resource.from_contents(self.document, DRAFT202012))
         self._validators: dict[str, jsonschema.Draft202012Validator] = {}
+        self._fast: dict[str, Any] = {}
 
     def validator(self, component: str) -> jsonschema.Draft202012Validator:
         found = self._validators.get(component)
@@ -51,16 +59,92 @@ class SpecValidators:
                 format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
             )
             self._validators[component] = found
+            self._fast[component] = fast_validator(self.document, component)
         return found
 
     def check(self, component: str, instance: Any) -> None:
         """Raise ``invalid_request`` naming the first offending field."""
+        fast = self._fast.get(component)
+        if fast is not None:
+            try:
+                fast(instance)
+                return
+            except fastjsonschema.JsonSchemaValueException:
+                pass  # jsonschema names the field, and decides
         error = jsonschema.exceptions.best_match(self.validator(component).iter_errors(instance))
         if error is not None:
             raise IgspError("invalid_request", describe(error))
 
     def errors(self, component: str, instance: Any) -> list[str]:
         return [describe(e) for e in self.validator(component).iter_errors(instance)]
+
+
+#: Keywords whose meaning fastjsonschema (draft-07 code) and jsonschema (2020-12) share
+#: exactly, plus annotations; ``enum``/``const`` only with string values (``1 == True``).
+_FAST_KEYWORDS = frozenset({
+    "type", "properties", "required", "additionalProperties", "patternProperties", "enum", "const",
+    "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+    "items", "minItems", "maxItems", "minProperties", "maxProperties", "allOf", "anyOf", "oneOf", "not", "format",
+    "description", "examples", "example", "title", "default", "deprecated", "readOnly", "writeOnly",
+    "discriminator", "externalDocs", "$comment",
+})
+_ANNOTATIONS = frozenset({"description", "examples", "example", "title", "default", "deprecated", "readOnly",
+                          "writeOnly", "discriminator", "externalDocs", "$comment"})
+
+
+class _NotFast(Exception):
+    """This schema uses something the fast path does not promise to judge alike."""
+
+
+def fast_validator(document: dict, component: str):
+    """A fastjsonschema function for ``component`` with every local ``$ref`` inlined, or None."""
+    formats: set[str] = set()
+
+    def inline(node: Any, seen: tuple) -> Any:
+        if isinstance(node, list):
+            return [inline(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            ref = node["$ref"]
+            if not isinstance(ref, str) or not ref.startswith("#/") or ref in seen:
+                raise _NotFast(ref)  # remote or recursive: leave it to jsonschema
+            target: Any = document
+            for part in ref[2:].split("/"):
+                target = target[part.replace("~1", "/").replace("~0", "~")]
+            resolved = inline(target, seen + (ref,))
+            rest = {k: v for k, v in node.items() if k != "$ref" and k not in _ANNOTATIONS}
+            # 2020-12: keywords beside $ref apply too (draft-07 would ignore them).
+            return {"allOf": [resolved, inline(rest, seen)]} if rest else resolved
+        out = {}
+        for key, value in node.items():
+            if key not in _FAST_KEYWORDS and not key.startswith("x-"):
+                raise _NotFast(key)
+            if key in ("enum", "const") and not all(isinstance(v, str) or v is None
+                                                    for v in (value if key == "enum" else [value])):
+                raise _NotFast(key)
+            if key == "items" and not isinstance(value, dict):
+                raise _NotFast(key)  # the tuple form means different things in the two drafts
+            if key in ("properties", "patternProperties"):
+                out[key] = {name: inline(sub, seen) for name, sub in value.items()}
+            elif key in ("items", "additionalProperties", "not", "allOf", "anyOf", "oneOf"):
+                out[key] = inline(value, seen)
+            elif key in _ANNOTATIONS or key.startswith("x-"):
+                continue
+            else:
+                if key == "format":
+                    formats.add(value)
+                out[key] = value
+        return out
+
+    try:
+        schema = inline({"$ref": f"#/components/schemas/{component}"}, ())
+        checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+        # Formats are judged by the same checker jsonschema uses (absent ones pass, as there).
+        return fastjsonschema.compile(schema, formats={f: (lambda v, f=f: checker.conforms(v, f)) for f in formats},
+                                      use_default=False, detailed_exceptions=False)
+    except (_NotFast, KeyError, TypeError, fastjsonschema.JsonSchemaDefinitionException):
+        return None
 
 
 def describe(error: jsonschema.ValidationError) -> str:

@@ -9,6 +9,11 @@ break the legacy request, and the sandbox stops it from executing anything.
     compile_tree({"amount": "{{ amount | scaled(100000) }}", "memo": "bet {{ round_id }}"})
     -> renderer; renderer({"amount": Decimal("1.5"), "round_id": "r1"})
     -> {"amount": 150000, "memo": "bet r1"}
+
+The simplest single expressions — a name, a constant, a plain filter or one comparison
+of those, which is what most legacy bodies are made of — run as small Python closures
+with exactly Jinja's meaning (same lookup order, same Undefined objects, same filter
+functions), skipping Jinja's per-call context set-up; everything else runs in Jinja.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import operator
 import re
 import uuid
 from collections.abc import Callable
@@ -23,7 +29,8 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, nodes
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from gateway import money
@@ -74,6 +81,12 @@ BUILTIN_FILTERS: dict[str, Callable] = {
 }
 
 
+_COMPARE = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "gt": operator.gt,
+            "lteq": operator.le, "gteq": operator.ge}
+#: Names Jinja gives a meaning of its own inside templates: always rendered by Jinja.
+_SPECIAL_NAMES = frozenset({"self", "loop", "caller", "varargs", "kwargs", "super"})
+
+
 class Templates:
     """One sandboxed Jinja2 environment per mapping (filters differ by adapter)."""
 
@@ -88,10 +101,44 @@ class Templates:
             return lambda ctx, _v=value: _v
         match = _SINGLE_EXPR.match(value.strip())
         if match and "{%" not in value:
-            expr = self.env.compile_expression(match.group("expr").strip(), undefined_to_none=False)
-            return expr
+            source = match.group("expr").strip()
+            expr = self.env.compile_expression(source, undefined_to_none=False)
+            return self._plain(Parser(self.env, source, state="variable").parse_expression()) or expr
         template = self.env.from_string(value)
         return template.render
+
+    def _plain(self, node: nodes.Node) -> Callable[[dict], Any] | None:
+        """A closure for ``node`` with Jinja's exact semantics, or None to let Jinja run it."""
+        env = self.env
+        if isinstance(node, nodes.Const):
+            return lambda ctx, _v=node.value: _v
+        if isinstance(node, nodes.Name) and node.ctx == "load" and node.name not in _SPECIAL_NAMES:
+            name, env_globals = node.name, env.globals
+
+            def lookup(ctx: dict) -> Any:
+                # Jinja's order: the render variables, then the globals, else Undefined.
+                if name in ctx:
+                    return ctx[name]
+                if name in env_globals:
+                    return env_globals[name]
+                return env.undefined(name=name)
+
+            return lookup
+        if (isinstance(node, nodes.Filter) and node.node is not None and not node.kwargs
+                and node.dyn_args is None and node.dyn_kwargs is None):
+            func = env.filters.get(node.name)
+            if func is None or getattr(func, "jinja_pass_arg", None) is not None:
+                return None  # filters that take the context or environment stay in Jinja
+            value, args = self._plain(node.node), [self._plain(arg) for arg in node.args]
+            if value is None or any(arg is None for arg in args):
+                return None
+            return lambda ctx: func(value(ctx), *[arg(ctx) for arg in args])
+        if isinstance(node, nodes.Compare) and len(node.ops) == 1 and node.ops[0].op in _COMPARE:
+            left, right, op = self._plain(node.expr), self._plain(node.ops[0].expr), _COMPARE[node.ops[0].op]
+            if left is None or right is None:
+                return None
+            return lambda ctx: op(left(ctx), right(ctx))
+        return None
 
     def compile_tree(self, tree: Any, on_error: Callable[[tuple, Exception], None], path: tuple = ()) -> Callable[[dict], Any]:
         """Compile every leaf of a dict/list tree; report each broken one through ``on_error``."""

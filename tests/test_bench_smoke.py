@@ -1,0 +1,47 @@
+"""The benchmark runs end to end and produces numbers (a few seconds; no timing is judged).
+
+``python -m bench --smoke`` starts the stub wallet, the reference peer and the gateway
+(SQLite, and Redis when that store exists) on loopback, drives each for a second,
+measures latency at the fixed rate, and writes the JSON report read here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ROOT
+
+
+@pytest.mark.parametrize("client", [[], ["--python-client"]], ids=["wrk-if-installed", "python-client"])
+def test_bench_smoke_produces_numbers(tmp_path, client):
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--no-install", "--out", str(out), *client],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "x peer" in run.stdout and str(out) in run.stdout  # the table was printed
+    results = json.loads(out.read_text())
+
+    gateways = [name for name in results["throughput"] if name.startswith("gateway")]
+    assert "gateway-sqlite" in gateways
+    if "gateway-redis" not in gateways:
+        assert any(note.startswith("redis: skipped") for note in results["plan"]["notes"])
+    for name in ("direct", "peer", *gateways):
+        measured = results["throughput"][name]
+        assert measured["requests"] > 0 and measured["rps"] > 0 and measured["cpu_us_per_request"] > 0
+        assert measured["errors"] == 0, (name, measured)
+        latency = results["latency"][name]
+        assert latency["latency"]["count"] > 0 and latency["non_2xx"] == 0 and latency["failed"] == 0
+        assert 0 < latency["latency"]["p50_ms"] <= latency["latency"]["p99_ms"]
+    for name in gateways:
+        ratio = results["ratios"][name]
+        assert ratio["vs_peer"] > 0 and ratio["vs_direct"] > 0
+        assert set(results["added_latency"][name]) == {"p50_ms", "p99_ms"}
+    # Every feature ran on every request the gateway answered: ledger, replay cache, metrics, access log.
+    checks = results["checks"]["gateway-sqlite"]
+    answered = checks["metrics_requests_ok"]
+    assert answered > 0
+    assert checks["ledger_rows"] == checks["replay_keys"] == checks["access_log_lines"] == answered
