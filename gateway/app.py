@@ -146,7 +146,21 @@ async def _faces_ctx(app: web.Application):
         finally:
             REQUEST_ID.reset(logged)
 
+    async def deliver_hook(entry: QueueEntry) -> None:
+        logged = REQUEST_ID.set(entry.payload.get("request_id") or None)
+        try:
+            with runtime.use() as gen:
+                face = gen.faces.get("provider")
+                callbacks = face.callbacks.get(entry.payload["mapping"]) if face is not None else None
+                if callbacks is None:
+                    raise IgspError("internal_error", f"mapping {entry.payload['mapping']!r} is no longer configured")
+                await callbacks.deliver(entry.payload["partner"], entry.payload["hook"],
+                                        entry.payload.get("request_id", ""))
+        finally:
+            REQUEST_ID.reset(logged)
+
     worker.handlers["wallet"] = deliver_wallet
+    worker.handlers["hook"] = deliver_hook
     task = asyncio.create_task(worker.run(), name="delivery-worker")
     yield
     # Graceful stop (began in _begin_drain): the current delivery may finish within

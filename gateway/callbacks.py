@@ -19,6 +19,8 @@ of the bet; a refund of a bet nobody knows is answered as ``succeed_on`` says.
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -34,10 +36,13 @@ from gateway.hook_client import HookClient
 from gateway.provider_mapping import Endpoint, LegacyCode
 from gateway.sessions import PLAYER_NS, SESSION_NS
 from gateway.spec import SpecValidators
-from gateway.store import Store
+from gateway.store import QueueEntry, Store
 
 log = logging.getLogger("igsp.callbacks")
 
+HOOKQ_NS = "hookq"  # "<partner>:<transaction_id>" -> a queued delivery exists
+#: Route of queued hook deliveries in the durable queue (gateway/app.py runs them).
+HOOK_ROUTE = "hook"
 BET_NS = "pbet"  # "<mapping>:<partner>:<bet transaction_id>" -> what the bet was
 _SCHEMAS = {"balance": "BalanceRequest", "bet": "BetRequest", "win": "WinRequest", "refund": "RefundRequest"}
 _TEXT_FIELDS = ("transaction_id", "bet_transaction_id", "round_id")
@@ -74,6 +79,8 @@ class Callbacks:
             log.exception("legacy callback failed", extra={"request_id": request.get("request_id"),
                                                            "endpoint": endpoint.name})
             error = IgspError("internal_error", "internal error")
+        if error.status >= 500 and endpoint.queued and context.get("hook") and "partner" in request:
+            await self._enqueue(request["partner"], context["hook"], request.get("request_id", ""))
         rule = self._rule(error)
         log.info("legacy callback refused", extra={
             "request_id": request.get("request_id"), "mapping": self.mapping.name, "endpoint": endpoint.name,
@@ -188,6 +195,37 @@ class Callbacks:
         hook.setdefault("amount", Decimal(str(bet["amount"])))
         if bet.get("round_id"):
             hook.setdefault("round_id", bet["round_id"])
+
+    # -- queued deliveries -------------------------------------------------------------------
+    async def _enqueue(self, partner_id: str, hook: dict, request_id: str) -> None:
+        """Put a win/refund the platform could not take on the durable queue, once per transaction.
+
+        The legacy caller still gets its retriable code and may retry; the platform dedupes
+        by ``transaction_id``, so the queue and the legacy retries can never pay twice.
+        """
+        if not await self.store.kv_put(HOOKQ_NS, f"{partner_id}:{hook['transaction_id']}", b"1", ttl=self.ttl,
+                                       only_new=True):
+            return
+        wait = max(5.0, 2 * self.spec.hook_timeout)  # the legacy caller's own retries go first
+        await self.store.q_put(QueueEntry(
+            id=uuid.uuid4().hex, route=HOOK_ROUTE, next_at=time.time() + wait,
+            payload={"mapping": self.mapping.name, "partner": partner_id, "request_id": request_id,
+                     "hook": {k: (format(v, "f") if isinstance(v, Decimal) else v) for k, v in hook.items()}}))
+
+    async def deliver(self, partner_id: str, hook: dict, request_id: str) -> None:
+        """Send one queued hook; a retriable failure raises (retried, then dead-lettered)."""
+        partner = self.partners.get(partner_id)
+        if partner is None:
+            raise IgspError("internal_error", f"partner {partner_id!r} is no longer configured")
+        hook = {k: (Decimal(v) if k == "amount" else v) for k, v in hook.items()}
+        try:
+            await self.hooks.send(partner, hook, timeout=self.spec.hook_timeout, request_id=request_id)
+        except IgspError as exc:
+            if exc.retriable:
+                raise
+            # The platform decided (e.g. the bet was never placed): nothing left to deliver.
+            log.warning("queued hook refused by the platform", extra={
+                "partner": partner_id, "transaction_id": hook.get("transaction_id"), "code": exc.code})
 
     def _render(self, tree: Any, context: dict, status: int | None = None) -> web.Response:
         req = LegacyRequest(operation="reply", method="POST", url="", fields=tree(context))

@@ -232,6 +232,9 @@ CALLBACK_ENDPOINT = {
         "reply": {"description": "Success body (template tree), overriding callbacks.reply."},
         "succeed_on": {"type": "array", "items": {"type": "string"},
                        "description": "iGSP error codes answered as a success with the current balance."},
+        "queued": {"type": "boolean", "default": False,
+                   "description": "win/refund: when the platform fails retriably, also put the signed hook on "
+                                  "the durable queue, so it arrives even if the legacy server stops retrying."},
     },
 }
 

@@ -115,6 +115,7 @@ class Endpoint:
     fields: dict  # hook field -> Field
     reply: Callable[[dict], Any]
     succeed_on: frozenset
+    queued: bool = False
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,10 @@ def _callbacks(c: Any, spec: dict, templates: Any, options: Any, codec: Adapter 
             fields={k: _field(c, f, at + ("fields", k), templates, options) for k, f in fields.items()},
             reply=c.template_tree(templates, ep.get("reply", default_reply), at + ("reply",)),
             succeed_on=frozenset(ep.get("succeed_on") or ()),
+            queued=bool(ep.get("queued", False)),
         )
+        if ep.get("queued") and hook not in ("win", "refund"):
+            c.problem(at + ("queued",), f"only win and refund hooks can be queued, this endpoint sends {hook}")
     verify = c.adapter(spec["verify"], where + ("verify",)) if "verify" in spec else signer
     if "verify" not in spec and signer is None:
         c.problem(where, "nothing checks the legacy caller: give 'verify' (an adapter such as md5_params) "

@@ -9,6 +9,7 @@ gateway's signed iGSP hooks and keeping the ledger every money assertion reads).
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import uuid
 from decimal import Decimal
 from urllib.parse import parse_qs, urlparse
@@ -393,3 +394,22 @@ def test_a_lost_platform_answer_is_retried_and_pays_once(world):
     played = world.play(token, [{"op": "result", "amount": "2.50", "reference": "e-win"}])
     assert answers(played)[1:] == [("result", 100), ("result", 0)]
     assert world.ledger("erin") == [("win", "e-win", "2.50")] and world.balance("erin") == Decimal("12.50")
+
+
+def test_a_win_the_game_server_gave_up_on_is_delivered_from_the_queue(world):
+    world.player("frank", "10.00")
+    token = world.token("sess-frank", "frank")
+    # The platform is down for the game server's only attempt and the queue's first one.
+    control(world.platform.url, "faults", {"kind": "down", "endpoint": "win", "count": 2})
+    played = world.play(token, [{"op": "result", "amount": "4.50", "reference": "frank-queued-win"}], attempts=1)
+    assert [a for a in answers(played) if a[0] == "result"] == [("result", 100)], played
+    assert world.balance("frank") == Decimal("10.00")
+    # The signed hook was queued: it reaches the platform once, after the outage.
+    deadline = time.time() + 30
+    while time.time() < deadline and world.balance("frank") != Decimal("14.50"):
+        time.sleep(0.2)
+    assert world.balance("frank") == Decimal("14.50")
+    assert world.ledger("frank") == [("win", "frank-queued-win", "4.50")]
+    # The game server's late retry is the same transaction: answered, not paid again.
+    played = world.play(token, [{"op": "result", "amount": "4.50", "reference": "frank-queued-win"}], attempts=1)
+    assert answers(played)[-1:] == [("result", 0)] and world.balance("frank") == Decimal("14.50")
