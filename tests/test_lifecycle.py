@@ -39,7 +39,8 @@ def refused(url: str) -> bool:
     try:
         with socket.create_connection((parts.hostname, parts.port), timeout=1):
             return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # Reset: the connection reached the backlog just as the listener closed.
         return True
 
 
