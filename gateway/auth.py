@@ -15,7 +15,7 @@ from gateway import signing
 from gateway.config import Partner
 from gateway.errors import IgspError
 from gateway.ratelimit import Limiter
-from gateway.store import Store
+from gateway.store import OnceKey, Store
 
 
 class AuthFailure(IgspError):
@@ -42,6 +42,19 @@ class Verifier:
         return AuthFailure(code, reason)
 
     async def verify(self, headers, body: bytes, face: str) -> Partner:
+        """Check the request and claim its signature (see ``check``)."""
+        partner, once = self.check(headers, body, face)
+        if once is not None:
+            await self.claim(once)
+        return partner
+
+    def check(self, headers, body: bytes, face: str) -> tuple[Partner, OnceKey | None]:
+        """Who is calling, and did they sign these bytes now; no store access.
+
+        Returns the partner and, with replay protection on, the signature's once-only
+        key: the caller claims it — ``claim()``, or in the same atomic step as its
+        ledger record (``Store.tx_begin(once=…)``) — before acting on the request.
+        """
         auth = headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
             raise self._fail("unauthorized", "missing_credential")
@@ -58,11 +71,15 @@ class Verifier:
             raise self._fail("invalid_signature", "bad_signature")
         if self.limiter is not None:
             self.limiter.check(partner.id)
-        if self.store is not None:
-            # A valid signature is accepted once: a captured request replayed inside
-            # the window is refused. Remembered a little longer than the window.
-            fresh = await self.store.kv_put("sig", f"{partner.id}:{signature.lower()}", b"1",
-                                            ttl=2 * self.window + 5, only_new=True)
-            if not fresh:
-                raise self._fail("invalid_signature", "replayed_signature")
-        return partner
+        if self.store is None:
+            return partner, None
+        # A valid signature is accepted once: a captured request replayed inside the
+        # window is refused. Remembered a little longer than the window.
+        return partner, OnceKey("sig", f"{partner.id}:{signature.strip().lower()}", 2 * self.window + 5)
+
+    async def claim(self, once: OnceKey) -> None:
+        if not await self.store.kv_put(once.ns, once.key, b"1", ttl=once.ttl, only_new=True):
+            raise self.replayed()
+
+    def replayed(self) -> AuthFailure:
+        return self._fail("invalid_signature", "replayed_signature")

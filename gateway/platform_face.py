@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.errors import IgspError
 from gateway.spec import SpecValidators
+from gateway.store import Replayed
 
 _SCHEMAS = {"balance": "BalanceRequest", "bet": "BetRequest", "win": "WinRequest", "refund": "RefundRequest"}
 
@@ -45,11 +46,15 @@ async def handle_hook(request: web.Request) -> web.Response:
 
     app, gen = request.app, generation(request)
     body = await request.read()
-    partner = await gen.verifier.verify(request.headers, body, "platform")
+    partner, once = gen.verifier.check(request.headers, body, "platform")
     request["partner"] = partner.id
     payload = parse_hook(body, app[HOOK_SPEC])
     request["operation"] = payload["action"]
     if "transaction_id" in payload:
         request["transaction_id"] = payload["transaction_id"]
-    status, out = await gen.wallets[partner.id].handle(payload, request["request_id"])
+    try:
+        # A money hook claims its signature with its ledger record, in one commit.
+        status, out = await gen.wallets[partner.id].handle(payload, request["request_id"], once)
+    except Replayed:
+        raise gen.verifier.replayed() from None
     return web.Response(status=status, body=out, content_type="application/json")

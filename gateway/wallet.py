@@ -32,7 +32,7 @@ import orjson
 from gateway import metrics, money
 from gateway.errors import IgspError, UpstreamError
 from gateway.retry_queue import DeadLetter
-from gateway.store import QueueEntry, Store, TxRecord
+from gateway.store import OnceKey, QueueEntry, Replayed, Store, TxRecord
 from gateway.store.base import DONE, PENDING, QUEUED
 from gateway.templating import IGSP_NAMESPACE
 from gateway.upstream import LegacyClient
@@ -96,18 +96,22 @@ class Wallet:
         return str(legacy) if legacy not in (None, "") else str(uuid.uuid5(IGSP_NAMESPACE, f"{self.partner_id}:{txid}"))
 
     # -- entry point ---------------------------------------------------------------
-    async def handle(self, payload: dict, request_id: str) -> tuple[int, bytes]:
+    async def handle(self, payload: dict, request_id: str, once: OnceKey | None = None) -> tuple[int, bytes]:
+        """Answer one hook. ``once`` (the request's replay-protection key) is claimed
+        before anything else happens; ``Replayed`` when it was already used."""
         action = payload["action"]
         if "amount" in payload:
             money.check_precision(payload["amount"], payload["currency"], self.currencies)
         if action == "balance":
+            if once is not None and not await self.store.kv_put(once.ns, once.key, b"1", once.ttl, only_new=True):
+                raise Replayed()
             reply = await self.client.call("balance", self.context(payload, request_id))
             check_currency(reply.fields, payload["currency"])
             return 200, orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"]))})
 
         txid = payload["transaction_id"]
         rec = TxRecord(self.partner_id, txid, action, fingerprint(payload))
-        existing = await self.store.tx_begin(rec, self.retention)
+        existing = await self.store.tx_begin(rec, self.retention, once)
         if existing is not None:
             return await self.replay(existing, rec.fingerprint, payload, request_id)
         try:

@@ -58,3 +58,105 @@ async def test_wal_is_checkpointed_by_the_background_thread_and_the_thread_stops
     finally:
         await store.close()
     assert not any(t.name == "sqlite-checkpoint" for t in threading.enumerate())
+
+
+class _FailingCommits:
+    """The store's connection, with COMMIT failing as on a full or broken disk."""
+
+    def __init__(self, raw: sqlite3.Connection):
+        self.raw = raw
+
+    def execute(self, sql, params=()):
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.raw.execute(sql, params)
+
+    @property
+    def in_transaction(self):
+        return self.raw.in_transaction
+
+
+async def test_concurrent_writes_share_one_commit(tmp_path):
+    store = SqliteStore(f"sqlite:///{tmp_path}/s.db")
+    await store.open()
+    commits = []
+    real_commit = store._commit
+    store._commit = lambda batch: (commits.append(batch), real_commit(batch))
+    try:
+        results = await asyncio.gather(*(store.tx_begin(TxRecord("p", f"t{i}", "bet", "f"), 60) for i in range(40)))
+        assert results == [None] * 40
+        assert len(commits) == 1  # forty requests in one turn of the loop: one transaction
+        await asyncio.gather(*(store.tx_finish("p", f"t{i}", "done", 200, b"{}", 60) for i in range(40)))
+        assert len(commits) == 2
+        # Committed for real: another connection sees every row.
+        other = sqlite3.connect(tmp_path / "s.db")
+        assert other.execute("SELECT COUNT(*) FROM ledger WHERE state='done'").fetchone()[0] == 40
+        other.close()
+    finally:
+        await store.close()
+
+
+async def test_a_failed_group_commit_fails_every_write_in_it_and_keeps_none(tmp_path):
+    from gateway.store.base import StoreUnavailable
+
+    store = SqliteStore(f"sqlite:///{tmp_path}/s.db")
+    await store.open()
+    try:
+        assert await store.tx_begin(TxRecord("p", "before", "bet", "f"), 60) is None
+        real = store.db.raw
+        store.db.raw = _FailingCommits(real)
+        results = await asyncio.gather(*(store.tx_begin(TxRecord("p", f"t{i}", "bet", "f"), 60) for i in range(10)),
+                                       store.kv_put("sig", "k", b"1", 60, only_new=True), return_exceptions=True)
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        store.db.raw = real
+        assert not real.in_transaction
+        for i in range(10):
+            assert await store.tx_get("p", f"t{i}") is None
+        assert await store.kv_get("sig", "k") is None
+        assert await store.tx_get("p", "before") is not None  # an earlier commit is untouched
+        # The store carries on: the same writes succeed now.
+        assert await store.tx_begin(TxRecord("p", "t0", "bet", "f"), 60) is None
+        assert await store.kv_put("sig", "k", b"1", 60, only_new=True) is True
+    finally:
+        await store.close()
+
+
+async def test_waiting_for_another_process_lock_does_not_block_the_loop(tmp_path):
+    from gateway.store.base import StoreUnavailable
+
+    path = tmp_path / "s.db"
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another worker holds the write lock
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        tick_task = asyncio.create_task(ticker())
+        write = asyncio.create_task(store.tx_begin(TxRecord("p", "t1", "bet", "f"), 60))
+        await asyncio.sleep(0.3)
+        assert not write.done() and ticks >= 10  # waiting, and the loop kept running
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(write, 2) is None
+        assert await store.tx_get("p", "t1") is not None
+
+        store.lock_wait_seconds = 0.2
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            await store.tx_begin(TxRecord("p", "t2", "bet", "f"), 60)
+        except StoreUnavailable:
+            pass
+        else:
+            raise AssertionError("a write past the lock wait must fail as StoreUnavailable")
+        other.execute("COMMIT")
+        assert await store.tx_get("p", "t2") is None
+        tick_task.cancel()
+    finally:
+        other.close()
+        await store.close()

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from gateway.store import QueueEntry, TxRecord, open_store
+from gateway.store import OnceKey, QueueEntry, Replayed, TxRecord, open_store
 from gateway.store.base import DONE, PENDING, QUEUED
 from tests.support import RedisServer
 
@@ -140,6 +140,47 @@ async def test_retention_expires_records_but_never_before(store):
     assert await store.tx_begin(rec("short", fp="new"), 60) is None  # a fresh transaction now
     for txid in ("long", "extended", "kept"):
         assert await store.tx_get("acme", txid) is not None, txid
+
+
+async def test_begin_claims_a_once_key_in_the_same_step(store):
+    sig = OnceKey("sig", "acme:sig-1", 60)
+    assert await store.tx_begin(rec("tx-a"), 60, once=sig) is None
+    assert await store.kv_put("sig", "acme:sig-1", b"1", ttl=60, only_new=True) is False  # taken
+    # The same signature on another transaction: refused, and nothing recorded.
+    with pytest.raises(Replayed):
+        await store.tx_begin(rec("tx-b"), 60, once=sig)
+    assert await store.tx_get("acme", "tx-b") is None
+    # A key claimed by kv_put is just as taken.
+    assert await store.kv_put("sig", "acme:sig-2", b"1", ttl=60, only_new=True) is True
+    with pytest.raises(Replayed):
+        await store.tx_begin(rec("tx-c"), 60, once=OnceKey("sig", "acme:sig-2", 60))
+    assert await store.tx_get("acme", "tx-c") is None
+    # A retry of tx-a under a new signature claims it and gets the first record.
+    again = await store.tx_begin(rec("tx-a", fp="other"), 60, once=OnceKey("sig", "acme:sig-3", 60))
+    assert again is not None and again.fingerprint == "fp-1" and again.state == PENDING
+    assert await store.kv_put("sig", "acme:sig-3", b"1", ttl=60, only_new=True) is False
+
+
+async def test_once_key_expires_with_its_own_ttl(store):
+    assert await store.tx_begin(rec("tx-a"), 60, once=OnceKey("sig", "k", 0.3)) is None
+    await asyncio.sleep(0.5)
+    assert await store.tx_begin(rec("tx-b"), 60, once=OnceKey("sig", "k", 0.3)) is None
+    assert await store.tx_get("acme", "tx-a") is not None  # the ledger record keeps its own retention
+
+
+async def test_concurrent_claims_of_one_once_key_admit_exactly_one(store):
+    sig = OnceKey("sig", "acme:race", 60)
+
+    async def attempt(i):
+        try:
+            return await store.tx_begin(rec(f"tx-{i}"), 60, once=sig)
+        except Replayed:
+            return "replayed"
+
+    results = await asyncio.gather(*(attempt(i) for i in range(20)))
+    assert results.count(None) == 1 and results.count("replayed") == 19
+    kept = [i for i in range(20) if await store.tx_get("acme", f"tx-{i}") is not None]
+    assert kept == [results.index(None)]
 
 
 # -- key/value --------------------------------------------------------------------------
@@ -333,6 +374,11 @@ async def test_redis_scripts_resent_after_a_broken_connection_apply_once(redis_s
     assert await s._run("TX_BEGIN", *record) is None
     assert await s._run("TX_BEGIN", *record) is None  # still this call's own record
     assert await s.tx_begin(rec(), 60) is not None  # anyone else sees it exists
+    claimed = [s._tx_key("acme", "tx-2"), f"{s.ns}:kv:sig:k"], ["owner-2", 60_000, "bet", "fp", PENDING, "1.0", 60_000]
+    assert await s._run("TX_BEGIN", *claimed) is None
+    assert await s._run("TX_BEGIN", *claimed) is None  # its own claim of the once-only key, not a replay
+    with pytest.raises(Replayed):
+        await s.tx_begin(rec("tx-3"), 60, once=OnceKey("sig", "k", 60))
     await s.q_put(entry())
     [e] = await s.q_claim("a", 10, 30)
     retry = s._q_keys(e.id), ["workers", e.id, e.extra["lease"], 1, repr(time.time() + 0.2), "down"]

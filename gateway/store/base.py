@@ -27,6 +27,22 @@ class StoreUnavailable(IgspError):
         super().__init__("service_unavailable", message)
 
 
+class Replayed(Exception):  # noqa: N818 - a condition, not a failure of the store
+    """``tx_begin(..., once=…)``: the once-only key was already taken (a replayed request)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OnceKey:
+    """A key that may be claimed once within ``ttl`` seconds (a request signature).
+
+    Claimed exactly like ``kv_put(ns, key, b"1", ttl, only_new=True)``.
+    """
+
+    ns: str
+    key: str
+    ttl: float
+
+
 @dataclass
 class TxRecord:
     """What the gateway knows about one wallet transaction."""
@@ -74,8 +90,12 @@ class Store(abc.ABC):
 
     # -- transaction ledger -------------------------------------------------------
     @abc.abstractmethod
-    async def tx_begin(self, rec: TxRecord, ttl: float) -> TxRecord | None:
-        """Atomically create ``rec`` (pending); return the existing record instead if any."""
+    async def tx_begin(self, rec: TxRecord, ttl: float, once: OnceKey | None = None) -> TxRecord | None:
+        """Atomically create ``rec`` (pending); return the existing record instead if any.
+
+        With ``once``, claim that key in the same atomic step (one commit, one round
+        trip): when it is already taken raise ``Replayed`` and change nothing.
+        """
 
     @abc.abstractmethod
     async def tx_get(self, partner: str, txid: str) -> TxRecord | None: ...

@@ -42,7 +42,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.store import redis_scripts as lua
-from gateway.store.base import PENDING, QueueEntry, Store, TxRecord
+from gateway.store.base import PENDING, OnceKey, QueueEntry, Replayed, Store, TxRecord
 
 GROUP = "workers"
 _PRUNE_EVERY = 600.0  # seconds between sweeps of consumers left behind by dead processes
@@ -112,13 +112,19 @@ class RedisStore(Store):
     def _tx_key(self, partner: str, txid: str) -> str:
         return f"{self.ns}:tx:{partner}:{txid}"
 
-    async def tx_begin(self, rec: TxRecord, ttl: float) -> TxRecord | None:
+    async def tx_begin(self, rec: TxRecord, ttl: float, once: OnceKey | None = None) -> TxRecord | None:
         now = time.time()
-        existing = await self._run("TX_BEGIN", [self._tx_key(rec.partner, rec.txid)],
-                                   [os.urandom(12).hex(), _ms(ttl), rec.action, rec.fingerprint, PENDING, repr(now)])
+        keys = [self._tx_key(rec.partner, rec.txid)]
+        args = [os.urandom(12).hex(), _ms(ttl), rec.action, rec.fingerprint, PENDING, repr(now)]
+        if once is not None:
+            keys.append(f"{self.ns}:kv:{once.ns}:{once.key}")
+            args.append(_ms(once.ttl))
+        existing = await self._run("TX_BEGIN", keys, args)
         if existing is None:
             rec.created_at = now
             return None
+        if existing == b"replayed":
+            raise Replayed()
         return self._record(rec.partner, rec.txid, dict(zip(existing[::2], existing[1::2], strict=True)))
 
     @staticmethod

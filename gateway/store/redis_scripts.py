@@ -8,9 +8,14 @@ Times are Unix seconds given by the caller; TTLs are milliseconds.
 
 from __future__ import annotations
 
-#: KEYS: record.  ARGV: owner, ttl_ms, action, fingerprint, state, created_at.
+#: KEYS: record [, once-only key].  ARGV: owner, ttl_ms, action, fingerprint, state, created_at
+#: [, once ttl_ms].  Claims the once-only key first (its value is the owner token, so a
+#: repeated call recognises its own claim): 'replayed' when another request holds it.
 #: Returns nil when created (or already created by this very call), else the record.
 TX_BEGIN = """
+if KEYS[2] and not redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[7], 'NX') then
+  if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'replayed' end
+end
 local existing = redis.call('HGETALL', KEYS[1])
 if #existing == 0 then
   redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'action', ARGV[3], 'fingerprint', ARGV[4],
