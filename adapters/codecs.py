@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -10,6 +9,7 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 
 from gateway.adapter_api import Adapter, LegacyRequest
+from gateway.jsonio import loads_decimal
 
 
 def _json_default(value: Any) -> Any:
@@ -26,7 +26,7 @@ def dumps(value: Any) -> bytes:
 
 def loads(raw: bytes | str) -> Any:
     """JSON with every non-integer number parsed as Decimal (money stays exact)."""
-    return json.loads(raw, parse_float=Decimal)
+    return loads_decimal(raw)
 
 
 def form_value(value: Any) -> str:

@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import time
-import uuid
 
 from aiohttp import web
 
@@ -64,7 +63,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     """Request id, one access-log line, metrics, and every error as an iGSP ErrorResponse."""
     started = time.perf_counter()
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+    request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else os.urandom(16).hex()
     request["request_id"] = request_id
     face = request.match_info.route.name or "other"
     inflight = request.app[INFLIGHT]
@@ -82,8 +81,8 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         operation = request.get("operation", "unknown")
         partner = request.get("partner", "unknown")  # set only once a configured partner is verified
         outcome = "ok" if response.status < 400 else ("client_error" if response.status < 500 else "server_error")
-        metrics.REQUESTS.labels(partner, face, operation, outcome).inc()
-        metrics.REQUEST_SECONDS.labels(face, operation).observe(elapsed)
+        metrics.child(metrics.REQUESTS, partner, face, operation, outcome).inc()
+        metrics.child(metrics.REQUEST_SECONDS, face, operation).observe(elapsed)
         if gen.config.access_log:
             ACCESS_LOG.info("request", {
                 "request_id": request_id, "partner": partner, "face": face, "operation": operation,

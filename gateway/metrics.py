@@ -49,6 +49,19 @@ QUEUE_OUTCOMES = ("delivered", "retry", "dead")
 QUEUE_ROUTES = ("wallet",)
 
 
+_children: dict = {}
+
+
+def child(metric, *labels: str):
+    """``metric.labels(*labels)``, remembered: labels() validates and locks on every call,
+    and the hot path asks for the same few series again and again (labels are low-cardinality)."""
+    key = (metric, labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
+
+
 def init_series() -> None:
     for reason in SIGNATURE_REASONS:
         SIGNATURE_FAILURES.labels(reason)
@@ -64,9 +77,9 @@ def init_series() -> None:
 
 def observe_upstream(mapping: str, operation: str, kind: str, seconds: float) -> None:
     """The LegacyClient observer: latency of every call, and a count of each failure kind."""
-    UPSTREAM_SECONDS.labels(mapping, operation).observe(seconds)
+    child(UPSTREAM_SECONDS, mapping, operation).observe(seconds)
     if kind not in ("ok", "business"):
-        UPSTREAM_ERRORS.labels(mapping, operation, kind).inc()
+        child(UPSTREAM_ERRORS, mapping, operation, kind).inc()
 
 
 def catalogue_lookup(hit: bool) -> None:
@@ -91,4 +104,4 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-__all__ = ["CONTENT_TYPE", "catalogue_lookup", "init_series", "observe_upstream", "render"]
+__all__ = ["CONTENT_TYPE", "catalogue_lookup", "child", "init_series", "observe_upstream", "render"]

@@ -14,11 +14,8 @@ counts by.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from decimal import Decimal
 
-import orjson
 from aiohttp import web
 
 from adapters.codecs import dumps
@@ -29,6 +26,7 @@ from gateway.catalogue import Catalogue, parse_instant
 from gateway.config import Config
 from gateway.errors import IgspError
 from gateway.hook_client import HookClient
+from gateway.jsonio import igsp_object
 from gateway.sessions import Launcher
 from gateway.spec import HOOKS_SPEC, PROVIDER_SPEC, SpecValidators
 
@@ -138,10 +136,10 @@ def _updated_after(value: str | None) -> int | None:
 async def handle_igsp(request: web.Request) -> web.Response:
     face = _face(request)
     resource = request.match_info["resource"]
-    request["operation"] = resource
     allowed = {"games": "GET", "providers": "GET", "sessions": "POST"}
     if resource not in allowed:
         raise IgspError("not_found", f"no such resource {request.path}")
+    request["operation"] = resource  # a metric label: only ever one of the known names
     if request.method != allowed[resource]:
         raise IgspError("method_not_allowed", f"{request.path} takes {allowed[resource]}")
     body = await request.read()
@@ -163,20 +161,9 @@ async def handle_igsp(request: web.Request) -> web.Response:
 
 
 def _session_request(body: bytes, spec: SpecValidators) -> dict:
-    try:
-        payload = json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
-        if b"\\u" in body:
-            orjson.loads(body)  # refuses an escaped lone surrogate, which json accepts (see platform_face)
-    except (ValueError, RecursionError):
-        raise IgspError("invalid_json", "body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise IgspError("invalid_request", "body must be a JSON object")
+    payload = igsp_object(body)
     spec.check("SessionRequest", payload)
     return payload
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not allowed")
 
 
 # -- legacy side ---------------------------------------------------------------------------

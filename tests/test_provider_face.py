@@ -224,6 +224,11 @@ def test_bad_limits_and_tampered_cursors_are_400(world):
     assert_error(checked(stranger.get("/games")), 403, "invalid_signature")
     assert_error(checked(world.igsp.post("/games", {})), 405, "method_not_allowed")
     assert_error(checked(world.igsp.get("/nothing")), 404, "not_found")
+    # A path a caller made up never becomes a metric label (unbounded series).
+    for made_up in ("/nothing", "/x-1", "/x-2"):
+        assert_error(checked(world.igsp.get(made_up)), 404, "not_found")
+    scrape = requests.get(world.gateway.url + "/metrics", timeout=5).text
+    assert 'operation="nothing"' not in scrape and 'operation="x-1"' not in scrape
 
 
 # -- launch -------------------------------------------------------------------------------------
