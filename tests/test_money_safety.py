@@ -341,8 +341,8 @@ def test_redis_restart_keeps_queued_deliveries(wallet, gateways, redis_server, t
     redis_server.stop()
     r = requests.get(gw.url + "/readyz", timeout=10)
     assert r.status_code == 503 and r.json()["checks"]["store"].startswith("unreachable")
-    # Without its ledger the gateway moves no money: a clean 5xx, the wallet untouched.
-    assert_error(client.hook(bet("b-during", "1.00")), 500, "internal_error")
+    # Without its ledger the gateway moves no money: a retriable 503, the wallet untouched.
+    assert_error(client.hook(bet("b-during", "1.00")), 503, "service_unavailable")
     redis_server.start()
     wallet.start()
     wait_for(lambda: requests.get(gw.url + "/readyz", timeout=10).status_code == 200, what="ready again")

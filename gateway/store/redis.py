@@ -42,6 +42,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.store import redis_scripts as lua
+from gateway.store import resp
 from gateway.store.base import PENDING, OnceKey, QueueEntry, Replayed, Store, TxRecord
 
 GROUP = "workers"
@@ -79,12 +80,17 @@ class RedisStore(Store):
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self._redis = aioredis.Redis(connection_pool=pool)
+        # The ledger's hot path (scripts, record reads, replay keys) goes through the lean
+        # pipelined client when it understands the URL; the queue and admin calls stay here.
+        self._fast = resp.RespClient(self.url) if resp.supports(self.url) else None
         self._scripts = {name: self._redis.register_script(getattr(lua, name))
                          for name in ("TX_BEGIN", "TX_FINISH", "TX_VOID", "TX_UNVOID", "Q_PUT", "Q_CLAIM",
                                       "Q_ACK", "Q_RETRY", "Q_DEAD", "DLQ_REPLAY", "DLQ_PURGE")}
         await self._ensure_group()
 
     async def close(self) -> None:
+        if self._fast is not None:
+            await self._fast.close()
         if self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
             self._redis = None
@@ -96,6 +102,8 @@ class RedisStore(Store):
         return self._redis
 
     async def _run(self, name: str, keys: list[str], args: list) -> object:
+        if self._fast is not None:
+            return await self._fast.script(getattr(lua, name), keys, args)
         return await self._scripts[name](keys=keys, args=args, client=self.r)
 
     async def _ensure_group(self) -> None:
@@ -135,14 +143,22 @@ class RedisStore(Store):
                         float(h[b"created_at"]))
 
     async def tx_get(self, partner: str, txid: str) -> TxRecord | None:
-        h = await self.r.hgetall(self._tx_key(partner, txid))
+        key = self._tx_key(partner, txid)
+        if self._fast is not None:
+            flat = await self._fast.call("HGETALL", key)
+            h = dict(zip(flat[::2], flat[1::2], strict=True))
+        else:
+            h = await self.r.hgetall(key)
         return self._record(partner, txid, h) if h else None
 
     async def tx_finish(self, partner: str, txid: str, state: str, status: int, body: bytes, ttl: float) -> None:
         await self._run("TX_FINISH", [self._tx_key(partner, txid)], [state, status, body, _ms(ttl)])
 
     async def tx_forget(self, partner: str, txid: str) -> None:
-        await self.r.delete(self._tx_key(partner, txid))
+        if self._fast is not None:
+            await self._fast.call("DEL", self._tx_key(partner, txid))
+        else:
+            await self.r.delete(self._tx_key(partner, txid))
 
     async def tx_void(self, partner: str, bet_txid: str, by_txid: str) -> str | None:
         return _str(await self._run("TX_VOID", [self._tx_key(partner, bet_txid)], [by_txid]))
@@ -152,10 +168,18 @@ class RedisStore(Store):
 
     # -- kv ----------------------------------------------------------------------------
     async def kv_put(self, ns: str, key: str, value: bytes, ttl: float | None = None, *, only_new: bool = False) -> bool:
-        done = await self.r.set(f"{self.ns}:kv:{ns}:{key}", value, px=_ms(ttl) if ttl else None, nx=only_new)
-        return bool(done)
+        if self._fast is None:
+            return bool(await self.r.set(f"{self.ns}:kv:{ns}:{key}", value, px=_ms(ttl) if ttl else None, nx=only_new))
+        args = ["SET", f"{self.ns}:kv:{ns}:{key}", value]
+        if ttl:
+            args += ["PX", _ms(ttl)]
+        if only_new:
+            args.append("NX")
+        return await self._fast.call(*args) is not None
 
     async def kv_get(self, ns: str, key: str) -> bytes | None:
+        if self._fast is not None:
+            return await self._fast.call("GET", f"{self.ns}:kv:{ns}:{key}")
         return await self.r.get(f"{self.ns}:kv:{ns}:{key}")
 
     # -- queue -------------------------------------------------------------------------
