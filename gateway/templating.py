@@ -105,7 +105,24 @@ class Templates:
             expr = self.env.compile_expression(source, undefined_to_none=False)
             return self._plain(Parser(self.env, source, state="variable").parse_expression()) or expr
         template = self.env.from_string(value)
-        return template.render
+        return self._concat(self.env.parse(value)) or template.render
+
+    def _concat(self, tree: nodes.Template) -> Callable[[dict], str] | None:
+        """Text around simple expressions (``"{{ partner }}:{{ transaction_id }}"``) as a
+        closure that joins the parts the way Jinja's rendering does (``str`` of each value;
+        a missing name raises, StrictUndefined), or None to let Jinja render it."""
+        if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
+            return None
+        parts: list = []
+        for node in tree.body[0].nodes:
+            if isinstance(node, nodes.TemplateData):
+                parts.append(node.data)
+                continue
+            closure = self._plain(node)
+            if closure is None:
+                return None
+            parts.append(closure)
+        return lambda ctx: "".join([part if part.__class__ is str else str(part(ctx)) for part in parts])
 
     def _plain(self, node: nodes.Node) -> Callable[[dict], Any] | None:
         """A closure for ``node`` with Jinja's exact semantics, or None to let Jinja run it."""

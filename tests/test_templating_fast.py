@@ -77,6 +77,26 @@ def test_closure_means_what_jinja_means(expr, ctx):
     assert _outcome(fast, dict(ctx)) == _outcome(jinja, dict(ctx))
 
 
+TEXT_TEMPLATES = ["{{ x }}:{{ y }}", "bet {{ x }}", "{{ x | default('n') }}-{{ y == 1 }}!", "a{{ 'b' }}c{{ 3 }}",
+                  "{{ x }}\n{{ y }}\n", "{{ x }} {{ y }}\n\n", "  {{ x }} {{ y }}  ", "{{ x.y }} {{ y }}", "{% if x %}a{% endif %}{{ y }}",
+                  "{{ x ~ y }}:{{ y }}"]
+
+
+@pytest.mark.parametrize("source", TEXT_TEMPLATES)
+@settings(max_examples=60, deadline=None)
+@given(ctx=st.dictionaries(st.sampled_from(NAMES), VALUES, max_size=8))
+def test_text_templates_render_as_jinja_renders_them(source, ctx):
+    templates = Templates()
+    fast = templates.compile_value(source)
+    assert _outcome(fast, dict(ctx)) == _outcome(templates.env.from_string(source).render, dict(ctx))
+
+
+def test_text_templates_of_simple_parts_skip_jinja():
+    templates = Templates()
+    assert templates.compile_value("{{ partner }}:{{ transaction_id }}").__name__ == "<lambda>"
+    assert templates.compile_value("{% if x %}a{% endif %}").__name__ == "render"  # Jinja's own
+
+
 def test_hub88_expressions_take_the_fast_path():
     assert HUB88_EXPRESSIONS
     for expr in HUB88_EXPRESSIONS:
