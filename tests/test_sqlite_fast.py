@@ -160,3 +160,34 @@ async def test_waiting_for_another_process_lock_does_not_block_the_loop(tmp_path
     finally:
         other.close()
         await store.close()
+
+
+class _FailingLedgerInsert(_FailingCommits):
+    """COMMIT works; the ledger insert fails as one statement (SQLite keeps the transaction)."""
+
+    def execute(self, sql, params=()):
+        if sql.startswith("INSERT OR IGNORE INTO ledger"):
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.raw.execute(sql, params)
+
+
+async def test_a_replay_key_is_not_kept_when_its_ledger_record_could_not_be_written(tmp_path):
+    from gateway.store.base import OnceKey, StoreUnavailable
+
+    store = SqliteStore(f"sqlite:///{tmp_path}/s.db")
+    await store.open()
+    try:
+        real = store.db.raw
+        store.db.raw = _FailingLedgerInsert(real)
+        ok, failed = await asyncio.gather(store.kv_put("other", "k", b"1", 60, only_new=True),
+                                          store.tx_begin(TxRecord("p", "t1", "bet", "f"), 60,
+                                                         once=OnceKey("sig", "p:s1", 60)),
+                                          return_exceptions=True)
+        store.db.raw = real
+        assert ok is True and isinstance(failed, StoreUnavailable)
+        assert await store.kv_get("other", "k") == b"1"  # the rest of the group committed
+        assert await store.kv_get("sig", "p:s1") is None  # the claim went with its record
+        # So the same signed request, retried, is not refused as a replay.
+        assert await store.tx_begin(TxRecord("p", "t1", "bet", "f"), 60, once=OnceKey("sig", "p:s1", 60)) is None
+    finally:
+        await store.close()

@@ -129,7 +129,7 @@ class SqliteStore(Store):
         self.synchronous = parse_qs(urlsplit(url).query).get("synchronous", ["normal"])[0].upper()
         self._db: _Guarded | None = None
         self._checkpointer: _Checkpointer | None = None
-        self._batch: asyncio.Future | None = None  # commit of the open group transaction
+        self._batch: list | None = None  # futures of the callers waiting for the open transaction
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -166,9 +166,9 @@ class SqliteStore(Store):
         return self._db
 
     # -- group commit ------------------------------------------------------------------
-    def _begin(self) -> asyncio.Future | None:
-        """The open group transaction's commit, opening one if needed; None while another
-        process holds the write lock (the caller waits without blocking the loop)."""
+    def _begin(self) -> list | None:
+        """The open group transaction (its callers' futures), opening one if needed; None
+        while another process holds the write lock (the caller waits without blocking the loop)."""
         if self._batch is not None:
             return self._batch
         try:
@@ -177,12 +177,11 @@ class SqliteStore(Store):
             if "locked" in str(exc) or "busy" in str(exc):
                 return None
             raise StoreUnavailable() from exc
-        loop = asyncio.get_running_loop()
-        self._batch = batch = loop.create_future()
-        loop.call_soon(self._commit, batch)
+        self._batch = batch = []
+        asyncio.get_running_loop().call_soon(self._commit, batch)
         return batch
 
-    def _commit(self, batch: asyncio.Future) -> None:
+    def _commit(self, batch: list) -> None:
         if self._batch is not batch:
             return  # already failed and rolled back
         self._batch = None
@@ -191,9 +190,11 @@ class SqliteStore(Store):
         except sqlite3.Error:
             self._abort(batch)
             return
-        batch.set_result(None)
+        for waiter in batch:
+            if not waiter.done():  # a cancelled caller's write is committed all the same
+                waiter.set_result(None)
 
-    def _abort(self, batch: asyncio.Future) -> None:
+    def _abort(self, batch: list) -> None:
         """The group transaction is lost: every write in it fails, none of it is kept."""
         if self._batch is batch:
             self._batch = None
@@ -202,15 +203,16 @@ class SqliteStore(Store):
                 self.db.raw.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-        if not batch.done():
-            batch.set_exception(StoreUnavailable())
-            batch.exception()  # retrieved here: callers that were cancelled never look
+        for waiter in batch:
+            if not waiter.done():
+                waiter.set_exception(StoreUnavailable())
 
     async def _write(self, fn, *args):
         """``fn(*args)`` inside the group transaction; return its result once committed.
 
-        ``fn`` runs without yielding, so it is atomic with respect to other requests;
-        one with several writes that must stand or fall together uses ``_atomic``.
+        ``fn`` runs without yielding, so it is atomic with respect to other requests; one
+        with several writes must leave nothing behind when a later one fails (see
+        ``_claim_and_begin``, ``_atomic``).
         """
         batch = self._begin()
         if batch is None:
@@ -221,10 +223,12 @@ class SqliteStore(Store):
             if not self.db.raw.in_transaction:
                 self._abort(batch)  # SQLite rolled the whole transaction back (disk full, I/O)
             raise
-        await asyncio.shield(batch)
+        waiter = asyncio.get_running_loop().create_future()
+        batch.append(waiter)
+        await waiter
         return result
 
-    async def _wait_for_lock(self) -> asyncio.Future:
+    async def _wait_for_lock(self) -> list:
         deadline = time.monotonic() + self.lock_wait_seconds
         delay = 0.0005
         while True:
@@ -253,7 +257,9 @@ class SqliteStore(Store):
     async def _committed(self) -> None:
         """Before acting on a read: wait for the writes it may have seen to be durable."""
         if self._batch is not None:
-            await asyncio.shield(self._batch)
+            waiter = asyncio.get_running_loop().create_future()
+            self._batch.append(waiter)
+            await waiter
 
     async def ping(self) -> None:
         self.db.execute("SELECT 1").fetchone()
@@ -269,7 +275,7 @@ class SqliteStore(Store):
         if once is None:
             existing = await self._write(self._tx_begin, rec, ttl)
         else:
-            existing = await self._write(self._atomic, self._claim_and_begin, once, rec, ttl)
+            existing = await self._write(self._claim_and_begin, once, rec, ttl)
         if existing is None:
             return None
         if existing is _REPLAYED:
@@ -279,7 +285,17 @@ class SqliteStore(Store):
     def _claim_and_begin(self, once: OnceKey, rec: TxRecord, ttl: float):
         if not self._kv_put_new(once.ns, once.key, b"1", once.ttl):
             return _REPLAYED
-        return self._tx_begin(rec, ttl)
+        try:
+            return self._tx_begin(rec, ttl)
+        except BaseException:
+            # Both or neither (a savepoint would cost two statements on every bet).
+            raw = self.db.raw
+            if raw.in_transaction:
+                try:
+                    raw.execute("DELETE FROM kv WHERE ns=? AND key=?", (once.ns, once.key))
+                except sqlite3.Error:
+                    raw.execute("ROLLBACK")  # cannot undo one write: undo the whole group
+            raise
 
     def _tx_begin(self, rec: TxRecord, ttl: float) -> TxRecord | None:
         now = time.time()
