@@ -17,6 +17,8 @@ Every line written while a request (or a queued delivery) runs carries its
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextvars
 import logging
 import os
@@ -113,33 +115,53 @@ class AccessLog:
     The same line ``logger.info("request", extra=fields)`` would give (same format, same
     redaction), without building a LogRecord for every request; when logging is set up
     otherwise (another handler, a filter of its own), it goes through ``logging``.
+    The lines of one turn of the event loop leave in one write (a write per line is a
+    system call per request); they are written at the end of the turn, and at exit.
     """
 
     def __init__(self, name: str = "igsp.access"):
         self.logger = logging.getLogger(name)
         self.name = name
+        self._pending: list[str] = []
+        self._pending_to: logging.StreamHandler | None = None
+        atexit.register(self.flush)
 
     def info(self, msg: str, fields: dict) -> None:
         logger = self.logger
         if not logger.isEnabledFor(logging.INFO):
             return
         handler = _handler
-        root = logging.getLogger()
-        if (handler is None or root.handlers != [handler] or logger.handlers or logger.filters
-                or not isinstance(handler.formatter, JsonFormatter) or handler.level > logging.INFO
-                or handler.filters != [quiet_protocol_errors]):
+        if (handler is None or logger.handlers or logger.filters or handler.level > logging.INFO
+                or not isinstance(handler.formatter, JsonFormatter) or handler.filters != [quiet_protocol_errors]
+                or logging.root.handlers != [handler]):
             logger.info(msg, extra=fields)
             return
         entry = {"ts": timestamp(time.time()), "level": "info", "logger": self.name, "pid": _PID, "msg": msg, **fields}
         if "request_id" not in fields and (request_id := REQUEST_ID.get()) is not None:
             entry["request_id"] = request_id
-        line = handler.formatter.redact(orjson.dumps(entry, default=str).decode())
+        line = handler.formatter.redact(orjson.dumps(entry, default=str).decode()) + handler.terminator
+        if self._pending_to is not handler:
+            self.flush()
+            self._pending_to = handler
+        self._pending.append(line)
+        if len(self._pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no event loop: nothing will come back to flush
+                self.flush()
+
+    def flush(self) -> None:
+        lines, handler = self._pending, self._pending_to
+        if not lines or handler is None:
+            return
+        self._pending = []
+        text = "".join(lines)
         handler.acquire()
         try:
-            handler.stream.write(line + handler.terminator)
+            handler.stream.write(text)
             handler.flush()
         except Exception:  # noqa: BLE001 - as logging does: a failing log write is not the request's failure
-            handler.handleError(logging.makeLogRecord({"msg": line}))
+            handler.handleError(logging.makeLogRecord({"msg": text}))
         finally:
             handler.release()
 
