@@ -191,3 +191,23 @@ async def test_a_replay_key_is_not_kept_when_its_ledger_record_could_not_be_writ
         assert await store.tx_begin(TxRecord("p", "t1", "bet", "f"), 60, once=OnceKey("sig", "p:s1", 60)) is None
     finally:
         await store.close()
+
+
+async def test_expired_rows_are_swept_while_serving(tmp_path):
+    from gateway.store.base import OnceKey
+
+    store = SqliteStore(f"sqlite:///{tmp_path}/s.db")
+    store.sweep_seconds, store.sweep_chunk = 0.2, 7  # several chunks per table
+    await store.open()
+    try:
+        for i in range(20):
+            await store.tx_begin(TxRecord("p", f"old-{i}", "bet", "f"), 0.05, once=OnceKey("sig", f"s-{i}", 0.05))
+        await store.tx_begin(TxRecord("p", "kept", "bet", "f"), 60, once=OnceKey("sig", "kept", 60))
+        await store.kv_put("session", "forever", b"1")  # no TTL: never swept
+        await asyncio.sleep(0.6)
+        raw = store.db.raw
+        assert raw.execute("SELECT txid FROM ledger").fetchall() == [("kept",)]
+        assert sorted(raw.execute("SELECT key FROM kv").fetchall()) == [("forever",), ("kept",)]
+    finally:
+        await store.close()
+    assert store._sweeper is None

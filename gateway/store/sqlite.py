@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS kv (
     ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, expires_at REAL,
     PRIMARY KEY (ns, key)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_expiry ON kv (expires_at) WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS queue (
     id TEXT PRIMARY KEY, route TEXT NOT NULL, payload TEXT NOT NULL, attempts INTEGER NOT NULL,
     max_attempts INTEGER NOT NULL, next_at REAL NOT NULL, created_at REAL NOT NULL,
@@ -122,6 +123,11 @@ class _Checkpointer(threading.Thread):
 class SqliteStore(Store):
     #: How long a writer waits for another process (``--workers``) to release the file.
     lock_wait_seconds = 5.0
+    #: Expired ledger rows and kv entries (replay keys: one per request) are deleted this
+    #: often while serving, a chunk per statement, so the file stops growing at the rate
+    #: of traffic times retention and no single delete holds the write lock for long.
+    sweep_seconds = 60.0
+    sweep_chunk = 500
 
     def __init__(self, url: str):
         self.url = url
@@ -130,6 +136,7 @@ class SqliteStore(Store):
         self._db: _Guarded | None = None
         self._checkpointer: _Checkpointer | None = None
         self._batch: list | None = None  # futures of the callers waiting for the open transaction
+        self._sweeper: asyncio.Task | None = None
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -143,12 +150,16 @@ class SqliteStore(Store):
         self.purge_expired()
         # From here on a busy file is waited for without blocking the loop (see _begin).
         db.execute("PRAGMA busy_timeout=0")
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="sqlite-sweeper")
         if self.path != ":memory:":
             db.execute("PRAGMA wal_autocheckpoint=10000")  # backstop only: see the module docstring
             self._checkpointer = _Checkpointer(self.path)
             self._checkpointer.start()
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._batch is not None:
             self._commit(self._batch)
         if self._checkpointer is not None:
@@ -263,6 +274,29 @@ class SqliteStore(Store):
 
     async def ping(self) -> None:
         self.db.execute("SELECT 1").fetchone()
+
+    async def sweep(self) -> int:
+        """Delete what has expired, a chunk at a time; return how many rows went."""
+        total = 0
+        for table, key in (("ledger", "partner, txid"), ("kv", "ns, key")):
+            while True:
+                now = time.time()
+                deleted = (await self._write(
+                    self.db.execute,
+                    f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table}"  # noqa: S608 - fixed names
+                    " WHERE expires_at < ? LIMIT ?)", (now, self.sweep_chunk))).rowcount
+                total += deleted
+                if deleted < self.sweep_chunk:
+                    break
+        return total
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_seconds)
+            try:
+                await self.sweep()
+            except StoreUnavailable:
+                pass  # a busy or full disk: the next round tries again
 
     def purge_expired(self) -> None:
         """Drop ledger rows and kv entries past their retention (never before)."""
