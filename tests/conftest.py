@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
-import requests
 
 from gateway.simulators import hub88_wallet, start_in_thread
 from tests.support import GatewayProcess, IgspClient, RedisServer
+from tests.wallet_support import Simulator
 
 ACME = {"id": "acme-games", "api_key": "acme-key-0001", "secret": "acme-secret-0123456789abcdef",
         "old_secret": "acme-old-secret-0123456789abcdef"}
@@ -20,28 +18,8 @@ def hub88_keys():
     return hub88_wallet.generate_keypair()
 
 
-class Hub88:
-    """A running Hub88-style wallet simulator with helpers over its control API."""
-
-    def __init__(self, server):
-        self.server, self.url = server, server.url
-
-    def player(self, player_id: str, balance: str, currency: str = "EUR", **extra) -> None:
-        r = requests.post(f"{self.url}/_control/players",
-                          json={"player_id": player_id, "balance": balance, "currency": currency, **extra}, timeout=5)
-        r.raise_for_status()
-
-    def fault(self, kind: str, **options) -> None:
-        requests.post(f"{self.url}/_control/faults", json={"kind": kind, **options}, timeout=5).raise_for_status()
-
-    def state(self) -> dict:
-        return requests.get(f"{self.url}/_control/state", timeout=5).json()
-
-    def balance(self, player_id: str) -> Decimal:
-        return Decimal(self.state()["players"][player_id]["balance"])
-
-    def ledger(self, kind: str | None = None) -> list:
-        return [e for e in self.state()["ledger"] if kind is None or e["kind"] == kind]
+class Hub88(Simulator):
+    """A running Hub88-style wallet simulator, driven through its control API."""
 
 
 @pytest.fixture
