@@ -201,6 +201,11 @@ def _decompress(body: bytes, encoding: str) -> bytes:
         raise aiohttp.ClientPayloadError(f"cannot decompress the answer ({encoding}): {exc}") from None
 
 
+def _expire(waiter: asyncio.Future, url: str) -> None:
+    if not waiter.done():
+        waiter.set_exception(aiohttp.SocketTimeoutError(f"Timeout on reading data from socket ({url})"))
+
+
 class Http1Client:
     """Pooled keep-alive connections to plain-HTTP hosts, at most ``limit`` open at once."""
 
@@ -211,6 +216,7 @@ class Http1Client:
         self._slots = asyncio.Semaphore(limit) if limit else None
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._targets: dict[str, tuple[str, int, str, str]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
 
     async def close(self) -> None:
@@ -259,7 +265,11 @@ class Http1Client:
                       headers: Mapping[str, str] | None = None, total: float = 30.0,
                       connect: float | None = None) -> tuple[int, str, bytes]:
         """Send one request: ``(status, Content-Type, body)``; raises aiohttp's exception types."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            # Bound to the first loop that uses it: get_running_loop() is a getpid() system
+            # call on Python 3.11, on every request otherwise.
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + total
         method = method.upper()
         headers = headers or {}
@@ -294,11 +304,13 @@ class Http1Client:
         try:
             conn = await self._connection(loop, deadline, connect, host, port, url)
             waiter = conn.send(raw, method == "HEAD")
+            # A timer on our own future (cheaper than asyncio.timeout, which looks the loop
+            # up twice and cancels the whole task).
+            timer = loop.call_at(deadline, _expire, waiter, url)
             try:
-                async with asyncio.timeout_at(deadline):
-                    status, response_headers, data, keep = await waiter
-            except TimeoutError:
-                raise aiohttp.SocketTimeoutError(f"Timeout on reading data from socket ({url})") from None
+                status, response_headers, data, keep = await waiter
+            finally:
+                timer.cancel()
             if keep and not self.closed:
                 conn.waiter, conn.idle_since = None, loop.time()
                 self._idle.setdefault((host, port), []).append(conn)

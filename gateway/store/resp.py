@@ -35,7 +35,8 @@ def supports(url: str) -> bool:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self):
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop  # kept: get_running_loop() is a getpid() system call on Python 3.11
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader()
         self.waiters: deque[asyncio.Future] = deque()
@@ -75,11 +76,10 @@ class _Connection(asyncio.Protocol):
     def send(self, packed: bytes) -> asyncio.Future:
         if self.lost is not None:
             raise ConnectionError(str(self.lost))
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
+        waiter = self.loop.create_future()
         self.waiters.append(waiter)
         if not self.out:
-            loop.call_soon(self.flush)
+            self.loop.call_soon(self.flush)
         self.out.append(packed)
         return waiter
 
@@ -87,6 +87,11 @@ class _Connection(asyncio.Protocol):
         out, self.out = self.out, []
         if self.lost is None and out:
             self.transport.write(b"".join(out))
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("no answer from Redis in time"))
 
 
 class RespClient:
@@ -126,7 +131,7 @@ class RespClient:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    _Connection, self.host, self.port, ssl=ssl.create_default_context() if self.tls else None)
+                    lambda: _Connection(loop), self.host, self.port, ssl=ssl.create_default_context() if self.tls else None)
                 hello = []
                 if self.password is not None:
                     hello.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
@@ -146,9 +151,10 @@ class RespClient:
         packed = hiredis.pack_command(args)
         for attempt in (1, 2):
             conn = await self._connection()
+            waiter = conn.send(packed)
+            timer = conn.loop.call_later(self.timeout, _expire, waiter)
             try:
-                async with asyncio.timeout(self.timeout):
-                    return await conn.send(packed)
+                return await waiter
             except ConnectionError as exc:
                 if attempt == 2:
                     raise StoreUnavailable() from exc
@@ -158,6 +164,8 @@ class RespClient:
                 if str(exc).startswith(("NOAUTH", "WRONGPASS", "LOADING", "MASTERDOWN", "READONLY")):
                     raise StoreUnavailable() from exc  # not this command's fault: the server is not usable
                 raise
+            finally:
+                timer.cancel()
         raise AssertionError("unreachable")
 
     async def script(self, source: str, keys: list[str], args: list):

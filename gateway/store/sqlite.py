@@ -137,6 +137,9 @@ class SqliteStore(Store):
         self._checkpointer: _Checkpointer | None = None
         self._batch: list | None = None  # futures of the callers waiting for the open transaction
         self._sweeper: asyncio.Task | None = None
+        # The loop that opened the store, kept: asyncio.get_running_loop() costs a getpid()
+        # system call on Python 3.11, and the hot path would ask for it several times a write.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -150,7 +153,8 @@ class SqliteStore(Store):
         self.purge_expired()
         # From here on a busy file is waited for without blocking the loop (see _begin).
         db.execute("PRAGMA busy_timeout=0")
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="sqlite-sweeper")
+        self._loop = asyncio.get_running_loop()
+        self._sweeper = self._loop.create_task(self._sweep_forever(), name="sqlite-sweeper")
         if self.path != ":memory:":
             db.execute("PRAGMA wal_autocheckpoint=10000")  # backstop only: see the module docstring
             self._checkpointer = _Checkpointer(self.path)
@@ -189,7 +193,7 @@ class SqliteStore(Store):
                 return None
             raise StoreUnavailable() from exc
         self._batch = batch = []
-        asyncio.get_running_loop().call_soon(self._commit, batch)
+        self._loop.call_soon(self._commit, batch)
         return batch
 
     def _commit(self, batch: list) -> None:
@@ -234,7 +238,7 @@ class SqliteStore(Store):
             if not self.db.raw.in_transaction:
                 self._abort(batch)  # SQLite rolled the whole transaction back (disk full, I/O)
             raise
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self._loop.create_future()
         batch.append(waiter)
         await waiter
         return result
@@ -268,7 +272,7 @@ class SqliteStore(Store):
     async def _committed(self) -> None:
         """Before acting on a read: wait for the writes it may have seen to be durable."""
         if self._batch is not None:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self._loop.create_future()
             self._batch.append(waiter)
             await waiter
 
