@@ -76,23 +76,49 @@ class _FailingCommits:
         return self.raw.in_transaction
 
 
+class _CountingCommits(_FailingCommits):
+    def __init__(self, raw):
+        super().__init__(raw)
+        self.commits = 0
+
+    def execute(self, sql, params=()):
+        self.commits += sql == "COMMIT"
+        return self.raw.execute(sql, params)
+
+
 async def test_concurrent_writes_share_one_commit(tmp_path):
     store = SqliteStore(f"sqlite:///{tmp_path}/s.db")
     await store.open()
-    commits = []
-    real_commit = store._commit
-    store._commit = lambda batch: (commits.append(batch), real_commit(batch))
+    counting = store.db.raw = _CountingCommits(store.db.raw)
     try:
         results = await asyncio.gather(*(store.tx_begin(TxRecord("p", f"t{i}", "bet", "f"), 60) for i in range(40)))
         assert results == [None] * 40
-        assert len(commits) == 1  # forty requests in one turn of the loop: one transaction
+        assert counting.commits == 1  # forty requests in one turn of the loop: one transaction
         await asyncio.gather(*(store.tx_finish("p", f"t{i}", "done", 200, b"{}", 60) for i in range(40)))
-        assert len(commits) == 2
+        assert counting.commits == 2
         # Committed for real: another connection sees every row.
         other = sqlite3.connect(tmp_path / "s.db")
         assert other.execute("SELECT COUNT(*) FROM ledger WHERE state='done'").fetchone()[0] == 40
         other.close()
     finally:
+        store.db.raw = counting.raw
+        await store.close()
+
+
+async def test_the_write_lock_is_held_only_while_the_queued_writes_run(tmp_path):
+    path = tmp_path / "s.db"
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        pending = asyncio.gather(*(store.tx_begin(TxRecord("p", f"t{i}", "bet", "f"), 60) for i in range(5)))
+        other.execute("BEGIN IMMEDIATE")  # writes are queued, not yet running: the lock is free
+        other.execute("COMMIT")
+        assert await pending == [None] * 5
+        other.execute("BEGIN IMMEDIATE")  # committed: free again
+        other.execute("COMMIT")
+    finally:
+        other.close()
         await store.close()
 
 

@@ -5,12 +5,14 @@ costs tens of microseconds, less than a hop to a thread. ``synchronous=NORMAL`` 
 every commit across a process crash (``kill -9``); add ``?synchronous=full`` to the URL
 to survive power loss too. Several processes may share the file (``--workers``).
 
-Group commit: the writes of every request handled in one turn of the event loop share
-one transaction, committed at the start of the next turn; each caller resumes only once
-*its* write is committed (or learns that it failed, and then nothing of it was kept). A
-read made while such a transaction is open waits for it too, so nobody acts on data
-that is not yet durable. Under load that is one commit — and one WAL append of each
-page touched — for dozens of requests, instead of one per statement.
+Group commit: the writes asked for in one turn of the event loop are queued and run
+together, in one transaction, at the start of the next turn; each caller resumes only
+once *its* write is committed (or learns that it failed, and then nothing of it was
+kept). Under load that is one commit — and one WAL append of each page touched — for
+dozens of requests, instead of one per statement. The write lock is held only while
+the queued writes run (microseconds), so several workers sharing the file take turns
+without waiting on each other's request handling; when another process holds it, the
+queue waits on a timer, never blocking the loop. Reads see committed data only.
 
 Checkpoints (copying the WAL into the database file, with the fsyncs ``synchronous``
 asks for) run on a thread of their own with its own connection, so the event loop never
@@ -135,7 +137,9 @@ class SqliteStore(Store):
         self.synchronous = parse_qs(urlsplit(url).query).get("synchronous", ["normal"])[0].upper()
         self._db: _Guarded | None = None
         self._checkpointer: _Checkpointer | None = None
-        self._batch: list | None = None  # futures of the callers waiting for the open transaction
+        self._queued: list[tuple] = []  # (fn, args, future) of the writes waiting for the next commit
+        self._flushing: asyncio.Handle | None = None
+        self._locked_since: float | None = None
         self._sweeper: asyncio.Task | None = None
         # The loop that opened the store, kept: asyncio.get_running_loop() costs a getpid()
         # system call on Python 3.11, and the hot path would ask for it several times a write.
@@ -164,8 +168,8 @@ class SqliteStore(Store):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        if self._batch is not None:
-            self._commit(self._batch)
+        if self._queued:
+            self._flush()
         if self._checkpointer is not None:
             self._checkpointer.stopping.set()
             self._checkpointer.join()
@@ -181,79 +185,84 @@ class SqliteStore(Store):
         return self._db
 
     # -- group commit ------------------------------------------------------------------
-    def _begin(self) -> list | None:
-        """The open group transaction (its callers' futures), opening one if needed; None
-        while another process holds the write lock (the caller waits without blocking the loop)."""
-        if self._batch is not None:
-            return self._batch
-        try:
-            self.db.raw.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                return None
-            raise StoreUnavailable() from exc
-        self._batch = batch = []
-        self._loop.call_soon(self._commit, batch)
-        return batch
-
-    def _commit(self, batch: list) -> None:
-        if self._batch is not batch:
-            return  # already failed and rolled back
-        self._batch = None
-        try:
-            self.db.raw.execute("COMMIT")
-        except sqlite3.Error:
-            self._abort(batch)
-            return
-        for waiter in batch:
-            if not waiter.done():  # a cancelled caller's write is committed all the same
-                waiter.set_result(None)
-
-    def _abort(self, batch: list) -> None:
-        """The group transaction is lost: every write in it fails, none of it is kept."""
-        if self._batch is batch:
-            self._batch = None
-        if self.db.raw.in_transaction:
-            try:
-                self.db.raw.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-        for waiter in batch:
-            if not waiter.done():
-                waiter.set_exception(StoreUnavailable())
-
     async def _write(self, fn, *args):
-        """``fn(*args)`` inside the group transaction; return its result once committed.
+        """``fn(*args)`` in the next group transaction; its result once committed.
 
         ``fn`` runs without yielding, so it is atomic with respect to other requests; one
         with several writes must leave nothing behind when a later one fails (see
-        ``_claim_and_begin``, ``_atomic``).
+        ``_claim_and_begin``, ``_atomic``). It runs even if its caller has been cancelled
+        meanwhile: a write asked for is a write made (an outcome must be recorded).
         """
-        batch = self._begin()
-        if batch is None:
-            batch = await self._wait_for_lock()
-        try:
-            result = fn(*args)
-        except BaseException:
-            if not self.db.raw.in_transaction:
-                self._abort(batch)  # SQLite rolled the whole transaction back (disk full, I/O)
-            raise
         waiter = self._loop.create_future()
-        batch.append(waiter)
-        await waiter
-        return result
+        self._queued.append((fn, args, waiter))
+        if self._flushing is None:
+            self._flushing = self._loop.call_soon(self._flush)
+        return await waiter
 
-    async def _wait_for_lock(self) -> list:
-        deadline = time.monotonic() + self.lock_wait_seconds
-        delay = 0.0005
-        while True:
-            await asyncio.sleep(delay)
-            batch = self._begin()
-            if batch is not None:
-                return batch
-            if time.monotonic() > deadline:
-                raise StoreUnavailable()
-            delay = min(delay * 2, 0.02)
+    def _flush(self) -> None:
+        """Run every queued write in one transaction and tell each caller how it went."""
+        self._flushing = None
+        queued = self._queued
+        if not queued:
+            return
+        raw = self.db.raw
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                self._wait_for_lock()
+            else:
+                self._fail_queued()
+            return
+        self._locked_since, self._queued = None, []
+        outcomes = []
+        for fn, args, waiter in queued:
+            try:
+                outcomes.append((waiter, fn(*args), None))
+            except Exception as exc:  # noqa: BLE001 - the caller's to handle
+                if not raw.in_transaction:  # SQLite rolled the whole transaction back (disk full, I/O)
+                    self._fail(queued)
+                    return
+                outcomes.append((waiter, None, exc))
+        try:
+            raw.execute("COMMIT")
+        except sqlite3.Error:
+            if raw.in_transaction:
+                try:
+                    raw.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            self._fail(queued)
+            return
+        for waiter, result, exc in outcomes:
+            if waiter.done():
+                continue  # its caller was cancelled; the write stands all the same
+            if exc is None:
+                waiter.set_result(result)
+            else:
+                waiter.set_exception(exc)
+
+    def _wait_for_lock(self) -> None:
+        """Another process holds the write lock: try again shortly, up to ``lock_wait_seconds``."""
+        now = time.monotonic()
+        if self._locked_since is None:
+            self._locked_since = now
+        waited = now - self._locked_since
+        if waited > self.lock_wait_seconds:
+            self._fail_queued()
+            return
+        self._flushing = self._loop.call_later(min(0.0002 * 2 ** min(waited * 1000, 6), 0.01), self._flush)
+
+    def _fail_queued(self) -> None:
+        queued, self._queued, self._locked_since = self._queued, [], None
+        self._fail(queued)
+
+    @staticmethod
+    def _fail(queued: list) -> None:
+        """The group transaction is lost: every write in it fails, none of it is kept."""
+        for _, _, waiter in queued:
+            if not waiter.done():
+                waiter.set_exception(StoreUnavailable())
 
     def _atomic(self, fn, *args):
         """Several statements that take effect together or not at all."""
@@ -268,13 +277,6 @@ class SqliteStore(Store):
             raise
         db.execute("RELEASE op")
         return result
-
-    async def _committed(self) -> None:
-        """Before acting on a read: wait for the writes it may have seen to be durable."""
-        if self._batch is not None:
-            waiter = self._loop.create_future()
-            self._batch.append(waiter)
-            await waiter
 
     async def ping(self) -> None:
         self.db.execute("SELECT 1").fetchone()
@@ -352,7 +354,6 @@ class SqliteStore(Store):
 
     async def tx_get(self, partner: str, txid: str) -> TxRecord | None:
         rec = self._tx_get(partner, txid, time.time())
-        await self._committed()
         return rec
 
     def _tx_get(self, partner: str, txid: str, now: float) -> TxRecord | None:
@@ -417,7 +418,6 @@ class SqliteStore(Store):
             "SELECT value FROM kv WHERE ns=? AND key=? AND (expires_at IS NULL OR expires_at >= ?)",
             (ns, key, time.time()),
         ).fetchone()
-        await self._committed()
         return row[0] if row else None
 
     # -- queue -------------------------------------------------------------------------
@@ -475,19 +475,16 @@ class SqliteStore(Store):
     async def q_stats(self) -> dict:
         depth, oldest = self.db.execute("SELECT COUNT(*), MIN(created_at) FROM queue WHERE dead=0").fetchone()
         dead = self.db.execute("SELECT COUNT(*) FROM queue WHERE dead=1").fetchone()[0]
-        await self._committed()
         return {"depth": depth, "oldest_age": max(0.0, time.time() - oldest) if oldest else 0.0, "dead": dead}
 
     async def dlq_list(self, limit: int = 100) -> list[QueueEntry]:
         rows = self.db.execute(
             f"SELECT {self._COLS} FROM queue WHERE dead=1 ORDER BY created_at LIMIT ?", (limit,)  # noqa: S608
         ).fetchall()
-        await self._committed()
         return [self._entry(row) for row in rows]
 
     async def dlq_get(self, entry_id: str) -> QueueEntry | None:
         row = self.db.execute(f"SELECT {self._COLS} FROM queue WHERE dead=1 AND id=?", (entry_id,)).fetchone()  # noqa: S608
-        await self._committed()
         return self._entry(row) if row else None
 
     async def dlq_replay(self, entry_id: str) -> bool:
