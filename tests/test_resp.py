@@ -29,7 +29,8 @@ async def client(server):
 
 
 def test_supported_urls():
-    assert supports("redis://127.0.0.1:6390/2") and supports("rediss://user:pw@cache:6380")
+    assert supports("redis://127.0.0.1:6390/2") and supports("redis://user:pw@cache:6380")
+    assert not supports("rediss://user:pw@cache:6380")  # TLS: the full client
     assert not supports("redis://127.0.0.1:6390/0?ssl_cert_reqs=none")  # options: the full client
     assert not supports("unix:///tmp/redis.sock")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ssl
 from collections import deque
 from urllib.parse import unquote, urlsplit
 
@@ -29,9 +28,10 @@ from gateway.store.base import StoreUnavailable
 
 
 def supports(url: str) -> bool:
-    """URLs this client understands: ``redis://`` / ``rediss://`` host, port, credentials, db."""
+    """URLs this client understands: ``redis://`` host, port, credentials, db. TLS
+    (``rediss://``) and URL options stay with redis-py, which knows all of them."""
     parts = urlsplit(url)
-    return parts.scheme in ("redis", "rediss") and not parts.query and bool(parts.hostname)
+    return parts.scheme == "redis" and not parts.query and bool(parts.hostname)
 
 
 class _Connection(asyncio.Protocol):
@@ -98,7 +98,6 @@ class RespClient:
     def __init__(self, url: str, *, timeout: float = 5.0, connect_timeout: float = 2.0):
         parts = urlsplit(url)
         self.host, self.port = parts.hostname, parts.port or 6379
-        self.tls = parts.scheme == "rediss"
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
         self.db = int(parts.path.lstrip("/") or 0)
@@ -131,7 +130,7 @@ class RespClient:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(loop), self.host, self.port, ssl=ssl.create_default_context() if self.tls else None)
+                    lambda: _Connection(loop), self.host, self.port)
                 hello = []
                 if self.password is not None:
                     hello.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
