@@ -114,3 +114,42 @@ async def test_a_server_that_never_answers_times_out_as_store_unavailable():
     finally:
         await client.close()
         listener.close()
+
+
+async def test_a_command_whose_connection_dies_in_flight_is_sent_once_more_on_a_new_one(server):
+    """The first connection carries the command to Redis and is cut before the answer
+    comes back: the client resends it on a fresh connection (every command it is used
+    for is safe twice), and the caller gets the answer."""
+    connections = 0
+
+    async def relay(reader, writer):
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", server.port)
+
+        async def pump(src, dst, cut_after_reply: bool):
+            while data := await src.read(65536):
+                if cut_after_reply:
+                    writer.transport.abort()  # the answer is lost on the way back
+                    return
+                dst.write(data)
+                await dst.drain()
+
+        await asyncio.gather(pump(reader, upstream_writer, False), pump(upstream_reader, writer, first),
+                             return_exceptions=True)
+        upstream_writer.close()
+
+    listener = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    client = RespClient(f"redis://127.0.0.1:{port}/0", timeout=2.0)
+    direct = RespClient(server.url)
+    try:
+        assert await client.call("INCR", "resent") == 2  # applied twice: the first answer was lost
+        assert connections == 2
+        assert await direct.call("GET", "resent") == b"2"
+        await direct.call("DEL", "resent")
+    finally:
+        await client.close()
+        await direct.close()
+        listener.close()
