@@ -237,3 +237,18 @@ async def test_expired_rows_are_swept_while_serving(tmp_path):
     finally:
         await store.close()
     assert store._sweeper is None
+
+
+async def test_writes_queued_when_the_store_closes_are_written_first(tmp_path):
+    store = SqliteStore(f"sqlite:///{tmp_path}/s.db")
+    await store.open()
+    pending = asyncio.ensure_future(store.tx_begin(TxRecord("p", "last", "bet", "f"), 60))
+    await asyncio.sleep(0)  # queued, not yet flushed
+    await store.close()
+    assert await pending is None
+    again = SqliteStore(f"sqlite:///{tmp_path}/s.db")
+    await again.open()
+    try:
+        assert await again.tx_get("p", "last") is not None
+    finally:
+        await again.close()

@@ -155,7 +155,7 @@ class SqliteStore(Store):
         db.executescript(_SCHEMA)
         self._db = _Guarded(db)
         self.purge_expired()
-        # From here on a busy file is waited for without blocking the loop (see _begin).
+        # From here on a busy file is waited for without blocking the loop (see _flush).
         db.execute("PRAGMA busy_timeout=0")
         self._loop = asyncio.get_running_loop()
         self._sweeper = self._loop.create_task(self._sweep_forever(), name="sqlite-sweeper")
@@ -168,8 +168,15 @@ class SqliteStore(Store):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
         if self._queued:
-            self._flush()
+            self._flush()  # what was asked for before closing is still written
+        if self._flushing is not None:  # ...unless another process holds the file
+            self._flushing.cancel()
+            self._flushing = None
+            self._fail_queued()
         if self._checkpointer is not None:
             self._checkpointer.stopping.set()
             self._checkpointer.join()
