@@ -82,7 +82,7 @@ class Verifier:
                                 2 * self.window + 5)
 
     async def claim(self, once: OnceKey) -> None:
-        if not await self.store.kv_put(once.ns, once.key, b"1", ttl=once.ttl, only_new=True):
+        if not await self.store.claim(once):
             raise self.replayed()
 
     def replayed(self) -> AuthFailure:

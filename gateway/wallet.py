@@ -103,7 +103,7 @@ class Wallet:
         if "amount" in payload:
             money.check_precision(payload["amount"], payload["currency"], self.currencies)
         if action == "balance":
-            if once is not None and not await self.store.kv_put(once.ns, once.key, b"1", once.ttl, only_new=True):
+            if once is not None and not await self.store.claim(once):
                 raise Replayed()
             reply = await self.client.call("balance", self.context(payload, request_id))
             check_currency(reply.fields, payload["currency"])

@@ -116,6 +116,10 @@ class Store(abc.ABC):
     async def tx_unvoid(self, partner: str, bet_txid: str, by_txid: str) -> None:
         """Undo ``tx_void`` when the refund was definitely refused by the legacy side."""
 
+    async def claim(self, once: OnceKey) -> bool:
+        """Claim a once-only key on its own; False when it is already taken."""
+        return await self.kv_put(once.ns, once.key, b"1", once.ttl, only_new=True)
+
     # -- key/value with expiry -------------------------------------------------------
     @abc.abstractmethod
     async def kv_put(self, ns: str, key: str, value: bytes, ttl: float | None = None, *, only_new: bool = False) -> bool:
