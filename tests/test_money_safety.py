@@ -174,12 +174,16 @@ def dlq_cli(config_path, *args) -> subprocess.CompletedProcess:
 
 
 # -- duplicates across replicas ----------------------------------------------------------
-def test_fifty_concurrent_copies_through_two_replicas_debit_once(wallet, gateways, redis_server):
-    config = gateway_config(redis_server.url)
+@pytest.mark.parametrize("shared", ["redis", "sqlite"])
+def test_fifty_concurrent_copies_through_two_replicas_debit_once(wallet, gateways, shared, request, tmp_path):
+    # Two processes on one Redis, or on one SQLite file (as --workers shares it): each
+    # process commits its own group of writes, taking turns on the file's write lock.
+    url = request.getfixturevalue("redis_server").url if shared == "redis" else f"sqlite:///{tmp_path}/shared.db"
+    config = gateway_config(url)
     replicas = [gateways(config, wallet), gateways(config, wallet)]
     start = datetime.now(timezone.utc)
     # Every copy is signed on its own (distinct microsecond timestamps): replay protection
-    # lets each one in, and the ledger — shared through Redis — must let one through.
+    # lets each one in, and the shared ledger must let one through.
     stamps = [(start + timedelta(microseconds=i)).strftime("%Y-%m-%dT%H:%M:%S.%fZ") for i in range(50)]
     barrier = threading.Barrier(50)
 
