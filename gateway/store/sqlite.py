@@ -100,7 +100,7 @@ async def _enable_wal(db: sqlite3.Connection, attempts: int = 50) -> None:
 class _Checkpointer(threading.Thread):
     """Runs passive WAL checkpoints every ``interval`` seconds on its own connection."""
 
-    def __init__(self, path: str, interval: float = 1.0):
+    def __init__(self, path: str, interval: float = 0.1):
         super().__init__(name="sqlite-checkpoint", daemon=True)
         self.path, self.interval = path, interval
         self.stopping = threading.Event()
