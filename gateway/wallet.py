@@ -98,7 +98,7 @@ class Wallet:
     # -- entry point ---------------------------------------------------------------
     async def handle(self, payload: dict, request_id: str, once: OnceKey | None = None) -> tuple[int, bytes]:
         """Answer one hook. ``once`` (the request's replay-protection key) is claimed
-        before anything else happens; ``Replayed`` when it was already used."""
+        before the ledger or the wallet is touched; ``Replayed`` when it was already used."""
         action = payload["action"]
         if "amount" in payload:
             money.check_precision(payload["amount"], payload["currency"], self.currencies)
