@@ -163,10 +163,10 @@ async def _faces_ctx(app: web.Application):
     worker.handlers["hook"] = deliver_hook
     task = asyncio.create_task(worker.run(), name="delivery-worker")
     yield
-    # Graceful stop (began in _begin_drain): the current delivery may finish within
+    # Graceful stop (began in begin_drain): the current delivery may finish within
     # what is left of server.drain_seconds; the rest of the batch stays leased and is
     # claimed again after a restart. Then the pools close.
-    _begin_drain(app)
+    begin_drain(app)
     remaining = max(0.0, runtime.drain_deadline - asyncio.get_running_loop().time())
     try:
         await asyncio.wait_for(task, timeout=remaining or 0.1)
@@ -175,7 +175,7 @@ async def _faces_ctx(app: web.Application):
     await runtime.close()
 
 
-def _begin_drain(app: web.Application) -> None:
+def begin_drain(app: web.Application) -> None:
     """On shutdown (SIGTERM): stop claiming deliveries while in-flight requests finish."""
     runtime = app[RUNTIME]
     if runtime.drain_deadline is None:
@@ -185,7 +185,7 @@ def _begin_drain(app: web.Application) -> None:
 
 
 async def _on_shutdown(app: web.Application) -> None:
-    _begin_drain(app)
+    begin_drain(app)
 
 
 def _backoff_for(gen: Generation, entry: QueueEntry) -> tuple[float, float]:

@@ -44,9 +44,11 @@ def refused(url: str) -> bool:
         return True
 
 
-def test_sigterm_finishes_the_request_in_flight_and_refuses_new_connections(gateway_factory, hub88, tmp_path):
+@pytest.mark.parametrize("fast_path", [True, False], ids=["hook-front", "aiohttp-only"])
+def test_sigterm_finishes_the_request_in_flight_and_refuses_new_connections(gateway_factory, hub88, tmp_path,
+                                                                           fast_path):
     slow = write_mapping(tmp_path / "slow-wallet.yaml", timeout=15)
-    config = platform_config(f"sqlite:///{tmp_path}/gateway.db", server={"drain_seconds": 15},
+    config = platform_config(f"sqlite:///{tmp_path}/gateway.db", server={"drain_seconds": 15, "fast_path": fast_path},
                              queue={"lease_seconds": 40})  # longer than twice the slowest call
     config["partners"][0]["mapping"] = str(slow)
     gw = gateway_factory(config)
@@ -68,6 +70,7 @@ def test_sigterm_finishes_the_request_in_flight_and_refuses_new_connections(gate
     assert draining["inflight"] == 1
     assert [line for line in lines if line["msg"] == "request"][-1]["status"] == 200
     assert lines[-1]["msg"] == "stopped"
+    assert lines[-1]["fast_path_requests"] == (1 if fast_path else 0)
 
 
 def test_sigterm_lets_the_current_queue_delivery_finish(gateway_factory, hub88, tmp_path):
