@@ -22,6 +22,7 @@ from gateway.auth import AuthFailure
 from gateway.config import Config
 from gateway.errors import IgspError, UpstreamError
 from gateway.health import UpstreamProbe, healthz, metrics_endpoint, readyz
+from gateway.ids import new_id
 from gateway.logs import REQUEST_ID, AccessLog
 from gateway.platform_face import handle_hook
 from gateway.provider_face import setup_provider_face
@@ -63,7 +64,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     """Request id, one access-log line, metrics, and every error as an iGSP ErrorResponse."""
     started = time.perf_counter()
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else os.urandom(16).hex()
+    request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else new_id()
     request["request_id"] = request_id
     face = request.match_info.route.name or "other"
     inflight = request.app[INFLIGHT]

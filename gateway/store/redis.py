@@ -41,6 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.ids import new_id
 from gateway.store import redis_scripts as lua
 from gateway.store import resp
 from gateway.store.base import PENDING, OnceKey, QueueEntry, Replayed, Store, TxRecord
@@ -123,7 +124,7 @@ class RedisStore(Store):
     async def tx_begin(self, rec: TxRecord, ttl: float, once: OnceKey | None = None) -> TxRecord | None:
         now = time.time()
         keys = [self._tx_key(rec.partner, rec.txid)]
-        args = [os.urandom(12).hex(), _ms(ttl), rec.action, rec.fingerprint, PENDING, repr(now)]
+        args = [new_id(), _ms(ttl), rec.action, rec.fingerprint, PENDING, repr(now)]
         if once is not None:
             keys.append(f"{self.ns}:kv:{once.ns}:{once.key}")
             args.append(_ms(once.ttl))
@@ -208,7 +209,7 @@ class RedisStore(Store):
         if time.monotonic() - self._pruned_at > _PRUNE_EVERY:
             await self._prune_consumers(consumer)
         keys = [self.k_cursor, self.k_stream, self.k_delayed]
-        args = [GROUP, consumer, repr(time.time()), limit, _ms(lease_seconds), self.k_entry, os.urandom(12).hex()]
+        args = [GROUP, consumer, repr(time.time()), limit, _ms(lease_seconds), self.k_entry, new_id()]
         try:
             rows = await self._run("Q_CLAIM", keys, args)
         except ResponseError as exc:
