@@ -32,11 +32,39 @@ from multidict import CIMultiDict
 
 log = logging.getLogger("igsp.server")
 
-_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?)[ \t]*")
+#: Header lines, each ``token ":" visible ASCII, spaces and tabs`` and CRLF: one linear
+#: pass in C checks them all. Anything else (obs-fold, bare LF, other bytes) is aiohttp's.
+_FIELD_LINES = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\x20-\x7e\t]*\r\n)*")
 #: Fields whose presence means a shape aiohttp treats specially: hand those over.
 _DELEGATE = frozenset({"transfer-encoding", "expect", "upgrade", "content-encoding", "te", "http2-settings"})
 _SERVER = f"Python/3.11 aiohttp/{_aiohttp_version}"
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+def _fields(buf: bytearray, end: int, request_line: bytes) -> tuple[CIMultiDict | None, bool]:
+    """The header fields of the request in ``buf[:end]`` and whether it asks to close;
+    ``None`` when it is not a plain hook request (then aiohttp decides what it is)."""
+    first = buf.find(b"\r\n", 0, end)
+    if first < 0 or buf[:first] != request_line:
+        return None, False
+    block = buf[first + 2:end + 2]  # every line with its CRLF
+    if not _FIELD_LINES.fullmatch(block):
+        return None, False
+    pairs = []
+    for line in block.decode("ascii").split("\r\n")[:-1]:
+        name, _, value = line.partition(":")
+        pairs.append((name, value.strip(" \t")))
+    names = {name.lower() for name, _ in pairs}
+    if len(names) != len(pairs) or not names.isdisjoint(_DELEGATE):
+        return None, False  # a repeated field, or one that changes how the body is read
+    fields = CIMultiDict(pairs)
+    connection = fields.get("Connection")
+    if connection is None:
+        return fields, False
+    connection = connection.lower()
+    if connection not in ("close", "keep-alive"):
+        return None, False
+    return fields, connection == "close"
 
 
 class _Route:
@@ -182,39 +210,15 @@ class _Connection(asyncio.Protocol):
         if end > front.max_header_bytes:
             self._delegate()
             return
-        lines = bytes(buf[:end]).split(b"\r\n")
-        if lines[0] != front.request_line:
+        fields, close = _fields(buf, end, front.request_line)
+        if fields is None:
             self._delegate()
             return
-        fields = CIMultiDict()
-        length = None
-        close = False
-        for line in lines[1:]:
-            match = _HEADER.fullmatch(line)
-            if match is None:
-                self._delegate()
-                return
-            name = match.group(1).decode().lower()
-            if name in fields or name in _DELEGATE:
-                self._delegate()
-                return
-            value = match.group(2).decode()
-            if name == "content-length":
-                if not value.isdigit() or len(value) > 12:
-                    self._delegate()
-                    return
-                length = int(value)
-            elif name == "connection":
-                option = value.lower()
-                if option == "close":
-                    close = True
-                elif option != "keep-alive":
-                    self._delegate()
-                    return
-            fields.add(match.group(1).decode(), value)
-        if length is None or length > front.max_body_bytes:
+        length = fields.get("Content-Length")
+        if length is None or not length.isdigit() or len(length) > 12 or int(length) > front.max_body_bytes:
             self._delegate()
             return
+        length = int(length)
         start = end + 4
         if len(buf) < start + length:
             if self.paused_reading:

@@ -48,6 +48,17 @@ secrets = st.binary(min_size=16, max_size=64)
 moments = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(timezone.utc))
 
 
+@PROPERTY
+@given(key=st.binary(max_size=200), message=bodies)
+def test_precomputed_hmac_states_give_the_standard_hmac_for_any_key_length(key, message):
+    """Keys longer than the hash block (64 bytes) are hashed first, shorter ones padded."""
+    import hashlib
+    import hmac
+
+    assert signing._Keyed(key).hexdigest(message) == hmac.new(key, message, hashlib.sha256).hexdigest()
+    assert signing._keyed(key).hexdigest(message) == signing._keyed(key).hexdigest(message)  # states not consumed
+
+
 def _timestamp(moment: datetime, micro: bool) -> str:
     if micro:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}Z"
