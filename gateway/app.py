@@ -67,14 +67,15 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else new_id()
     request["request_id"] = request_id
     face = request.match_info.route.name or "other"
-    inflight = request.app[INFLIGHT]
+    app = request.app
+    inflight, runtime = app[INFLIGHT], app[RUNTIME]
     inflight["n"] += 1
     logged = REQUEST_ID.set(request_id)  # every log line of this request carries its id
+    gen = request["generation"] = runtime.acquire()
     try:
-        with request.app[RUNTIME].use() as gen:
-            request["generation"] = gen
-            response = await _answer(request, handler, request_id)
+        response = await _answer(request, handler, request_id)
     finally:
+        runtime.release(gen)
         inflight["n"] -= 1
         REQUEST_ID.reset(logged)
     if face in ("platform", "provider", "legacy"):

@@ -100,17 +100,26 @@ class Runtime:
         gen.faces.update({name: build(gen, store) for name, build in self.builders.items()})
         return gen
 
-    @contextmanager
-    def use(self) -> Iterator[Generation]:
-        """The current generation, kept open (its pools alive) until the block ends."""
+    def acquire(self) -> Generation:
+        """The current generation, kept open (its pools alive) until ``release(gen)``."""
         gen = self.current
         gen.users += 1
+        return gen
+
+    def release(self, gen: Generation) -> None:
+        gen.users -= 1
+        if gen.retired and gen.users == 0 and gen in self._retired:
+            self._close(gen)
+
+    @contextmanager
+    def use(self) -> Iterator[Generation]:
+        """``acquire``/``release`` around a block (the request path calls them directly:
+        a generator-based context manager costs more than the rest of the bookkeeping)."""
+        gen = self.acquire()
         try:
             yield gen
         finally:
-            gen.users -= 1
-            if gen.retired and gen.users == 0 and gen in self._retired:
-                self._close(gen)
+            self.release(gen)
 
     async def reload(self, reason: str = "SIGHUP") -> bool:
         """Load the config file again; swap it in if it is valid, else keep serving the old one."""
