@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -37,7 +38,7 @@ log = logging.getLogger("igsp.server")
 _FIELD_LINES = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\x20-\x7e\t]*\r\n)*")
 #: Fields whose presence means a shape aiohttp treats specially: hand those over.
 _DELEGATE = frozenset({"transfer-encoding", "expect", "upgrade", "content-encoding", "te", "http2-settings"})
-_SERVER = f"Python/3.11 aiohttp/{_aiohttp_version}"
+_SERVER = f"Python/{sys.version_info[0]}.{sys.version_info[1]} aiohttp/{_aiohttp_version}"  # as aiohttp says
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
