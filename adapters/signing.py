@@ -94,6 +94,7 @@ class RsaSha256HeaderSigner(Adapter):
     """
 
     description = "RSA-SHA256 signature of the raw body in a header"
+    sign_in_batches = True  # ~0.2-0.35 ms of CPU a signature
 
     def __init__(self, options):
         super().__init__(options)
@@ -103,6 +104,10 @@ class RsaSha256HeaderSigner(Adapter):
         private, public = self.option("private_key", None, str), self.option("public_key", None, str)
         if not private and not public:
             raise ValueError("give 'private_key' (to sign) and/or 'public_key' (to verify)")
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        self._padding, self._hash = padding.PKCS1v15(), hashes.SHA256()
         try:
             self.private = serialization.load_pem_private_key(_pem(private), None) if private else None
             self.public = serialization.load_pem_public_key(_pem(public)) if public else None
@@ -110,12 +115,9 @@ class RsaSha256HeaderSigner(Adapter):
             raise ValueError(f"cannot load RSA key: {exc}") from None
 
     def sign(self, req: LegacyRequest) -> None:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import padding
-
         if self.private is None:
             raise ValueError("no private_key configured to sign with")
-        signature = self.private.sign(req.body, padding.PKCS1v15(), hashes.SHA256())
+        signature = self.private.sign(req.body, self._padding, self._hash)
         req.headers[self.header] = base64.b64encode(signature).decode()
 
     def verify(self, inbound: InboundRequest) -> bool:

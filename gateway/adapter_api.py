@@ -12,7 +12,8 @@ Override only what you need; every hook has a do-nothing default:
 * ``filters()`` / ``jmespath_functions()``: extra Jinja2 filters and JMESPath functions;
 * ``prepare(req)``: before encoding — e.g. add an md5 ``hash`` field over the parameters;
 * ``encode(req)`` / ``decode(raw, content_type)``: a body codec (JSON, form, XML/SOAP);
-* ``sign(req)``: after encoding — e.g. a header with an HMAC or RSA signature of the bytes;
+* ``sign(req)``: after encoding — e.g. a header with an HMAC or RSA signature of the bytes
+  (set ``sign_in_batches = True`` when it costs as much as a public-key signature);
 * ``verify(inbound)``: check a legacy caller's signature on an inbound callback;
 * ``run(operation, context, call)``: a multi-step flow replacing one operation.
 
@@ -71,6 +72,10 @@ class Adapter:
 
     #: Human description shown by ``igsp-gateway validate --list-adapters``.
     description = ""
+    #: A signer whose ``sign`` is costly (public-key signatures): the requests of one
+    #: event-loop turn are then signed back to back, which keeps the CPU caches of the
+    #: request path and of the signature code warm (gateway/upstream.py, ``_signed``).
+    sign_in_batches = False
 
     def __init__(self, options: dict[str, Any]):
         self.options = dict(options)

@@ -445,3 +445,50 @@ def test_broken_and_missing_adapters_fail_at_load(third_party, tmp_path):
     missing = next(line for line in errors if "md5_sig" in line)
     assert missing.startswith(f"{mapping}:5: signer: unknown adapter 'md5_sig'; installed adapters: ")
     assert "minor_units" in missing and "2 problem(s) found" in result.stderr
+
+
+# -- batched signing --------------------------------------------------------------------------
+async def test_costly_signatures_of_one_turn_are_made_back_to_back_and_each_fits_its_request(hub88_keys):
+    """Twenty concurrent balance calls through the RSA-signing Hub88 mapping: the simulator
+    checks every signature (a wrong or swapped one is RS_ERROR_INVALID_SIGNATURE), all twenty
+    are signed before the first leaves, and a signature that fails fails its own call only."""
+    import asyncio
+
+    state = hub88_wallet.State()
+    server = start_in_thread(hub88_wallet.make_app(state, public_key_pem=hub88_keys[1]))
+    mapping = load_mapping(ROOT / "mappings" / "hub88-wallet.yaml",
+                           env={"HUB88_WALLET_URL": server.url, "HUB88_PRIVATE_KEY": hub88_keys[0]})
+    assert mapping.signer.sign_in_batches
+    events = []
+    real_sign = mapping.signer.sign
+
+    def sign(req):
+        if b'"player-bad"' in req.body:
+            raise ValueError("key unavailable")
+        events.append("sign")
+        real_sign(req)
+
+    mapping.signer.sign = sign
+    client = LegacyClient(mapping)
+    real_send = client.send
+
+    async def send(req, timeout=None):
+        events.append("send")
+        return await real_send(req, timeout)
+
+    client.send = send
+    try:
+        for i in range(20):
+            state.upsert_player({"player_id": f"player-{i}", "balance": Decimal(i + 1)})
+        players = [f"player-{i}" for i in range(20)] + ["player-bad"]
+        results = await asyncio.gather(*(client.step("balance", {"player_id": p, "currency": "EUR",
+                                                                 "request_id": f"r-{p}", "partner": "acme"})
+                                         for p in players), return_exceptions=True)
+        assert events[:20] == ["sign"] * 20 and events[20:] == ["send"] * 20
+        failed = results[-1]
+        assert isinstance(failed, IgspError) and failed.code == "invalid_request"
+        assert [Decimal(r.fields["balance"]) for r in results[:-1]] == [Decimal(100000 * (i + 1)) for i in range(20)]
+        assert state.calls["balance"] == 20
+    finally:
+        await client.close()
+        server.stop()
