@@ -117,6 +117,7 @@ class FastFront:
         self.max_body_bytes, self.max_header_bytes = max_body_bytes, max_header_bytes
         self.keepalive_seconds = keepalive_seconds
         self.connections: set[_Connection] = set()
+        self.inflight: set[asyncio.Task] = set()  # requests being answered, their clients gone or not
         self.closing = False
         self.date = _Date()
         self.served = 0  # requests answered here (tests and the drain log read it)
@@ -139,10 +140,11 @@ class FastFront:
                 conn.close()
 
     async def wait_closed(self, deadline: float) -> None:
-        """Until every connection served here has answered what it was working on (or ``deadline``)."""
-        loop = asyncio.get_running_loop()
-        while any(c.task is not None for c in self.connections) and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        """Until every request started here is answered (or ``deadline``) — also those whose
+        client has gone: a bet in flight is finished and recorded before the store closes."""
+        remaining = deadline - self.loop.time()
+        if self.inflight and remaining > 0:
+            await asyncio.wait(set(self.inflight), timeout=remaining)
 
 
 class _Connection(asyncio.Protocol):
@@ -229,7 +231,9 @@ class _Connection(asyncio.Protocol):
         body = bytes(buf[start:start + length])
         del buf[:start + length]
         request = front.request_class(front.app, fields, body)
-        self.task = self.loop.create_task(self._serve(request, close))
+        self.task = task = self.loop.create_task(self._serve(request, close))
+        front.inflight.add(task)
+        task.add_done_callback(front.inflight.discard)
 
     async def _serve(self, request: HookRequest, close: bool) -> None:
         front = self.front

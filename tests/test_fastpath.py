@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 
 import pytest
 from aiohttp import web
@@ -230,3 +231,24 @@ async def test_draining_closes_idle_connections_and_finishes_in_flight_ones(serv
     assert status == 200 and json.loads(body)["body"] == "slow" and headers["connection"] == "close"
     idle_writer.close()
     busy_writer.close()
+
+
+async def test_draining_waits_for_a_request_whose_client_has_gone(served):
+    front, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(hook(b"slow"))
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    # The client gives up (a reset, not a half-close); the request is still being answered.
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+    for _ in range(100):
+        if not front.connections:
+            break
+        await asyncio.sleep(0.01)
+    assert not front.connections and len(front.inflight) == 1 and front.served == 0
+    front.close_idle()
+    started = asyncio.get_running_loop().time()
+    await front.wait_closed(started + 5)
+    assert not front.inflight and front.served == 1
+    assert asyncio.get_running_loop().time() - started >= 0.1  # it did wait for the slow answer
