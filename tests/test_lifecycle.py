@@ -73,6 +73,39 @@ def test_sigterm_finishes_the_request_in_flight_and_refuses_new_connections(gate
     assert lines[-1]["fast_path_requests"] == (1 if fast_path else 0)
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["hook-front", "aiohttp-only"])
+def test_sigterm_still_records_a_bet_whose_client_reset_the_connection(gateway_factory, hub88, tmp_path, fast_path):
+    """The client is gone, the wallet has the bet: the store must not close under it."""
+    import struct
+
+    from adapters.codecs import dumps
+    from gateway import signing
+
+    slow = write_mapping(tmp_path / "slow-wallet.yaml", timeout=15)
+    db = tmp_path / "gateway.db"
+    config = platform_config(f"sqlite:///{db}", server={"drain_seconds": 15, "fast_path": fast_path},
+                             queue={"lease_seconds": 40})
+    config["partners"][0]["mapping"] = str(slow)
+    gw = gateway_factory(config)
+    hub88.player("p1", "100.00")
+    hub88.fault("delay", endpoint="bet", seconds=2)
+    body = dumps(bet("tx-gone"))
+    headers = signing.signed_headers(ACME["api_key"], ACME["secret"], body)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    parts = urlsplit(gw.url)
+    sock = socket.create_connection((parts.hostname, parts.port))
+    sock.sendall(f"POST /platforms/game-provider/hooks HTTP/1.1\r\nHost: x\r\n{head}"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    wait_for(lambda: hub88.state()["calls"].get("bet") == 1, what="the bet to reach the wallet")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a reset: the client will never read the answer
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(timeout=30) == 0
+    assert hub88.balance("p1") == Decimal("90.00")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT state, status FROM ledger WHERE txid='tx-gone'").fetchall() == [("done", 200)]
+
+
 def test_sigterm_lets_the_current_queue_delivery_finish(gateway_factory, hub88, tmp_path):
     def slow_refunds(data):
         data["operations"]["refund"]["timeout"] = 10  # the compensating rollback may take its time
