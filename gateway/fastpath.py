@@ -42,30 +42,38 @@ _SERVER = f"Python/{sys.version_info[0]}.{sys.version_info[1]} aiohttp/{_aiohttp
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
-def _fields(buf: bytearray, end: int, request_line: bytes) -> tuple[CIMultiDict | None, bool]:
-    """The header fields of the request in ``buf[:end]`` and whether it asks to close;
-    ``None`` when it is not a plain hook request (then aiohttp decides what it is)."""
+def plain_request(buf: bytearray, end: int, request_line: bytes,
+                  max_body_bytes: int) -> tuple[CIMultiDict, bool, int] | None:
+    """``(header fields, asks to close, body length)`` of the request whose head is
+    ``buf[:end]``, or ``None`` when it is not a plain hook request (then aiohttp decides
+    what it is). Whatever this accepts, aiohttp's parser reads the same way
+    (tests/test_fastpath.py checks it against that parser on generated requests)."""
     first = buf.find(b"\r\n", 0, end)
     if first < 0 or buf[:first] != request_line:
-        return None, False
+        return None
     block = buf[first + 2:end + 2]  # every line with its CRLF
     if not _FIELD_LINES.fullmatch(block):
-        return None, False
+        return None
     pairs = []
     for line in block.decode("ascii").split("\r\n")[:-1]:
         name, _, value = line.partition(":")
         pairs.append((name, value.strip(" \t")))
     names = {name.lower() for name, _ in pairs}
     if len(names) != len(pairs) or not names.isdisjoint(_DELEGATE):
-        return None, False  # a repeated field, or one that changes how the body is read
+        return None  # a repeated field, or one that changes how the body is read
+    if "host" not in names:
+        return None  # HTTP/1.1 requires one; aiohttp answers 400 without
     fields = CIMultiDict(pairs)
+    length = fields.get("Content-Length")
+    if length is None or not length.isdigit() or len(length) > 12 or int(length) > max_body_bytes:
+        return None
     connection = fields.get("Connection")
     if connection is None:
-        return fields, False
+        return fields, False, int(length)
     connection = connection.lower()
     if connection not in ("close", "keep-alive"):
-        return None, False
-    return fields, connection == "close"
+        return None
+    return fields, connection == "close", int(length)
 
 
 class _Route:
@@ -213,15 +221,11 @@ class _Connection(asyncio.Protocol):
         if end > front.max_header_bytes:
             self._delegate()
             return
-        fields, close = _fields(buf, end, front.request_line)
-        if fields is None:
+        plain = plain_request(buf, end, front.request_line, front.max_body_bytes)
+        if plain is None:
             self._delegate()
             return
-        length = fields.get("Content-Length")
-        if length is None or not length.isdigit() or len(length) > 12 or int(length) > front.max_body_bytes:
-            self._delegate()
-            return
-        length = int(length)
+        fields, close, length = plain
         start = end + 4
         if len(buf) < start + length:
             if self.paused_reading:

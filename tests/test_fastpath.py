@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import struct
 
@@ -252,3 +253,62 @@ async def test_draining_waits_for_a_request_whose_client_has_gone(served):
     await front.wait_closed(started + 5)
     assert not front.inflight and front.served == 1
     assert asyncio.get_running_loop().time() - started >= 0.1  # it did wait for the slow answer
+
+
+# -- the front reads a request exactly as aiohttp's parser does -------------------------------
+from hypothesis import HealthCheck, assume, given, note, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from gateway.fastpath import plain_request  # noqa: E402
+
+_NAMES = st.one_of(
+    st.sampled_from(["Authorization", "X-Timestamp", "X-Signature", "Content-Type", "X-Request-ID", "Host",
+                     "connection", "Connection", "Content-Length", "content-length", "Transfer-Encoding", "Expect",
+                     "X-Odd Name", "X:Colon", "", "Ümlaut", "X-A", "x-a", "TE", "Upgrade"]),
+    st.text(alphabet="abcXYZ-_!#~09", min_size=1, max_size=8),
+)
+_VALUES = st.one_of(
+    st.sampled_from(["close", "keep-alive", "Close", "KEEP-ALIVE", "upgrade", "keep-alive, close", "chunked", "2",
+                     "+2", "02", " 2", "2 ", "2,2", "-1", "99999999999999", "Bearer k", ""]),
+    st.text(alphabet=" \t\x00\x01\x7fé\r\nabcAZ09\"'=;,", max_size=12),
+)
+
+
+def _raw_request(draw_fields, body: bytes, with_length: bool, eol: str) -> bytes:
+    head = [f"POST {PATH} HTTP/1.1"] + [f"{name}:{value}" for name, value in draw_fields]
+    if with_length:
+        head.append(f"Content-Length: {len(body)}")
+    return (eol.join(head) + eol + eol).encode("utf-8", "surrogateescape") + body
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          derandomize=bool(os.environ.get("CI")))
+@given(extra=st.lists(st.tuples(_NAMES, _VALUES), max_size=5), host=_VALUES, body=st.binary(max_size=40),
+       with_length=st.sampled_from([True, True, True, False]), eol=st.sampled_from(["\r\n"] * 5 + ["\n"]),
+       order=st.randoms(use_true_random=False))
+def test_whatever_the_front_accepts_aiohttps_parser_reads_the_same_way(extra, host, body, with_length, eol, order):
+    from aiohttp.base_protocol import BaseProtocol
+    from aiohttp.http_parser import HttpRequestParser
+
+    fields = [("Host", host), *extra]
+    order.shuffle(fields)
+    raw = _raw_request(fields, body, with_length, eol)
+    end = raw.find(b"\r\n\r\n")
+    accepted = plain_request(bytearray(raw), end, f"POST {PATH} HTTP/1.1".encode(), 1024) if end >= 0 else None
+    # What the front refuses is handed to aiohttp, which answers as it would without the front.
+    assume(accepted is not None and len(raw) - end - 4 >= accepted[2])  # the body all here
+    note(repr(raw))
+    fields_seen, close, length = accepted
+
+    async def parse():
+        loop = asyncio.get_running_loop()
+        parser = HttpRequestParser(BaseProtocol(loop), loop, 2 ** 16, max_line_size=8190, max_field_size=8190)
+        messages, _, _ = parser.feed_data(raw)
+        message, payload = messages[0]
+        return message, await payload.read()
+
+    message, parsed_body = asyncio.run(parse())  # aiohttp must accept it: no exception
+    assert message.method == "POST" and message.path == PATH and message.version == (1, 1)
+    assert [(k.lower(), v) for k, v in message.headers.items()] == [(k.lower(), v) for k, v in fields_seen.items()]
+    assert message.should_close == close
+    assert parsed_body == raw[end + 4:end + 4 + length]
