@@ -31,6 +31,8 @@ from aiohttp import __version__ as _aiohttp_version
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway import metrics
+
 log = logging.getLogger("igsp.server")
 
 #: Header lines, each ``token ":" visible ASCII, spaces and tabs`` and CRLF: one linear
@@ -286,12 +288,15 @@ class _Connection(asyncio.Protocol):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
-        self.front.connections.discard(self)
-        self.front.delegated += 1
+        front = self.front
+        front.connections.discard(self)
+        front.delegated += 1
+        hook = self.buf.startswith(front.request_line + b"\r\n")
+        metrics.child(metrics.FAST_PATH_HANDOVERS, "hook" if hook else "other").inc()
         if self.paused_reading:
             self.paused_reading = False
             self.transport.resume_reading()
-        handler = self.front.aiohttp_server()
+        handler = front.aiohttp_server()
         transport, pending = self.transport, bytes(self.buf)
         self.buf = bytearray()
         self.closed = True

@@ -160,3 +160,17 @@ def test_bets_replays_and_the_access_log_match(hub88, pair):
     [plain_stop] = [line for line in plain.log_lines() if line["msg"] == "stopped"]
     assert fast_stop["fast_path_requests"] == 3 and fast_stop["fast_path_handovers"] == 0
     assert plain_stop["fast_path_requests"] == 0
+
+
+def test_handovers_are_counted_by_kind(hub88, pair):
+    from tests.ops_support import Metrics
+
+    hub88.player("p1", "100.00")
+    fast, _ = pair
+    balance = {"action": "balance", "player_id": "p1", "currency": "EUR"}
+    assert send(fast.url, raw_request(*signed(balance), chunked=True))[0] == 200
+    assert send(fast.url, raw_request(*signed(balance), path=HOOKS + "?x=1"))[0] == 200
+    assert send(fast.url, raw_request(*signed(balance)))[0] == 200  # plain: stays on the front
+    metrics = Metrics.scrape(fast.url)  # a GET /metrics connection: an "other" handover itself
+    assert metrics.value("igsp_fast_path_handovers_total", request="hook") == 1  # the chunked one
+    assert metrics.value("igsp_fast_path_handovers_total", request="other") == 2  # query string, this scrape
