@@ -53,10 +53,10 @@ class LegacyClient:
         # Only adapters that override ``run`` cost anything per call.
         self._flows = tuple(a for a in (mapping.codec, mapping.signer, *mapping.extensions)
                             if a is not None and type(a).run is not Adapter.run)
-        # Plain-HTTP upstreams get the lean client (same failures, a quarter of the CPU).
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._unsigned: list[tuple[LegacyRequest, asyncio.Future]] = []
+        self._unsigned: list[tuple[LegacyRequest, asyncio.Future]] = []  # see _signed
         self._limits: dict[float, aiohttp.ClientTimeout] = {}  # by total timeout: built once
+        # Plain-HTTP upstreams get the lean client (same failures, a quarter of the CPU).
         self._http1: Http1Client | None = None
         if mapping.base_url.startswith("http://"):
             self._http1 = Http1Client(mapping.max_connections, keepalive_timeout=30, headers=mapping.static_headers)
