@@ -21,22 +21,13 @@ import logging
 
 from aiohttp import web
 
+from gateway.context import STORE, WORKER, generation
 from gateway.errors import IgspError
-from gateway.store import QueueEntry
 
 log = logging.getLogger("igsp.admin")
 
 
-def entry_json(entry: QueueEntry) -> dict:
-    """What an operator sees of a queued delivery (shared with ``igsp-gateway dlq``)."""
-    return {"id": entry.id, "route": entry.route, "attempts": entry.attempts, "max_attempts": entry.max_attempts,
-            "created_at": entry.created_at, "next_at": entry.next_at, "last_error": entry.last_error,
-            "payload": entry.payload}
-
-
 def _store(request: web.Request):
-    from gateway.app import STORE
-
     return request.app[STORE]
 
 
@@ -45,8 +36,6 @@ def _authorized(handler):
 
     @functools.wraps(handler)
     async def check(request: web.Request) -> web.Response:
-        from gateway.app import generation
-
         token = generation(request).config.admin_token or ""  # a reload may rotate it
         given = request.headers.get("Authorization", "")
         if not (token and given.startswith("Bearer ")
@@ -66,19 +55,17 @@ async def dlq_list(request: web.Request) -> web.Response:
     if not raw.isdigit() or not 1 <= int(raw) <= 10000:
         raise IgspError("invalid_request", "limit must be an integer from 1 to 10000")
     entries = await _store(request).dlq_list(int(raw))
-    return web.json_response({"entries": [entry_json(e) for e in entries], "count": len(entries)})
+    return web.json_response({"entries": [e.describe() for e in entries], "count": len(entries)})
 
 
 async def dlq_show(request: web.Request) -> web.Response:
     entry = await _store(request).dlq_get(request.match_info["id"])
     if entry is None:
         raise IgspError("not_found", "no such dead letter")
-    return web.json_response(entry_json(entry))
+    return web.json_response(entry.describe())
 
 
 async def dlq_replay(request: web.Request) -> web.Response:
-    from gateway.app import WORKER
-
     entry_id = request.match_info["id"]
     if not await _store(request).dlq_replay(entry_id):
         raise IgspError("not_found", "no such dead letter")

@@ -1,9 +1,11 @@
 """``create_app(config)``: the aiohttp application, its routes and long-lived resources.
 
-State lives under typed ``web.AppKey`` constants; each resource (store, legacy
-clients, delivery worker) is a ``cleanup_ctx`` generator; nothing changes after start.
-What a reload replaces lives in the ``RUNTIME`` holder (gateway/runtime.py): a request
-uses ``request["generation"]``, the one current when it arrived.
+State lives under the typed ``web.AppKey`` constants of gateway/context.py; each resource
+(store, legacy clients, delivery worker) is a ``cleanup_ctx`` generator; nothing changes
+after start. Both faces plug in the same way (gateway/face.py, ``FACE_TYPES``): their
+routes, their objects for each config generation, their queued deliveries. What a
+reload replaces lives in the ``RUNTIME`` holder (gateway/runtime.py): a request uses
+``request["generation"]``, the one current when it arrived.
 """
 
 from __future__ import annotations
@@ -20,35 +22,25 @@ from gateway import metrics
 from gateway.admin import setup_admin
 from gateway.auth import AuthFailure
 from gateway.config import Config
+from gateway.context import CONFIG, FACES, INFLIGHT, RUNTIME, STORE, WORKER
 from gateway.errors import IgspError, UpstreamError
-from gateway.health import UpstreamProbe, healthz, metrics_endpoint, readyz
+from gateway.face import Delivery, Face
+from gateway.health import PROBE, UpstreamProbe, healthz, metrics_endpoint, readyz
 from gateway.ids import new_id
 from gateway.logs import REQUEST_ID, AccessLog
-from gateway.platform_face import handle_hook
-from gateway.provider_face import setup_provider_face
+from gateway.platform_face import PlatformFace
+from gateway.provider_face import ProviderFace
 from gateway.ratelimit import RateLimited
 from gateway.retry_queue import DeliveryWorker
 from gateway.runtime import Generation, Runtime
-from gateway.spec import HOOKS_SPEC, SpecValidators
-from gateway.store import QueueEntry, Store, open_store
+from gateway.store import QueueEntry, open_store
 from gateway.wallet import error_body
 
 log = logging.getLogger("igsp.access")
 ACCESS_LOG = AccessLog()
 
-CONFIG = web.AppKey("config", Config)  # as started: listen address, store, routes
-STORE = web.AppKey("store", Store)
-HOOK_SPEC = web.AppKey("hook_spec", SpecValidators)
-RUNTIME = web.AppKey("runtime", Runtime)  # the current Generation (verifier, clients, wallets)
-WORKER = web.AppKey("worker", DeliveryWorker)
-INFLIGHT = web.AppKey("inflight", dict)
-PROBE = web.AppKey("upstream_probe", UpstreamProbe)
-BUILDERS = web.AppKey("generation_builders", dict)  # face name -> Builder (gateway/runtime.py)
-
-
-def generation(request: web.Request) -> Generation:
-    """The config generation this request runs under (fixed for its whole life)."""
-    return request["generation"]
+#: The faces, in the order their routes are added.
+FACE_TYPES: tuple[type[Face], ...] = (PlatformFace, ProviderFace)
 
 
 def _error_response(error: IgspError, request_id: str) -> web.Response:
@@ -129,40 +121,17 @@ async def _store_ctx(app: web.Application):
 
 
 async def _faces_ctx(app: web.Application):
-    config, store = app[CONFIG], app[STORE]
+    config, store, faces = app[CONFIG], app[STORE], app[FACES]
+    routes = {route: face for face in faces.values() for route in face.deliveries}
     worker = DeliveryWorker(store, {}, consumer=f"{socket.gethostname()}-{os.getpid()}",
-                            backoff_for=lambda entry: _backoff_for(runtime.current, entry),
+                            backoff_for=lambda entry: _backoff_for(runtime.current, routes, entry),
                             lease_seconds=config.queue_lease_seconds, poll_seconds=config.queue_poll_seconds)
-    runtime = Runtime(config, store, wake_queue=worker.wake.set, builders=app[BUILDERS])
+    runtime = Runtime(config, store, wake_queue=worker.wake.set,
+                      builders={name: face.build for name, face in faces.items()})
     app[RUNTIME], app[WORKER] = runtime, worker
     metrics.init_series()
-
-    async def deliver_wallet(entry: QueueEntry) -> None:
-        logged = REQUEST_ID.set(entry.payload.get("request_id") or None)
-        try:
-            with runtime.use() as gen:
-                wallet = gen.wallets.get(entry.payload["partner"])
-                if wallet is None:
-                    raise IgspError("internal_error", f"partner {entry.payload['partner']!r} is no longer configured")
-                await wallet.deliver(entry.payload["op"], entry.payload["hook"], entry.payload.get("request_id", ""))
-        finally:
-            REQUEST_ID.reset(logged)
-
-    async def deliver_hook(entry: QueueEntry) -> None:
-        logged = REQUEST_ID.set(entry.payload.get("request_id") or None)
-        try:
-            with runtime.use() as gen:
-                face = gen.faces.get("provider")
-                callbacks = face.callbacks.get(entry.payload["mapping"]) if face is not None else None
-                if callbacks is None:
-                    raise IgspError("internal_error", f"mapping {entry.payload['mapping']!r} is no longer configured")
-                await callbacks.deliver(entry.payload["partner"], entry.payload["hook"],
-                                        entry.payload.get("request_id", ""))
-        finally:
-            REQUEST_ID.reset(logged)
-
-    worker.handlers["wallet"] = deliver_wallet
-    worker.handlers["hook"] = deliver_hook
+    for route, face in routes.items():
+        worker.handlers[route] = _delivery(runtime, face.name, face.deliveries[route])
     task = asyncio.create_task(worker.run(), name="delivery-worker")
     yield
     # Graceful stop (began in begin_drain): the current delivery may finish within
@@ -175,6 +144,22 @@ async def _faces_ctx(app: web.Application):
     except TimeoutError:
         pass  # wait_for has cancelled it
     await runtime.close()
+
+
+def _delivery(runtime: Runtime, face_name: str, deliver: Delivery):
+    """A queue handler that runs ``deliver`` under the current generation, logged with the
+    request id of the request that queued it."""
+
+    async def run(entry: QueueEntry) -> None:
+        logged = REQUEST_ID.set(entry.payload.get("request_id") or None)
+        gen = runtime.acquire()
+        try:
+            await deliver(gen.faces[face_name], entry)
+        finally:
+            runtime.release(gen)
+            REQUEST_ID.reset(logged)
+
+    return run
 
 
 def begin_drain(app: web.Application) -> None:
@@ -190,11 +175,11 @@ async def _on_shutdown(app: web.Application) -> None:
     begin_drain(app)
 
 
-def _backoff_for(gen: Generation, entry: QueueEntry) -> tuple[float, float]:
-    wallet = gen.wallets.get(entry.payload.get("partner"))
-    if wallet is None:
+def _backoff_for(gen: Generation, routes: dict[str, Face], entry: QueueEntry) -> tuple[float, float]:
+    face = routes.get(entry.route)
+    if face is None:
         return 1.0, 300.0
-    return wallet.mapping.backoff_initial, wallet.mapping.backoff_max
+    return face.backoff(gen.faces[face.name], entry)
 
 
 def create_app(config: Config) -> web.Application:
@@ -202,20 +187,15 @@ def create_app(config: Config) -> web.Application:
                           handler_args={"max_field_size": config.max_header_bytes,
                                         "max_line_size": config.max_header_bytes})
     app[CONFIG] = config
-    app[HOOK_SPEC] = SpecValidators(HOOKS_SPEC)
     app[INFLIGHT] = {"n": 0}
-    for name in ("BalanceRequest", "BetRequest", "WinRequest", "RefundRequest"):
-        app[HOOK_SPEC].validator(name)  # compile at start-up, not on the first request
     app.cleanup_ctx.append(_store_ctx)
+    app[FACES] = {face.name: face for face in (face_type(app, config) for face_type in FACE_TYPES)}
     app.cleanup_ctx.append(_faces_ctx)
     app.on_shutdown.append(_on_shutdown)
     app[PROBE] = UpstreamProbe()
-    app[BUILDERS] = {}
-    app.router.add_post(config.hooks_path, handle_hook, name="platform")
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_endpoint, name="metrics")
-    setup_provider_face(app, config)
     if config.admin_token:
         setup_admin(app)
     return app

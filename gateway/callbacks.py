@@ -34,8 +34,9 @@ from gateway.catalogue import legacy_uuid
 from gateway.errors import IgspError
 from gateway.hook_client import HookClient
 from gateway.provider_mapping import Endpoint, LegacyCode
+from gateway.retry_queue import hook_from_queue, to_queue
 from gateway.sessions import PLAYER_NS, SESSION_NS
-from gateway.spec import SpecValidators
+from gateway.spec import HOOK_SCHEMAS, SpecValidators
 from gateway.store import QueueEntry, Store
 
 log = logging.getLogger("igsp.callbacks")
@@ -44,7 +45,6 @@ HOOKQ_NS = "hookq"  # "<partner>:<transaction_id>" -> a queued delivery exists
 #: Route of queued hook deliveries in the durable queue (gateway/app.py runs them).
 HOOK_ROUTE = "hook"
 BET_NS = "pbet"  # "<mapping>:<partner>:<bet transaction_id>" -> what the bet was
-_SCHEMAS = {"balance": "BalanceRequest", "bet": "BetRequest", "win": "WinRequest", "refund": "RefundRequest"}
 _TEXT_FIELDS = ("transaction_id", "bet_transaction_id", "round_id")
 
 
@@ -157,7 +157,7 @@ class Callbacks:
         try:
             if endpoint.hook == "refund":
                 await self._fill_refund(hook, partner)
-            self.hook_spec.check(_SCHEMAS[endpoint.hook], hook)
+            self.hook_spec.check(HOOK_SCHEMAS[endpoint.hook], hook)
             answer = await self.hooks.send(partner, hook, timeout=self.spec.hook_timeout, request_id=request_id)
         except IgspError as exc:
             if exc.code not in endpoint.succeed_on or endpoint.hook == "balance":
@@ -210,14 +210,14 @@ class Callbacks:
         await self.store.q_put(QueueEntry(
             id=uuid.uuid4().hex, route=HOOK_ROUTE, next_at=time.time() + wait,
             payload={"mapping": self.mapping.name, "partner": partner_id, "request_id": request_id,
-                     "hook": {k: (format(v, "f") if isinstance(v, Decimal) else v) for k, v in hook.items()}}))
+                     "hook": to_queue(hook)}))
 
     async def deliver(self, partner_id: str, hook: dict, request_id: str) -> None:
         """Send one queued hook; a retriable failure raises (retried, then dead-lettered)."""
         partner = self.partners.get(partner_id)
         if partner is None:
             raise IgspError("internal_error", f"partner {partner_id!r} is no longer configured")
-        hook = {k: (Decimal(v) if k == "amount" else v) for k, v in hook.items()}
+        hook = hook_from_queue(hook)
         try:
             await self.hooks.send(partner, hook, timeout=self.spec.hook_timeout, request_id=request_id)
         except IgspError as exc:

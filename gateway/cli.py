@@ -1,4 +1,9 @@
-"""``igsp-gateway``: serve, validate, sign (and the operator commands added beside them)."""
+"""``igsp-gateway``: serve, validate, sign (and the operator commands added beside them).
+
+Commands import the request path only when they run: ``serve`` must set the Prometheus
+multiprocess directory before ``prometheus_client`` is first imported (gateway/server.py),
+and everything behind a face imports the metrics.
+"""
 
 from __future__ import annotations
 

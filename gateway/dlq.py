@@ -17,7 +17,6 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gateway.admin import entry_json
 from gateway.config import load_store_settings
 from gateway.store import Store, open_store
 from gateway.store.sqlite import sqlite_path
@@ -53,13 +52,13 @@ async def _run(store: Store, args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             entries = await store.dlq_list(args.limit)
-            _print(args, [entry_json(e) for e in entries], table=_table)
+            _print(args, [e.describe() for e in entries], table=_table)
             return 0
         if args.action == "show":
             entry = await store.dlq_get(args.id)
             if entry is None:
                 return _missing(args.id)
-            _print(args, entry_json(entry), table=lambda e: json.dumps(e, indent=2, sort_keys=True))
+            _print(args, entry.describe(), table=lambda e: json.dumps(e, indent=2, sort_keys=True))
             return 0
         if args.action == "replay":
             if not await store.dlq_replay(args.id):

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from gateway import metrics
+from gateway.context import RUNTIME, STORE
 
 
 class UpstreamProbe:
@@ -40,13 +41,14 @@ class UpstreamProbe:
         return result
 
 
+PROBE = web.AppKey("upstream_probe", UpstreamProbe)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    from gateway.app import PROBE, RUNTIME, STORE
-
     app = request.app
     gen = app[RUNTIME].current
     checks = {"mappings": "ok" if gen.config.partners else "none loaded"}

@@ -24,6 +24,7 @@ from gateway.adapter_api import Adapter
 from gateway.adapters import make_adapter
 from gateway.errors import ConfigError, IgspError, Problem
 from gateway.mapping_schema import MAPPING_SCHEMA, PLATFORM_OPERATIONS
+from gateway.provider_mapping import compile_provider
 from gateway.redaction import scrub, secret_values
 from gateway.templating import TemplateError, Templates
 from gateway.yamlload import dotted, env_and_schema_problems, line_of, load_yaml
@@ -303,8 +304,6 @@ def compile_mapping(data: dict, file: str) -> Mapping:
                 c.problem(("operations", name, "response"), "missing 'balance': JMESPath to the balance after the call")
     provider = None
     if data["face"] == "provider":
-        from gateway.provider_mapping import compile_provider
-
         provider = compile_provider(c, data, templates, operations, _jmespath_options(functions), codec, signer)
     if c.problems:
         raise ConfigError(c.problems)

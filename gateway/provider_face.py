@@ -4,10 +4,10 @@
     POST {mount}/sessions             launch (sessions.py), HMAC-verified
     *    /legacy/<mapping>/<endpoint> the legacy game server's wallet callbacks (callbacks.py)
 
-``setup_provider_face(app, config)`` adds the routes, the pooled hook client (closed by a
-``cleanup_ctx``) and a builder of the per-mapping objects: they are part of each config
-generation (gateway/runtime.py), so a reload rebuilds them and a request uses those of
-the generation it started in. The iGSP routes share one route name (``provider``) and
+Plugged into the app like the platform face (gateway/face.py): ``ProviderFace`` adds the
+routes and the pooled hook client once; ``build`` makes the per-mapping objects for each
+config generation (gateway/runtime.py), so a reload rebuilds them and a request uses
+those of the generation it started in. The iGSP routes share one route name (``provider``) and
 the callbacks another (``legacy``), which is what the access log and metrics middleware
 counts by.
 """
@@ -21,22 +21,26 @@ from aiohttp import web
 from adapters.codecs import dumps
 from gateway import metrics
 from gateway.auth import Verifier
-from gateway.callbacks import Callbacks
+from gateway.callbacks import HOOK_ROUTE, Callbacks
 from gateway.catalogue import Catalogue, parse_instant
 from gateway.config import Config
+from gateway.context import generation
 from gateway.errors import IgspError
+from gateway.face import Face
 from gateway.hook_client import HookClient
 from gateway.jsonio import igsp_object
+from gateway.runtime import Generation, Runtime
 from gateway.sessions import Launcher
-from gateway.spec import HOOKS_SPEC, PROVIDER_SPEC, SpecValidators
+from gateway.spec import SpecValidators, hook_validators, provider_validators
+from gateway.store import QueueEntry
 
 LEGACY_PREFIX = "/legacy"
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 
 
 @dataclass
-class ProviderFace:
-    """Everything the provider-face handlers need, built once at start-up."""
+class ProviderObjects:
+    """What the provider-face handlers use under one config generation."""
 
     catalogues: dict = field(default_factory=dict)  # mapping name -> Catalogue
     launchers: dict = field(default_factory=dict)  # mapping name -> Launcher
@@ -44,70 +48,68 @@ class ProviderFace:
     read_verifier: Verifier | None = None
     write_verifier: Verifier | None = None
     spec: SpecValidators | None = None
-    hooks: HookClient | None = None
 
 
-HOOK_CLIENT = web.AppKey("hook_client", HookClient)
+class ProviderFace(Face):
+    name = "provider"
+
+    def __init__(self, app: web.Application, config: Config):
+        super().__init__(app, config)
+        app.router.add_route("*", config.provider_mount + "/{resource}", handle_igsp, name=self.name)
+        app.router.add_route("*", LEGACY_PREFIX + "/{mapping}/{endpoint:.+}", handle_legacy, name="legacy")
+        # One pooled client for the signed hooks of every generation (closed with the app).
+        self.hooks = HookClient(observer=lambda partner, action, kind, seconds: metrics.observe_upstream(
+            "platform-hooks", action, kind, seconds))
+        app.cleanup_ctx.append(self._hooks_ctx)
+        self.deliveries[HOOK_ROUTE] = deliver
+
+    async def _hooks_ctx(self, app: web.Application):
+        yield
+        await self.hooks.close()
+
+    def build(self, gen: Generation, runtime: Runtime) -> ProviderObjects:
+        """Its config, legacy clients and rate limiter made into catalogues, launchers and callbacks."""
+        config, clients, store = gen.config, gen.clients, runtime.store
+        partners = [p for p in config.partners if p.face == "provider"]
+        on_failure = lambda reason: metrics.SIGNATURE_FAILURES.labels(reason).inc()  # noqa: E731
+        by_key = {p.api_key: p for p in partners}
+        face = ProviderObjects(
+            # Catalogue reads are idempotent and their query is unsigned anyway, so a GET
+            # signature may be used more than once (a platform pages fast, timestamps in seconds).
+            read_verifier=Verifier(by_key, config.signature_window, store, False, on_failure=on_failure,
+                                   limiter=gen.limiter),
+            write_verifier=Verifier(by_key, config.signature_window, store, config.replay_protection,
+                                    on_failure=on_failure, limiter=gen.limiter),
+            spec=provider_validators(),
+        )
+        for partner in partners:
+            mapping = partner.mapping
+            if mapping.name in face.catalogues:
+                continue
+            client = clients[mapping.name]
+            catalogue = Catalogue(mapping, client, store, face.spec,
+                                  on_cache=lambda result: metrics.CATALOGUE_CACHE.labels(result).inc())
+            face.catalogues[mapping.name] = catalogue
+            face.launchers[mapping.name] = Launcher(mapping, client, catalogue, store,
+                                                    retention=config.retention_seconds)
+            if mapping.provider.callbacks is not None:
+                users = {p.id: p for p in partners if p.mapping.name == mapping.name}
+                face.callbacks[mapping.name] = Callbacks(mapping, store, self.hooks, users, hook_validators(),
+                                                         config.currencies)
+        return face
 
 
-def setup_provider_face(app: web.Application, config: Config) -> None:
-    """Add the provider-face routes when at least one partner is on that face."""
-    from gateway.app import BUILDERS
-
-    if not any(p.face == "provider" for p in config.partners):
-        return
-    app.router.add_route("*", config.provider_mount + "/{resource}", handle_igsp, name="provider")
-    app.router.add_route("*", LEGACY_PREFIX + "/{mapping}/{endpoint:.+}", handle_legacy, name="legacy")
-    hooks = HookClient(observer=lambda partner, action, kind, seconds: metrics.observe_upstream(
-        "platform-hooks", action, kind, seconds))
-    app[HOOK_CLIENT] = hooks
-    app[BUILDERS]["provider"] = lambda gen, store: build_provider_face(gen, store, hooks)
-    app.cleanup_ctx.append(_provider_ctx)
+def _face(request: web.Request) -> ProviderObjects:
+    return generation(request).faces[ProviderFace.name]
 
 
-async def _provider_ctx(app: web.Application):
-    yield
-    await app[HOOK_CLIENT].close()
-
-
-def build_provider_face(gen, store, hooks: HookClient) -> ProviderFace:
-    """The provider-face objects of one config generation (gateway/runtime.py): its config,
-    legacy clients and rate limiter."""
-    config, clients = gen.config, gen.clients
-    partners = [p for p in config.partners if p.face == "provider"]
-    on_failure = lambda reason: metrics.SIGNATURE_FAILURES.labels(reason).inc()  # noqa: E731
-    by_key = {p.api_key: p for p in partners}
-    face = ProviderFace(
-        # Catalogue reads are idempotent and their query is unsigned anyway, so a GET
-        # signature may be used more than once (a platform pages fast, timestamps in seconds).
-        read_verifier=Verifier(by_key, config.signature_window, store, False, on_failure=on_failure,
-                               limiter=gen.limiter),
-        write_verifier=Verifier(by_key, config.signature_window, store, config.replay_protection,
-                                on_failure=on_failure, limiter=gen.limiter),
-        spec=SpecValidators(PROVIDER_SPEC),
-        hooks=hooks,
-    )
-    face.spec.validator("SessionRequest")  # compile at start-up, not on the first request
-    hook_spec = SpecValidators(HOOKS_SPEC)
-    for partner in partners:
-        mapping = partner.mapping
-        if mapping.name in face.catalogues:
-            continue
-        client = clients[mapping.name]
-        catalogue = Catalogue(mapping, client, store, face.spec,
-                              on_cache=lambda result: metrics.CATALOGUE_CACHE.labels(result).inc())
-        face.catalogues[mapping.name] = catalogue
-        face.launchers[mapping.name] = Launcher(mapping, client, catalogue, store, retention=config.retention_seconds)
-        if mapping.provider.callbacks is not None:
-            users = {p.id: p for p in partners if p.mapping.name == mapping.name}
-            face.callbacks[mapping.name] = Callbacks(mapping, store, face.hooks, users, hook_spec, config.currencies)
-    return face
-
-
-def _face(request: web.Request) -> ProviderFace:
-    from gateway.app import generation
-
-    return generation(request).faces["provider"]
+async def deliver(face: ProviderObjects, entry: QueueEntry) -> None:
+    """One queued signed hook, by the callbacks of the mapping it was queued for."""
+    payload = entry.payload
+    callbacks = face.callbacks.get(payload["mapping"])
+    if callbacks is None:
+        raise IgspError("internal_error", f"mapping {payload['mapping']!r} is no longer configured")
+    await callbacks.deliver(payload["partner"], payload["hook"], payload.get("request_id", ""))
 
 
 # -- iGSP side -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 
 from gateway import metrics
 from gateway.errors import IgspError
@@ -21,6 +22,23 @@ from gateway.store import QueueEntry, Store
 log = logging.getLogger("igsp.queue")
 
 Handler = Callable[[QueueEntry], Awaitable[None]]
+
+
+def to_queue(value):
+    """A JSON-safe copy of a payload for the queue: every Decimal, however deep (extra hook
+    fields may hold numbers), as its exact text. ``hook_from_queue`` reads a hook back."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dict):
+        return {k: to_queue(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_queue(v) for v in value]
+    return value
+
+
+def hook_from_queue(hook: dict) -> dict:
+    """A queued hook as it was put: ``amount`` a Decimal again (other fields travel as text)."""
+    return {k: (Decimal(v) if k == "amount" else v) for k, v in hook.items()}
 
 
 class DeadLetter(Exception):

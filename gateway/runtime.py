@@ -5,8 +5,11 @@ The application state never changes after start-up; it holds one ``Runtime`` who
 clients, wallets). A request takes the generation current when it arrives and uses it
 to the end, so a reload never changes anything under a request in flight:
 
-    with runtime.use() as gen:          # the middleware does this for every request
-        wallet = gen.wallets[partner_id]
+    gen = runtime.acquire()             # the middleware does this for every request
+    try:
+        wallet = gen.faces["platform"].wallets[partner_id]
+    finally:
+        runtime.release(gen)
 
 ``reload()`` loads and checks the config and every mapping again; a broken one is
 refused (logged with file:line:field) and the old generation keeps serving. A replaced
@@ -28,14 +31,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway import metrics
-from gateway.auth import Verifier
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 from gateway.logs import update_logging
 from gateway.ratelimit import Limiter
 from gateway.store import Store
 from gateway.upstream import LegacyClient
-from gateway.wallet import Wallet
 
 log = logging.getLogger("igsp.runtime")
 upstream_log = logging.getLogger("igsp.upstream")
@@ -43,8 +44,9 @@ upstream_log = logging.getLogger("igsp.upstream")
 RESTART_FIELDS = ("host", "port", "workers", "max_body_bytes", "max_header_bytes", "store_url", "store_namespace",
                   "hooks_path", "provider_mount", "queue_lease_seconds", "queue_poll_seconds")
 
-#: Builds a face's own objects for a generation being built (its config, clients, limiter).
-Builder = Callable[["Generation", Store], Any]
+#: Builds a face's own objects for a generation being built (from its config, clients,
+#: limiter; see gateway/face.py).
+Builder = Callable[["Generation", "Runtime"], Any]
 
 
 @dataclass(eq=False)
@@ -53,11 +55,9 @@ class Generation:
 
     number: int
     config: Config
-    verifier: Verifier
     clients: dict[str, LegacyClient]  # mapping name -> client (one pool per legacy API)
-    wallets: dict[str, Wallet]  # platform-face partner id -> wallet
     limiter: Limiter  # one bucket per partner, shared by every face of this process
-    faces: dict[str, Any] = field(default_factory=dict)  # e.g. "provider" -> ProviderFace
+    faces: dict[str, Any] = field(default_factory=dict)  # face name -> what its build() made
     users: int = field(default=0, compare=False)  # requests and deliveries using it now
     retired: bool = field(default=False, compare=False)
 
@@ -81,23 +81,13 @@ class Runtime:
         self._closing: set[asyncio.Task] = set()
 
     def build(self, config: Config, number: int, previous: Generation | None) -> Generation:
-        store = self.store
         limiter = _limiter(config, previous.limiter if previous is not None else None)
-        verifier = Verifier({p.api_key: p for p in config.partners}, config.signature_window, store,
-                            config.replay_protection,
-                            on_failure=lambda reason: metrics.SIGNATURE_FAILURES.labels(reason).inc(),
-                            limiter=limiter)
         clients: dict[str, LegacyClient] = {}
-        wallets: dict[str, Wallet] = {}
         for partner in config.partners:
-            client = clients.setdefault(partner.mapping.name, LegacyClient(partner.mapping, observe_upstream))
-            if partner.face == "platform":
-                wallets[partner.id] = Wallet(
-                    partner.id, client, store, retention=config.retention_seconds, currencies=config.currencies,
-                    wake_queue=self.wake_queue, orphan_after=config.queue_lease_seconds,
-                    on_replay=lambda action, pid=partner.id: metrics.REPLAYS.labels(pid, action).inc())
-        gen = Generation(number, config, verifier, clients, wallets, limiter)
-        gen.faces.update({name: build(gen, store) for name, build in self.builders.items()})
+            if partner.mapping.name not in clients:
+                clients[partner.mapping.name] = LegacyClient(partner.mapping, observe_upstream)
+        gen = Generation(number, config, clients, limiter)
+        gen.faces.update({name: build(gen, self) for name, build in self.builders.items()})
         return gen
 
     def acquire(self) -> Generation:
@@ -162,9 +152,6 @@ class Runtime:
         if kept:
             log.warning("reload keeps these settings until a restart", extra={"settings": kept})
         config = replace(config, **{name: getattr(old.config, name) for name in RESTART_FIELDS})
-        if "provider" not in self.builders and any(p.face == "provider" for p in config.partners):
-            # Its routes are added at start-up only when a provider-face partner exists.
-            log.warning("the first provider-face partner needs a restart to be served")
         return self.build(config, old.number + 1, old)
 
     def _close(self, gen: Generation) -> None:

@@ -16,18 +16,14 @@ legacy game server, so its wallet callbacks can be turned into iGSP hooks.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
 import secrets
-import time
 from datetime import datetime, timezone
-from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from adapters.codecs import dumps
+from gateway import ledger
 from gateway.catalogue import Catalogue
 from gateway.errors import IgspError
 from gateway.store import Store, TxRecord
@@ -38,15 +34,6 @@ SESSION_NS = "psession"  # "<mapping>:<legacy token>" -> session record
 PLAYER_NS = "pplayer"  # "<mapping>:<player_id>" -> latest legacy token
 
 
-def fingerprint(payload: dict) -> str:
-    """Canonical digest of a launch request: equal bodies (any key order, 10 or 10.0) match."""
-    canonical = {k: (format(v.normalize(), "f") if isinstance(v, Decimal) else v) for k, v in payload.items()}
-    try:
-        text = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS, default=str)
-    except TypeError:
-        # orjson stops at 64-bit integers; extra fields may hold any JSON number.
-        text = json.dumps(canonical, sort_keys=True, default=str, separators=(",", ":")).encode()
-    return hashlib.sha256(text).hexdigest()[:32]
 
 
 class Launcher:
@@ -64,7 +51,7 @@ class Launcher:
 
     async def launch(self, partner: Any, payload: dict, request_id: str) -> tuple[int, bytes]:
         """Answer ``(status, body)`` for a validated SessionRequest."""
-        rec = TxRecord(partner.id, f"session:{payload['session_id']}", "session", fingerprint(payload))
+        rec = TxRecord(partner.id, f"session:{payload['session_id']}", "session", ledger.fingerprint(payload))
         existing = await self.store.tx_begin(rec, max(self.retention, self.spec.session_ttl))
         if existing is not None:
             return await self._replay(existing, rec.fingerprint)
@@ -81,10 +68,7 @@ class Launcher:
     async def _replay(self, existing: TxRecord, fp: str) -> tuple[int, bytes]:
         if existing.fingerprint != fp:
             raise IgspError("session_conflict", "session_id was already used for a different launch")
-        deadline = time.monotonic() + self.wait_seconds
-        while existing.state == PENDING and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-            existing = await self.store.tx_get(existing.partner, existing.txid) or existing
+        existing = await ledger.settled(self.store, existing, self.wait_seconds)
         if existing.state == PENDING:
             raise IgspError("transaction_in_progress", "a launch with this session_id is still running; retry")
         return existing.status, existing.body

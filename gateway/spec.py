@@ -29,6 +29,10 @@ from gateway.resources import data_dir
 HOOKS_SPEC = "igsp-platform-hooks.yaml"
 PROVIDER_SPEC = "igsp-provider.yaml"
 
+#: The request schema of each wallet hook: what the platform face checks coming in and
+#: the provider face checks before sending one out.
+HOOK_SCHEMAS = {"balance": "BalanceRequest", "bet": "BetRequest", "win": "WinRequest", "refund": "RefundRequest"}
+
 
 @cache
 def load_spec(name: str) -> dict:
@@ -77,6 +81,23 @@ class SpecValidators:
 
     def errors(self, component: str, instance: Any) -> list[str]:
         return [describe(e) for e in self.validator(component).iter_errors(instance)]
+
+
+@cache
+def hook_validators() -> SpecValidators:
+    """The wallet hooks' validators, compiled once per process and shared by both faces."""
+    validators = SpecValidators(HOOKS_SPEC)
+    for component in HOOK_SCHEMAS.values():
+        validators.validator(component)
+    return validators
+
+
+@cache
+def provider_validators() -> SpecValidators:
+    """The provider API's validators (launch requests, catalogue pages), compiled once per process."""
+    validators = SpecValidators(PROVIDER_SPEC)
+    validators.validator("SessionRequest")
+    return validators
 
 
 #: Keywords whose meaning fastjsonschema (draft-07 code) and jsonschema (2020-12) share

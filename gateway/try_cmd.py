@@ -122,11 +122,11 @@ def parse_input(raw: bytes, mapping: Mapping, operation: str) -> dict:
     if not isinstance(payload, dict):
         raise IgspError("invalid_request", "--input must be a JSON object")
     if mapping.face == "platform" and operation in HOOK_ACTIONS:
-        from gateway.platform_face import parse_hook
-        from gateway.spec import HOOKS_SPEC, SpecValidators
+        from gateway.platform_face import parse_hook  # after serve's metrics set-up (gateway/cli.py)
+        from gateway.spec import hook_validators
 
         payload.setdefault("action", HOOK_ACTIONS[operation])
-        payload = parse_hook(dumps(payload), SpecValidators(HOOKS_SPEC))
+        payload = parse_hook(dumps(payload), hook_validators())
         if "amount" in payload:
             money.check_precision(payload["amount"], payload["currency"])
     return payload

@@ -20,8 +20,6 @@ final 404 — the bet may yet go through.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import time
 import uuid
 from datetime import datetime, timezone
@@ -29,9 +27,9 @@ from decimal import Decimal
 
 import orjson
 
-from gateway import metrics, money
+from gateway import ledger, metrics, money
 from gateway.errors import IgspError, UpstreamError
-from gateway.retry_queue import DeadLetter
+from gateway.retry_queue import DeadLetter, hook_from_queue, to_queue
 from gateway.store import OnceKey, QueueEntry, Replayed, Store, TxRecord
 from gateway.store.base import DONE, PENDING, QUEUED
 from gateway.templating import IGSP_NAMESPACE
@@ -40,6 +38,8 @@ from gateway.upstream import LegacyClient
 #: voided_by marker of a bet whose unknown outcome is being rolled back by the gateway.
 COMPENSATION = "~compensation"
 MONEY_ACTIONS = ("bet", "win", "refund")
+#: Route of the wallet's deliveries in the durable queue (gateway/platform_face.py runs them).
+WALLET_ROUTE = "wallet"
 
 
 def error_body(error: IgspError) -> tuple[int, bytes]:
@@ -51,11 +51,12 @@ def amount_json(value: Decimal) -> orjson.Fragment:
     return orjson.Fragment(format(value, "f"))
 
 
+#: What must match for a duplicate money hook to be a retry rather than a conflict.
+RETRY_FIELDS = ("action", "player_id", "currency", "amount", "bet_transaction_id")
+
+
 def fingerprint(payload: dict) -> str:
-    """What must match for a duplicate to be a retry rather than a conflict."""
-    parts = (payload.get("action"), payload.get("player_id"), payload.get("currency"),
-             format(payload.get("amount", Decimal(0)).normalize(), "f"), payload.get("bet_transaction_id"))
-    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
+    return ledger.fingerprint(payload, RETRY_FIELDS)
 
 
 class Wallet:
@@ -132,10 +133,7 @@ class Wallet:
         if existing.fingerprint != fp:
             return error_body(IgspError("transaction_conflict",
                                         "transaction_id was already used with a different payload"))
-        deadline = time.monotonic() + self.wait_seconds
-        while existing.state == PENDING and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-            existing = await self.store.tx_get(existing.partner, existing.txid) or existing
+        existing = await ledger.settled(self.store, existing, self.wait_seconds)
         if self.orphaned(existing):
             await self.take_over(payload, request_id)
             existing = await self.store.tx_get(existing.partner, existing.txid) or existing
@@ -197,8 +195,8 @@ class Wallet:
     async def enqueue(self, op: str, payload: dict, request_id: str, exc: Exception, *, dead: bool = False) -> None:
         entry = QueueEntry(
             id=uuid.uuid4().hex,
-            route="wallet",
-            payload={"partner": self.partner_id, "op": op, "request_id": request_id, "hook": _plain(payload)},
+            route=WALLET_ROUTE,
+            payload={"partner": self.partner_id, "op": op, "request_id": request_id, "hook": to_queue(payload)},
             max_attempts=self.mapping.max_attempts,
             # A late legacy answer may still be in flight: a rollback that overtakes
             # its own bet would be acknowledged as "unknown" and undo nothing.
@@ -259,7 +257,7 @@ class Wallet:
     # -- queued deliveries ------------------------------------------------------------
     async def deliver(self, op: str, hook: dict, request_id: str) -> None:
         """Run one queued delivery; raise UpstreamError to retry it later."""
-        payload = {k: (Decimal(v) if k == "amount" else v) for k, v in hook.items()}
+        payload = hook_from_queue(hook)
         try:
             reply = await self.client.call(self.rollback_op if op == "rollback" else op,
                                            self.context(payload, request_id))
@@ -286,17 +284,6 @@ def check_currency(fields: dict, currency: str) -> None:
     if legacy not in (None, "") and str(legacy).upper() != currency:
         raise IgspError("currency_mismatch", f"the wallet keeps this player's balance in {legacy}, not {currency}")
 
-
-def _plain(value):
-    """JSON-safe copy for the queue: every Decimal, however deep (extra hook fields may
-    hold numbers), as its exact text; ``deliver`` turns ``amount`` back into a Decimal."""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def compensation_payload(bet: dict) -> dict:

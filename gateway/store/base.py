@@ -72,6 +72,12 @@ class QueueEntry:
     last_error: str | None = None
     extra: dict = field(default_factory=dict)  # backend bookkeeping (e.g. a stream id)
 
+    def describe(self) -> dict:
+        """What an operator sees of it (``/admin/`` and ``igsp-gateway dlq`` alike)."""
+        return {"id": self.id, "route": self.route, "attempts": self.attempts, "max_attempts": self.max_attempts,
+                "created_at": self.created_at, "next_at": self.next_at, "last_error": self.last_error,
+                "payload": self.payload}
+
 
 class Store(abc.ABC):
     """Async persistence used by the gateway; both backends pass tests/test_store.py."""
