@@ -71,6 +71,47 @@ def test_soap_codec_escapes_and_reads_without_namespaces():
         soap.decode(b'<!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>', "text/xml")
 
 
+LAUGHS = ('<?xml version="1.0" encoding="{enc}"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">'
+          + "".join(f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">' for i in range(1, 10))
+          + ']>\n<Envelope><Body><Result>&lol9;</Result></Body></Envelope>')
+HOSTILE = {
+    "billion laughs, UTF-8": LAUGHS.format(enc="utf-8").encode("utf-8"),
+    # The byte search for b"<!DOCTYPE" the codec once relied on finds nothing in these three.
+    "billion laughs, UTF-16 with BOM": LAUGHS.format(enc="utf-16").encode("utf-16"),
+    "billion laughs, UTF-16LE without BOM": LAUGHS.format(enc="utf-16").encode("utf-16-le"),
+    "billion laughs, UTF-16BE without BOM": LAUGHS.format(enc="utf-16").encode("utf-16-be"),
+    "external entity": b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>',
+    "external DTD": b'<?xml version="1.0"?><!DOCTYPE r SYSTEM "http://127.0.0.1:9/evil.dtd"><r>1</r>',
+    "internal DTD, no entity": b'<?xml version="1.0"?><!DOCTYPE r [<!ELEMENT r (#PCDATA)>]><r>1</r>',
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_xml_with_a_dtd_or_entities_is_unreadable_in_any_encoding(name):
+    """Refused by the parser itself, whatever the encoding, before an entity expands;
+    as a legacy answer it is the same unreadable-body failure as any garbage."""
+    raw = HOSTILE[name]
+    if "UTF-16" in name:
+        assert b"<!DOCTYPE" not in raw and b"<!ENTITY" not in raw
+    for adapter in ("xml", "soap"):
+        with pytest.raises(ValueError, match="DTDs and entities are refused"):
+            make_adapter(adapter).decode(raw, "text/xml")
+    mapping = load_mapping(ROOT / "mappings" / "soap-wallet.yaml",
+                           env={"SOAP_WALLET_URL": "http://127.0.0.1:9", "SOAP_WALLET_PASSWORD": "pw"})
+    with pytest.raises(UpstreamError, match="unreadable body") as info:
+        LegacyClient(mapping).read("balance", 200, "text/xml", raw)
+    assert info.value.code == "upstream_bad_response"
+
+
+def test_utf16_soap_envelopes_without_a_dtd_still_decode():
+    """The parser, not a byte search, decides: a harmless UTF-16 answer reads as UTF-8 would."""
+    text = ('<?xml version="1.0" encoding="utf-16"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'
+            "<soap:Body><R><code>0</code><balance>9.50</balance></R></soap:Body></soap:Envelope>")
+    expected = {"Envelope": {"Body": {"R": {"code": "0", "balance": "9.50"}}}}
+    assert make_adapter("soap").decode(text.encode("utf-16"), "text/xml") == expected
+    assert make_adapter("soap").decode(text.replace("utf-16", "utf-8").encode(), "text/xml") == expected
+
+
 # -- signers: outbound and inbound ----------------------------------------------------------------
 
 def test_md5_params_signs_and_verifies():
