@@ -1,46 +1,70 @@
-"""Finding adapters by key: the ``igsp_gateway.adapters`` entry-point group.
+"""Finding adapters by key: the ``igsp_gateway.adapters`` entry-point group, only.
 
 Built-ins are listed in this project's own ``pyproject.toml`` under that group, exactly
-as a third-party package would list its own. ``BUILTINS`` mirrors them so a source
-checkout that was never pip-installed still works.
+as a third-party package lists its own, so the contract is exercised every day; a
+checkout must be installed (``pip install -e .``) for them to be found.
+
+Two distributions registering the same key is an error naming both targets, never a
+silent replacement: whichever one the import system happened to list last would
+otherwise encode (or sign) the money calls of every mapping that names the key.
 """
 
 from __future__ import annotations
 
 import importlib
 from functools import lru_cache
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from gateway.adapter_api import Adapter
 
 ENTRY_POINT_GROUP = "igsp_gateway.adapters"
 
-BUILTINS: dict[str, str] = {
-    "json": "adapters.codecs:JsonCodec",
-    "form": "adapters.codecs:FormCodec",
-    "query": "adapters.codecs:QueryCodec",
-    "xml": "adapters.xml:XmlCodec",
-    "soap": "adapters.xml:SoapCodec",
-    "md5_params": "adapters.signing:Md5ParamsSigner",
-    "hmac_header": "adapters.signing:HmacHeaderSigner",
-    "rsa_sha256_header": "adapters.signing:RsaSha256HeaderSigner",
-}
+
+def _entry_points() -> list[EntryPoint]:
+    """Every entry point of the group (tests replace this to install fake adapters)."""
+    return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _origin(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{ep.value} (from {dist.name} {dist.version})" if dist is not None else ep.value
 
 
 @lru_cache(maxsize=1)
+def installed() -> tuple[dict[str, str], dict[str, str]]:
+    """``(key -> module:Class, key -> why it cannot be used)``, read once per process
+    (``installed.cache_clear()`` after changing what is installed)."""
+    claims: dict[str, dict[tuple, EntryPoint]] = {}
+    for ep in _entry_points():
+        dist = getattr(ep, "dist", None)
+        # The same distribution seen twice on sys.path is one claim, not a clash.
+        claims.setdefault(ep.name, {})[(ep.value, dist.name if dist is not None else None)] = ep
+    found, clashes = {}, {}
+    for name, eps in claims.items():
+        first, *others = eps.values()
+        found[name] = first.value
+        if others:
+            clashes[name] = (f"adapter {name!r} is registered by more than one package: "
+                             + " and ".join(_origin(ep) for ep in eps.values())
+                             + "; uninstall one of them")
+    return found, clashes
+
+
 def available() -> dict[str, str]:
     """Adapter key -> ``module:Class`` for every installed adapter."""
-    found = dict(BUILTINS)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.value
-    return found
+    return installed()[0]
 
 
 def adapter_class(name: str) -> type[Adapter]:
     """Import an adapter class; an unknown or broken one raises ValueError naming the choices."""
-    registry = available()
+    registry, clashes = installed()
+    if not registry:
+        raise ValueError(f"unknown adapter {name!r}: no adapters are installed, not even the built-ins; "
+                         "install the gateway as a package (pip install -e . in a checkout)")
     if name not in registry:
         raise ValueError(f"unknown adapter {name!r}; installed adapters: {', '.join(sorted(registry))}")
+    if name in clashes:
+        raise ValueError(clashes[name])
     target = registry[name]
     module_name, _, attr = target.partition(":")
     try:

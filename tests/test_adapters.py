@@ -16,6 +16,7 @@ import textwrap
 import tomllib
 from datetime import datetime, timezone
 from decimal import Decimal
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
@@ -224,13 +225,68 @@ class TokenFlow(Adapter):
         return await call("bet", {**context, "legacy_token": token["token"]})
 
 
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    """Each test sees what its own monkeypatches installed, and leaves nothing behind."""
+    registry.installed.cache_clear()
+    yield
+    registry.installed.cache_clear()
+
+
+def install_fake(monkeypatch, *fakes: EntryPoint) -> None:
+    """Install adapters as if a package had registered these entry points too."""
+    real = registry._entry_points
+    monkeypatch.setattr(registry, "_entry_points", lambda: [*real(), *fakes])
+    registry.installed.cache_clear()
+
+
 @pytest.fixture
 def test_adapters(monkeypatch):
-    monkeypatch.setitem(registry.BUILTINS, "units", "tests.test_adapters:Units")
-    monkeypatch.setitem(registry.BUILTINS, "token_flow", "tests.test_adapters:TokenFlow")
-    registry.available.cache_clear()
-    yield
-    registry.available.cache_clear()
+    install_fake(monkeypatch, EntryPoint("units", "tests.test_adapters:Units", registry.ENTRY_POINT_GROUP),
+                 EntryPoint("token_flow", "tests.test_adapters:TokenFlow", registry.ENTRY_POINT_GROUP))
+
+
+def test_a_second_package_claiming_a_builtin_key_is_an_error_naming_both(monkeypatch, tmp_path):
+    """A third party registering ``json`` again does not silently replace the built-in
+    codec (or get replaced by it): naming the key fails, with both targets; other keys work."""
+    install_fake(monkeypatch, EntryPoint("json", "evil_pkg:Json", registry.ENTRY_POINT_GROUP))
+    with pytest.raises(ValueError) as info:
+        make_adapter("json")
+    text = str(info.value)
+    assert text.startswith("adapter 'json' is registered by more than one package: ")
+    assert "adapters.codecs:JsonCodec (from igsp-gateway " in text and "evil_pkg:Json" in text
+    assert make_adapter("soap").decode(b"<a>1</a>", "text/xml") == {"a": "1"}
+    row = next(r for r in registry.describe() if r[0] == "json")
+    assert row[2].startswith("BROKEN: adapter 'json' is registered by more than one package") and "evil_pkg" in row[2]
+    path = write_mapping(tmp_path, """
+        version: 1
+        name: clash
+        face: platform
+        codec: json
+        upstream: {base_url: "http://127.0.0.1:9"}
+        operations:
+          bet: {path: /bet, response: {balance: balance}}
+        """)
+    with pytest.raises(ConfigError) as load:
+        load_mapping(path)
+    assert f"{path}:5: codec: adapter 'json' is registered by more than one package" in str(load.value)
+
+
+def test_the_same_registration_seen_twice_is_not_a_clash(monkeypatch):
+    """One package found twice on sys.path (same target, same distribution) is one adapter."""
+    twice = EntryPoint("units", "tests.test_adapters:Units", registry.ENTRY_POINT_GROUP)
+    install_fake(monkeypatch, twice, EntryPoint("units", "tests.test_adapters:Units", registry.ENTRY_POINT_GROUP))
+    assert registry.installed()[1] == {}
+    assert make_adapter("units").filters()["cents"](Decimal("1.25")) == 125
+
+
+def test_builtins_come_only_from_the_entry_point_group(monkeypatch):
+    """No hidden second list: with the group empty, not even ``json`` is found, and the
+    message says how to install."""
+    monkeypatch.setattr(registry, "_entry_points", lambda: [])
+    registry.installed.cache_clear()
+    with pytest.raises(ValueError, match=r"no adapters are installed, not even the built-ins; .*pip install -e \."):
+        make_adapter("json")
 
 
 PLATFORM_OPS = """\
