@@ -16,7 +16,7 @@ import defusedxml
 import defusedxml.ElementTree as SafeET
 
 from adapters.codecs import form_value
-from gateway.adapter_api import Adapter, LegacyRequest
+from gateway.adapter_api import Codec, LegacyRequest
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 #: Characters XML 1.0 cannot carry at all, not even as character references.
@@ -85,7 +85,7 @@ def parse_xml(raw: bytes) -> dict:
     return {root.tag.rsplit("}", 1)[-1]: element_to_data(root)}
 
 
-class XmlCodec(Adapter):
+class XmlCodec(Codec):
     description = "plain XML over HTTP (text/xml)"
 
     def __init__(self, options):
