@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from gateway.adapter_api import Adapter, LegacyRequest
+from gateway.adapter_api import Codec, LegacyRequest
 from gateway.jsonio import loads_decimal
 
 
@@ -46,7 +46,7 @@ def flat_pairs(fields: Any) -> list[tuple[str, str]]:
     return [(str(k), form_value(v)) for k, v in fields.items() if v is not None]
 
 
-class JsonCodec(Adapter):
+class JsonCodec(Codec):
     description = "JSON request and response bodies (the default)"
 
     def encode(self, req: LegacyRequest) -> None:
@@ -58,7 +58,7 @@ class JsonCodec(Adapter):
         return loads(raw)
 
 
-class FormCodec(Adapter):
+class FormCodec(Codec):
     description = "application/x-www-form-urlencoded requests, JSON responses"
 
     def encode(self, req: LegacyRequest) -> None:
@@ -71,7 +71,7 @@ class FormCodec(Adapter):
         return loads(raw)
 
 
-class QueryCodec(Adapter):
+class QueryCodec(Codec):
     description = "parameters in the query string (no body), JSON responses"
 
     def encode(self, req: LegacyRequest) -> None:

@@ -12,7 +12,7 @@ import hmac
 from pathlib import Path
 
 from adapters.codecs import form_value
-from gateway.adapter_api import Adapter, InboundRequest, LegacyRequest
+from gateway.adapter_api import InboundRequest, LegacyRequest, Signer
 
 
 def md5_param_hash(params: dict, secret: str, exclude: str = "hash") -> str:
@@ -26,7 +26,7 @@ def md5_param_hash(params: dict, secret: str, exclude: str = "hash") -> str:
     return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 - the legacy scheme
 
 
-class Md5ParamsSigner(Adapter):
+class Md5ParamsSigner(Signer):
     """Adds ``field`` (default ``hash``) = md5(sorted params + secret) to the body or query."""
 
     description = "md5 of sorted parameters plus a shared secret (Pragmatic-style seamless wallets)"
@@ -48,7 +48,7 @@ class Md5ParamsSigner(Adapter):
         return hmac.compare_digest(md5_param_hash(fields, self.secret, self.field), given.lower())
 
 
-class HmacHeaderSigner(Adapter):
+class HmacHeaderSigner(Signer):
     """A header carrying HMAC(secret, raw body) in hex or base64."""
 
     description = "HMAC of the raw body in a header (sha256/sha1/sha512, hex or base64)"
@@ -86,7 +86,7 @@ def _pem(value: str) -> bytes:
     return path.read_bytes()
 
 
-class RsaSha256HeaderSigner(Adapter):
+class RsaSha256HeaderSigner(Signer):
     """Base64 RSA-SHA256 (PKCS#1 v1.5) signature of the raw body in a header (Hub88-style).
 
     Options: ``header``; ``private_key`` (to sign our calls) and/or ``public_key`` (to
@@ -116,7 +116,9 @@ class RsaSha256HeaderSigner(Adapter):
 
     def sign(self, req: LegacyRequest) -> None:
         if self.private is None:
-            raise ValueError("no private_key configured to sign with")
+            # The configuration's fault, not the request's: not a ValueError, which would be
+            # stored as the transaction's final 400 (see gateway/adapter_api.py).
+            raise RuntimeError("no private_key configured to sign with")
         signature = self.private.sign(req.body, self._padding, self._hash)
         req.headers[self.header] = base64.b64encode(signature).decode()
 

@@ -9,11 +9,14 @@ never break the document. Responses are read into plain dicts keyed by local nam
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET  # noqa: S405 - we only build and parse, no DTDs/entities allowed below
+import xml.etree.ElementTree as ET  # noqa: S405 - only to build documents; every parse goes through defusedxml
 from typing import Any
 
+import defusedxml
+import defusedxml.ElementTree as SafeET
+
 from adapters.codecs import form_value
-from gateway.adapter_api import Adapter, LegacyRequest
+from gateway.adapter_api import Codec, LegacyRequest
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 #: Characters XML 1.0 cannot carry at all, not even as character references.
@@ -66,13 +69,23 @@ def element_to_data(element: ET.Element) -> Any:
 
 
 def parse_xml(raw: bytes) -> dict:
-    if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
-        raise ValueError("DTDs and entities are refused")
-    root = ET.fromstring(raw)  # noqa: S314 - DTD/entity-free input checked above
+    """Parse a document from outside; a DTD, an entity or an external reference is refused.
+
+    The check runs inside the parser (defusedxml), on the document as the parser decodes
+    it: a byte search for ``<!DOCTYPE`` missed the same text in UTF-16, whose entities
+    then expanded. Every refusal and every malformed document is one ValueError, which
+    callers already answer as an unreadable body.
+    """
+    try:
+        root = SafeET.fromstring(raw, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except defusedxml.DefusedXmlException as exc:
+        raise ValueError(f"DTDs and entities are refused: {type(exc).__name__}") from None
+    except ET.ParseError as exc:
+        raise ValueError(f"malformed XML: {exc}") from None
     return {root.tag.rsplit("}", 1)[-1]: element_to_data(root)}
 
 
-class XmlCodec(Adapter):
+class XmlCodec(Codec):
     description = "plain XML over HTTP (text/xml)"
 
     def __init__(self, options):

@@ -2,24 +2,35 @@
 
 An adapter is a class registered under a key in the ``igsp_gateway.adapters``
 entry-point group (the built-ins in ``adapters/`` register exactly that way). A mapping
-names it — as its ``codec``, its ``signer`` or in ``extensions`` — with options:
+names it — as its ``codec``, its ``signer``, a callback ``verify`` or in ``extensions`` —
+with options:
 
     codec: {adapter: soap, namespace: "urn:wallet"}
     signer: {adapter: md5_params, secret: "${PP_SECRET}", field: hash}
 
-Override only what you need; every hook has a do-nothing default:
+Each adapter has one or more roles, and each place in a mapping takes one role; a
+mapping that puts an adapter where its role does not fit (``codec: md5_params``) fails
+the load naming the file, line and field, so ``validate`` reports it and ``serve`` does
+not start — rather than every request failing. Declare roles by subclassing:
 
-* ``filters()`` / ``jmespath_functions()``: extra Jinja2 filters and JMESPath functions;
-* ``prepare(req)``: before encoding — e.g. add an md5 ``hash`` field over the parameters;
-* ``encode(req)`` / ``decode(raw, content_type)``: a body codec (JSON, form, XML/SOAP);
-* ``sign(req)``: after encoding — e.g. a header with an HMAC or RSA signature of the bytes
-  (set ``sign_in_batches = True`` when it costs as much as a public-key signature);
-* ``verify(inbound)``: check a legacy caller's signature on an inbound callback;
-* ``run(operation, context, call)``: a multi-step flow replacing one operation.
+* ``Codec``: ``encode(req)`` / ``decode(raw, content_type)``, both required — a body
+  format (JSON, form, XML/SOAP); for ``codec``, ``callbacks.codec`` and ``reply_codec``;
+* ``Signer``: ``prepare(req)`` before encoding (e.g. an md5 ``hash`` field over the
+  parameters), ``sign(req)`` after it (e.g. a header with an HMAC or RSA signature of the
+  bytes; set ``sign_in_batches = True`` when it costs as much as a public-key signature),
+  ``verify(inbound)`` for a legacy caller's signature on an inbound callback — for
+  ``signer``, and ``callbacks.verify`` if it implements ``verify``;
+* ``Flow``: ``run(operation, context, call)``, a multi-step flow replacing one operation;
+* ``Extension``: ``filters()`` / ``jmespath_functions()``, extra Jinja2 filters and
+  JMESPath functions. ``Flow`` and ``Extension`` go in ``extensions``.
+
+One class may take several (``class Soap(Codec, Flow)``). A class that declares no role
+(a plain ``Adapter`` subclass, written before roles existed) has the roles of the hooks
+it overrides. Override only what you need; hooks not overridden do nothing.
 
 A small one, a filter for templates and a function for JMESPath::
 
-    class MinorUnits(Adapter):
+    class MinorUnits(Extension):
         description = "minor_units filter and from_minor() function"
 
         def filters(self):
@@ -33,13 +44,23 @@ minor_units = "my_pkg:MinorUnits"`` and named in a mapping as ``extensions: [min
 
 Constructor options that are wrong must raise ``ValueError`` with a clear message: the
 loader reports it with the mapping's file, line and field.
+
+At request time, ``prepare``, ``encode`` and ``sign`` raise ``ValueError`` to refuse a
+request they cannot express (a character XML cannot carry): the caller gets a final
+400 ``invalid_request``, stored as the transaction's answer. Any other exception is a bug
+of the adapter, not of the request, so it must not become that final answer: it is
+raised as ``upstream_error`` (502) known to have sent nothing, so a bet is answered
+retriable and a win or refund is delivered again later.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from gateway.errors import IgspError, UpstreamError
 
 
 @dataclass
@@ -67,15 +88,65 @@ class InboundRequest:
     body: bytes
 
 
+#: Each role and the hooks that make it: a codec needs all of its hooks, the other roles
+#: at least one (a signer may only prepare, only sign or only verify).
+ROLE_HOOKS: dict[str, tuple[str, ...]] = {
+    "codec": ("encode", "decode"),
+    "signer": ("prepare", "sign", "verify"),
+    "flow": ("run",),
+    "extension": ("filters", "jmespath_functions"),
+}
+
+#: The hooks run while a legacy request is built, whose failures ``_request_hook`` sorts.
+_BUILD_HOOKS = ("prepare", "encode", "sign")
+
+
+def _request_hook(hook: Callable) -> Callable:
+    """Wrap a build hook so that an adapter bug cannot become a final 400.
+
+    The request path answers any exception while building a request as a final
+    ``invalid_request`` — right for a template or a ValueError refusing the input, wrong
+    for a ``NotImplementedError`` or a ``KeyError`` of the adapter's own, which the same
+    request would not meet tomorrow. Those become an ``upstream_error`` that sent nothing.
+    """
+    if getattr(hook, "_request_hook", False):
+        return hook
+
+    @functools.wraps(hook)
+    def guarded(self: Adapter, req: LegacyRequest) -> None:
+        try:
+            return hook(self, req)
+        except (ValueError, IgspError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - adapter code: a bug is reported, never a final answer
+            raise UpstreamError("upstream_error", f"adapter {type(self).__name__}.{hook.__name__} failed: "
+                                f"{type(exc).__name__}", kind="adapter", applied=False) from exc
+
+    guarded._request_hook = True  # type: ignore[attr-defined]
+    return guarded
+
+
 class Adapter:
-    """Base class of every adapter; see the module docstring for the hooks."""
+    """Base class of every adapter; see the module docstring for roles and hooks."""
 
     #: Human description shown by ``igsp-gateway validate --list-adapters``.
     description = ""
+    #: Roles this class declares (the role base classes below set it; see ``roles_of``).
+    roles: frozenset[str] = frozenset()
     #: A signer whose ``sign`` is costly (public-key signatures): the requests of one
     #: event-loop turn are then signed back to back, which keeps the CPU caches of the
     #: request path and of the signature code warm (gateway/upstream.py, ``_signed``).
     sign_in_batches = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = set(vars(cls).get("roles", ())) - ROLE_HOOKS.keys()
+        if unknown:
+            raise TypeError(f"{cls.__name__}.roles names unknown role(s) {', '.join(sorted(unknown))}; "
+                            f"roles are {', '.join(ROLE_HOOKS)}")
+        for name in _BUILD_HOOKS:
+            if name in vars(cls):
+                setattr(cls, name, _request_hook(vars(cls)[name]))
 
     def __init__(self, options: dict[str, Any]):
         self.options = dict(options)
@@ -98,9 +169,11 @@ class Adapter:
     def jmespath_functions(self) -> dict[str, Callable]:
         return {}
 
+    @_request_hook
     def prepare(self, req: LegacyRequest) -> None:
         """Before encoding: adjust fields/params (field-level signatures)."""
 
+    @_request_hook
     def encode(self, req: LegacyRequest) -> None:
         """Codec: turn ``req.fields`` into ``req.body`` and set Content-Type."""
         raise NotImplementedError(f"{type(self).__name__} is not a codec")
@@ -109,6 +182,7 @@ class Adapter:
         """Codec: parse a legacy body (request or response) into plain data."""
         raise NotImplementedError(f"{type(self).__name__} is not a codec")
 
+    @_request_hook
     def sign(self, req: LegacyRequest) -> None:
         """After encoding: add signature headers/params over the final bytes."""
 
@@ -130,3 +204,54 @@ class Adapter:
                 return await call("bet", {**context, "legacy_token": session["token"]})
         """
         return None
+
+
+class Codec(Adapter):
+    """A body format: implement both ``encode`` and ``decode``."""
+
+    roles = frozenset({"codec"})
+
+
+class Signer(Adapter):
+    """A signature scheme: implement ``prepare`` and/or ``sign`` (outbound), ``verify`` (inbound)."""
+
+    roles = frozenset({"signer"})
+
+
+class Flow(Adapter):
+    """A multi-step flow: implement ``run``."""
+
+    roles = frozenset({"flow"})
+
+
+class Extension(Adapter):
+    """Extra template filters and/or JMESPath functions: implement ``filters``/``jmespath_functions``."""
+
+    roles = frozenset({"extension"})
+
+
+def implements(cls: type[Adapter], hook: str) -> bool:
+    """Whether ``cls`` overrides ``hook`` (the base's default does nothing, or refuses)."""
+    return getattr(cls, hook) is not getattr(Adapter, hook)
+
+
+def roles_of(cls: type[Adapter]) -> frozenset[str]:
+    """The roles ``cls`` declares (on itself or any base), or, declaring none, those of
+    the hooks it overrides — so an adapter written before roles existed keeps working,
+    and one that overrides only ``prepare`` still cannot be a codec."""
+    declared = frozenset().union(*(vars(k).get("roles", ()) for k in cls.__mro__))
+    if declared:
+        return declared
+    return frozenset(role for role, hooks in ROLE_HOOKS.items()
+                     if (all if role == "codec" else any)(implements(cls, h) for h in hooks))
+
+
+def missing_hooks(cls: type[Adapter]) -> dict[str, list[str]]:
+    """Role -> the hooks ``cls`` lacks to play it (a codec needs both, the others one)."""
+    missing = {}
+    for role in sorted(roles_of(cls)):
+        hooks = ROLE_HOOKS[role]
+        lacking = [h for h in hooks if not implements(cls, h)]
+        if lacking and (role == "codec" or len(lacking) == len(hooks)):
+            missing[role] = lacking
+    return missing

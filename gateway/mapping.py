@@ -202,9 +202,10 @@ class _Compiler:
                          + "; add the adapter that provides it to 'extensions'")
         return compiled
 
-    def adapter(self, spec: Any, path: tuple) -> Adapter | None:
+    def adapter(self, spec: Any, path: tuple, slot: str) -> Adapter | None:
+        """The adapter ``spec`` names at ``path``, which must fit ``slot`` (gateway.adapters.SLOTS)."""
         try:
-            return make_adapter(spec)
+            return make_adapter(spec, slot)
         except (ValueError, TypeError) as exc:
             self.problem(path, str(exc))
             return None
@@ -261,10 +262,11 @@ def load_mapping(path: str | Path, env: dict | None = None) -> Mapping:
 
 def compile_mapping(data: dict, file: str) -> Mapping:
     c = _Compiler(file, data)
-    codec = c.adapter(data.get("codec", "json"), ("codec",))
-    signer = c.adapter(data["signer"], ("signer",)) if "signer" in data else None
+    codec = c.adapter(data.get("codec", "json"), ("codec",), "codec")
+    signer = c.adapter(data["signer"], ("signer",), "signer") if "signer" in data else None
     extensions = tuple(
-        a for i, spec in enumerate(data.get("extensions") or []) if (a := c.adapter(spec, ("extensions", i)))
+        a for i, spec in enumerate(data.get("extensions") or [])
+        if (a := c.adapter(spec, ("extensions", i), "extensions"))
     )
     filters: dict = {}
     functions: dict = {}

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.adapter_api import Adapter
+from gateway.adapter_api import Adapter, implements
 
 HOOK_TYPES = {"balance": None, "bet": "bet", "win": "win", "refund": "bet"}
 #: Hook fields each callback hook must be told how to read (the session gives the rest).
@@ -278,13 +278,17 @@ def _callbacks(c: Any, spec: dict, templates: Any, options: Any, codec: Adapter 
         )
         if ep.get("queued") and hook not in ("win", "refund"):
             c.problem(at + ("queued",), f"only win and refund hooks can be queued, this endpoint sends {hook}")
-    verify = c.adapter(spec["verify"], where + ("verify",)) if "verify" in spec else signer
+    verify = c.adapter(spec["verify"], where + ("verify",), "verify") if "verify" in spec else signer
     if "verify" not in spec and signer is None:
         c.problem(where, "nothing checks the legacy caller: give 'verify' (an adapter such as md5_params) "
                   "or a mapping 'signer'")
+    elif "verify" not in spec and not implements(type(signer), "verify"):
+        # The default verify accepts everything: a signer that only signs must not guard callbacks.
+        c.problem(where, f"the mapping's signer ({type(signer).__name__}) does not implement verify, so it "
+                  "cannot check the legacy caller: give 'verify' (an adapter such as md5_params)")
     return CallbacksSpec(
-        codec=c.adapter(spec["codec"], where + ("codec",)) if "codec" in spec else codec,
-        reply_codec=c.adapter(spec.get("reply_codec", "json"), where + ("reply_codec",)),
+        codec=c.adapter(spec["codec"], where + ("codec",), "codec") if "codec" in spec else codec,
+        reply_codec=c.adapter(spec.get("reply_codec", "json"), where + ("reply_codec",), "codec"),
         verify=verify,
         token=c.jmes(spec["token"], where + ("token",)),
         player=c.jmes(spec["player"], where + ("player",)) if "player" in spec else None,

@@ -16,6 +16,7 @@ import textwrap
 import tomllib
 from datetime import datetime, timezone
 from decimal import Decimal
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from aiohttp import web
 
 from adapters.signing import md5_param_hash
 from gateway import adapters as registry
-from gateway.adapter_api import Adapter, InboundRequest, LegacyRequest
+from gateway.adapter_api import Adapter, Codec, Flow, InboundRequest, LegacyRequest, roles_of
 from gateway.adapters import make_adapter
 from gateway.errors import ConfigError, IgspError, UpstreamError
 from gateway.mapping import load_mapping
@@ -69,6 +70,47 @@ def test_soap_codec_escapes_and_reads_without_namespaces():
     assert data == {"Envelope": {"Body": {"Withdraw": {"nickname": NICK, "amount": "1.50"}}}}
     with pytest.raises(ValueError, match="DTD"):
         soap.decode(b'<!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>', "text/xml")
+
+
+LAUGHS = ('<?xml version="1.0" encoding="{enc}"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">'
+          + "".join(f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">' for i in range(1, 10))
+          + ']>\n<Envelope><Body><Result>&lol9;</Result></Body></Envelope>')
+HOSTILE = {
+    "billion laughs, UTF-8": LAUGHS.format(enc="utf-8").encode("utf-8"),
+    # The byte search for b"<!DOCTYPE" the codec once relied on finds nothing in these three.
+    "billion laughs, UTF-16 with BOM": LAUGHS.format(enc="utf-16").encode("utf-16"),
+    "billion laughs, UTF-16LE without BOM": LAUGHS.format(enc="utf-16").encode("utf-16-le"),
+    "billion laughs, UTF-16BE without BOM": LAUGHS.format(enc="utf-16").encode("utf-16-be"),
+    "external entity": b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>',
+    "external DTD": b'<?xml version="1.0"?><!DOCTYPE r SYSTEM "http://127.0.0.1:9/evil.dtd"><r>1</r>',
+    "internal DTD, no entity": b'<?xml version="1.0"?><!DOCTYPE r [<!ELEMENT r (#PCDATA)>]><r>1</r>',
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_xml_with_a_dtd_or_entities_is_unreadable_in_any_encoding(name):
+    """Refused by the parser itself, whatever the encoding, before an entity expands;
+    as a legacy answer it is the same unreadable-body failure as any garbage."""
+    raw = HOSTILE[name]
+    if "UTF-16" in name:
+        assert b"<!DOCTYPE" not in raw and b"<!ENTITY" not in raw
+    for adapter in ("xml", "soap"):
+        with pytest.raises(ValueError, match="DTDs and entities are refused"):
+            make_adapter(adapter).decode(raw, "text/xml")
+    mapping = load_mapping(ROOT / "mappings" / "soap-wallet.yaml",
+                           env={"SOAP_WALLET_URL": "http://127.0.0.1:9", "SOAP_WALLET_PASSWORD": "pw"})
+    with pytest.raises(UpstreamError, match="unreadable body") as info:
+        LegacyClient(mapping).read("balance", 200, "text/xml", raw)
+    assert info.value.code == "upstream_bad_response"
+
+
+def test_utf16_soap_envelopes_without_a_dtd_still_decode():
+    """The parser, not a byte search, decides: a harmless UTF-16 answer reads as UTF-8 would."""
+    text = ('<?xml version="1.0" encoding="utf-16"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'
+            "<soap:Body><R><code>0</code><balance>9.50</balance></R></soap:Body></soap:Envelope>")
+    expected = {"Envelope": {"Body": {"R": {"code": "0", "balance": "9.50"}}}}
+    assert make_adapter("soap").decode(text.encode("utf-16"), "text/xml") == expected
+    assert make_adapter("soap").decode(text.replace("utf-16", "utf-8").encode(), "text/xml") == expected
 
 
 # -- signers: outbound and inbound ----------------------------------------------------------------
@@ -183,13 +225,68 @@ class TokenFlow(Adapter):
         return await call("bet", {**context, "legacy_token": token["token"]})
 
 
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    """Each test sees what its own monkeypatches installed, and leaves nothing behind."""
+    registry.installed.cache_clear()
+    yield
+    registry.installed.cache_clear()
+
+
+def install_fake(monkeypatch, *fakes: EntryPoint) -> None:
+    """Install adapters as if a package had registered these entry points too."""
+    real = registry._entry_points
+    monkeypatch.setattr(registry, "_entry_points", lambda: [*real(), *fakes])
+    registry.installed.cache_clear()
+
+
 @pytest.fixture
 def test_adapters(monkeypatch):
-    monkeypatch.setitem(registry.BUILTINS, "units", "tests.test_adapters:Units")
-    monkeypatch.setitem(registry.BUILTINS, "token_flow", "tests.test_adapters:TokenFlow")
-    registry.available.cache_clear()
-    yield
-    registry.available.cache_clear()
+    install_fake(monkeypatch, EntryPoint("units", "tests.test_adapters:Units", registry.ENTRY_POINT_GROUP),
+                 EntryPoint("token_flow", "tests.test_adapters:TokenFlow", registry.ENTRY_POINT_GROUP))
+
+
+def test_a_second_package_claiming_a_builtin_key_is_an_error_naming_both(monkeypatch, tmp_path):
+    """A third party registering ``json`` again does not silently replace the built-in
+    codec (or get replaced by it): naming the key fails, with both targets; other keys work."""
+    install_fake(monkeypatch, EntryPoint("json", "evil_pkg:Json", registry.ENTRY_POINT_GROUP))
+    with pytest.raises(ValueError) as info:
+        make_adapter("json")
+    text = str(info.value)
+    assert text.startswith("adapter 'json' is registered by more than one package: ")
+    assert "adapters.codecs:JsonCodec (from igsp-gateway " in text and "evil_pkg:Json" in text
+    assert make_adapter("soap").decode(b"<a>1</a>", "text/xml") == {"a": "1"}
+    row = next(r for r in registry.describe() if r[0] == "json")
+    assert row[2].startswith("BROKEN: adapter 'json' is registered by more than one package") and "evil_pkg" in row[2]
+    path = write_mapping(tmp_path, """
+        version: 1
+        name: clash
+        face: platform
+        codec: json
+        upstream: {base_url: "http://127.0.0.1:9"}
+        operations:
+          bet: {path: /bet, response: {balance: balance}}
+        """)
+    with pytest.raises(ConfigError) as load:
+        load_mapping(path)
+    assert f"{path}:5: codec: adapter 'json' is registered by more than one package" in str(load.value)
+
+
+def test_the_same_registration_seen_twice_is_not_a_clash(monkeypatch):
+    """One package found twice on sys.path (same target, same distribution) is one adapter."""
+    twice = EntryPoint("units", "tests.test_adapters:Units", registry.ENTRY_POINT_GROUP)
+    install_fake(monkeypatch, twice, EntryPoint("units", "tests.test_adapters:Units", registry.ENTRY_POINT_GROUP))
+    assert registry.installed()[1] == {}
+    assert make_adapter("units").filters()["cents"](Decimal("1.25")) == 125
+
+
+def test_builtins_come_only_from_the_entry_point_group(monkeypatch):
+    """No hidden second list: with the group empty, not even ``json`` is found, and the
+    message says how to install."""
+    monkeypatch.setattr(registry, "_entry_points", lambda: [])
+    registry.installed.cache_clear()
+    with pytest.raises(ValueError, match=r"no adapters are installed, not even the built-ins; .*pip install -e \."):
+        make_adapter("json")
 
 
 PLATFORM_OPS = """\
@@ -247,6 +344,146 @@ def test_unknown_jmespath_function_and_filter_fail_at_load(tmp_path, test_adapte
     assert f"{path}:9: operations.bet.body.cents: template error: No filter named 'cents'" in text
     assert f"{path}:10: operations.bet.response.balance: unknown JMESPath function from_cents()" in text
     assert "add the adapter that provides it to 'extensions'" in text
+
+
+# -- roles ----------------------------------------------------------------------------------------
+
+class HalfCodec(Codec):
+    """Declared a codec, but cannot read an answer."""
+
+    def encode(self, req):
+        req.body = b"x"
+
+
+class PrepareOnly(Adapter):
+    """Written before roles: overriding prepare makes it a signer, nothing more."""
+
+    def prepare(self, req):
+        req.params["sig"] = "s"
+
+
+class Nothing(Adapter):
+    """Overrides no hook and declares no role."""
+
+
+class BuggyCodec(Codec):
+    """A codec with bugs (``KeyError``; ``AttributeError`` on a request without a body, as
+    the mapping's win has), and a refusal (``ValueError``) of what it cannot express."""
+
+    def encode(self, req):
+        if req.fields.get("user") == "refuse":
+            raise ValueError("cannot express this user")
+        if req.fields.get("user") == "bug":
+            return {}["missing"]
+        req.body = b"{}"
+
+    def decode(self, raw, content_type):
+        return {"balance": "1.00"}
+
+
+@pytest.fixture
+def role_adapters(monkeypatch):
+    group = registry.ENTRY_POINT_GROUP
+    install_fake(monkeypatch, *(EntryPoint(key, f"tests.test_adapters:{cls}", group) for key, cls in (
+        ("half", "HalfCodec"), ("prepare_only", "PrepareOnly"), ("nothing", "Nothing"), ("buggy", "BuggyCodec"))))
+
+
+def test_roles_of_builtins_and_of_adapters_written_before_roles(role_adapters):
+    assert {name: roles_of(registry.adapter_class(name)) for name in ("json", "soap", "md5_params", "hmac_header")} \
+        == {"json": {"codec"}, "soap": {"codec"}, "md5_params": {"signer"}, "hmac_header": {"signer"}}
+    assert roles_of(Units) == {"extension"} and roles_of(TokenFlow) == {"flow"}
+    assert roles_of(PrepareOnly) == {"signer"} and roles_of(Nothing) == frozenset()
+
+    class CodecAndFlow(Codec, Flow):
+        pass
+
+    assert roles_of(CodecAndFlow) == {"codec", "flow"}
+    with pytest.raises(TypeError, match="unknown role.*decoder"):
+        type("Odd", (Adapter,), {"roles": frozenset({"decoder"})})
+
+
+@pytest.mark.parametrize(("spec", "slot", "message"), [
+    ("md5_params", "codec", "adapter 'md5_params' is a signer, not a codec; a signer belongs under 'signer'"),
+    ("soap", "extensions", "adapter 'soap' is a codec, not an extension or a flow; a codec belongs under 'codec'"),
+    ("prepare_only", "codec", "adapter 'prepare_only' is a signer, not a codec"),
+    ("nothing", "extensions", "adapter 'nothing' has no role (it overrides no hook); declare one by subclassing "
+                              "Codec, Signer, Flow or Extension"),
+    ("half", None, "adapter 'half' is declared a codec but does not implement decode"),
+])
+def test_an_adapter_is_refused_where_its_role_does_not_fit(role_adapters, spec, slot, message):
+    with pytest.raises(ValueError) as info:
+        make_adapter(spec, slot)
+    assert str(info.value) == message or str(info.value).startswith(message)
+
+
+def test_a_misplaced_adapter_fails_the_load_with_file_line_and_field(tmp_path, role_adapters):
+    path = write_mapping(tmp_path, """
+        version: 1
+        name: misplaced
+        face: platform
+        codec: {adapter: md5_params, secret: s}
+        signer: half
+        upstream: {base_url: "http://127.0.0.1:9"}
+        extensions: [units_missing, json]
+        operations:
+          bet: {path: /bet, response: {balance: balance}}
+        """)
+    with pytest.raises(ConfigError) as info:
+        load_mapping(path)
+    problems = [str(p) for p in info.value.problems]
+    assert problems[:2] == [f"{path}:5: codec: adapter 'md5_params' is a signer, not a codec; a signer belongs "
+                            "under 'signer'",
+                            f"{path}:6: signer: adapter 'half' is declared a codec but does not implement decode"]
+    assert problems[2].startswith(f"{path}:8: extensions[0]: unknown adapter 'units_missing'")
+    assert problems[3] == (f"{path}:8: extensions[1]: adapter 'json' is a codec, not an extension or a flow; a codec "
+                           "belongs under 'codec'")
+
+
+async def test_an_adapter_bug_at_request_time_is_not_a_final_answer(tmp_path, role_adapters):
+    """A codec's ``KeyError`` (or the ``NotImplementedError`` of a hook it never had) is
+    the adapter's bug: ``upstream_error`` that sent nothing, so the wallet forgets the bet
+    (a retry starts afresh) and queues the win — no final 4xx in the ledger. A ValueError
+    is the codec refusing this request: still a final ``invalid_request``."""
+    from gateway.store import open_store
+    from gateway.store.base import QUEUED
+    from gateway.wallet import Wallet
+    from tests.wallet_support import bet, win
+
+    path = write_mapping(tmp_path, """
+        version: 1
+        name: buggy
+        face: platform
+        codec: buggy
+        upstream: {base_url: "http://127.0.0.1:9"}
+        operations:
+          bet: {path: /bet, body: {user: "{{ player_id }}"}, response: {balance: balance}}
+        """)
+    client = LegacyClient(load_mapping(path))
+    with pytest.raises(UpstreamError) as bug:
+        await client.step("bet", {"player_id": "bug"})
+    assert (bug.value.code, bug.value.status, bug.value.applied) == ("upstream_error", 502, False)
+    assert "BuggyCodec.encode failed: KeyError" in bug.value.message
+    with pytest.raises(IgspError) as refused:
+        await client.step("bet", {"player_id": "refuse"})
+    assert not isinstance(refused.value, UpstreamError) and refused.value.code == "invalid_request"
+    with pytest.raises(UpstreamError, match="NotImplementedError") as never:
+        Adapter({}).encode(LegacyRequest("bet", "POST", "http://x"))
+    assert never.value.applied is False
+
+    store = open_store(f"sqlite:///{tmp_path}/ledger.db")
+    await store.open()
+    try:
+        wallet = Wallet("acme", client, store, retention=3600)
+        status, body = await wallet.handle(bet("tx-bug", player="bug"), "r-1")
+        assert status == 502 and json.loads(body)["error"] == "upstream_error"
+        assert await store.tx_get("acme", "tx-bug") is None  # forgotten, not a stored answer
+        status, body = await wallet.handle(win("w-bug", player="bug"), "r-2")
+        assert status == 502 and json.loads(body)["error"] == "upstream_error"  # not the unreachable upstream's 503
+        assert (await store.tx_get("acme", "w-bug")).state == QUEUED
+        status, body = await wallet.handle(bet("tx-refused", player="refuse"), "r-3")
+        assert status == 400 and (await store.tx_get("acme", "tx-refused")).status == 400
+    finally:
+        await store.close()
 
 
 # -- multi-step flows -----------------------------------------------------------------------------

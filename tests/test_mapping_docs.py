@@ -9,17 +9,20 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 
 import jsonschema
 import pytest
 
-from gateway.adapters import BUILTINS
+from gateway.adapters import ENTRY_POINT_GROUP
 from gateway.mapping_schema import MAPPING_SCHEMA, schema_json
 from gateway.simulators import hub88_wallet
 from gateway.templating import BUILTIN_FILTERS
 from tests.support import ROOT
 
 README = (ROOT / "mappings" / "README.md").read_text()
+#: The built-in adapters, as this project registers them (there is no other list).
+BUILTINS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][ENTRY_POINT_GROUP]
 #: Sections of the provider face, documented with it.
 PROVIDER_SECTIONS = {"catalogue", "launch", "callbacks"}
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import textwrap
+from importlib.metadata import EntryPoint
 
 import pytest
 
+from gateway import adapters as registry
+from gateway.adapter_api import Signer
 from gateway.errors import ConfigError
 from gateway.mapping import load_mapping
 from tests.support import ROOT
@@ -113,6 +116,48 @@ def test_callbacks_must_check_the_legacy_caller(tmp_path):
         "hook: payout", "hook: balance"))
     assert "mapping.yaml:24: callbacks: nothing checks the legacy caller: give 'verify' (an adapter such as " \
            "md5_params) or a mapping 'signer'" in found
+
+
+#: BROKEN without its schema problems, so that compiling it reports the rest.
+COMPILABLE = BROKEN.replace(", mapp: {}", "").replace(", text: retry", "").replace(
+    "hook: payout", "hook: win\n      fields: {amount: amount}")
+
+
+def test_callback_adapters_must_fit_their_place(tmp_path):
+    """A codec cannot check a caller's signature, and a signer cannot write a reply body."""
+    text = COMPILABLE.replace("verify: no_such_signer", "verify: json\n  reply_codec: {adapter: md5_params, secret: s}")
+    found = problems_of(tmp_path, text)
+    assert "mapping.yaml:27: callbacks.verify: adapter 'json' is a codec, not a signer; a codec belongs under " \
+           "'codec'" in found
+    assert "mapping.yaml:28: callbacks.reply_codec: adapter 'md5_params' is a signer, not a codec; a signer " \
+           "belongs under 'signer'" in found
+
+
+class SignOnly(Signer):
+    """Signs outbound calls; inherits the default verify, which accepts every caller."""
+
+    def sign(self, req):
+        req.headers["X-Sig"] = "x"
+
+
+def test_a_signer_that_cannot_verify_does_not_guard_callbacks(tmp_path, monkeypatch):
+    """Neither as ``callbacks.verify`` nor as the mapping signer it falls back to: its
+    verify is the default that says yes to everyone."""
+    real = registry._entry_points
+    monkeypatch.setattr(registry, "_entry_points", lambda: [
+        *real(), EntryPoint("sign_only", "tests.test_provider_mapping:SignOnly", registry.ENTRY_POINT_GROUP)])
+    registry.installed.cache_clear()
+    try:
+        found = problems_of(tmp_path, COMPILABLE.replace("verify: no_such_signer", "verify: sign_only"))
+        assert "mapping.yaml:27: callbacks.verify: adapter 'sign_only' cannot check a legacy caller: it does not " \
+               "implement verify" in found
+        fallback = COMPILABLE.replace("  verify: no_such_signer\n", "").replace("codec: form\n", "signer: sign_only\n")
+        found = problems_of(tmp_path, fallback)
+        assert "mapping.yaml:25: callbacks: the mapping's signer (SignOnly) does not implement verify, so it cannot " \
+               "check the legacy caller: give 'verify' (an adapter such as md5_params)" in found
+    finally:
+        monkeypatch.undo()
+        registry.installed.cache_clear()
 
 
 def test_the_shipped_pragmatic_mapping_loads(monkeypatch):

@@ -248,6 +248,13 @@ def test_soap_codes(serve):
         timeout=5,
     )
     assert dtd.status_code == 500 and b"faultcode" in dtd.content
+    utf16 = requests.post(  # no "<!DOCTYPE" bytes to find: the parser itself refuses it
+        url + "/wallet",
+        data='<?xml version="1.0" encoding="utf-16"?><!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>'.encode("utf-16"),
+        headers={"SOAPAction": "GetBalance"},
+        timeout=5,
+    )
+    assert utf16.status_code == 500 and b"DTDs are not allowed" in utf16.content
     assert control(url, "state")["players"]["p1"]["balance"] == "100.25"
 
 

@@ -69,6 +69,22 @@ partners:
 """
 
 
+MISPLACED_ADAPTERS = """\
+version: 1
+name: misplaced
+face: platform
+upstream: {base_url: "http://127.0.0.1:9"}
+codec: {adapter: md5_params, secret: s3cret}   # <- codec
+signer: json                                   # <- signer
+extensions: [json_extras, soap]                # <- extensions
+operations:
+  balance: {path: /balance, response: {balance: balance}}
+  bet: {path: /bet, response: {balance: balance}}
+  win: {path: /win, response: {balance: balance}}
+  refund: {path: /refund}
+"""
+
+
 def line_of(text: str, marker: str) -> int:
     return next(i for i, line in enumerate(text.splitlines(), 1) if line.rstrip().endswith(f"# <- {marker}"))
 
@@ -147,3 +163,26 @@ def test_validate_passes_the_shipped_mapping(tmp_path):
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("hub88-wallet.yaml: ok")
+
+
+def test_validate_refuses_an_adapter_in_a_place_its_role_does_not_fit(tmp_path):
+    """``codec: md5_params`` once validated, then failed every request with NotImplementedError,
+    answered 400 and stored as the ledger's final answer. Now each misplaced adapter is a
+    load problem naming file, line and field, and where it belongs."""
+    path = tmp_path / "misplaced.yaml"
+    path.write_text(MISPLACED_ADAPTERS)
+    result = validate(path, cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    line = line_of(MISPLACED_ADAPTERS, "extensions")
+    assert lines[2].startswith(f"{path}:{line}: extensions[0]: unknown adapter 'json_extras'; installed adapters: ")
+    del lines[2]
+    assert lines == [
+        f"{path}:{line_of(MISPLACED_ADAPTERS, 'codec')}: codec: adapter 'md5_params' is a signer, not a codec; "
+        "a signer belongs under 'signer'",
+        f"{path}:{line_of(MISPLACED_ADAPTERS, 'signer')}: signer: adapter 'json' is a codec, not a signer; "
+        "a codec belongs under 'codec'",
+        f"{path}:{line}: extensions[1]: adapter 'soap' is a codec, not an extension or a flow; "
+        "a codec belongs under 'codec'",
+        "4 problem(s) found",
+    ]
