@@ -29,24 +29,31 @@ most a second of writes on a crash of the Redis host; ``always`` loses nothing).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import time
 
 import redis.asyncio as aioredis
+from redis import exceptions as rx
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.ids import new_id
 from gateway.store import redis_scripts as lua
-from gateway.store import resp
-from gateway.store.base import PENDING, OnceKey, QueueEntry, Replayed, Store, TxRecord
+from gateway.store.base import PENDING, OnceKey, QueueEntry, Replayed, Store, StoreUnavailable, TxRecord
 
 GROUP = "workers"
+#: How many times a command whose connection broke (or timed out) is sent again on a new
+#: connection. Every script is safe to run twice with the same arguments (redis_scripts.py).
+RESENDS = 3
+#: Redis cannot serve (unreachable, too slow, loading, out of memory, a read-only replica,
+#: a refused login, a garbled reply): the caller gets StoreUnavailable (503, retriable).
+_UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.InvalidResponse, rx.OutOfMemoryError, rx.ReadOnlyError,
+                rx.NoPermissionError, rx.ClusterDownError, rx.TryAgainError)
+_UNAVAILABLE_REPLIES = ("MISCONF", "NOAUTH", "NOREPLICAS", "LOADING", "MASTERDOWN")
 _PRUNE_EVERY = 600.0  # seconds between sweeps of consumers left behind by dead processes
 _PRUNE_IDLE_MS = 3600_000
 
@@ -56,11 +63,35 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+def _guarded(method):
+    """Redis's own failures leave the store as StoreUnavailable, never as a driver exception
+    (a 503 ``service_unavailable`` to the caller, not a 500)."""
+
+    @functools.wraps(method)
+    async def guarded(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable() from exc
+        except ResponseError as exc:
+            if str(exc).startswith(_UNAVAILABLE_REPLIES):
+                raise StoreUnavailable() from exc
+            raise
+
+    return guarded
+
+
 def _str(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
 
 
 class RedisStore(Store):
+    #: Pool settings, measured with ``python -m bench.redis_store`` (see the module docstring).
+    blocking_pool = True
+    health_check_interval = 0
+    socket_timeout = 5.0
+    connect_timeout = 2.0
+
     def __init__(self, url: str, namespace: str = "igsp", *, max_connections: int = 64):
         self.url = url
         self.ns = namespace
@@ -71,27 +102,25 @@ class RedisStore(Store):
         self.k_cursor, self.k_entry = q + "cursor", q + "e:"
         self._pruned_at = 0.0
 
+    @_guarded
     async def open(self) -> None:
-        # A command whose connection broke is retried briefly; every script is safe to
-        # run twice (see redis_scripts.py), so a retry never moves a queue entry twice.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url, max_connections=self.max_connections, timeout=5.0, socket_timeout=5.0,
-            socket_connect_timeout=2.0, health_check_interval=15,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        pool_class = aioredis.BlockingConnectionPool if self.blocking_pool else aioredis.ConnectionPool
+        options = {"timeout": self.socket_timeout} if self.blocking_pool else {}
+        pool = pool_class.from_url(
+            self.url, max_connections=self.max_connections, socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.connect_timeout, health_check_interval=self.health_check_interval,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=RESENDS),
+            retry_on_error=[rx.ConnectionError, rx.TimeoutError], **options,
         )
         self._redis = aioredis.Redis(connection_pool=pool)
-        # The ledger's hot path (scripts, record reads, replay keys) goes through the lean
-        # pipelined client when it understands the URL; the queue and admin calls stay here.
-        self._fast = resp.RespClient(self.url) if resp.supports(self.url) else None
-        self._scripts = {name: self._redis.register_script(getattr(lua, name))
-                         for name in ("TX_BEGIN", "TX_FINISH", "TX_VOID", "TX_UNVOID", "Q_PUT", "Q_CLAIM",
-                                      "Q_ACK", "Q_RETRY", "Q_DEAD", "DLQ_REPLAY", "DLQ_PURGE")}
-        await self._ensure_group()
+        self._scripts = {name: self._redis.register_script(getattr(lua, name)) for name in lua.SCRIPTS}
+        try:
+            await self._ensure_group()
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
-        if self._fast is not None:
-            await self._fast.close()
         if self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
             self._redis = None
@@ -103,8 +132,7 @@ class RedisStore(Store):
         return self._redis
 
     async def _run(self, name: str, keys: list[str], args: list) -> object:
-        if self._fast is not None:
-            return await self._fast.script(getattr(lua, name), keys, args)
+        """One script, one round trip: EVALSHA (redis-py's ``Script`` loads it on NOSCRIPT)."""
         return await self._scripts[name](keys=keys, args=args, client=self.r)
 
     async def _ensure_group(self) -> None:
@@ -114,6 +142,7 @@ class RedisStore(Store):
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    @_guarded
     async def ping(self) -> None:
         await self.r.ping()
 
@@ -121,6 +150,7 @@ class RedisStore(Store):
     def _tx_key(self, partner: str, txid: str) -> str:
         return f"{self.ns}:tx:{partner}:{txid}"
 
+    @_guarded
     async def tx_begin(self, rec: TxRecord, ttl: float, once: OnceKey | None = None) -> TxRecord | None:
         now = time.time()
         keys = [self._tx_key(rec.partner, rec.txid)]
@@ -143,44 +173,34 @@ class RedisStore(Store):
                         int(status) if status else None, h.get(b"body"), _str(h.get(b"voided_by")),
                         float(h[b"created_at"]))
 
+    @_guarded
     async def tx_get(self, partner: str, txid: str) -> TxRecord | None:
-        key = self._tx_key(partner, txid)
-        if self._fast is not None:
-            flat = await self._fast.call("HGETALL", key)
-            h = dict(zip(flat[::2], flat[1::2], strict=True))
-        else:
-            h = await self.r.hgetall(key)
+        h = await self.r.hgetall(self._tx_key(partner, txid))
         return self._record(partner, txid, h) if h else None
 
+    @_guarded
     async def tx_finish(self, partner: str, txid: str, state: str, status: int, body: bytes, ttl: float) -> None:
         await self._run("TX_FINISH", [self._tx_key(partner, txid)], [state, status, body, _ms(ttl)])
 
+    @_guarded
     async def tx_forget(self, partner: str, txid: str) -> None:
-        if self._fast is not None:
-            await self._fast.call("DEL", self._tx_key(partner, txid))
-        else:
-            await self.r.delete(self._tx_key(partner, txid))
+        await self.r.delete(self._tx_key(partner, txid))
 
+    @_guarded
     async def tx_void(self, partner: str, bet_txid: str, by_txid: str) -> str | None:
         return _str(await self._run("TX_VOID", [self._tx_key(partner, bet_txid)], [by_txid]))
 
+    @_guarded
     async def tx_unvoid(self, partner: str, bet_txid: str, by_txid: str) -> None:
         await self._run("TX_UNVOID", [self._tx_key(partner, bet_txid)], [by_txid])
 
     # -- kv ----------------------------------------------------------------------------
+    @_guarded
     async def kv_put(self, ns: str, key: str, value: bytes, ttl: float | None = None, *, only_new: bool = False) -> bool:
-        if self._fast is None:
-            return bool(await self.r.set(f"{self.ns}:kv:{ns}:{key}", value, px=_ms(ttl) if ttl else None, nx=only_new))
-        args = ["SET", f"{self.ns}:kv:{ns}:{key}", value]
-        if ttl:
-            args += ["PX", _ms(ttl)]
-        if only_new:
-            args.append("NX")
-        return await self._fast.call(*args) is not None
+        return bool(await self.r.set(f"{self.ns}:kv:{ns}:{key}", value, px=_ms(ttl) if ttl else None, nx=only_new))
 
+    @_guarded
     async def kv_get(self, ns: str, key: str) -> bytes | None:
-        if self._fast is not None:
-            return await self._fast.call("GET", f"{self.ns}:kv:{ns}:{key}")
         return await self.r.get(f"{self.ns}:kv:{ns}:{key}")
 
     # -- queue -------------------------------------------------------------------------
@@ -195,6 +215,7 @@ class RedisStore(Store):
                           last_error=_str(h.get(b"last_error")) or None,
                           extra={"sid": h.get(b"sid", b"").decode(), "lease": h.get(b"lease", b"").decode()})
 
+    @_guarded
     async def q_put(self, entry: QueueEntry) -> None:
         now = time.time()
         entry.id = entry.id or os.urandom(16).hex()
@@ -205,6 +226,7 @@ class RedisStore(Store):
             repr(entry.next_at), repr(entry.created_at), entry.last_error or "", repr(now)])
         entry.extra.update(sid=sid.decode(), lease="")
 
+    @_guarded
     async def q_claim(self, consumer: str, limit: int, lease_seconds: float) -> list[QueueEntry]:
         if time.monotonic() - self._pruned_at > _PRUNE_EVERY:
             await self._prune_consumers(consumer)
@@ -231,18 +253,22 @@ class RedisStore(Store):
             if name != me and info["pending"] == 0 and info["idle"] > _PRUNE_IDLE_MS:
                 await self.r.xgroup_delconsumer(self.k_stream, GROUP, name)
 
+    @_guarded
     async def q_ack(self, entry: QueueEntry) -> None:
         await self._run("Q_ACK", self._q_keys(entry.id), [GROUP, entry.id, entry.extra.get("sid", "")])
 
+    @_guarded
     async def q_retry(self, entry: QueueEntry, next_at: float, error: str) -> None:
         entry.attempts += 1
         await self._run("Q_RETRY", self._q_keys(entry.id),
                         [GROUP, entry.id, entry.extra.get("lease", ""), entry.attempts, repr(next_at), error[:500]])
 
+    @_guarded
     async def q_dead(self, entry: QueueEntry, error: str) -> None:
         await self._run("Q_DEAD", self._q_keys(entry.id),
                         [GROUP, entry.id, entry.extra.get("lease", ""), entry.attempts, error[:500]])
 
+    @_guarded
     async def q_stats(self) -> dict:
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.xlen(self.k_stream).zcard(self.k_delayed).zrange(self.k_live, 0, 0, withscores=True)
@@ -251,6 +277,7 @@ class RedisStore(Store):
         age = max(0.0, time.time() - oldest[0][1]) if oldest else 0.0
         return {"depth": due + delayed, "oldest_age": age, "dead": dead}
 
+    @_guarded
     async def dlq_list(self, limit: int = 100) -> list[QueueEntry]:
         ids = [i.decode() for i in await self.r.zrange(self.k_dead, 0, max(0, limit - 1))]
         async with self.r.pipeline(transaction=False) as pipe:
@@ -259,13 +286,16 @@ class RedisStore(Store):
             hashes = await pipe.execute()
         return [self._entry(i, h) for i, h in zip(ids, hashes, strict=True) if h.get(b"dead") == b"1"]
 
+    @_guarded
     async def dlq_get(self, entry_id: str) -> QueueEntry | None:
         h = await self.r.hgetall(self.k_entry + entry_id)
         return self._entry(entry_id, h) if h.get(b"dead") == b"1" else None
 
+    @_guarded
     async def dlq_replay(self, entry_id: str) -> bool:
         return bool(await self._run("DLQ_REPLAY", self._q_keys(entry_id), [GROUP, entry_id, repr(time.time())]))
 
+    @_guarded
     async def dlq_purge(self, entry_id: str | None = None) -> int:
         if entry_id is not None:
             return int(await self._run("DLQ_PURGE", [self.k_dead], [self.k_entry, entry_id]))

@@ -175,3 +175,7 @@ for _, id in ipairs(ids) do
 end
 return n
 """
+
+#: Every script above, registered by the store at open.
+SCRIPTS = ("TX_BEGIN", "TX_FINISH", "TX_VOID", "TX_UNVOID", "Q_PUT", "Q_CLAIM", "Q_ACK", "Q_RETRY", "Q_DEAD",
+           "DLQ_REPLAY", "DLQ_PURGE")
