@@ -1,12 +1,14 @@
 """The shared store for several replicas: Redis (standalone or Sentinel-fronted, not Cluster).
 
-``redis://host:port/db`` (or ``rediss://``), one pooled asyncio client per process.
-Every read-modify-write is a Lua script (``redis_scripts.py``), so concurrent replicas
-never race. Key layout, all under ``{namespace}:`` (``igsp`` by default) so several
-gateways, or test runs, can share one Redis::
+``redis://host:port/db`` (or ``rediss://``), one pooled redis-py asyncio client per process;
+replies are parsed by hiredis. Every read-modify-write is a Lua script (``redis_scripts.py``),
+so concurrent replicas never race, and every ledger operation is one round trip (EVALSHA of
+a registered script). Key layout, all under ``{namespace}:`` (``igsp`` by default) so
+several gateways, or test runs, can share one Redis::
 
     {ns}:tx:{partner}:{txid}   hash    ledger record: owner action fingerprint state status body
-                                       voided_by created_at; expires after the retention TTL
+                                       voided_by void_token created_at; expires after the
+                                       retention TTL
     {ns}:kv:{space}:{key}      string  sessions, replay cache, id maps; expires with its TTL
     {ns}:q:stream              stream  due deliveries, one message {id: <entry id>} each;
                                        consumer group "workers", one consumer per process
@@ -16,8 +18,11 @@ gateways, or test runs, can share one Redis::
     {ns}:q:e:{id}              hash    the entry: route, payload (JSON), attempts, max_attempts,
                                        next_at, created_at, last_error, sid (its current
                                        stream id, '' while delayed or dead), lease (token of
-                                       the claim holding it, ''), dead ('0'/'1')
+                                       the claim holding it, ''), dead ('0'/'1'), settled_by,
+                                       replayed_by; once delivered or purged a tombstone
+                                       {gone: 1} for an hour
     {ns}:q:cursor              string  where the next XAUTOCLAIM scan of pending entries starts
+    {ns}:memo:{token}          string  one call's answer, kept 10 minutes (see below)
 
 A claim moves due delayed entries into the stream, takes over entries another consumer
 has held longer than the lease (XAUTOCLAIM: a crashed process's work is finished by a live
@@ -25,6 +30,19 @@ one; the lease is the claimer's, so every replica runs with the same ``queue.lea
 and reads new ones (XREADGROUP). Ack, retry and dead-lettering XACK+XDEL the message.
 Durability is Redis's: run it with ``appendonly yes`` (``appendfsync everysec`` loses at
 most a second of writes on a crash of the Redis host; ``always`` loses nothing).
+
+A command whose connection broke, or whose answer did not come within ``socket_timeout``,
+is sent again on a new connection (``RESENDS`` times): the first send may have run. Every
+script is written to be safe to run twice with the same arguments (redis_scripts.py says
+why, script by script: owner tokens, memos, tombstones), and the plain commands are reads
+or a SET of the same value. When Redis cannot serve, every method raises StoreUnavailable
+(a retriable ``503 service_unavailable``), never a redis-py exception.
+
+Pool settings, measured with ``python -m bench.redis_store``: a ``BlockingConnectionPool``
+(a burst above ``max_connections`` waits for a connection; a plain ``ConnectionPool``, about
+15 % less client CPU, fails it with "Too many connections"), no ``health_check_interval``
+(it spends a PING round trip on a connection idle for longer than it; a dead idle
+connection fails its command, which is then resent).
 """
 
 from __future__ import annotations
@@ -86,7 +104,7 @@ def _str(value: bytes | None) -> str | None:
 
 
 class RedisStore(Store):
-    #: Pool settings, measured with ``python -m bench.redis_store`` (see the module docstring).
+    #: Pool settings (see the module docstring); the benchmark varies them.
     blocking_pool = True
     health_check_interval = 0
     socket_timeout = 5.0
@@ -142,6 +160,10 @@ class RedisStore(Store):
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def _memo(self, token: str | None = None) -> str:
+        """The key of one call's memo (see redis_scripts.py): its answer, should it run twice."""
+        return f"{self.ns}:memo:{token or new_id()}"
+
     @_guarded
     async def ping(self) -> None:
         await self.r.ping()
@@ -184,11 +206,11 @@ class RedisStore(Store):
 
     @_guarded
     async def tx_forget(self, partner: str, txid: str) -> None:
-        await self.r.delete(self._tx_key(partner, txid))
+        await self._run("TX_FORGET", [self._tx_key(partner, txid), self._memo()], [lua.MEMO_MS])
 
     @_guarded
     async def tx_void(self, partner: str, bet_txid: str, by_txid: str) -> str | None:
-        return _str(await self._run("TX_VOID", [self._tx_key(partner, bet_txid)], [by_txid]))
+        return _str(await self._run("TX_VOID", [self._tx_key(partner, bet_txid)], [by_txid, new_id()]))
 
     @_guarded
     async def tx_unvoid(self, partner: str, bet_txid: str, by_txid: str) -> None:
@@ -196,8 +218,18 @@ class RedisStore(Store):
 
     # -- kv ----------------------------------------------------------------------------
     @_guarded
+    async def claim(self, once: OnceKey) -> bool:
+        """The key holds a token of this call (as TX_BEGIN's once-only key holds its owner), not
+        ``1``: a resent claim recognises its own and is not taken for a replay."""
+        return bool(await self._run("CLAIM", [f"{self.ns}:kv:{once.ns}:{once.key}"], [new_id(), _ms(once.ttl)]))
+
+    @_guarded
     async def kv_put(self, ns: str, key: str, value: bytes, ttl: float | None = None, *, only_new: bool = False) -> bool:
-        return bool(await self.r.set(f"{self.ns}:kv:{ns}:{key}", value, px=_ms(ttl) if ttl else None, nx=only_new))
+        key = f"{self.ns}:kv:{ns}:{key}"
+        if only_new:
+            return bool(await self._run("KV_PUT_NEW", [key, self._memo()], [value, _ms(ttl) if ttl else "", lua.MEMO_MS]))
+        # A plain SET sent twice writes the same value twice.
+        return bool(await self.r.set(key, value, px=_ms(ttl) if ttl else None))
 
     @_guarded
     async def kv_get(self, ns: str, key: str) -> bytes | None:
@@ -230,8 +262,9 @@ class RedisStore(Store):
     async def q_claim(self, consumer: str, limit: int, lease_seconds: float) -> list[QueueEntry]:
         if time.monotonic() - self._pruned_at > _PRUNE_EVERY:
             await self._prune_consumers(consumer)
-        keys = [self.k_cursor, self.k_stream, self.k_delayed]
-        args = [GROUP, consumer, repr(time.time()), limit, _ms(lease_seconds), self.k_entry, new_id()]
+        token = new_id()
+        keys = [self.k_cursor, self.k_stream, self.k_delayed, self._memo(token)]
+        args = [GROUP, consumer, repr(time.time()), limit, _ms(lease_seconds), self.k_entry, token]
         try:
             rows = await self._run("Q_CLAIM", keys, args)
         except ResponseError as exc:
@@ -261,12 +294,13 @@ class RedisStore(Store):
     async def q_retry(self, entry: QueueEntry, next_at: float, error: str) -> None:
         entry.attempts += 1
         await self._run("Q_RETRY", self._q_keys(entry.id),
-                        [GROUP, entry.id, entry.extra.get("lease", ""), entry.attempts, repr(next_at), error[:500]])
+                        [GROUP, entry.id, entry.extra.get("lease", ""), new_id(), entry.attempts, repr(next_at),
+                         error[:500]])
 
     @_guarded
     async def q_dead(self, entry: QueueEntry, error: str) -> None:
         await self._run("Q_DEAD", self._q_keys(entry.id),
-                        [GROUP, entry.id, entry.extra.get("lease", ""), entry.attempts, error[:500]])
+                        [GROUP, entry.id, entry.extra.get("lease", ""), new_id(), entry.attempts, error[:500]])
 
     @_guarded
     async def q_stats(self) -> dict:
@@ -293,13 +327,13 @@ class RedisStore(Store):
 
     @_guarded
     async def dlq_replay(self, entry_id: str) -> bool:
-        return bool(await self._run("DLQ_REPLAY", self._q_keys(entry_id), [GROUP, entry_id, repr(time.time())]))
+        return bool(await self._run("DLQ_REPLAY", self._q_keys(entry_id), [GROUP, entry_id, repr(time.time()), new_id()]))
 
     @_guarded
     async def dlq_purge(self, entry_id: str | None = None) -> int:
         if entry_id is not None:
-            return int(await self._run("DLQ_PURGE", [self.k_dead], [self.k_entry, entry_id]))
+            return int(await self._run("DLQ_PURGE", [self.k_dead, self._memo()], [self.k_entry, entry_id, lua.MEMO_MS]))
         total = 0
-        while n := int(await self._run("DLQ_PURGE", [self.k_dead], [self.k_entry, ""])):
+        while n := int(await self._run("DLQ_PURGE", [self.k_dead, self._memo()], [self.k_entry, "", lua.MEMO_MS])):
             total += n
         return total
