@@ -108,7 +108,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def tx_finish(self, partner: str, txid: str, state: str, status: int, body: bytes, ttl: float) -> None:
-        """Store the outcome answered for a transaction (``done`` or ``queued``)."""
+        """Store the outcome answered for a transaction (``done`` or ``queued``).
+
+        A ``done`` record stays done: a late ``queued`` write (one delayed or resent while the
+        queue delivered the transaction and finished it) must not hide the final answer.
+        """
 
     @abc.abstractmethod
     async def tx_forget(self, partner: str, txid: str) -> None:

@@ -1,12 +1,14 @@
 """The shared store for several replicas: Redis (standalone or Sentinel-fronted, not Cluster).
 
-``redis://host:port/db`` (or ``rediss://``), one pooled asyncio client per process.
-Every read-modify-write is a Lua script (``redis_scripts.py``), so concurrent replicas
-never race. Key layout, all under ``{namespace}:`` (``igsp`` by default) so several
-gateways, or test runs, can share one Redis::
+``redis://host:port/db`` (or ``rediss://``), one pooled redis-py asyncio client per process;
+replies are parsed by hiredis. Every read-modify-write is a Lua script (``redis_scripts.py``),
+so concurrent replicas never race, and every ledger operation is one round trip (EVALSHA of
+a registered script). Key layout, all under ``{namespace}:`` (``igsp`` by default) so
+several gateways, or test runs, can share one Redis::
 
     {ns}:tx:{partner}:{txid}   hash    ledger record: owner action fingerprint state status body
-                                       voided_by created_at; expires after the retention TTL
+                                       voided_by void_token created_at; expires after the
+                                       retention TTL
     {ns}:kv:{space}:{key}      string  sessions, replay cache, id maps; expires with its TTL
     {ns}:q:stream              stream  due deliveries, one message {id: <entry id>} each;
                                        consumer group "workers", one consumer per process
@@ -16,8 +18,11 @@ gateways, or test runs, can share one Redis::
     {ns}:q:e:{id}              hash    the entry: route, payload (JSON), attempts, max_attempts,
                                        next_at, created_at, last_error, sid (its current
                                        stream id, '' while delayed or dead), lease (token of
-                                       the claim holding it, ''), dead ('0'/'1')
+                                       the claim holding it, ''), dead ('0'/'1'), settled_by,
+                                       replayed_by; once delivered or purged a tombstone
+                                       {gone: 1} for an hour
     {ns}:q:cursor              string  where the next XAUTOCLAIM scan of pending entries starts
+    {ns}:memo:{token}          string  one call's answer, kept 10 minutes (see below)
 
 A claim moves due delayed entries into the stream, takes over entries another consumer
 has held longer than the lease (XAUTOCLAIM: a crashed process's work is finished by a live
@@ -25,28 +30,48 @@ one; the lease is the claimer's, so every replica runs with the same ``queue.lea
 and reads new ones (XREADGROUP). Ack, retry and dead-lettering XACK+XDEL the message.
 Durability is Redis's: run it with ``appendonly yes`` (``appendfsync everysec`` loses at
 most a second of writes on a crash of the Redis host; ``always`` loses nothing).
+
+A command whose connection broke, or whose answer did not come within ``socket_timeout``,
+is sent again on a new connection (``RESENDS`` times): the first send may have run. Every
+script is written to be safe to run twice with the same arguments (redis_scripts.py says
+why, script by script: owner tokens, memos, tombstones), and the plain commands are reads
+or a SET of the same value. When Redis cannot serve, every method raises StoreUnavailable
+(a retriable ``503 service_unavailable``), never a redis-py exception.
+
+Pool settings, measured with ``python -m bench.redis_store``: a ``BlockingConnectionPool``
+(a burst above ``max_connections`` waits for a connection; a plain ``ConnectionPool``, about
+15 % less client CPU, fails it with "Too many connections"), no ``health_check_interval``
+(it spends a PING round trip on a connection idle for longer than it; a dead idle
+connection fails its command, which is then resent).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import time
 
 import redis.asyncio as aioredis
+from redis import exceptions as rx
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.ids import new_id
 from gateway.store import redis_scripts as lua
-from gateway.store import resp
-from gateway.store.base import PENDING, OnceKey, QueueEntry, Replayed, Store, TxRecord
+from gateway.store.base import PENDING, OnceKey, QueueEntry, Replayed, Store, StoreUnavailable, TxRecord
 
 GROUP = "workers"
+#: How many times a command whose connection broke (or timed out) is sent again on a new
+#: connection. Every script is safe to run twice with the same arguments (redis_scripts.py).
+RESENDS = 3
+#: Redis cannot serve (unreachable, too slow, loading, out of memory, a read-only replica,
+#: a refused login, a garbled reply): the caller gets StoreUnavailable (503, retriable).
+_UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.InvalidResponse, rx.OutOfMemoryError, rx.ReadOnlyError,
+                rx.NoPermissionError, rx.ClusterDownError, rx.TryAgainError)
+_UNAVAILABLE_REPLIES = ("MISCONF", "NOAUTH", "NOREPLICAS", "LOADING", "MASTERDOWN")
 _PRUNE_EVERY = 600.0  # seconds between sweeps of consumers left behind by dead processes
 _PRUNE_IDLE_MS = 3600_000
 
@@ -56,11 +81,35 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+def _guarded(method):
+    """Redis's own failures leave the store as StoreUnavailable, never as a driver exception
+    (a 503 ``service_unavailable`` to the caller, not a 500)."""
+
+    @functools.wraps(method)
+    async def guarded(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable() from exc
+        except ResponseError as exc:
+            if str(exc).startswith(_UNAVAILABLE_REPLIES):
+                raise StoreUnavailable() from exc
+            raise
+
+    return guarded
+
+
 def _str(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
 
 
 class RedisStore(Store):
+    #: Pool settings (see the module docstring); the benchmark varies them.
+    blocking_pool = True
+    health_check_interval = 0
+    socket_timeout = 5.0
+    connect_timeout = 2.0
+
     def __init__(self, url: str, namespace: str = "igsp", *, max_connections: int = 64):
         self.url = url
         self.ns = namespace
@@ -71,27 +120,25 @@ class RedisStore(Store):
         self.k_cursor, self.k_entry = q + "cursor", q + "e:"
         self._pruned_at = 0.0
 
+    @_guarded
     async def open(self) -> None:
-        # A command whose connection broke is retried briefly; every script is safe to
-        # run twice (see redis_scripts.py), so a retry never moves a queue entry twice.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url, max_connections=self.max_connections, timeout=5.0, socket_timeout=5.0,
-            socket_connect_timeout=2.0, health_check_interval=15,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        pool_class = aioredis.BlockingConnectionPool if self.blocking_pool else aioredis.ConnectionPool
+        options = {"timeout": self.socket_timeout} if self.blocking_pool else {}
+        pool = pool_class.from_url(
+            self.url, max_connections=self.max_connections, socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.connect_timeout, health_check_interval=self.health_check_interval,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=RESENDS),
+            retry_on_error=[rx.ConnectionError, rx.TimeoutError], **options,
         )
         self._redis = aioredis.Redis(connection_pool=pool)
-        # The ledger's hot path (scripts, record reads, replay keys) goes through the lean
-        # pipelined client when it understands the URL; the queue and admin calls stay here.
-        self._fast = resp.RespClient(self.url) if resp.supports(self.url) else None
-        self._scripts = {name: self._redis.register_script(getattr(lua, name))
-                         for name in ("TX_BEGIN", "TX_FINISH", "TX_VOID", "TX_UNVOID", "Q_PUT", "Q_CLAIM",
-                                      "Q_ACK", "Q_RETRY", "Q_DEAD", "DLQ_REPLAY", "DLQ_PURGE")}
-        await self._ensure_group()
+        self._scripts = {name: self._redis.register_script(getattr(lua, name)) for name in lua.SCRIPTS}
+        try:
+            await self._ensure_group()
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
-        if self._fast is not None:
-            await self._fast.close()
         if self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
             self._redis = None
@@ -103,8 +150,7 @@ class RedisStore(Store):
         return self._redis
 
     async def _run(self, name: str, keys: list[str], args: list) -> object:
-        if self._fast is not None:
-            return await self._fast.script(getattr(lua, name), keys, args)
+        """One script, one round trip: EVALSHA (redis-py's ``Script`` loads it on NOSCRIPT)."""
         return await self._scripts[name](keys=keys, args=args, client=self.r)
 
     async def _ensure_group(self) -> None:
@@ -114,6 +160,11 @@ class RedisStore(Store):
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def _memo(self, token: str | None = None) -> str:
+        """The key of one call's memo (see redis_scripts.py): its answer, should it run twice."""
+        return f"{self.ns}:memo:{token or new_id()}"
+
+    @_guarded
     async def ping(self) -> None:
         await self.r.ping()
 
@@ -121,6 +172,7 @@ class RedisStore(Store):
     def _tx_key(self, partner: str, txid: str) -> str:
         return f"{self.ns}:tx:{partner}:{txid}"
 
+    @_guarded
     async def tx_begin(self, rec: TxRecord, ttl: float, once: OnceKey | None = None) -> TxRecord | None:
         now = time.time()
         keys = [self._tx_key(rec.partner, rec.txid)]
@@ -143,44 +195,44 @@ class RedisStore(Store):
                         int(status) if status else None, h.get(b"body"), _str(h.get(b"voided_by")),
                         float(h[b"created_at"]))
 
+    @_guarded
     async def tx_get(self, partner: str, txid: str) -> TxRecord | None:
-        key = self._tx_key(partner, txid)
-        if self._fast is not None:
-            flat = await self._fast.call("HGETALL", key)
-            h = dict(zip(flat[::2], flat[1::2], strict=True))
-        else:
-            h = await self.r.hgetall(key)
+        h = await self.r.hgetall(self._tx_key(partner, txid))
         return self._record(partner, txid, h) if h else None
 
+    @_guarded
     async def tx_finish(self, partner: str, txid: str, state: str, status: int, body: bytes, ttl: float) -> None:
         await self._run("TX_FINISH", [self._tx_key(partner, txid)], [state, status, body, _ms(ttl)])
 
+    @_guarded
     async def tx_forget(self, partner: str, txid: str) -> None:
-        if self._fast is not None:
-            await self._fast.call("DEL", self._tx_key(partner, txid))
-        else:
-            await self.r.delete(self._tx_key(partner, txid))
+        await self._run("TX_FORGET", [self._tx_key(partner, txid), self._memo()], [lua.MEMO_MS])
 
+    @_guarded
     async def tx_void(self, partner: str, bet_txid: str, by_txid: str) -> str | None:
-        return _str(await self._run("TX_VOID", [self._tx_key(partner, bet_txid)], [by_txid]))
+        return _str(await self._run("TX_VOID", [self._tx_key(partner, bet_txid)], [by_txid, new_id()]))
 
+    @_guarded
     async def tx_unvoid(self, partner: str, bet_txid: str, by_txid: str) -> None:
         await self._run("TX_UNVOID", [self._tx_key(partner, bet_txid)], [by_txid])
 
     # -- kv ----------------------------------------------------------------------------
-    async def kv_put(self, ns: str, key: str, value: bytes, ttl: float | None = None, *, only_new: bool = False) -> bool:
-        if self._fast is None:
-            return bool(await self.r.set(f"{self.ns}:kv:{ns}:{key}", value, px=_ms(ttl) if ttl else None, nx=only_new))
-        args = ["SET", f"{self.ns}:kv:{ns}:{key}", value]
-        if ttl:
-            args += ["PX", _ms(ttl)]
-        if only_new:
-            args.append("NX")
-        return await self._fast.call(*args) is not None
+    @_guarded
+    async def claim(self, once: OnceKey) -> bool:
+        """The key holds a token of this call (as TX_BEGIN's once-only key holds its owner), not
+        ``1``: a resent claim recognises its own and is not taken for a replay."""
+        return bool(await self._run("CLAIM", [f"{self.ns}:kv:{once.ns}:{once.key}"], [new_id(), _ms(once.ttl)]))
 
+    @_guarded
+    async def kv_put(self, ns: str, key: str, value: bytes, ttl: float | None = None, *, only_new: bool = False) -> bool:
+        key = f"{self.ns}:kv:{ns}:{key}"
+        if only_new:
+            return bool(await self._run("KV_PUT_NEW", [key, self._memo()], [value, _ms(ttl) if ttl else "", lua.MEMO_MS]))
+        # A plain SET sent twice writes the same value twice.
+        return bool(await self.r.set(key, value, px=_ms(ttl) if ttl else None))
+
+    @_guarded
     async def kv_get(self, ns: str, key: str) -> bytes | None:
-        if self._fast is not None:
-            return await self._fast.call("GET", f"{self.ns}:kv:{ns}:{key}")
         return await self.r.get(f"{self.ns}:kv:{ns}:{key}")
 
     # -- queue -------------------------------------------------------------------------
@@ -195,6 +247,7 @@ class RedisStore(Store):
                           last_error=_str(h.get(b"last_error")) or None,
                           extra={"sid": h.get(b"sid", b"").decode(), "lease": h.get(b"lease", b"").decode()})
 
+    @_guarded
     async def q_put(self, entry: QueueEntry) -> None:
         now = time.time()
         entry.id = entry.id or os.urandom(16).hex()
@@ -205,11 +258,13 @@ class RedisStore(Store):
             repr(entry.next_at), repr(entry.created_at), entry.last_error or "", repr(now)])
         entry.extra.update(sid=sid.decode(), lease="")
 
+    @_guarded
     async def q_claim(self, consumer: str, limit: int, lease_seconds: float) -> list[QueueEntry]:
         if time.monotonic() - self._pruned_at > _PRUNE_EVERY:
             await self._prune_consumers(consumer)
-        keys = [self.k_cursor, self.k_stream, self.k_delayed]
-        args = [GROUP, consumer, repr(time.time()), limit, _ms(lease_seconds), self.k_entry, new_id()]
+        token = new_id()
+        keys = [self.k_cursor, self.k_stream, self.k_delayed, self._memo(token)]
+        args = [GROUP, consumer, repr(time.time()), limit, _ms(lease_seconds), self.k_entry, token]
         try:
             rows = await self._run("Q_CLAIM", keys, args)
         except ResponseError as exc:
@@ -231,18 +286,23 @@ class RedisStore(Store):
             if name != me and info["pending"] == 0 and info["idle"] > _PRUNE_IDLE_MS:
                 await self.r.xgroup_delconsumer(self.k_stream, GROUP, name)
 
+    @_guarded
     async def q_ack(self, entry: QueueEntry) -> None:
         await self._run("Q_ACK", self._q_keys(entry.id), [GROUP, entry.id, entry.extra.get("sid", "")])
 
+    @_guarded
     async def q_retry(self, entry: QueueEntry, next_at: float, error: str) -> None:
         entry.attempts += 1
         await self._run("Q_RETRY", self._q_keys(entry.id),
-                        [GROUP, entry.id, entry.extra.get("lease", ""), entry.attempts, repr(next_at), error[:500]])
+                        [GROUP, entry.id, entry.extra.get("lease", ""), new_id(), entry.attempts, repr(next_at),
+                         error[:500]])
 
+    @_guarded
     async def q_dead(self, entry: QueueEntry, error: str) -> None:
         await self._run("Q_DEAD", self._q_keys(entry.id),
-                        [GROUP, entry.id, entry.extra.get("lease", ""), entry.attempts, error[:500]])
+                        [GROUP, entry.id, entry.extra.get("lease", ""), new_id(), entry.attempts, error[:500]])
 
+    @_guarded
     async def q_stats(self) -> dict:
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.xlen(self.k_stream).zcard(self.k_delayed).zrange(self.k_live, 0, 0, withscores=True)
@@ -251,6 +311,7 @@ class RedisStore(Store):
         age = max(0.0, time.time() - oldest[0][1]) if oldest else 0.0
         return {"depth": due + delayed, "oldest_age": age, "dead": dead}
 
+    @_guarded
     async def dlq_list(self, limit: int = 100) -> list[QueueEntry]:
         ids = [i.decode() for i in await self.r.zrange(self.k_dead, 0, max(0, limit - 1))]
         async with self.r.pipeline(transaction=False) as pipe:
@@ -259,17 +320,20 @@ class RedisStore(Store):
             hashes = await pipe.execute()
         return [self._entry(i, h) for i, h in zip(ids, hashes, strict=True) if h.get(b"dead") == b"1"]
 
+    @_guarded
     async def dlq_get(self, entry_id: str) -> QueueEntry | None:
         h = await self.r.hgetall(self.k_entry + entry_id)
         return self._entry(entry_id, h) if h.get(b"dead") == b"1" else None
 
+    @_guarded
     async def dlq_replay(self, entry_id: str) -> bool:
-        return bool(await self._run("DLQ_REPLAY", self._q_keys(entry_id), [GROUP, entry_id, repr(time.time())]))
+        return bool(await self._run("DLQ_REPLAY", self._q_keys(entry_id), [GROUP, entry_id, repr(time.time()), new_id()]))
 
+    @_guarded
     async def dlq_purge(self, entry_id: str | None = None) -> int:
         if entry_id is not None:
-            return int(await self._run("DLQ_PURGE", [self.k_dead], [self.k_entry, entry_id]))
+            return int(await self._run("DLQ_PURGE", [self.k_dead, self._memo()], [self.k_entry, entry_id, lua.MEMO_MS]))
         total = 0
-        while n := int(await self._run("DLQ_PURGE", [self.k_dead], [self.k_entry, ""])):
+        while n := int(await self._run("DLQ_PURGE", [self.k_dead, self._memo()], [self.k_entry, "", lua.MEMO_MS])):
             total += n
         return total

@@ -1,17 +1,40 @@
 """Lua scripts of the Redis store: every read-modify-write runs inside Redis, atomically.
 
-Each script is safe to run twice (redis-py retries a command whose connection broke
-before the answer arrived): a repeated ledger create recognises its own ``owner``
-token, queue moves compare the entry's current stream id (``sid``) or claim token before acting.
-Times are Unix seconds given by the caller; TTLs are milliseconds.
+**Every script is safe to run twice with the same arguments.** redis-py sends a command
+again on a new connection when the old one broke or timed out before the answer came
+(``RESENDS`` in redis.py): the first run may well have executed, its reply lost. The
+second run must then change nothing and answer as the first did, whatever happened in
+between. Each script says below why it does; the ways used are:
+
+* an **owner token** drawn by the store for each call (``new_id()``), kept in the data:
+  a second run recognises its own work (TX_BEGIN's owner, TX_VOID's ``void_token``,
+  CLAIM's value, Q_RETRY/Q_DEAD's ``settled_by``, DLQ_REPLAY's ``replayed_by``);
+* a **memo** ``{ns}:memo:{token}`` (KEYS, expiring after ``MEMO_MS``) holding the first
+  run's answer, for the few rare calls whose work leaves nothing to recognise it by
+  (TX_FORGET, KV_PUT_NEW, DLQ_PURGE, Q_CLAIM);
+* a **tombstone**: a delivered or purged queue entry's hash becomes ``{gone: 1}`` for
+  ``BURIED_MS``, so a second Q_PUT of it cannot bring it back (delivered twice);
+* compare-before-write (TX_UNVOID, TX_FINISH never turning ``done`` back into ``queued``).
+
+``MEMO_MS`` and ``BURIED_MS`` are far longer than the longest gap between a first run and
+its resend (4 sends x (connect 2 s + reply 5 s + backoff 0.5 s) = 30 s). Times are Unix
+seconds given by the caller; TTLs are milliseconds.
 """
 
 from __future__ import annotations
+
+#: How long a memo outlives its call (ms).
+MEMO_MS = 600_000
+#: How long a delivered or purged entry's tombstone stays (ms).
+BURIED_MS = 3_600_000
 
 #: KEYS: record [, once-only key].  ARGV: owner, ttl_ms, action, fingerprint, state, created_at
 #: [, once ttl_ms].  Claims the once-only key first (its value is the owner token, so a
 #: repeated call recognises its own claim): 'replayed' when another request holds it.
 #: Returns nil when created (or already created by this very call), else the record.
+#: Twice: the second run finds the once-only key and the record holding its own owner token
+#: and answers nil again; a 'replayed' or an existing record changed nothing and is answered
+#: again (only the record's owner, who is waiting on this very answer, changes it).
 TX_BEGIN = """
 if KEYS[2] and not redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[7], 'NX') then
   if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'replayed' end
@@ -30,35 +53,94 @@ return existing
 """
 
 #: KEYS: record.  ARGV: state, status, body, ttl_ms.  Keeps the longer of the two expiries.
+#: A ``done`` record is never turned back into ``queued``: the queue's delivery may have
+#: finished it between a ``queued`` write and its resend. Returns 1, or 0 when there is no
+#: record. Twice: the same fields written again, the same answer.
 TX_FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == 'queued' and redis.call('HGET', KEYS[1], 'state') == 'done' then return 1 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'status', ARGV[2], 'body', ARGV[3])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 return 1
 """
 
-#: KEYS: bet record.  ARGV: by.  Returns nil when this call voided it, else the earlier voider.
+#: KEYS: bet record.  ARGV: by, token.  Returns nil when this call voided it, else the earlier
+#: voider (``by`` itself when there is no record). Twice: the marker carries this call's
+#: token, so the second run answers nil as the first did; without it the gateway's own
+#: compensation marker read as another replica settling the bet, which then stayed pending.
 TX_VOID = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return ARGV[1] end
-local current = redis.call('HGET', KEYS[1], 'voided_by')
-if current then return current end
-redis.call('HSET', KEYS[1], 'voided_by', ARGV[1])
+local current = redis.call('HMGET', KEYS[1], 'voided_by', 'void_token')
+if current[1] then
+  if current[1] == ARGV[1] and current[2] == ARGV[2] then return false end
+  return current[1]
+end
+redis.call('HSET', KEYS[1], 'voided_by', ARGV[1], 'void_token', ARGV[2])
 return false
 """
 
-#: KEYS: bet record.  ARGV: by.  Compare-and-delete.
+#: KEYS: bet record.  ARGV: by.  Compare-and-delete. Twice: the marker is gone (or is
+#: another voider's), nothing to do; always answers 0.
 TX_UNVOID = """
-if redis.call('HGET', KEYS[1], 'voided_by') == ARGV[1] then redis.call('HDEL', KEYS[1], 'voided_by') end
+if redis.call('HGET', KEYS[1], 'voided_by') == ARGV[1] then redis.call('HDEL', KEYS[1], 'voided_by', 'void_token') end
 return 0
+"""
+
+#: KEYS: record, memo.  ARGV: memo_ms.  Drops the record so a retry starts afresh. Twice:
+#: that retry may have created a new record meanwhile, which a second DEL would destroy
+#: (and the retry's legacy call would then run with no record): the memo says it is done.
+TX_FORGET = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return 0
+"""
+
+#: KEYS: once-only key.  ARGV: token, ttl_ms.  1 when this call claimed it. The value is
+#: the token (as TX_BEGIN's), so a second run recognises its own claim and answers 1 again
+#: instead of calling the request a replay.
+CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
+
+#: KEYS: key, memo.  ARGV: value, ttl_ms ('' = none), memo_ms.  SET NX keeping ``value``
+#: as given (read back by kv_get): 1 when stored, 0 when the key exists. Twice: a second
+#: SET NX would find this call's own value and answer 0 (a hook then never queued): the memo
+#: remembers the 1.
+KV_PUT_NEW = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+local stored
+if ARGV[2] == '' then
+  stored = redis.call('SET', KEYS[1], ARGV[1], 'NX')
+else
+  stored = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX')
+end
+if not stored then return 0 end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+return 1
+"""
+
+# A queue entry delivered or purged: its hash becomes a tombstone, so a second Q_PUT of
+# it (its first answer lost) finds it and does not queue it again.
+_BURY = f"""
+local function bury(key)
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'gone', '1')
+  redis.call('PEXPIRE', key, {BURIED_MS})
+end
 """
 
 # Queue scripts share KEYS: 1 entry hash, 2 stream, 3 delayed zset,
 # 4 live zset, 5 dead zset; ARGV[1] is always the consumer group.
 
 #: ARGV: group, id, route, payload, attempts, max_attempts, next_at, created_at, last_error, now.
-#: Returns the stream id given to a due entry, '' for a delayed one.
+#: Returns the stream id given to a due entry, '' for a delayed one. Twice: the entry (the
+#: id is the caller's) exists, or is a tombstone once delivered: its current stream id is
+#: answered ('' for a tombstone) and nothing is queued again.
 Q_PUT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGET', KEYS[1], 'sid') end
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGET', KEYS[1], 'sid') or '' end
 redis.call('HSET', KEYS[1], 'route', ARGV[3], 'payload', ARGV[4], 'attempts', ARGV[5],
            'max_attempts', ARGV[6], 'next_at', ARGV[7], 'created_at', ARGV[8], 'last_error', ARGV[9],
            'sid', '', 'lease', '', 'dead', '0')
@@ -72,12 +154,25 @@ redis.call('ZADD', KEYS[3], ARGV[7], ARGV[2])
 return ''
 """
 
-#: KEYS: claim cursor, stream, delayed.  ARGV: group, consumer, now, limit, lease_ms, entry key prefix,
-#: claim token.  Moves due delayed entries into the stream, takes over entries whose lease
-#: expired (XAUTOCLAIM), then reads new ones (XREADGROUP); each entry taken records the
-#: claim token as its ``lease``. Returns {{id, hash fields}, ...}.
+#: KEYS: claim cursor, stream, delayed, memo.  ARGV: group, consumer, now, limit, lease_ms, entry
+#: key prefix, claim token.  Moves due delayed entries into the stream, takes over entries
+#: whose lease expired (XAUTOCLAIM), then reads new ones (XREADGROUP); each entry taken
+#: records the claim token as its ``lease``. Returns {{id, hash fields}, ...}. Twice: the
+#: entries taken are pending to this consumer now, no XREADGROUP or XAUTOCLAIM would give
+#: them again before the lease runs out: the memo (the ids, kept as long as the lease) has
+#: the second run answer those of them still held by this claim.
 Q_CLAIM = """
 local stream, prefix, limit = KEYS[2], ARGV[6], tonumber(ARGV[4])
+local memo = redis.call('GET', KEYS[4])
+if memo then
+  local again = {}
+  for _, id in ipairs(cjson.decode(memo)) do
+    if redis.call('HGET', prefix .. id, 'lease') == ARGV[7] then
+      again[#again + 1] = {id, redis.call('HGETALL', prefix .. id)}
+    end
+  end
+  return again
+end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[3], 'LIMIT', 0, 100)) do
   redis.call('ZREM', KEYS[3], id)
   if redis.call('EXISTS', prefix .. id) == 1 then
@@ -107,11 +202,17 @@ if #out < limit then
   local new = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', limit - #out, 'STREAMS', stream, '>')
   if new then take(new[1][2]) end
 end
+if #out > 0 then
+  local ids = {}
+  for i, row in ipairs(out) do ids[i] = row[1] end
+  redis.call('SET', KEYS[4], cjson.encode(ids), 'PX', ARGV[5])
+end
 return out
 """
 
-#: ARGV: group, id, claimed sid.  Delivered: gone for good, wherever it is now.
-Q_ACK = """
+#: ARGV: group, id, claimed sid.  Delivered: gone for good, wherever it is now (a tombstone
+#: stays, see _BURY). Twice: nothing left to remove; always answers 1.
+Q_ACK = _BURY + """
 local sid = redis.call('HGET', KEYS[1], 'sid')
 for _, s in ipairs({sid or '', ARGV[3]}) do
   if s ~= '' then
@@ -122,13 +223,17 @@ end
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[2])
 redis.call('ZREM', KEYS[5], ARGV[2])
-return redis.call('DEL', KEYS[1])
+bury(KEYS[1])
+return 1
 """
 
 # A retry or a dead-lettering only applies to the entry as this very claim took it: a
-# worker whose lease expired and was taken over (or a repeated call) finds another lease
-# token and does nothing. ARGV[3] is the claim token ('' for an entry never claimed).
+# worker whose lease expired and was taken over finds another lease token and does
+# nothing (0). ARGV[3] is the claim token ('' for an entry never claimed), ARGV[4] the
+# call's own token, kept as ``settled_by``: a second run of the call answers 1 again and
+# changes nothing (the lease it compared is gone).
 _UNLESS_CLAIMED = """
+if redis.call('HGET', KEYS[1], 'settled_by') == ARGV[4] then return 1 end
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[3] or redis.call('HGET', KEYS[1], 'dead') ~= '0' then return 0 end
 local sid = redis.call('HGET', KEYS[1], 'sid')
 if sid ~= '' then
@@ -137,41 +242,57 @@ if sid ~= '' then
 end
 """
 
-#: ARGV: group, id, claim token, attempts, next_at, error.
+#: ARGV: group, id, claim token, call token, attempts, next_at, error.
 Q_RETRY = _UNLESS_CLAIMED + """
-redis.call('HSET', KEYS[1], 'sid', '', 'lease', '', 'attempts', ARGV[4], 'next_at', ARGV[5], 'last_error', ARGV[6])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2])
+redis.call('HSET', KEYS[1], 'sid', '', 'lease', '', 'settled_by', ARGV[4], 'attempts', ARGV[5], 'next_at', ARGV[6],
+           'last_error', ARGV[7])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[2])
 return 1
 """
 
-#: ARGV: group, id, claim token, attempts, error.
+#: ARGV: group, id, claim token, call token, attempts, error.
 Q_DEAD = _UNLESS_CLAIMED + """
-redis.call('HSET', KEYS[1], 'sid', '', 'lease', '', 'dead', '1', 'attempts', ARGV[4], 'last_error', ARGV[5])
+redis.call('HSET', KEYS[1], 'sid', '', 'lease', '', 'settled_by', ARGV[4], 'dead', '1', 'attempts', ARGV[5],
+           'last_error', ARGV[6])
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[2])
 redis.call('ZADD', KEYS[5], redis.call('HGET', KEYS[1], 'created_at'), ARGV[2])
 return 1
 """
 
-#: ARGV: group, id, now.  Back into the stream with its attempts reset.
+#: ARGV: group, id, now, call token.  Back into the stream with its attempts reset; 1, or 0
+#: when it is not a dead letter. Twice: the entry carries the call's token as
+#: ``replayed_by``, the second run answers 1 again (not "not a dead letter") and adds nothing.
 DLQ_REPLAY = """
+if redis.call('HGET', KEYS[1], 'replayed_by') == ARGV[4] then return 1 end
 if redis.call('HGET', KEYS[1], 'dead') ~= '1' then return 0 end
 local sid = redis.call('XADD', KEYS[2], '*', 'id', ARGV[2])
-redis.call('HSET', KEYS[1], 'dead', '0', 'attempts', '0', 'next_at', ARGV[3], 'sid', sid, 'lease', '')
+redis.call('HSET', KEYS[1], 'dead', '0', 'attempts', '0', 'next_at', ARGV[3], 'sid', sid, 'lease', '',
+           'replayed_by', ARGV[4])
 redis.call('ZREM', KEYS[5], ARGV[2])
 redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'created_at'), ARGV[2])
 return 1
 """
 
-#: KEYS: dead zset.  ARGV: entry key prefix, id ('' = a batch of up to 500).  Returns how many.
-DLQ_PURGE = """
+#: KEYS: dead zset, memo.  ARGV: entry key prefix, id ('' = a batch of up to 500), memo_ms.
+#: Returns how many. Twice: a second run would purge nothing (one id) or the next batch,
+#: and answer a wrong count: the memo answers the first count. Purged entries are
+#: tombstones (_BURY), so a lost-reply Q_PUT cannot bring one back either.
+DLQ_PURGE = _BURY + """
+local memo = redis.call('GET', KEYS[2])
+if memo then return tonumber(memo) end
 local ids = ARGV[2] ~= '' and {ARGV[2]} or redis.call('ZRANGE', KEYS[1], 0, 499)
 local n = 0
 for _, id in ipairs(ids) do
   if redis.call('ZREM', KEYS[1], id) == 1 then
-    redis.call('DEL', ARGV[1] .. id)
+    bury(ARGV[1] .. id)
     n = n + 1
   end
 end
+redis.call('SET', KEYS[2], n, 'PX', ARGV[3])
 return n
 """
+
+#: Every script above, registered by the store at open.
+SCRIPTS = ("TX_BEGIN", "TX_FINISH", "TX_VOID", "TX_UNVOID", "TX_FORGET", "CLAIM", "KV_PUT_NEW", "Q_PUT", "Q_CLAIM", "Q_ACK", "Q_RETRY", "Q_DEAD",
+           "DLQ_REPLAY", "DLQ_PURGE")

@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from gateway.store.base import PENDING, OnceKey, QueueEntry, Replayed, Store, StoreUnavailable, TxRecord
+from gateway.store.base import DONE, PENDING, QUEUED, OnceKey, QueueEntry, Replayed, Store, StoreUnavailable, TxRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -376,8 +376,9 @@ class SqliteStore(Store):
     async def tx_finish(self, partner: str, txid: str, state: str, status: int, body: bytes, ttl: float) -> None:
         await self._write(
             self.db.execute,
-            "UPDATE ledger SET state=?, status=?, body=?, expires_at=MAX(expires_at, ?) WHERE partner=? AND txid=?",
-            (state, status, body, time.time() + ttl, partner, txid),
+            "UPDATE ledger SET state=?, status=?, body=?, expires_at=MAX(expires_at, ?) WHERE partner=? AND txid=?"
+            " AND NOT (state=? AND ?=?)",  # a done record is never turned back into queued (see Store.tx_finish)
+            (state, status, body, time.time() + ttl, partner, txid, DONE, state, QUEUED),
         )
 
     async def tx_forget(self, partner: str, txid: str) -> None:
