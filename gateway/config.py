@@ -47,9 +47,6 @@ CONFIG_SCHEMA: dict = {
                                      "description": "Longest request line or header field; longer gets 4xx."},
                 "drain_seconds": {"type": "number", "minimum": 0, "default": 20},
                 "access_log": {"type": "boolean", "default": True},
-                "fast_path": {"type": "boolean", "default": True,
-                              "description": "Serve plain wallet-hook requests on a lean HTTP/1.1 front "
-                                             "(gateway/fastpath.py); false: aiohttp serves everything."},
                 "probe_upstreams": {"type": "boolean", "default": False,
                                     "description": "/readyz also opens a TCP connection to every upstream."},
                 "watch_seconds": {"type": "number", "minimum": 0, "default": 0,
@@ -156,7 +153,6 @@ class Config:
     max_header_bytes: int = 8190
     drain_seconds: float = 20.0
     access_log: bool = True
-    fast_path: bool = True
     probe_upstreams: bool = False
     watch_seconds: float = 0.0
     store_url: str = "sqlite:///igsp-gateway.db"
@@ -261,7 +257,6 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         max_header_bytes=server.get("max_header_bytes", 8190),
         drain_seconds=float(server.get("drain_seconds", 20)),
         access_log=server.get("access_log", True),
-        fast_path=server.get("fast_path", True),
         probe_upstreams=server.get("probe_upstreams", False),
         watch_seconds=float(server.get("watch_seconds", 0)),
         store_url=store_url,
