@@ -23,7 +23,7 @@ from gateway.config import Config
 from gateway.errors import IgspError, UpstreamError
 from gateway.health import UpstreamProbe, healthz, metrics_endpoint, readyz
 from gateway.ids import new_id
-from gateway.logs import REQUEST_ID, AccessLog
+from gateway.logs import REQUEST_ID
 from gateway.platform_face import handle_hook
 from gateway.provider_face import setup_provider_face
 from gateway.ratelimit import RateLimited
@@ -34,7 +34,6 @@ from gateway.store import QueueEntry, Store, open_store
 from gateway.wallet import error_body
 
 log = logging.getLogger("igsp.access")
-ACCESS_LOG = AccessLog()
 
 CONFIG = web.AppKey("config", Config)  # as started: listen address, store, routes
 STORE = web.AppKey("store", Store)
@@ -86,7 +85,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         metrics.child(metrics.REQUESTS, partner, face, operation, outcome).inc()
         metrics.child(metrics.REQUEST_SECONDS, face, operation).observe(elapsed)
         if gen.config.access_log:
-            ACCESS_LOG.info("request", {
+            log.info("request", extra={
                 "request_id": request_id, "partner": partner, "face": face, "operation": operation,
                 "status": response.status, "latency_ms": round(elapsed * 1000, 3),
                 "transaction_id": request.get("transaction_id"), "method": request.method, "path": request.path,
