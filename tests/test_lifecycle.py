@@ -149,7 +149,8 @@ def test_two_workers_add_up_on_scrape(hub88, two_workers):
     sent = 40
     for _ in range(sent):  # a new connection each time, so the kernel spreads them
         assert acme.hook(balance(), headers={"Connection": "close"}).status_code == 200
-    served = [line["pid"] for line in gw.log_lines() if line["msg"] == "request"]
+    served = wait_for(lambda: len(pids := [line["pid"] for line in gw.log_lines() if line["msg"] == "request"])
+                      >= sent and pids, what="every access line")
     assert len(served) == sent and len(set(served)) == 2 and set(served) == worker_pids(gw)
     for _ in range(4):  # whichever worker answers the scrape, the total is the same
         m = Metrics.scrape(gw.url)
@@ -206,7 +207,10 @@ def test_sighup_to_the_parent_reloads_every_worker(hub88, two_workers):
     gw.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: Metrics.scrape(gw.url).value("igsp_config_reloads_total", outcome="applied") == 2,
              what="both workers to reload")
-    reloaded = {line["pid"] for line in gw.log_lines() if line["msg"] == "config reloaded"}
+    # The counter moves just before the log line is written: poll the log too.
+    reloaded = wait_for(lambda: len(pids := {line["pid"] for line in gw.log_lines()
+                                             if line["msg"] == "config reloaded"}) >= 2 and pids,
+                        what="both workers' reload lines")
     assert reloaded == worker_pids(gw)
     acme = IgspClient(gw.url, ACME["api_key"], ACME["secret"])
     hub88.player("p1", "100.00")
