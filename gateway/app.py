@@ -27,7 +27,7 @@ from gateway.errors import IgspError, UpstreamError
 from gateway.face import Delivery, Face
 from gateway.health import PROBE, UpstreamProbe, healthz, metrics_endpoint, readyz
 from gateway.ids import new_id
-from gateway.logs import REQUEST_ID, AccessLog
+from gateway.logs import REQUEST_ID
 from gateway.platform_face import PlatformFace
 from gateway.provider_face import ProviderFace
 from gateway.ratelimit import RateLimited
@@ -37,7 +37,6 @@ from gateway.store import QueueEntry, open_store
 from gateway.wallet import error_body
 
 log = logging.getLogger("igsp.access")
-ACCESS_LOG = AccessLog()
 
 #: The faces, in the order their routes are added.
 FACE_TYPES: tuple[type[Face], ...] = (PlatformFace, ProviderFace)
@@ -78,7 +77,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         metrics.child(metrics.REQUESTS, partner, face, operation, outcome).inc()
         metrics.child(metrics.REQUEST_SECONDS, face, operation).observe(elapsed)
         if gen.config.access_log:
-            ACCESS_LOG.info("request", {
+            log.info("request", extra={
                 "request_id": request_id, "partner": partner, "face": face, "operation": operation,
                 "status": response.status, "latency_ms": round(elapsed * 1000, 3),
                 "transaction_id": request.get("transaction_id"), "method": request.method, "path": request.path,
@@ -88,8 +87,26 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     return response
 
 
+class _BodyTimeout(Exception):
+    """The request body did not arrive within ``server.read_timeout_seconds``."""
+
+
+async def _read_body(request: web.Request) -> None:
+    """Read the body before any handler runs, within the read timeout: aiohttp bounds its size
+    (client_max_size) but not its pace, and a body sent a byte at a time would otherwise hold
+    a handler and its connection for as long as the client likes. Handlers get the same bytes
+    from ``request.read()`` (aiohttp keeps them)."""
+    if request.body_exists and not request.content.is_eof():
+        try:
+            async with asyncio.timeout(request.app[CONFIG].read_timeout):
+                await request.read()
+        except TimeoutError:
+            raise _BodyTimeout from None
+
+
 async def _answer(request: web.Request, handler, request_id: str) -> web.StreamResponse:
     try:
+        await _read_body(request)
         response = await handler(request)
         response.headers["X-Request-ID"] = request_id
         return response
@@ -103,7 +120,15 @@ async def _answer(request: web.Request, handler, request_id: str) -> web.StreamR
             request["upstream_failure"] = exc.kind
         return _error_response(exc, request_id)
     except web.HTTPRequestEntityTooLarge:
-        return _error_response(IgspError("payload_too_large", "request body is too large"), request_id)
+        request["error"] = "payload_too_large"
+        response = _error_response(IgspError("payload_too_large", "request body is too large"), request_id)
+        response.force_close()  # the rest of the body is not worth reading
+        return response
+    except _BodyTimeout:
+        request["error"] = "invalid_request"
+        response = _error_response(IgspError("invalid_request", "request body not received in time"), request_id)
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "invalid_request")
         return _error_response(IgspError(code, exc.reason or "request refused", exc.status), request_id)
@@ -183,9 +208,16 @@ def _backoff_for(gen: Generation, routes: dict[str, Face], entry: QueueEntry) ->
 
 
 def create_app(config: Config) -> web.Application:
+    # Every limit on what a client sends is aiohttp's (llhttp parses the head), set from the
+    # config rather than left to aiohttp's defaults, which may change between releases.
+    # aiohttp has no timeout for a request head of its own: its keep-alive timer, armed when a
+    # connection opens and after each answer, closes a connection still waiting for a whole
+    # head, so it is the head's read timeout (and the idle keep-alive timeout).
     app = web.Application(middlewares=[gateway_middleware], client_max_size=config.max_body_bytes,
                           handler_args={"max_field_size": config.max_header_bytes,
-                                        "max_line_size": config.max_header_bytes})
+                                        "max_line_size": config.max_header_bytes,
+                                        "max_headers": config.max_header_fields,
+                                        "keepalive_timeout": config.read_timeout})
     app[CONFIG] = config
     app[INFLIGHT] = {"n": 0}
     app.cleanup_ctx.append(_store_ctx)

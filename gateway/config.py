@@ -45,11 +45,15 @@ CONFIG_SCHEMA: dict = {
                 "max_body_bytes": {"type": "integer", "minimum": 256, "default": 65536},
                 "max_header_bytes": {"type": "integer", "minimum": 1024, "maximum": 65536, "default": 8190,
                                      "description": "Longest request line or header field; longer gets 4xx."},
+                "max_header_fields": {"type": "integer", "minimum": 16, "maximum": 1024, "default": 128,
+                                      "description": "Most header fields in a request; more gets 4xx."},
+                "read_timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "default": 60,
+                                         "description": "Longest a client may take to send a request head "
+                                                        "(from connecting, or from the previous answer: an idle "
+                                                        "keep-alive connection is closed then) and, again, its "
+                                                        "body."},
                 "drain_seconds": {"type": "number", "minimum": 0, "default": 20},
                 "access_log": {"type": "boolean", "default": True},
-                "fast_path": {"type": "boolean", "default": True,
-                              "description": "Serve plain wallet-hook requests on a lean HTTP/1.1 front "
-                                             "(gateway/fastpath.py); false: aiohttp serves everything."},
                 "probe_upstreams": {"type": "boolean", "default": False,
                                     "description": "/readyz also opens a TCP connection to every upstream."},
                 "watch_seconds": {"type": "number", "minimum": 0, "default": 0,
@@ -154,9 +158,10 @@ class Config:
     workers: int = 1
     max_body_bytes: int = 65536
     max_header_bytes: int = 8190
+    max_header_fields: int = 128
+    read_timeout: float = 60.0
     drain_seconds: float = 20.0
     access_log: bool = True
-    fast_path: bool = True
     probe_upstreams: bool = False
     watch_seconds: float = 0.0
     store_url: str = "sqlite:///igsp-gateway.db"
@@ -259,9 +264,10 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         workers=server.get("workers", 1),
         max_body_bytes=server.get("max_body_bytes", 65536),
         max_header_bytes=server.get("max_header_bytes", 8190),
+        max_header_fields=server.get("max_header_fields", 128),
+        read_timeout=float(server.get("read_timeout_seconds", 60)),
         drain_seconds=float(server.get("drain_seconds", 20)),
         access_log=server.get("access_log", True),
-        fast_path=server.get("fast_path", True),
         probe_upstreams=server.get("probe_upstreams", False),
         watch_seconds=float(server.get("watch_seconds", 0)),
         store_url=store_url,

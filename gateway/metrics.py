@@ -39,8 +39,6 @@ QUEUE_ATTEMPTS = Counter("igsp_queue_attempts", "Queued delivery attempts", ["ro
 DEAD_LETTERS = Counter("igsp_dead_letters", "Deliveries moved to the dead-letter queue", ["route"])
 CATALOGUE_CACHE = Counter("igsp_catalogue_cache", "Catalogue cache lookups", ["result"])
 CONFIG_RELOADS = Counter("igsp_config_reloads", "Config reloads (SIGHUP or file change)", ["outcome"])
-FAST_PATH_HANDOVERS = Counter("igsp_fast_path_handovers", "Connections the hook front handed to aiohttp: "
-                              "request=hook (a hook of an unusual shape) or other (another route)", ["request"])
 
 #: Label values known up front, exported at zero from start-up so rate() and the
 #: dashboard work before the first event (and a missing series is never "no data").
@@ -75,8 +73,6 @@ def init_series() -> None:
         CATALOGUE_CACHE.labels(result)
     for outcome in ("applied", "refused"):
         CONFIG_RELOADS.labels(outcome)
-    for request in ("hook", "other"):
-        FAST_PATH_HANDOVERS.labels(request)
 
 
 def observe_upstream(mapping: str, operation: str, kind: str, seconds: float) -> None:

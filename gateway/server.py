@@ -56,20 +56,17 @@ def print_ready(url: str) -> None:
 
 async def serve_async(config: Config, sock: socket.socket, on_ready: Callable[[str], None] = print_ready,
                       hup_pending: threading.Event | None = None) -> None:
-    from gateway.app import INFLIGHT, RUNTIME, begin_drain, create_app, gateway_middleware
-    from gateway.fastpath import FastFront
-    from gateway.platform_face import handle_hook
+    # Here, not at the top: the app imports the metrics, which must come after the
+    # Prometheus multiprocess directory is set (see _serve_workers).
+    from gateway.app import create_app
+    from gateway.context import INFLIGHT, RUNTIME
     from gateway.runtime import watch
 
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=config.drain_seconds)
     await runner.setup()
-    front = None
-    if config.fast_path:
-        front = FastFront(app, runner.server, config.hooks_path, handle_hook, gateway_middleware,
-                          max_body_bytes=config.max_body_bytes, max_header_bytes=config.max_header_bytes)
-    loop = asyncio.get_running_loop()
-    listener = await loop.create_server(front or runner.server, sock=sock, backlog=1024)
+    site = web.SockSite(runner, sock, backlog=1024)
+    await site.start()
     # What start-up built lives as long as the process: move it out of every future
     # collection, so a full GC pass under load walks only request-time objects.
     gc.collect()
@@ -77,6 +74,7 @@ async def serve_async(config: Config, sock: socket.socket, on_ready: Callable[[s
     host, port = sock.getsockname()[:2]
     runtime = app[RUNTIME]
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task] = set()
 
     def background(coro, name: str) -> None:
@@ -98,18 +96,12 @@ async def serve_async(config: Config, sock: socket.socket, on_ready: Callable[[s
     log.info("draining", extra={"inflight": app[INFLIGHT]["n"], "grace_seconds": config.drain_seconds})
     for task in list(tasks):
         task.cancel()
-    # New connections are refused from here on; the fast front closes its idle connections
-    # and lets in-flight requests finish. Then AppRunner.cleanup does the same for the
-    # connections aiohttp serves (up to shutdown_timeout) and runs the app's cleanup (the
-    # delivery worker gets what is left of the same budget, see gateway/app.py).
-    listener.close()
-    begin_drain(app)
-    if front is not None:
-        front.close_idle()
-        await front.wait_closed(runtime.drain_deadline)
+    # AppRunner.cleanup closes the listening socket (new connections are refused), closes
+    # idle keep-alive connections, waits up to shutdown_timeout for in-flight handlers,
+    # then runs the app's cleanup (the delivery worker gets what is left of the same
+    # budget, see gateway/app.py).
     await runner.cleanup()
-    log.info("stopped", extra={"fast_path_requests": front.served if front else 0,
-                               "fast_path_handovers": front.delegated if front else 0})
+    log.info("stopped")
 
 
 def _run_one(config: Config, sock: socket.socket, on_ready: Callable[[str], None]) -> None:

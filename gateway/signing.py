@@ -2,7 +2,9 @@
 
 The MAC always covers the exact bytes on the wire, never re-serialised JSON.
 Verification is constant-time and accepts any of a partner's active secrets, so a
-key can be rotated without downtime (old and new valid at once).
+key can be rotated without downtime (old and new valid at once). The MAC is the
+standard library's ``hmac`` and nothing else: a hand-rolled HMAC saves about a
+microsecond per request and is one more piece of cryptography to get wrong.
 """
 
 from __future__ import annotations
@@ -42,47 +44,13 @@ def sign(secret: str | bytes, body: bytes, timestamp: str) -> str:
     return hmac.new(key, body + timestamp.encode(), hashlib.sha256).hexdigest()
 
 
-class _Keyed:
-    """HMAC-SHA256 under one key, its padded inner and outer hash states computed once
-    (RFC 2104, section 4): each MAC then costs two hash-state copies and the message, not
-    a key schedule and two algorithm look-ups — a third of the time of ``hmac.digest``."""
-
-    __slots__ = ("inner", "outer")
-
-    def __init__(self, key: bytes):
-        if len(key) > 64:
-            key = hashlib.sha256(key).digest()
-        key = key.ljust(64, b"\0")
-        self.inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-        self.outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
-
-    def hexdigest(self, message: bytes) -> str:
-        inner = self.inner.copy()
-        inner.update(message)
-        outer = self.outer.copy()
-        outer.update(inner.digest())
-        return outer.hexdigest()
-
-
-_KEYED: dict[bytes, _Keyed] = {}
-
-
-def _keyed(secret: bytes) -> _Keyed:
-    keyed = _KEYED.get(secret)
-    if keyed is None:
-        if len(_KEYED) >= 1024:  # the configured secrets are a handful; never grow without bound
-            _KEYED.clear()
-        keyed = _KEYED[secret] = _Keyed(secret)
-    return keyed
-
-
 def verify(secrets: tuple[bytes, ...] | list[bytes], body: bytes, timestamp: str, signature: str) -> bool:
     """True when ``signature`` matches under any of ``secrets`` (constant-time per secret)."""
     message = body + timestamp.encode()
     given = signature.strip().lower().encode()
     ok = False
     for secret in secrets:
-        expected = _keyed(secret).hexdigest(message).encode()
+        expected = hmac.new(secret, message, hashlib.sha256).hexdigest().encode()
         # Compare against every secret so timing does not reveal which one matched.
         ok |= hmac.compare_digest(expected, given)
     return ok

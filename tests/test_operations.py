@@ -215,7 +215,14 @@ def test_request_id_is_echoed_logged_and_sent_to_the_legacy_api(hub88, ops_gatew
     failed = acme.hook(balance(), headers={"X-Request-ID": "req-failing-1"})
     assert failed.status_code == 502
 
-    lines = ops_gateway.log_lines()
+    # The log file is read by polling: "the client has its answer" says nothing about when
+    # another process's file shows a line.
+    def logged():
+        lines = ops_gateway.log_lines()
+        done = {line.get("request_id") for line in lines if line["msg"] == "request"}
+        return given in done and "req-failing-1" in done and lines
+
+    lines = wait_for(logged, timeout=10, what="the access lines of both requests")
     access = [line for line in lines if line["msg"] == "request" and line.get("request_id") == given]
     assert len(access) == 1
     entry = access[0]

@@ -48,15 +48,23 @@ secrets = st.binary(min_size=16, max_size=64)
 moments = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(timezone.utc))
 
 
-@PROPERTY
-@given(key=st.binary(max_size=200), message=bodies)
-def test_precomputed_hmac_states_give_the_standard_hmac_for_any_key_length(key, message):
-    """Keys longer than the hash block (64 bytes) are hashed first, shorter ones padded."""
-    import hashlib
-    import hmac
+def test_signature_is_hmac_sha256_of_body_then_timestamp():
+    """Pins the wire format (RFC 4231, test case 2, split into body and timestamp): the MAC
+    covers the raw body followed by the timestamp, keyed by the secret, lowercase hex."""
+    expected = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    assert signing.sign("Jefe", b"what do ya want ", "for nothing?") == expected
+    assert signing.verify((b"Jefe",), b"what do ya want ", "for nothing?", expected.upper())
+    assert not signing.verify((b"Jefe",), b"for nothing?", "what do ya want ", expected)
 
-    assert signing._Keyed(key).hexdigest(message) == hmac.new(key, message, hashlib.sha256).hexdigest()
-    assert signing._keyed(key).hexdigest(message) == signing._keyed(key).hexdigest(message)  # states not consumed
+
+@PROPERTY
+@given(secret=secrets, other=st.binary(min_size=16, max_size=200), body=bodies)
+def test_a_signature_verifies_under_its_own_secret_only(secret, other, body):
+    """Any key length (longer than the 64-byte block too): another secret never verifies it."""
+    assume(other != secret)
+    signature = signing.sign(secret, body, "2025-10-17T12:03:41Z")
+    assert signing.verify((other, secret), body, "2025-10-17T12:03:41Z", signature)
+    assert not signing.verify((other,), body, "2025-10-17T12:03:41Z", signature)
 
 
 def _timestamp(moment: datetime, micro: bool) -> str:

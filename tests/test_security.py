@@ -28,6 +28,7 @@ from gateway import signing
 from gateway.simulators import RunningServer, hub88_wallet
 from gateway.spec import HOOKS_SPEC, SpecValidators
 from tests.conftest import ACME, BETA, platform_config
+from tests.ops_support import wait_for
 from tests.support import ROOT, IgspClient, decimal_json, unique_timestamp
 from tests.test_platform_face import assert_error, bet, refund, win
 
@@ -159,7 +160,9 @@ def test_replayed_signature_is_refused_across_a_restart(hub88, gateway_factory, 
     again = gateway_factory(config)
     replay = requests.post(again.url + "/platforms/game-provider/hooks", data=body, headers=headers, timeout=5)
     assert_error_response(replay, 403, "invalid_signature")
-    assert "replayed_signature" in again.log_text()
+    # Polled: the answer reaching the client does not order this process's read of the log file.
+    wait_for(lambda: any(line.get("auth_failure") == "replayed_signature" for line in again.log_lines()),
+             timeout=10, what="the replayed_signature access line")
     assert hub88.balance("p1") == Decimal("101.00") and len(hub88.ledger("win")) == 1
 
 
