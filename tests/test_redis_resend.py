@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from gateway.store import OnceKey, QueueEntry, Replayed, TxRecord, open_store
-from gateway.store.base import DONE, QUEUED, StoreUnavailable
+from gateway.store.base import DONE, PENDING, QUEUED, StoreUnavailable
 from gateway.wallet import COMPENSATION
 from tests.support import RedisServer, free_port
 
@@ -340,3 +340,64 @@ async def test_unreachable_or_stopped_redis_is_store_unavailable():
     finally:
         server.cleanup()
 
+
+
+# -- the scripts of one event-loop turn share one pipeline --------------------------------------
+async def test_concurrent_scripts_leave_in_one_pipeline_with_their_own_answers(store, monkeypatch):
+    pipelines = []
+    make = store.r.pipeline
+
+    def counted(*args, **kwargs):
+        pipelines.append(kwargs)
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(store.r, "pipeline", counted)
+    await store.tx_begin(rec("seen"), 60)
+    # Twenty new records, one duplicate and one replayed signature, asked for together.
+    results = await asyncio.gather(
+        *(store.tx_begin(rec(f"b-{i}"), 60) for i in range(20)),
+        store.tx_begin(rec("seen", fp="other"), 60),
+        store.tx_begin(rec("sig-1"), 60, once=OnceKey("sig", "k-used", 60)),
+        store.tx_begin(rec("sig-2"), 60, once=OnceKey("sig", "k-used", 60)),
+        return_exceptions=True)
+    assert pipelines == [{"transaction": False}]
+    assert results[:20] == [None] * 20
+    assert results[20].txid == "seen" and results[20].fingerprint == "fp-1"
+    # The same signature twice in one batch: exactly one of the two claims it.
+    assert sorted(type(r).__name__ for r in results[21:]) == ["NoneType", "Replayed"]
+    for i in range(20):
+        assert (await store.tx_get("acme", f"b-{i}")).state == PENDING
+
+
+async def test_a_failing_script_in_a_batch_fails_only_its_own_caller(store):
+    await store.r.set(store._tx_key("acme", "not-a-hash"), b"x")  # TX_BEGIN on it: WRONGTYPE
+    good, bad = await asyncio.gather(store.tx_begin(rec("fine"), 60), store.tx_begin(rec("not-a-hash"), 60),
+                                     return_exceptions=True)
+    assert good is None and "WRONGTYPE" in str(bad)
+    assert (await store.tx_get("acme", "fine")).state == PENDING
+
+
+async def test_a_batch_after_the_script_cache_was_flushed_still_runs_each_script_once(store):
+    await store.tx_begin(rec("warm"), 60)  # loads the script
+    await store.r.script_flush()
+    results = await asyncio.gather(*(store.tx_begin(rec(f"f-{i}"), 60) for i in range(10)))
+    assert results == [None] * 10
+    await store.r.script_flush()
+    finished = await asyncio.gather(*(store.tx_finish("acme", f"f-{i}", DONE, 200, b"{}", 60) for i in range(10)))
+    assert finished == [None] * 10
+    assert {(await store.tx_get("acme", f"f-{i}")).state for i in range(10)} == {DONE}
+
+
+async def test_a_lost_reply_of_a_whole_batch_is_resent_to_the_right_outcomes(lossy):
+    """redis-py sends a pipeline again after its connection broke: every script in it is
+    safe to run twice, so each caller still gets its first-run answer."""
+    store, proxy = lossy
+    await store.tx_begin(rec("bet-v"), 60)
+    proxy.armed = b"sig-batch"
+    results = await asyncio.gather(
+        *(store.tx_begin(rec(f"lb-{i}"), 60) for i in range(5)),
+        store.tx_begin(rec("lb-sig"), 60, once=OnceKey("sig", "sig-batch", 60)),
+        store.tx_void("acme", "bet-v", COMPENSATION))
+    assert proxy.dropped == 1
+    assert results == [None] * 7  # new records, the signature claimed (not Replayed), the void won
+    assert await store.tx_void("acme", "bet-v", COMPENSATION) == COMPENSATION

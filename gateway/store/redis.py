@@ -47,6 +47,7 @@ connection fails its command, which is then resent).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import math
@@ -99,6 +100,18 @@ def _guarded(method):
     return guarded
 
 
+def _settle(done: asyncio.Future, outcome: object) -> None:
+    """Hand a script's answer (or the exception in its place) to the caller still waiting."""
+    if done.done():
+        return  # the caller was cancelled; the script ran or not, as a lost reply would
+    if isinstance(outcome, asyncio.CancelledError):
+        done.cancel()
+    elif isinstance(outcome, BaseException):
+        done.set_exception(outcome)
+    else:
+        done.set_result(outcome)
+
+
 def _str(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
 
@@ -119,6 +132,9 @@ class RedisStore(Store):
         self.k_stream, self.k_delayed, self.k_live, self.k_dead = q + "stream", q + "delayed", q + "live", q + "dead"
         self.k_cursor, self.k_entry = q + "cursor", q + "e:"
         self._pruned_at = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._batch: list = []  # scripts asked for in this turn of the loop (see _run)
+        self._sending: set[asyncio.Task] = set()
 
     @_guarded
     async def open(self) -> None:
@@ -139,6 +155,8 @@ class RedisStore(Store):
             raise
 
     async def close(self) -> None:
+        if self._sending:  # scripts already sent: their callers get their answers first
+            await asyncio.gather(*self._sending, return_exceptions=True)
         if self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
             self._redis = None
@@ -150,8 +168,64 @@ class RedisStore(Store):
         return self._redis
 
     async def _run(self, name: str, keys: list[str], args: list) -> object:
-        """One script, one round trip: EVALSHA (redis-py's ``Script`` loads it on NOSCRIPT)."""
-        return await self._scripts[name](keys=keys, args=args, client=self.r)
+        """Run one script: EVALSHA, sent with the other scripts of this event-loop turn.
+
+        Concurrent requests each need a script at about the same time (a bet's record, a
+        win's answer); the scripts asked for in one turn of the loop leave in one redis-py
+        pipeline (not a transaction: each script is atomic on its own), so N requests cost
+        one round trip and one connection checkout instead of N. A lone script goes
+        through redis-py's ``Script`` as before.
+        """
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._batch.append((name, keys, args, done))
+        if len(self._batch) == 1:
+            loop.call_soon(self._send_batch)
+        return await done
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = self._loop.create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list) -> None:
+        if len(batch) == 1:
+            name, keys, args, done = batch[0]
+            try:
+                result = await self._scripts[name](keys=keys, args=args, client=self.r)
+            except BaseException as exc:  # noqa: BLE001 - the caller's to handle (StoreUnavailable...)
+                _settle(done, exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                _settle(done, result)
+            return
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            for name, keys, args, _ in batch:
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # noqa: BLE001 - every caller of the batch learns it
+            for *_, done in batch:
+                _settle(done, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (name, keys, args, done), result in zip(batch, results, strict=True):
+            if isinstance(result, rx.NoScriptError):
+                # Redis lost its script cache (a restart, SCRIPT FLUSH): this script did not
+                # run, so running it alone (redis-py loads it) is its first run.
+                self._send_batch_one(name, keys, args, done)
+            else:
+                _settle(done, result)
+
+    def _send_batch_one(self, name: str, keys: list, args: list, done: asyncio.Future) -> None:
+        task = self._loop.create_task(self._send([(name, keys, args, done)]))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _ensure_group(self) -> None:
         try:
