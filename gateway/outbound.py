@@ -9,9 +9,10 @@ maintained parser only, and every way a call can fail is translated once, here, 
       no pooled connection free within the connect timeout   -> upstream_unavailable, applied=False
     TLS certificate not trusted (never sent)                 -> upstream_unavailable, applied=False, kind "tls"
     no complete answer within the total timeout              -> upstream_timeout,     applied=None
-    connection closed or reset before the answer ended       -> upstream_unavailable, applied=None, kind "reset"
+    connection closed or reset before the answer began       -> upstream_unavailable, applied=None, kind "reset"
     a malformed answer (status line, headers, chunking,
-      Content-Length, compression) as llhttp/aiohttp judge it -> upstream_bad_response, applied=None, kind "bad_body"
+      Content-Length, compression) as llhttp/aiohttp judge it,
+      or a body cut short by a close or reset                -> upstream_bad_response, applied=None, kind "bad_body"
     an answer larger than ``max_response_bytes`` decompressed -> upstream_bad_response, applied=None, kind "too_large"
     a 1xx or 3xx final status (redirects are never followed:
       a signed money call must not be replayed elsewhere)     -> upstream_bad_response, applied=None, kind "redirect"
@@ -125,14 +126,11 @@ class Outbound:
                                             allow_redirects=False) as resp:
                 status = resp.status
                 if status < 200 or 300 <= status < 400:
-                    resp.close()  # whatever follows on this connection is not an answer of ours
+                    resp.close()  # the rest of such an answer is not read: the connection goes
                     raise UpstreamError("upstream_bad_response",
                                         f"{self.peer} answered HTTP {status}; redirects are not followed",
                                         kind="redirect", applied=None)
-                body = await self._body(resp)
-                if status == 204:
-                    resp.close()  # bytes after a body-less answer must not become the next answer
-                return Answer(status, resp.headers.get("Content-Type", ""), body)
+                return Answer(status, resp.headers.get("Content-Type", ""), await self._body(resp))
         except UpstreamError:
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -165,6 +163,9 @@ class Outbound:
         if isinstance(exc, (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
             return UpstreamError("upstream_timeout", f"{peer} did not answer in time", kind="timeout", applied=None)
         if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientResponseError)):
+            # A body cut short also lands here: aiohttp reports a close mid-body and one it made
+            # itself after a parse error alike. Either way the call was delivered.
             return UpstreamError("upstream_bad_response", f"{peer} answered malformed HTTP", kind="bad_body",
                                  applied=None)
         return UpstreamError("upstream_unavailable", f"{peer} connection failed", kind="reset", applied=None)
+
