@@ -1,8 +1,9 @@
 """Outbound iGSP wallet hooks: the gateway, as a provider, calling a platform.
 
 Each hook is signed with the partner's credential pair (``gateway/signing.py``) and
-POSTed to its ``hooks_url`` through one pooled client session. Foreign failures are
-translated here, where they enter:
+POSTed to its ``hooks_url`` through one pooled client (``gateway.outbound``, which also
+translates transport failures: timeouts, resets, malformed or oversized answers,
+redirects). The platform's answer is judged here:
 
     2xx with a balance               -> the decoded answer (amounts as Decimal)
     4xx ErrorResponse                -> IgspError with the platform's code (fatal)
@@ -17,11 +18,10 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-import aiohttp
-
 from adapters.codecs import dumps, loads
 from gateway import signing
 from gateway.errors import IgspError, UpstreamError
+from gateway.outbound import Outbound
 
 
 def hook_timestamp() -> str:
@@ -33,19 +33,10 @@ def hook_timestamp() -> str:
 class HookClient:
     def __init__(self, observer=None, max_connections: int = 100):
         self.observer = observer  # (partner, action, outcome kind, seconds) -> None
-        self.max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
-        return self._session
+        self.outbound = Outbound("the platform", max_connections=max_connections)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.outbound.close()
 
     async def send(self, partner: Any, payload: dict, *, timeout: float, request_id: str = "") -> dict:
         """POST one signed hook; return the platform's answer or raise IgspError/UpstreamError."""
@@ -56,21 +47,12 @@ class HookClient:
         started, kind = time.perf_counter(), "ok"
         try:
             try:
-                async with self.session.post(partner.hooks_url, data=body, headers=headers,
-                                             timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                    raw, status = await resp.read(), resp.status
-            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                kind = "timeout"
-                raise UpstreamError("upstream_timeout", "the platform did not answer in time", kind=kind,
-                                    applied=None) from exc
-            except aiohttp.ClientConnectorError as exc:
-                kind = "connect"
-                raise UpstreamError("upstream_unavailable", "the platform is not reachable", kind=kind,
-                                    applied=False) from exc
-            except aiohttp.ClientError as exc:
-                kind = "reset"
-                raise UpstreamError("upstream_unavailable", "the platform connection failed", kind=kind,
-                                    applied=None) from exc
+                reply = await self.outbound.request("POST", partner.hooks_url, data=body, headers=headers,
+                                                    timeout=timeout)
+            except UpstreamError as exc:
+                kind = exc.kind
+                raise
+            raw, status = reply.body, reply.status
             try:
                 answer = loads(raw)
             except (ValueError, UnicodeDecodeError):

@@ -119,6 +119,7 @@ class Mapping:
     raw: dict  # the interpolated document, for face-specific sections
     templates: Templates
     provider: Any = None  # provider face: a compiled gateway.provider_mapping.ProviderSpec
+    max_response_bytes: int = 1 << 20  # the largest decompressed legacy answer read (gateway/outbound.py)
 
     def search(self, expression: Any, data: Any) -> Any:
         return jmespath_fast.search(expression, data, self.jmespath_options)
@@ -323,6 +324,7 @@ def compile_mapping(data: dict, file: str) -> Mapping:
         tls_verify=bool(upstream.get("tls_verify", True)),
         idempotent=bool(upstream.get("idempotent", False)),
         static_headers=dict(upstream.get("headers") or {}),
+        max_response_bytes=int(upstream.get("max_response_bytes", 1 << 20)),
         codec=codec,
         signer=signer,
         extensions=extensions,

@@ -95,6 +95,9 @@ MAPPING_SCHEMA: dict = {
                 "connect_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
                 "max_connections": {"type": "integer", "minimum": 1, "default": 100},
                 "tls_verify": {"type": "boolean", "default": True},
+                "max_response_bytes": {"type": "integer", "minimum": 1024, "default": 1048576,
+                                       "description": "The largest legacy answer read, counted after "
+                                                      "decompression; a larger one is a 502 (outcome unknown)."},
                 "idempotent": {"type": "boolean", "default": False,
                                "description": "The legacy API dedupes by transaction id (redelivery is safe)."},
                 "headers": {"type": "object", "additionalProperties": {"type": "string"}},

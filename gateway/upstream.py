@@ -1,12 +1,14 @@
 """Calling a legacy API as a mapping describes, with one pooled client per mapping.
 
-Every foreign failure is translated here, where it enters, into an UpstreamError that
-says whether money may have moved (``applied``):
+Transport failures are translated by ``gateway.outbound`` (one map for every outbound
+call) into an UpstreamError that says whether money may have moved (``applied``); the
+answer's HTTP status and body are judged here:
 
     connect refused / connect timeout        -> upstream_unavailable, applied=False
     TLS certificate not trusted              -> upstream_unavailable, applied=False (kind "tls")
     HTTP 503 without a readable answer       -> upstream_unavailable, applied=False
-    read timeout, reset, other 5xx, garbage  -> upstream_timeout / _unavailable / _bad_response, applied=None
+    read timeout, reset, other 5xx, garbage,
+    a redirect, an oversized answer          -> upstream_timeout / _unavailable / _bad_response, applied=None
     a mapped legacy business error           -> its iGSP code (IgspError), nothing applied
 """
 
@@ -19,12 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from gateway.adapter_api import Adapter, LegacyRequest
 from gateway.errors import IgspError, UpstreamError
-from gateway.http1 import Http1Client
 from gateway.mapping import Mapping, Operation
+from gateway.outbound import Outbound
 
 log = logging.getLogger("igsp.upstream")
 
@@ -49,33 +49,22 @@ class LegacyClient:
     def __init__(self, mapping: Mapping, observer: Observer | None = None):
         self.mapping = mapping
         self.observer = observer
-        self._session: aiohttp.ClientSession | None = None
+        self.outbound = Outbound("legacy API", max_connections=mapping.max_connections,
+                                 connect_timeout=mapping.connect_timeout, tls_verify=mapping.tls_verify,
+                                 headers=mapping.static_headers, max_response_bytes=mapping.max_response_bytes)
         # Only adapters that override ``run`` cost anything per call.
         self._flows = tuple(a for a in (mapping.codec, mapping.signer, *mapping.extensions)
                             if a is not None and type(a).run is not Adapter.run)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsigned: list[tuple[LegacyRequest, asyncio.Future]] = []  # see _signed
-        self._limits: dict[float, aiohttp.ClientTimeout] = {}  # by total timeout: built once
-        # Plain-HTTP upstreams get the lean client (same failures, a quarter of the CPU).
-        self._http1: Http1Client | None = None
-        if mapping.base_url.startswith("http://"):
-            self._http1 = Http1Client(mapping.max_connections, keepalive_timeout=30, headers=mapping.static_headers)
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            m = self.mapping
-            connector = aiohttp.TCPConnector(limit=m.max_connections, ssl=None if m.tls_verify else False,
-                                             keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector, headers=m.static_headers,
-                                                  skip_auto_headers=("User-Agent",), auto_decompress=True)
-        return self._session
+    def session(self):
+        """The mapping's pooled aiohttp session (one per legacy API, shared by its partners)."""
+        return self.outbound.session
 
     async def close(self) -> None:
-        if self._http1 is not None:
-            await self._http1.close()
-        if self._session is not None:
-            await self._session.close()
+        await self.outbound.close()
 
     def build(self, name: str, context: dict) -> LegacyRequest:
         """Render, encode and sign the legacy request for ``name`` (no I/O; used by ``try``)."""
@@ -180,34 +169,9 @@ class LegacyClient:
 
     async def send(self, req: LegacyRequest, timeout: float | None = None) -> tuple[int, str, bytes]:
         """Send a built request: ``(status, content type, raw body)``; transport failures translated."""
-        m = self.mapping
-        total = timeout or m.timeout
-        limits = self._limits.get(total)
-        if limits is None:
-            limits = self._limits[total] = aiohttp.ClientTimeout(total=total, sock_connect=m.connect_timeout)
-        try:
-            if self._http1 is not None and req.url.startswith("http://"):
-                return await self._http1.request(req.method, req.url, params=req.params or None, body=req.body or b"",
-                                                 headers=req.headers, total=limits.total, connect=limits.sock_connect)
-            async with self.session.request(req.method, req.url, params=req.params or None, data=req.body or None,
-                                            headers=req.headers, timeout=limits) as resp:
-                return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamError("upstream_unavailable", "legacy API not reachable (connect timeout)",
-                                kind="connect", applied=False) from exc
-        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientConnectorSSLError) as exc:
-            # Never sent: the upstream's certificate is not trusted (upstream.tls_verify).
-            raise UpstreamError("upstream_unavailable", "legacy API TLS handshake failed (certificate not trusted)",
-                                kind="tls", applied=False) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError("upstream_unavailable", "legacy API not reachable", kind="connect",
-                                applied=False) from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamError("upstream_timeout", "legacy API did not answer in time", kind="timeout",
-                                applied=None) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError("upstream_unavailable", "legacy API connection failed", kind="reset",
-                                applied=None) from exc
+        answer = await self.outbound.request(req.method, req.url, params=req.params or None, data=req.body or None,
+                                             headers=req.headers, timeout=timeout or self.mapping.timeout)
+        return answer.status, answer.content_type, answer.body
 
     def read(self, name: str, status: int, content_type: str, raw: bytes) -> tuple[dict, Any]:
         """Decode a legacy answer and apply the operation's result rules: ``(fields, data)``.
