@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.codecs import form_value
 from gateway.adapter_api import Adapter, LegacyRequest
 from gateway.errors import IgspError, UpstreamError
 from gateway.mapping import Mapping, Operation
@@ -261,11 +262,5 @@ def _http_failure(status: int, message: str) -> UpstreamError:
 
 def _finish(req: LegacyRequest) -> LegacyRequest:
     """Query values as the wire will carry them (also those a signer added)."""
-    req.params = {k: _param(v) for k, v in req.params.items()}
+    req.params = {k: form_value(v) for k, v in req.params.items()}
     return req
-
-
-def _param(value: Any) -> str:
-    from adapters.codecs import form_value
-
-    return form_value(value)
