@@ -92,7 +92,7 @@ class Bench:
         self.every_cpu = ",".join(map(str, range(cpus)))
         self.results: dict = {"throughput": {}, "latency": {}, "scaling": {}, "checks": {}, "soak": None}
         self.procs: list = []
-        from gateway.simulators.hub88_wallet import generate_keypair
+        from gateway.tools.simulators.hub88_wallet import generate_keypair
 
         private, _ = generate_keypair()
         self.key_file = self.work / "hub88-private.pem"

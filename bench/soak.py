@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from adapters.codecs import dumps  # noqa: E402
 from gateway import signing  # noqa: E402
-from gateway.simulators import hub88_wallet, spawn  # noqa: E402
+from gateway.tools.simulators import hub88_wallet, spawn  # noqa: E402
 from tests.support import GatewayProcess, RedisServer, unique_timestamp  # noqa: E402
 
 API_KEY, SECRET = "soak-key-0001", "soak-secret-0123456789abcdef"

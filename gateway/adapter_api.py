@@ -135,7 +135,7 @@ class Adapter:
     roles: frozenset[str] = frozenset()
     #: A signer whose ``sign`` is costly (public-key signatures): the requests of one
     #: event-loop turn are then signed back to back, which keeps the CPU caches of the
-    #: request path and of the signature code warm (gateway/upstream.py, ``_signed``).
+    #: request path and of the signature code warm (gateway/outbound/legacy.py, ``_signed``).
     sign_in_batches = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

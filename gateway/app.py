@@ -2,7 +2,7 @@
 
 State lives under the typed ``web.AppKey`` constants of gateway/context.py; each resource
 (store, legacy clients, delivery worker) is a ``cleanup_ctx`` generator; nothing changes
-after start. Both faces plug in the same way (gateway/face.py, ``FACE_TYPES``): their
+after start. Both faces plug in the same way (gateway/faces/base.py, ``FACE_TYPES``): their
 routes, their objects for each config generation, their queued deliveries. What a
 reload replaces lives in the ``RUNTIME`` holder (gateway/runtime.py): a request uses
 ``request["generation"]``, the one current when it arrived.
@@ -18,23 +18,23 @@ import time
 
 from aiohttp import web
 
-from gateway import metrics
-from gateway.admin import setup_admin
 from gateway.auth import AuthFailure
 from gateway.config import Config
 from gateway.context import CONFIG, FACES, INFLIGHT, RUNTIME, STORE, WORKER
 from gateway.errors import IgspError, UpstreamError
-from gateway.face import Delivery, Face
-from gateway.health import PROBE, UpstreamProbe, healthz, metrics_endpoint, readyz
+from gateway.faces.base import Delivery, Face
+from gateway.faces.platform import PlatformFace
+from gateway.faces.provider import ProviderFace
+from gateway.faces.wallet import error_body
 from gateway.ids import new_id
-from gateway.logs import REQUEST_ID
-from gateway.platform_face import PlatformFace
-from gateway.provider_face import ProviderFace
+from gateway.ops import metrics
+from gateway.ops.admin import setup_admin
+from gateway.ops.health import PROBE, UpstreamProbe, healthz, metrics_endpoint, readyz
+from gateway.ops.logs import REQUEST_ID
 from gateway.ratelimit import RateLimited
 from gateway.retry_queue import DeliveryWorker
 from gateway.runtime import Generation, Runtime
 from gateway.store import QueueEntry, open_store
-from gateway.wallet import error_body
 
 log = logging.getLogger("igsp.access")
 

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from gateway import __version__, signing
-from gateway.conformance import cli as conformance_cli
-from gateway.demo import add_parser as add_demo_parser
-from gateway.dlq import add_parser as add_dlq_parser
 from gateway.errors import ConfigError
+from gateway.ops.dlq import add_parser as add_dlq_parser
+from gateway.tools.conformance import cli as conformance_cli
+from gateway.tools.demo import add_parser as add_demo_parser
 
 
 def _load(path: str):
@@ -37,8 +37,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a gateway config (and its mappings), or mapping files, printing every problem."""
-    from gateway.mapping import load_mapping
-    from gateway.yamlload import load_yaml
+    from gateway.engine.mapping import load_mapping
+    from gateway.engine.yamlload import load_yaml
 
     if getattr(args, "print_schema", False) or getattr(args, "list_adapters", False):
         return _validate_info(args)
@@ -67,11 +67,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _validate_info(args: argparse.Namespace) -> int:
     """``validate --print-schema`` (spec/mapping.schema.json) and ``--list-adapters``."""
     if args.print_schema:
-        from gateway.mapping_schema import schema_json
+        from gateway.engine.mapping_schema import schema_json
 
         sys.stdout.write(schema_json())
         return 0
-    from gateway.adapters import describe
+    from gateway.engine.adapters import describe
 
     rows = describe()
     width = max(len(name) for name, _, _ in rows)
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_dlq_parser(sub)
 
-    from gateway.try_cmd import add_parser as add_try
+    from gateway.tools.try_cmd import add_parser as add_try
 
     add_try(sub)
     return parser

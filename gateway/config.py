@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.engine.mapping import Mapping, load_mapping
+from gateway.engine.yamlload import env_and_schema_problems, interpolate_env, line_of, load_yaml, schema_problems
 from gateway.errors import ConfigError, Problem
-from gateway.mapping import Mapping, load_mapping
+from gateway.ops.redaction import scrub, secret_values
 from gateway.ratelimit import RateLimit
-from gateway.redaction import scrub, secret_values
 from gateway.store import STORE_SCHEMES
-from gateway.yamlload import env_and_schema_problems, interpolate_env, line_of, load_yaml, schema_problems
 
 _SECRET = {"type": "string", "minLength": 16}
 _RATE_LIMIT = {

@@ -21,7 +21,7 @@ STORE = web.AppKey("store", Store)
 RUNTIME = web.AppKey("runtime", Runtime)  # the current Generation (config, clients, faces)
 WORKER = web.AppKey("worker", DeliveryWorker)
 INFLIGHT = web.AppKey("inflight", dict)  # {"n": requests being answered now}
-FACES = web.AppKey("faces", dict)  # face name -> Face (gateway/face.py)
+FACES = web.AppKey("faces", dict)  # face name -> Face (gateway/faces/base.py)
 
 
 def generation(request: web.Request) -> Generation:

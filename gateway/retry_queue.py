@@ -15,8 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
-from gateway import metrics
 from gateway.errors import IgspError
+from gateway.ops import metrics
 from gateway.store import QueueEntry, Store
 
 log = logging.getLogger("igsp.queue")

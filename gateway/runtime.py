@@ -30,13 +30,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway import metrics
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
-from gateway.logs import update_logging
+from gateway.ops import metrics
+from gateway.ops.logs import update_logging
+from gateway.outbound.legacy import LegacyClient
 from gateway.ratelimit import Limiter
 from gateway.store import Store
-from gateway.upstream import LegacyClient
 
 log = logging.getLogger("igsp.runtime")
 upstream_log = logging.getLogger("igsp.upstream")
@@ -45,7 +45,7 @@ RESTART_FIELDS = ("host", "port", "workers", "max_body_bytes", "max_header_bytes
                   "hooks_path", "provider_mount", "queue_lease_seconds", "queue_poll_seconds")
 
 #: Builds a face's own objects for a generation being built (from its config, clients,
-#: limiter; see gateway/face.py).
+#: limiter; see gateway/faces/base.py).
 Builder = Callable[["Generation", "Runtime"], Any]
 
 

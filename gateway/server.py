@@ -33,7 +33,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.config import Config
-from gateway.logs import setup_logging
+from gateway.ops.logs import setup_logging
 
 log = logging.getLogger("igsp.server")
 
@@ -130,9 +130,9 @@ def serve(config: Config) -> int:
 
 
 def _serve_workers(config: Config) -> int:
-    if "gateway.metrics" in sys.modules:
+    if "gateway.ops.metrics" in sys.modules:
         # prometheus_client picks its value store when the first metric is created.
-        raise RuntimeError("gateway.metrics was imported before the multiprocess directory was set")
+        raise RuntimeError("gateway.ops.metrics was imported before the multiprocess directory was set")
     owned = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if owned:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="igsp-metrics-")
@@ -141,7 +141,7 @@ def _serve_workers(config: Config) -> int:
     # A previous run's files would be added to this run's counters.
     for stale in Path(metrics_dir).glob("*.db"):
         stale.unlink(missing_ok=True)
-    from gateway import metrics
+    from gateway.ops import metrics
 
     setup_logging(config.log_level, config.secrets)
     # Bind once to learn the port (port 0 = pick one), then every worker binds it too.

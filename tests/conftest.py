@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.simulators import hub88_wallet, start_in_thread
+from gateway.tools.simulators import hub88_wallet, start_in_thread
 from tests.support import GatewayProcess, IgspClient, RedisServer
 from tests.wallet_support import Simulator
 

@@ -22,9 +22,9 @@ from decimal import Decimal
 from aiohttp import web
 
 from gateway import signing
-from gateway.conformance.client import dumps
 from gateway.errors import IgspError
 from gateway.spec import HOOKS_SPEC, PROVIDER_SPEC, SpecValidators
+from gateway.tools.conformance.client import dumps
 
 NAMESPACE = uuid.UUID("6f1b6b8e-8a4b-4cf0-9d35-0c1f7a1f0c11")
 EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)

@@ -12,7 +12,7 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.simulators import hub88_wallet, start_in_thread
+from gateway.tools.simulators import hub88_wallet, start_in_thread
 from tests.conftest import Hub88
 from tests.support import ROOT
 

@@ -23,14 +23,14 @@ import pytest
 from aiohttp import web
 
 from adapters.signing import md5_param_hash
-from gateway import adapters as registry
 from gateway.adapter_api import Adapter, Codec, Flow, InboundRequest, LegacyRequest, roles_of
-from gateway.adapters import make_adapter
+from gateway.engine import adapters as registry
+from gateway.engine.adapters import make_adapter
+from gateway.engine.mapping import load_mapping
+from gateway.engine.templating import BUILTIN_FILTERS, Templates
 from gateway.errors import ConfigError, IgspError, UpstreamError
-from gateway.mapping import load_mapping
-from gateway.simulators import hub88_wallet, start_in_thread
-from gateway.templating import BUILTIN_FILTERS, Templates
-from gateway.upstream import LegacyClient
+from gateway.outbound.legacy import LegacyClient
+from gateway.tools.simulators import hub88_wallet, start_in_thread
 from tests.support import ROOT
 
 # -- codecs ---------------------------------------------------------------------------------------
@@ -444,9 +444,9 @@ async def test_an_adapter_bug_at_request_time_is_not_a_final_answer(tmp_path, ro
     the adapter's bug: ``upstream_error`` that sent nothing, so the wallet forgets the bet
     (a retry starts afresh) and queues the win — no final 4xx in the ledger. A ValueError
     is the codec refusing this request: still a final ``invalid_request``."""
+    from gateway.faces.wallet import Wallet
     from gateway.store import open_store
     from gateway.store.base import QUEUED
-    from gateway.wallet import Wallet
     from tests.wallet_support import bet, win
 
     path = write_mapping(tmp_path, """

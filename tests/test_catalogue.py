@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import pytest
 from aiohttp import web
 
-from gateway import cursors
-from gateway.catalogue import Catalogue, format_instant, legacy_uuid, parse_instant
+from gateway.engine.mapping import load_mapping
 from gateway.errors import IgspError
-from gateway.mapping import load_mapping
+from gateway.faces import cursors
+from gateway.faces.catalogue import Catalogue, format_instant, legacy_uuid, parse_instant
+from gateway.outbound.legacy import LegacyClient
 from gateway.spec import PROVIDER_SPEC, SpecValidators
 from gateway.store.sqlite import SqliteStore
-from gateway.upstream import LegacyClient
 
 
 def _items() -> list[dict]:

@@ -53,7 +53,7 @@ partners:
     # The Hub88 key is not a PEM: the mapping must refuse it, naming the field.
     with pytest.raises(ConfigError, match=r"hub88-wallet.yaml:\d+: signer: .*(RSA|key)"):
         load_config(path, env)
-    from gateway.simulators.hub88_wallet import generate_keypair
+    from gateway.tools.simulators.hub88_wallet import generate_keypair
 
     env["HUB88_PRIVATE_KEY"] = generate_keypair()[0]
     config = load_config(path, env)

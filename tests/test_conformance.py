@@ -15,12 +15,12 @@ from decimal import Decimal
 
 import pytest
 
-from gateway.conformance import checks_platform, checks_provider
-from gateway.conformance.client import SignedClient
-from gateway.conformance.runner import FAIL, MONEY_SKIP_REASON, PASS, SKIP, RunOptions, run_checks
-from gateway.demo.stack import DemoStack, provider_face_available
-from gateway.simulators import igsp_platform, start_in_thread
 from gateway.spec import HOOKS_SPEC, PROVIDER_SPEC, SpecValidators
+from gateway.tools.conformance import checks_platform, checks_provider
+from gateway.tools.conformance.client import SignedClient
+from gateway.tools.conformance.runner import FAIL, MONEY_SKIP_REASON, PASS, SKIP, RunOptions, run_checks
+from gateway.tools.demo.stack import DemoStack, provider_face_available
+from gateway.tools.simulators import igsp_platform, start_in_thread
 from tests.conftest import ACME, platform_config
 from tests.igsp_fakes import platform_app, provider_app
 from tests.support import ROOT

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway import cli
-from gateway.demo.stack import DemoStack, provider_face_available
+from gateway.tools.demo.stack import DemoStack, provider_face_available
 from tests.support import ROOT
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -81,7 +81,7 @@ def test_demo_exits_1_and_keeps_the_log_when_a_step_goes_wrong(monkeypatch, caps
 
 
 def test_demo_reconciliation_catches_money_the_igsp_side_never_saw(monkeypatch, capsys):
-    from gateway.demo import platform_story
+    from gateway.tools.demo import platform_story
 
     reconcile = platform_story.PlatformAct.reconcile
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from gateway.simulators import hub88_wallet, start_in_thread
+from gateway.tools.simulators import hub88_wallet, start_in_thread
 from tests.conftest import ACME, Hub88, platform_config
 from tests.support import ROOT, IgspClient, decimal_json
 from tests.test_platform_face import _wait_for, assert_error, bet, refund, win

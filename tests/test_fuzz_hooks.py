@@ -33,8 +33,8 @@ from schemathesis.specs.openapi.checks import (
 from adapters.codecs import dumps
 from gateway import signing
 from gateway.errors import ERROR_CODES
-from gateway.simulators import hub88_wallet, start_in_thread
 from gateway.spec import HOOKS_SPEC, SpecValidators
+from gateway.tools.simulators import hub88_wallet, start_in_thread
 from tests.conftest import ACME, Hub88, platform_config
 from tests.support import ROOT, GatewayProcess, IgspClient, decimal_json, unique_timestamp
 

@@ -13,7 +13,7 @@ import sys
 
 import yaml
 
-from gateway.simulators.hub88_wallet import generate_keypair
+from gateway.tools.simulators.hub88_wallet import generate_keypair
 from tests.support import ROOT
 from tests.test_helm import CHART_DIR, find, gateway_config, render_chart, write_config_tree
 

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 import yaml
 
-from gateway.simulators import hub88_wallet, start_in_thread
+from gateway.tools.simulators import hub88_wallet, start_in_thread
 from tests.conftest import ACME, BETA
 from tests.support import ROOT, GatewayProcess, IgspClient, decimal_json
 from tests.wallet_support import Simulator, assert_error, balance, bet, queue_attempts, refund, wait_for, win

@@ -15,7 +15,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import jmespath_fast
+from gateway.engine import jmespath_fast
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ import orjson
 import pytest
 import yaml
 
-from gateway.simulators.hub88_wallet import generate_keypair
+from gateway.tools.simulators.hub88_wallet import generate_keypair
 from tests.conftest import ACME, BETA, platform_config
 from tests.ops_support import Metrics, RecordingHub88, wait_for, write_mapping
 from tests.support import ROOT, IgspClient
@@ -146,7 +146,7 @@ def test_redaction_catches_what_a_careless_log_line_would_leak():
     import io
     import logging
 
-    from gateway.logs import JsonFormatter
+    from gateway.ops.logs import JsonFormatter
 
     pem = generate_keypair()[0]
     stream = io.StringIO()

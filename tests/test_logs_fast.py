@@ -10,8 +10,8 @@ import time
 import orjson
 import pytest
 
-from gateway import logs
-from gateway.logs import REQUEST_ID, JsonFormatter, setup_logging, timestamp
+from gateway.ops import logs
+from gateway.ops.logs import REQUEST_ID, JsonFormatter, setup_logging, timestamp
 
 SECRET = "partner-secret-0123456789"
 

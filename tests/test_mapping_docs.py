@@ -14,10 +14,10 @@ import tomllib
 import jsonschema
 import pytest
 
-from gateway.adapters import ENTRY_POINT_GROUP
-from gateway.mapping_schema import MAPPING_SCHEMA, schema_json
-from gateway.simulators import hub88_wallet
-from gateway.templating import BUILTIN_FILTERS
+from gateway.engine.adapters import ENTRY_POINT_GROUP
+from gateway.engine.mapping_schema import MAPPING_SCHEMA, schema_json
+from gateway.engine.templating import BUILTIN_FILTERS
+from gateway.tools.simulators import hub88_wallet
 from tests.support import ROOT
 
 README = (ROOT / "mappings" / "README.md").read_text()

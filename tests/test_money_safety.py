@@ -24,8 +24,8 @@ import yaml
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
-from gateway.simulators import RunningServer, hub88_wallet
-from gateway.simulators._common import parse_fault
+from gateway.tools.simulators import RunningServer, hub88_wallet
+from gateway.tools.simulators._common import parse_fault
 from tests.conftest import ACME, Hub88, platform_config
 from tests.support import ROOT, GatewayProcess, IgspClient, decimal_json
 

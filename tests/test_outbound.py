@@ -1,4 +1,4 @@
-"""gateway/outbound.py on its own: the one map from transport failures to iGSP errors, and
+"""gateway/outbound/http.py on its own: the one map from transport failures to iGSP errors, and
 the client habits that keep a money call from being replayed.
 
 Failures are injected with aioresponses; answers come from real loopback servers (the
@@ -14,7 +14,7 @@ import pytest
 from aioresponses import aioresponses
 
 from gateway.errors import UpstreamError
-from gateway.outbound import DEFAULT_MAX_RESPONSE_BYTES, Outbound
+from gateway.outbound.http import DEFAULT_MAX_RESPONSE_BYTES, Outbound
 
 URL = "http://wallet.test/bet"
 

@@ -32,11 +32,11 @@ from gateway import money, signing
 from gateway.adapter_api import LegacyRequest
 from gateway.auth import AuthFailure, Verifier
 from gateway.config import Partner
+from gateway.engine.mapping import Amounts
+from gateway.engine.templating import Templates
 from gateway.errors import IgspError
-from gateway.mapping import Amounts
+from gateway.faces.wallet import amount_json
 from gateway.store.sqlite import SqliteStore
-from gateway.templating import Templates
-from gateway.wallet import amount_json
 
 #: In CI the examples are the same every run (no flakes); locally they explore.
 CI = bool(os.environ.get("CI"))

@@ -17,9 +17,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
-from gateway.simulators import igsp_platform, pragmatic_provider, start_in_thread
+from gateway.engine.templating import IGSP_NAMESPACE
 from gateway.spec import PROVIDER_SPEC, SpecValidators
-from gateway.templating import IGSP_NAMESPACE
+from gateway.tools.simulators import igsp_platform, pragmatic_provider, start_in_thread
 from tests.support import ROOT, GatewayProcess, IgspClient, decimal_json
 
 PP_SECRET = "pp-secret-key-0123"

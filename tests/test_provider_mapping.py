@@ -7,10 +7,10 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from gateway import adapters as registry
 from gateway.adapter_api import Signer
+from gateway.engine import adapters as registry
+from gateway.engine.mapping import load_mapping
 from gateway.errors import ConfigError
-from gateway.mapping import load_mapping
 from tests.support import ROOT
 
 BROKEN = """\

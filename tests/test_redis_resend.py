@@ -15,9 +15,9 @@ import uuid
 
 import pytest
 
+from gateway.faces.wallet import COMPENSATION
 from gateway.store import OnceKey, QueueEntry, Replayed, TxRecord, open_store
 from gateway.store.base import DONE, PENDING, QUEUED, StoreUnavailable
-from gateway.wallet import COMPENSATION
 from tests.support import RedisServer, free_port
 
 

@@ -25,8 +25,8 @@ from cryptography.x509.oid import NameOID
 
 from adapters.codecs import dumps
 from gateway import signing
-from gateway.simulators import RunningServer, hub88_wallet
 from gateway.spec import HOOKS_SPEC, SpecValidators
+from gateway.tools.simulators import RunningServer, hub88_wallet
 from tests.conftest import ACME, BETA, platform_config
 from tests.ops_support import wait_for
 from tests.support import ROOT, IgspClient, decimal_json, unique_timestamp

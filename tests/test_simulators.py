@@ -15,7 +15,14 @@ import requests
 from aiohttp import web
 
 from gateway.signing import format_timestamp, signed_headers
-from gateway.simulators import hub88_wallet, igsp_platform, pragmatic_provider, soap_wallet, spawn, start_in_thread
+from gateway.tools.simulators import (
+    hub88_wallet,
+    igsp_platform,
+    pragmatic_provider,
+    soap_wallet,
+    spawn,
+    start_in_thread,
+)
 
 NICK = 'Tom & "Jerry" <3'
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from gateway.simulators import soap_wallet, start_in_thread
+from gateway.tools.simulators import soap_wallet, start_in_thread
 from tests.conftest import ACME
 from tests.support import ROOT, GatewayProcess, IgspClient, decimal_json
 from tests.wallet_support import Simulator, assert_error, balance, bet, queue_attempts, refund, wait_for, win

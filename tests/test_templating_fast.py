@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jinja2 import Undefined, nodes
 
-from gateway.templating import _SINGLE_EXPR, Templates
-from gateway.templating import TemplateError as JinjaTemplateError
+from gateway.engine.templating import _SINGLE_EXPR, Templates
+from gateway.engine.templating import TemplateError as JinjaTemplateError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,8 +13,8 @@ from decimal import Decimal
 import pytest
 
 from adapters.codecs import dumps
-from gateway.simulators import hub88_wallet, soap_wallet, start_in_thread
-from gateway.try_cmd import load_for_try, parse_input, run_try
+from gateway.tools.simulators import hub88_wallet, soap_wallet, start_in_thread
+from gateway.tools.try_cmd import load_for_try, parse_input, run_try
 from tests.support import ROOT
 from tests.wallet_support import Simulator
 

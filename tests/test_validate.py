@@ -153,7 +153,7 @@ def test_validate_reports_config_and_mapping_problems_together(broken):
 
 def test_validate_passes_the_shipped_mapping(tmp_path):
     env_file = tmp_path / "key.pem"
-    from gateway.simulators.hub88_wallet import generate_keypair
+    from gateway.tools.simulators.hub88_wallet import generate_keypair
 
     env_file.write_text(generate_keypair()[0])
     result = subprocess.run(

@@ -1,0 +1,278 @@
+"""JSON Schema of the mapping file format, version 1 (published as spec/mapping.schema.json).
+
+Keys are closed (a typo is an error naming the allowed keys); ``x-…`` keys are free
+annotations. The loader (gateway/engine/mapping.py) checks templates, JMESPath and adapters
+on top of this.
+"""
+
+from __future__ import annotations
+
+from gateway.errors import ERROR_CODES
+
+_ANNOTATIONS = {"^x-": {}}
+
+ADAPTER_SPEC = {
+    "description": "An adapter key, or {adapter: key, ...options}.",
+    "oneOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "object", "required": ["adapter"], "properties": {"adapter": {"type": "string", "minLength": 1}}},
+    ],
+}
+
+ERROR_RULE = {
+    "oneOf": [
+        {"type": "string", "enum": sorted(ERROR_CODES)},
+        {
+            "type": "object",
+            "required": ["error"],
+            "additionalProperties": False,
+            "properties": {
+                "error": {"type": "string", "enum": sorted(ERROR_CODES)},
+                "message": {"type": "string"},
+                "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            },
+        },
+    ]
+}
+
+RESULT = {
+    "type": "object",
+    "description": "How to tell success from failure in a legacy answer.",
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "properties": {
+        "success": {"type": "string", "description": "JMESPath, truthy on success. Default: HTTP 2xx."},
+        "code": {"type": "string", "description": "JMESPath to the legacy error code."},
+        "message": {"type": "string", "description": "JMESPath to the legacy error text."},
+        "success_codes": {"type": "array", "items": {"type": ["string", "integer"]},
+                          "description": "Legacy codes that also mean success for this operation."},
+        "errors": {"type": "object", "additionalProperties": ERROR_RULE,
+                   "description": "Legacy code -> iGSP error code (or {error, message, status})."},
+        "default_error": ERROR_RULE,
+    },
+}
+
+OPERATION = {
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "required": ["path"],
+    "properties": {
+        "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE"], "default": "POST"},
+        "path": {"type": "string", "description": "Path under upstream.base_url (a template)."},
+        "query": {"type": "object", "description": "Query parameters (templates)."},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+        "body": {"description": "The request body as a tree of templates, encoded by the codec."},
+        "response": {"type": "object", "additionalProperties": {"type": "string"},
+                     "description": "iGSP field -> JMESPath over the decoded legacy answer."},
+        "result": RESULT,
+        "timeout": {"type": "number", "exclusiveMinimum": 0},
+    },
+}
+
+MAPPING_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://igsp-gateway.dev/schemas/mapping-v1.json",
+    "title": "iGSP Gateway mapping file, version 1",
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "required": ["version", "name", "face", "upstream", "operations"],
+    "properties": {
+        "version": {"const": 1},
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]*$"},
+        "description": {"type": "string"},
+        "face": {"enum": ["platform", "provider"],
+                 "description": "platform: a legacy wallet behind iGSP hooks; provider: a legacy game provider."},
+        "upstream": {
+            "type": "object",
+            "additionalProperties": False,
+            "patternProperties": _ANNOTATIONS,
+            "required": ["base_url"],
+            "properties": {
+                "base_url": {"type": "string", "pattern": "^https?://"},
+                "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 2.0},
+                "connect_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
+                "max_connections": {"type": "integer", "minimum": 1, "default": 100},
+                "tls_verify": {"type": "boolean", "default": True},
+                "max_response_bytes": {"type": "integer", "minimum": 1024, "default": 1048576,
+                                       "description": "The largest legacy answer read, counted after "
+                                                      "decompression; a larger one is a 502 (outcome unknown)."},
+                "idempotent": {"type": "boolean", "default": False,
+                               "description": "The legacy API dedupes by transaction id (redelivery is safe)."},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "codec": ADAPTER_SPEC,
+        "signer": ADAPTER_SPEC,
+        "extensions": {"type": "array", "items": ADAPTER_SPEC},
+        "amounts": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "unit": {"enum": ["decimal", "minor", "scaled"], "default": "decimal"},
+                "scale": {"type": "integer", "minimum": 1},
+            },
+        },
+        "secrets": {"type": "object", "additionalProperties": {"type": "string"}},
+        "result": RESULT,
+        "operations": {"type": "object", "additionalProperties": OPERATION, "minProperties": 1},
+        "queue": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "max_attempts": {"type": "integer", "minimum": 1, "default": 10},
+                "backoff_initial": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
+                "backoff_max": {"type": "number", "exclusiveMinimum": 0, "default": 300.0},
+            },
+        },
+        "catalogue": {"$ref": "#/$defs/catalogue"},
+        "launch": {"$ref": "#/$defs/launch"},
+        "callbacks": {"$ref": "#/$defs/callbacks"},
+    },
+}
+
+# -- provider face: catalogue, launch and legacy wallet callbacks --------------------------
+
+#: How one value is read from legacy data. A string is a JMESPath expression; an object
+#: gives exactly one of ``path`` (JMESPath), ``template`` (Jinja2 text or a tree of
+#: templates) or ``value`` (a constant), then optionally ``map`` (a lookup table applied
+#: to the value) and ``default`` (when the value is missing or not in ``map``).
+FIELD = {
+    "type": ["string", "object"],
+    "minLength": 1,
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "minProperties": 1,
+    "properties": {
+        "path": {"type": "string", "minLength": 1, "description": "JMESPath over the legacy data."},
+        "template": {"description": "Jinja2 template (or a tree of them)."},
+        "value": {"description": "A constant."},
+        "map": {"type": "object", "description": "Lookup table: legacy value -> iGSP value."},
+        "default": {"description": "Used when the value is missing or not in map."},
+    },
+}
+
+CATALOGUE_SOURCE = {
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "required": ["id", "fields"],
+    "properties": {
+        "operation": {"type": "string", "description": "The operation that fetches (one page of) the list."},
+        "static": {"type": "array", "items": {"type": "object"},
+                   "description": "Legacy-shaped items written in the mapping (instead of an operation)."},
+        "items": {"type": "string", "default": "@", "description": "JMESPath to the item list in an answer."},
+        "paging": {
+            "type": "object",
+            "additionalProperties": False,
+            "patternProperties": _ANNOTATIONS,
+            "properties": {
+                "style": {"enum": ["none", "page", "offset", "cursor"], "default": "none"},
+                "size": {"type": "integer", "minimum": 1, "default": 100,
+                         "description": "Page size, given to templates as page_size."},
+                "start": {"type": "integer", "minimum": 0, "default": 1, "description": "First page number."},
+                "next": {"type": "string", "description": "cursor style: JMESPath to the next legacy cursor."},
+                "has_more": {"type": "string",
+                             "description": "JMESPath, truthy while more pages follow (default: a full page)."},
+                "max_pages": {"type": "integer", "minimum": 1, "default": 1000},
+            },
+        },
+        "id": {**FIELD, "description": "The legacy id (shown to iGSP as a stable UUIDv5 unless it is a UUID)."},
+        "fields": {"type": "object", "additionalProperties": FIELD, "minProperties": 1,
+                   "description": "iGSP field -> how to read it from one legacy item."},
+    },
+}
+
+CATALOGUE = {
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "required": ["games", "providers"],
+    "properties": {
+        "cache_ttl": {"type": "number", "minimum": 0, "default": 300,
+                      "description": "Seconds a fetched legacy catalogue is served from the store."},
+        "id_scope": {"type": "string", "minLength": 1,
+                     "description": "Name mixed into UUIDv5 ids (default: the mapping name)."},
+        "games": CATALOGUE_SOURCE,
+        "providers": CATALOGUE_SOURCE,
+    },
+}
+
+LAUNCH = {
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "properties": {
+        "steps": {"type": "array", "items": {"type": "string"}, "default": [],
+                  "description": "Operations run in order; each one's response fields join the context."},
+        "url": {"type": "string", "default": "{{ url }}", "description": "Template of the launch URL."},
+        "token": {"type": "string", "description": "Template of the legacy token (default: a random one)."},
+        "session_ttl": {"type": "number", "exclusiveMinimum": 0, "default": 86400},
+        "check_currency": {"type": "boolean", "default": True},
+    },
+}
+
+LEGACY_CODE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["code"],
+    "properties": {"code": {"type": ["string", "integer"]}, "message": {"type": "string"}},
+}
+
+CALLBACK_ENDPOINT = {
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "required": ["hook"],
+    "properties": {
+        "path": {"type": "string", "pattern": "^/", "description": "Default: /<endpoint name>."},
+        "method": {"enum": ["GET", "POST"], "default": "POST"},
+        "hook": {"enum": ["balance", "bet", "win", "refund"]},
+        "type": {"type": "string", "description": "The hook's type (default: bet, win, bet)."},
+        "fields": {"type": "object", "additionalProperties": FIELD,
+                   "description": "Hook field -> how to read it from the legacy request."},
+        "reply": {"description": "Success body (template tree), overriding callbacks.reply."},
+        "succeed_on": {"type": "array", "items": {"type": "string"},
+                       "description": "iGSP error codes answered as a success with the current balance."},
+        "queued": {"type": "boolean", "default": False,
+                   "description": "win/refund: when the platform fails retriably, also put the signed hook on "
+                                  "the durable queue, so it arrives even if the legacy server stops retrying."},
+    },
+}
+
+CALLBACKS = {
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": _ANNOTATIONS,
+    "required": ["token", "error_reply", "default_error", "retriable_error", "endpoints"],
+    "properties": {
+        "codec": ADAPTER_SPEC,
+        "reply_codec": ADAPTER_SPEC,
+        "verify": ADAPTER_SPEC,
+        "token": {"type": "string", "description": "JMESPath to the launch token in a legacy request."},
+        "player": {"type": "string", "description": "JMESPath to the player id (latest session) when no token."},
+        "hook_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 3.0},
+        "reply_status": {"type": "integer", "minimum": 200, "maximum": 599, "default": 200},
+        "reply": {"description": "Default success body (template tree)."},
+        "error_reply": {"description": "Error body (template tree) with legacy_code and legacy_message."},
+        "errors": {"type": "object", "additionalProperties": LEGACY_CODE,
+                   "description": "iGSP error code -> legacy {code, message}."},
+        "default_error": LEGACY_CODE,
+        "retriable_error": LEGACY_CODE,
+        "endpoints": {"type": "object", "additionalProperties": CALLBACK_ENDPOINT, "minProperties": 1},
+    },
+}
+
+MAPPING_SCHEMA["$defs"] = {"catalogue": CATALOGUE, "launch": LAUNCH, "callbacks": CALLBACKS}
+
+#: Operations a platform-face mapping must define (``rollback`` is optional: it
+#: defaults to ``refund`` for compensating an unknown bet outcome).
+PLATFORM_OPERATIONS = ("balance", "bet", "win", "refund")
+
+
+def schema_json() -> str:
+    """The published form of MAPPING_SCHEMA (``spec/mapping.schema.json``)."""
+    import json
+
+    return json.dumps(MAPPING_SCHEMA, indent=2, ensure_ascii=False) + "\n"

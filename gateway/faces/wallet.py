@@ -1,0 +1,296 @@
+"""Platform face money semantics: iGSP wallet hooks against a legacy wallet.
+
+Every bet/win/refund is recorded in the ledger by (partner, transaction_id) *before*
+the legacy call, so duplicates — sequential or concurrent, on any replica — get the
+first outcome byte for byte and never reach the legacy wallet twice.
+
+Outcomes of a legacy call, and what the caller and the ledger get:
+
+    success / business error   -> answered and stored; retries replay it
+    certainly not applied      -> bet: answered 5xx, record dropped (a retry starts afresh)
+                                  win/refund: queued for delivery, retries get 503 until done
+    outcome unknown (timeout)  -> bet: 5xx now, compensating rollback queued, retries get 409
+                                  win/refund: queued if the wallet is idempotent, else dead-lettered
+
+A record still ``pending`` after ``orphan_after`` seconds was left by a gateway that died
+mid-call (``kill -9``, OOM): the next retry of it, or a refund of that bet, settles it as an
+unknown outcome. Until then a refund of a pending bet is answered retriable 503, never a
+final 404 — the bet may yet go through.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import orjson
+
+from gateway import money
+from gateway.engine.templating import IGSP_NAMESPACE
+from gateway.errors import IgspError, UpstreamError
+from gateway.faces import ledger
+from gateway.ops import metrics
+from gateway.outbound.legacy import LegacyClient
+from gateway.retry_queue import DeadLetter, hook_from_queue, to_queue
+from gateway.store import OnceKey, QueueEntry, Replayed, Store, TxRecord
+from gateway.store.base import DONE, PENDING, QUEUED
+
+#: voided_by marker of a bet whose unknown outcome is being rolled back by the gateway.
+COMPENSATION = "~compensation"
+MONEY_ACTIONS = ("bet", "win", "refund")
+#: Route of the wallet's deliveries in the durable queue (gateway/faces/platform.py runs them).
+WALLET_ROUTE = "wallet"
+
+
+def error_body(error: IgspError) -> tuple[int, bytes]:
+    return error.status, orjson.dumps(error.body())
+
+
+def amount_json(value: Decimal) -> orjson.Fragment:
+    """An exact JSON number: ``Decimal('97.50')`` -> ``97.50``."""
+    return orjson.Fragment(format(value, "f"))
+
+
+#: What must match for a duplicate money hook to be a retry rather than a conflict.
+RETRY_FIELDS = ("action", "player_id", "currency", "amount", "bet_transaction_id")
+
+
+def fingerprint(payload: dict) -> str:
+    return ledger.fingerprint(payload, RETRY_FIELDS)
+
+
+class Wallet:
+    """One platform-face partner: its legacy wallet client, the store and the queue."""
+
+    def __init__(self, partner_id: str, client: LegacyClient, store: Store, *, retention: float,
+                 currencies: dict | None = None, wait_seconds: float = 2.0, wake_queue=None, on_replay=None,
+                 orphan_after: float = 30.0):
+        self.partner_id = partner_id
+        self.client = client
+        self.mapping = client.mapping
+        self.store = store
+        self.retention = retention
+        self.currencies = currencies or {}
+        self.wait_seconds = wait_seconds
+        self.wake_queue = wake_queue or (lambda: None)
+        self.on_replay = on_replay or (lambda action: None)
+        self.orphan_after = orphan_after  # > any legacy call's duration (config: queue.lease_seconds)
+        self.rollback_op = "rollback" if "rollback" in self.mapping.operations else "refund"
+
+    # -- context -------------------------------------------------------------------
+    def context(self, payload: dict, request_id: str) -> dict:
+        """Template variables for a legacy call built from an iGSP hook."""
+        now = datetime.now(timezone.utc)
+        ctx = dict(payload)
+        ctx.update(request_id=request_id, partner=self.partner_id, now=now, now_ms=int(now.timestamp() * 1000),
+                   secrets=self.mapping.secrets)
+        if "amount" in payload:
+            ctx["legacy_amount"] = self.mapping.amounts.to_legacy(payload["amount"], payload["currency"])
+        return ctx
+
+    def balance_of(self, fields: dict, currency: str) -> Decimal:
+        balance = self.mapping.amounts.from_legacy(fields.get("balance"), currency)
+        return balance.quantize(Decimal(1).scaleb(-money.exponent(currency, self.currencies)))
+
+    def platform_txid(self, fields: dict, txid: str) -> str:
+        legacy = fields.get("transaction_id")
+        return str(legacy) if legacy not in (None, "") else str(uuid.uuid5(IGSP_NAMESPACE, f"{self.partner_id}:{txid}"))
+
+    # -- entry point ---------------------------------------------------------------
+    async def handle(self, payload: dict, request_id: str, once: OnceKey | None = None) -> tuple[int, bytes]:
+        """Answer one hook. ``once`` (the request's replay-protection key) is claimed
+        before the ledger or the wallet is touched; ``Replayed`` when it was already used."""
+        action = payload["action"]
+        if "amount" in payload:
+            money.check_precision(payload["amount"], payload["currency"], self.currencies)
+        if action == "balance":
+            if once is not None and not await self.store.claim(once):
+                raise Replayed()
+            reply = await self.client.call("balance", self.context(payload, request_id))
+            check_currency(reply.fields, payload["currency"])
+            return 200, orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"]))})
+
+        txid = payload["transaction_id"]
+        rec = TxRecord(self.partner_id, txid, action, fingerprint(payload))
+        existing = await self.store.tx_begin(rec, self.retention, once)
+        if existing is not None:
+            return await self.replay(existing, rec.fingerprint, payload, request_id)
+        try:
+            if action == "refund":
+                return await self.refund(payload, request_id)
+            return await self.transfer(payload, request_id)
+        except BaseException:
+            # Never leave a record pending for ever: an unexpected failure (or a
+            # cancellation) mid-call is an unknown outcome.
+            current = await self.store.tx_get(self.partner_id, txid)
+            if current is not None and current.state == PENDING:
+                await self.unknown_outcome(payload, request_id,
+                                           UpstreamError("internal_error", "internal error", kind="internal",
+                                                         applied=None))
+            raise
+
+    async def replay(self, existing: TxRecord, fp: str, payload: dict, request_id: str) -> tuple[int, bytes]:
+        if existing.fingerprint != fp:
+            return error_body(IgspError("transaction_conflict",
+                                        "transaction_id was already used with a different payload"))
+        existing = await ledger.settled(self.store, existing, self.wait_seconds)
+        if self.orphaned(existing):
+            await self.take_over(payload, request_id)
+            existing = await self.store.tx_get(existing.partner, existing.txid) or existing
+        if existing.state == PENDING:
+            return error_body(IgspError("transaction_in_progress", "the first copy of this transaction is still running"))
+        self.on_replay(existing.action)
+        return existing.status, existing.body
+
+    def orphaned(self, rec: TxRecord) -> bool:
+        return rec.state == PENDING and time.time() - rec.created_at > self.orphan_after
+
+    async def take_over(self, payload: dict, request_id: str) -> None:
+        """Settle an orphaned pending record as an unknown outcome. Replicas race for it with a
+        compare-and-set on ``voided_by`` (unused by a pending record): one settles, the others wait."""
+        if await self.store.tx_void(self.partner_id, payload["transaction_id"], COMPENSATION) is None:
+            await self.unknown_outcome(payload, request_id, UpstreamError(
+                "upstream_timeout", "the gateway handling this transaction stopped mid-call", kind="orphan",
+                applied=None))
+
+    async def finish(self, txid: str, status: int, body: bytes, state: str = DONE) -> tuple[int, bytes]:
+        await self.store.tx_finish(self.partner_id, txid, state, status, body, self.retention)
+        return status, body
+
+    # -- bet / win -----------------------------------------------------------------
+    async def transfer(self, payload: dict, request_id: str) -> tuple[int, bytes]:
+        action, txid = payload["action"], payload["transaction_id"]
+        try:
+            reply = await self.client.call(action, self.context(payload, request_id))
+        except UpstreamError as exc:
+            if exc.applied is False and action == "bet":
+                await self.store.tx_forget(self.partner_id, txid)
+                return error_body(exc)
+            return await self.unknown_outcome(payload, request_id, exc)
+        except IgspError as exc:
+            return await self.finish(txid, *error_body(exc))
+        body = orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"])),
+                             "transaction_id": self.platform_txid(reply.fields, txid)})
+        return await self.finish(txid, 200, body)
+
+    async def unknown_outcome(self, payload: dict, request_id: str, exc: UpstreamError) -> tuple[int, bytes]:
+        """A money call that failed in a way that must still be made right later."""
+        action, txid = payload["action"], payload["transaction_id"]
+        if action == "bet":
+            # Money may have left the player: roll it back for sure, then tell retries so.
+            await self.store.tx_void(self.partner_id, txid, COMPENSATION)
+            await self.enqueue("rollback", compensation_payload(payload), request_id, exc)
+            await self.store.tx_finish(self.partner_id, txid, DONE, *error_body(IgspError(
+                "transaction_voided", "the bet's outcome was unknown and it has been rolled back; place a new bet")),
+                self.retention)
+            return error_body(exc)
+        # A win or refund must reach the player eventually: deliver it from the queue.
+        dead = exc.applied is None and not self.mapping.idempotent
+        await self.enqueue(action, payload, request_id, exc, dead=dead)
+        await self.store.tx_finish(self.partner_id, txid, QUEUED, *error_body(IgspError(
+            "transaction_in_progress", "accepted for delivery to the wallet; retry later for the outcome")),
+            self.retention)
+        return error_body(exc)
+
+    async def enqueue(self, op: str, payload: dict, request_id: str, exc: Exception, *, dead: bool = False) -> None:
+        entry = QueueEntry(
+            id=uuid.uuid4().hex,
+            route=WALLET_ROUTE,
+            payload={"partner": self.partner_id, "op": op, "request_id": request_id, "hook": to_queue(payload)},
+            max_attempts=self.mapping.max_attempts,
+            # A late legacy answer may still be in flight: a rollback that overtakes
+            # its own bet would be acknowledged as "unknown" and undo nothing.
+            next_at=time.time() + max(self.mapping.backoff_initial, 2 * self.mapping.timeout),
+            last_error=str(exc),
+        )
+        await self.store.q_put(entry)
+        if dead:
+            # Unknown outcome on a wallet that does not dedupe: a redelivery could pay
+            # twice, so an operator reconciles and replays it (igsp-gateway dlq).
+            await self.store.q_dead(entry, f"unknown outcome on a non-idempotent wallet: {exc}")
+            metrics.DEAD_LETTERS.labels(entry.route).inc()
+        else:
+            self.wake_queue()
+
+    # -- refund ---------------------------------------------------------------------
+    async def refund(self, payload: dict, request_id: str) -> tuple[int, bytes]:
+        txid, bet_txid = payload["transaction_id"], payload["bet_transaction_id"]
+        bet = await self.store.tx_get(self.partner_id, bet_txid)
+        if bet is not None and bet.action == "bet" and bet.state == PENDING:
+            bet_payload = {k: v for k, v in payload.items() if k != "bet_transaction_id"}
+            bet_payload.update(action="bet", transaction_id=bet_txid)
+            if self.orphaned(bet) and fingerprint(bet_payload) == bet.fingerprint:  # same player and amount
+                await self.take_over(bet_payload, request_id)
+                bet = await self.store.tx_get(self.partner_id, bet_txid)
+            if bet is not None and bet.state == PENDING:
+                # The bet may still go through: a final "not found" now would leave it unrefunded.
+                await self.store.tx_forget(self.partner_id, txid)
+                return error_body(IgspError("transaction_in_progress", f"bet {bet_txid} is still in progress"))
+        if bet is None or bet.action != "bet" or bet.state == PENDING:
+            return await self.finish(txid, *error_body(IgspError("transaction_not_found",
+                                                                 f"bet {bet_txid} is not known")))
+        previous = await self.store.tx_void(self.partner_id, bet_txid, txid)
+        if previous == COMPENSATION:
+            # The gateway is already rolling this bet back: nothing more to move.
+            reply = await self.client.call("balance", self.context(payload, request_id))
+            body = orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"])),
+                                 "transaction_id": self.platform_txid({}, txid)})
+            return await self.finish(txid, 200, body)
+        if previous is not None and previous != txid:
+            return await self.finish(txid, *error_body(IgspError("transaction_already_refunded",
+                                                                 f"bet {bet_txid} was already refunded")))
+        if bet.status != 200:
+            await self.store.tx_unvoid(self.partner_id, bet_txid, txid)
+            return await self.finish(txid, *error_body(IgspError("transaction_not_found",
+                                                                 f"bet {bet_txid} was not accepted, nothing to refund")))
+        try:
+            reply = await self.client.call("refund", self.context(payload, request_id))
+        except UpstreamError as exc:
+            return await self.unknown_outcome(payload, request_id, exc)
+        except IgspError as exc:
+            await self.store.tx_unvoid(self.partner_id, bet_txid, txid)
+            return await self.finish(txid, *error_body(exc))
+        body = orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"])),
+                             "transaction_id": self.platform_txid(reply.fields, txid)})
+        return await self.finish(txid, 200, body)
+
+    # -- queued deliveries ------------------------------------------------------------
+    async def deliver(self, op: str, hook: dict, request_id: str) -> None:
+        """Run one queued delivery; raise UpstreamError to retry it later."""
+        payload = hook_from_queue(hook)
+        try:
+            reply = await self.client.call(self.rollback_op if op == "rollback" else op,
+                                           self.context(payload, request_id))
+        except UpstreamError as exc:
+            if exc.applied is None and op != "rollback" and not self.mapping.idempotent:
+                # Paid or not, nobody knows, and the wallet would pay a resend again: an
+                # operator reconciles and replays it (igsp-gateway dlq), the queue does not.
+                raise DeadLetter(f"unknown outcome on a non-idempotent wallet: {exc}") from exc
+            raise
+        except IgspError as exc:
+            if op == "rollback":
+                raise  # a refused rollback needs an operator: retried, then dead-lettered
+            await self.finish(payload["transaction_id"], *error_body(exc))
+            return
+        if op != "rollback":
+            body = orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"])),
+                                 "transaction_id": self.platform_txid(reply.fields, payload["transaction_id"])})
+            await self.finish(payload["transaction_id"], 200, body)
+
+
+def check_currency(fields: dict, currency: str) -> None:
+    """A balance read with a ``currency`` must be in the hook's currency (never relabel money)."""
+    legacy = fields.get("currency")
+    if legacy not in (None, "") and str(legacy).upper() != currency:
+        raise IgspError("currency_mismatch", f"the wallet keeps this player's balance in {legacy}, not {currency}")
+
+
+
+def compensation_payload(bet: dict) -> dict:
+    """The refund-shaped request that undoes ``bet`` (its own stable transaction id)."""
+    payload = dict(bet)
+    payload.update(action="refund", transaction_id=f"{bet['transaction_id']}:rollback",
+                   bet_transaction_id=bet["transaction_id"])
+    return payload

@@ -1,0 +1,1 @@
+"""Operations: metrics, health, logs and redaction, the admin API and the dead-letter command."""

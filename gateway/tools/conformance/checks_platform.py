@@ -1,0 +1,312 @@
+"""The laws a casino platform's wallet hook keeps (``spec/igsp-platform-hooks.yaml``).
+
+Target: the full hook URL (``…/platforms/game-provider/hooks``), the key pair the
+platform issued, and a funded test player. Signature and error checks use ``balance``
+bodies, so they move no money even on a target that accepts anything. Every other
+money check measures the player's balance before and after itself, so one broken law
+fails one check; ``wallet.balances_add_up`` then compares the whole run's net effect
+with what the accepted transactions should have done. A conforming target ends where
+it started (net 0): bets of A and B and a win of 2A, and a bet refunded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal
+
+from gateway import money
+from gateway.tools.conformance.client import Answer, SignedClient, dumps
+from gateway.tools.conformance.laws import (
+    decimal_field,
+    expect_error,
+    expect_ok,
+    expect_same_outcome,
+    flip_byte,
+    flipped_signature,
+    raise_violations,
+)
+from gateway.tools.conformance.runner import CheckFailed, Registry
+
+CHECKS = Registry()
+UNKNOWN_KEY = "igsp-conformance-unknown-key"
+CONCURRENT_COPIES = 5
+
+
+@dataclass(frozen=True)
+class PlatformTarget:
+    url: str
+    api_key: str
+    secret: str
+    player_id: str
+    currency: str = "EUR"
+    session_id: str = "igsp-conformance-session"
+    game_id: str = "igsp-conformance-game"
+    amount: Decimal = Decimal("1")
+
+
+class PlatformContext:
+    def __init__(self, target: PlatformTarget, client: SignedClient, run_id: str | None = None):
+        self.target, self.client = target, client
+        self.run_id = run_id or secrets.token_hex(4)
+        quantum = Decimal(1).scaleb(-money.exponent(target.currency))
+        self.quantum = quantum
+        self.amount = target.amount.quantize(quantum)
+        self.start_balance: Decimal | None = None
+        self.final_balance: Decimal | None = None
+        #: (description, signed delta) of every movement a conforming target made
+        self.moves: list[tuple[str, Decimal]] = []
+        self.saved: dict[str, tuple[dict, Answer]] = {}
+
+    def txid(self, name: str) -> str:
+        return f"conf-{self.run_id}-{name}"
+
+    def balance_body(self, **extra) -> dict:
+        t = self.target
+        return {"action": "balance", "player_id": t.player_id, "currency": t.currency, "session_id": t.session_id,
+                **extra}
+
+    def money_body(self, action: str, name: str, amount: Decimal, **extra) -> dict:
+        t = self.target
+        kind = "win" if action == "win" else "bet"
+        return {"action": action, "player_id": t.player_id, "amount": amount, "currency": t.currency,
+                "game_id": t.game_id, "transaction_id": self.txid(name), "session_id": t.session_id,
+                "type": kind, "round_id": self.txid(extra.pop("round", name)), **extra}
+
+    async def post(self, body: dict | bytes, expect: str = "TransactionResponse") -> Answer:
+        return await self.client.call("POST", "", body, expect=expect)
+
+    async def balance(self) -> Decimal:
+        answer = await self.post(self.balance_body(), expect="BalanceResponse")
+        expect_ok(answer, 200, "balance query")
+        return decimal_field(answer, "balance", "balance query")
+
+    async def transact(self, body: dict, doing: str) -> tuple[Answer, Decimal]:
+        answer = await self.post(body)
+        expect_ok(answer, 200, doing)
+        return answer, decimal_field(answer, "balance", doing)
+
+    def moved(self, what: str, delta: Decimal) -> None:
+        self.moves.append((what, delta))
+
+    def expect_balance(self, got: Decimal, want: Decimal, doing: str) -> None:
+        if got != want:
+            raise CheckFailed(f"{doing}: balance {got}, expected {want} ({_signed(got - want)} {self.target.currency} "
+                              "more than a conforming wallet)")
+
+
+def _signed(value: Decimal) -> str:
+    return f"+{value}" if value >= 0 else str(value)
+
+
+# -- signatures (balance bodies only: nothing can move) -----------------------------------------
+
+@CHECKS.check("signature.valid", "a correctly signed request is accepted")
+async def signature_valid(ctx: PlatformContext) -> None:
+    answer = await ctx.post(ctx.balance_body(), expect="BalanceResponse")
+    expect_ok(answer, 200, "a correctly signed balance request (is --player-id a known test player?)")
+
+
+@CHECKS.check("signature.missing_credentials", "a request without Authorization/X-Signature is 401")
+async def signature_missing(ctx: PlatformContext) -> None:
+    answer = await ctx.client.send("POST", "", dumps(ctx.balance_body()), {"Content-Type": "application/json"})
+    expect_error(answer, 401, "an unsigned request without Authorization")
+
+
+@CHECKS.check("signature.unknown_key", "an unknown api_key is 401")
+async def signature_unknown_key(ctx: PlatformContext) -> None:
+    body = dumps(ctx.balance_body())
+    answer = await ctx.client.send("POST", "", body, ctx.client.headers(body, api_key=UNKNOWN_KEY))
+    expect_error(answer, 401, f"a request signed for the unknown api_key {UNKNOWN_KEY!r}")
+
+
+@CHECKS.check("signature.flipped_body_byte", "a body changed after signing (one byte) is 403")
+async def signature_flipped_body(ctx: PlatformContext) -> None:
+    body = dumps(ctx.balance_body(nonce="conformance" + secrets.token_hex(8)))
+    headers = ctx.client.headers(body)
+    answer = await ctx.client.send("POST", "", flip_byte(body, b"conformance"), headers)
+    expect_error(answer, 403, "a body with one byte flipped after signing")
+
+
+@CHECKS.check("signature.flipped_signature", "a signature with one hex digit changed is 403")
+async def signature_flipped(ctx: PlatformContext) -> None:
+    body = dumps(ctx.balance_body())
+    answer = await ctx.client.send("POST", "", body, flipped_signature(ctx.client.headers(body)))
+    expect_error(answer, 403, "a signature with one hex digit changed")
+
+
+@CHECKS.check("signature.stale_timestamp", "a timestamp 10 minutes old or ahead is 403")
+async def signature_stale(ctx: PlatformContext) -> None:
+    for seconds, what in ((-600, "10 minutes old"), (600, "10 minutes in the future")):
+        body = dumps(ctx.balance_body())
+        headers = ctx.client.headers(body, timestamp=ctx.client.clock.shifted(seconds))
+        expect_error(await ctx.client.send("POST", "", body, headers), 403,
+                     f"a correctly signed request whose X-Timestamp is {what}")
+
+
+# -- error shapes (signed, invalid, no money) -----------------------------------------------------
+
+@CHECKS.check("errors.invalid_json", "a body that is not JSON is a 400 ErrorResponse")
+async def errors_invalid_json(ctx: PlatformContext) -> None:
+    expect_error(await ctx.post(b'{"action": "balance", '), 400, "a signed body that is not JSON")
+
+
+@CHECKS.check("errors.unknown_action", "an unknown action is a 400 ErrorResponse")
+async def errors_unknown_action(ctx: PlatformContext) -> None:
+    body = dict(ctx.balance_body(), action="jackpot-of-the-century")
+    expect_error(await ctx.post(body), 400, "an unknown action")
+
+
+@CHECKS.check("errors.missing_field", "a hook without a required field is a 400 ErrorResponse")
+async def errors_missing_field(ctx: PlatformContext) -> None:
+    body = {k: v for k, v in ctx.balance_body().items() if k != "currency"}
+    expect_error(await ctx.post(body), 400, "a balance hook without currency")
+
+
+# -- wallet laws ------------------------------------------------------------------------------------
+
+@CHECKS.check("wallet.balance", "balance answers BalanceResponse with an exact decimal")
+async def wallet_balance(ctx: PlatformContext) -> None:
+    balance = await ctx.balance()
+    if balance != balance.quantize(ctx.quantum):
+        raise CheckFailed(f"balance {balance} has more decimals than {ctx.target.currency} allows "
+                          "(binary floating point?)")
+    ctx.start_balance = balance
+
+
+@CHECKS.check("wallet.bet", "a bet debits its amount once and answers TransactionResponse",
+              moves_money=True, needs=("wallet.balance",))
+async def wallet_bet(ctx: PlatformContext) -> None:
+    before = await ctx.balance()
+    if before < 4 * ctx.amount:
+        raise CheckFailed(f"the test player has {before} {ctx.target.currency}; the wallet checks need at least "
+                          f"{4 * ctx.amount} (fund the player or lower --amount)")
+    body = ctx.money_body("bet", "bet-a", ctx.amount)
+    answer, after = await ctx.transact(body, f"bet of {ctx.amount}")
+    ctx.moved("bet A", -ctx.amount)
+    ctx.expect_balance(after, before - ctx.amount, f"bet of {ctx.amount} answered")
+    ctx.expect_balance(await ctx.balance(), before - ctx.amount, f"balance query after a bet of {ctx.amount}")
+    ctx.saved["bet-a"] = (body, answer)
+
+
+@CHECKS.check("wallet.bet_duplicate", "a retried bet gets the same answer and debits once",
+              moves_money=True, needs=("wallet.bet",))
+async def wallet_bet_duplicate(ctx: PlatformContext) -> None:
+    body, first = ctx.saved["bet-a"]
+    before = await ctx.balance()
+    again = await ctx.post(body)
+    expect_same_outcome(first, again, "the retried bet (same transaction_id)")
+    ctx.expect_balance(await ctx.balance(), before, "after the retried bet (one debit only)")
+
+
+@CHECKS.check("wallet.bet_concurrent_duplicates",
+              f"{CONCURRENT_COPIES} concurrent copies of a bet debit once, with one answer",
+              moves_money=True, needs=("wallet.bet",))
+async def wallet_bet_concurrent(ctx: PlatformContext) -> None:
+    before = await ctx.balance()
+    body = ctx.money_body("bet", "bet-b", ctx.amount)
+    answers = await asyncio.gather(*(ctx.post(body) for _ in range(CONCURRENT_COPIES)))
+    ok = [a for a in answers if a.status == 200]
+    if ok:
+        ctx.moved("bet B", -ctx.amount)
+    # A copy may be told to retry (5xx) while the first is in flight; none may be refused or differ.
+    refused = [a for a in answers if a.status != 200 and a.status < 500]
+    if refused or not ok:
+        raise CheckFailed(f"concurrent copies of one bet: {', '.join(a.brief(60) for a in refused or answers)}")
+    for answer in ok[1:]:
+        expect_same_outcome(ok[0], answer, "a concurrent copy of the bet")
+    final = await ctx.post(body)
+    expect_same_outcome(ok[0], final, "the bet retried after the concurrent copies")
+    ctx.expect_balance(await ctx.balance(), before - ctx.amount,
+                       f"after {CONCURRENT_COPIES} concurrent copies of one bet of {ctx.amount}")
+
+
+@CHECKS.check("wallet.bet_conflict", "a transaction_id reused with another amount is 409 and moves nothing",
+              moves_money=True, needs=("wallet.bet",))
+async def wallet_bet_conflict(ctx: PlatformContext) -> None:
+    body, _ = ctx.saved["bet-a"]
+    before = await ctx.balance()
+    answer = await ctx.post(dict(body, amount=2 * ctx.amount))
+    expect_error(answer, 409, "the bet's transaction_id reused with another amount")
+    ctx.expect_balance(await ctx.balance(), before, "after the conflicting bet")
+
+
+@CHECKS.check("wallet.win", "a win credits its amount", moves_money=True, needs=("wallet.bet",))
+async def wallet_win(ctx: PlatformContext) -> None:
+    before = await ctx.balance()
+    amount = 2 * ctx.amount
+    _, after = await ctx.transact(ctx.money_body("win", "win-a", amount, round="bet-a"), f"win of {amount}")
+    ctx.moved("win", amount)
+    ctx.expect_balance(after, before + amount, f"win of {amount} answered")
+    ctx.expect_balance(await ctx.balance(), before + amount, f"balance query after a win of {amount}")
+
+
+@CHECKS.check("wallet.refund", "a refund returns its bet's amount", moves_money=True, needs=("wallet.balance",))
+async def wallet_refund(ctx: PlatformContext) -> None:
+    before = await ctx.balance()
+    bet = ctx.money_body("bet", "bet-c", ctx.amount)
+    await ctx.transact(bet, f"bet of {ctx.amount} (to be refunded)")
+    ctx.moved("bet C", -ctx.amount)
+    body = ctx.money_body("refund", "refund-c", ctx.amount, bet_transaction_id=bet["transaction_id"], round="bet-c")
+    answer, after = await ctx.transact(body, "refund of that bet")
+    ctx.moved("refund of bet C", ctx.amount)
+    ctx.expect_balance(after, before, "refund answered")
+    ctx.expect_balance(await ctx.balance(), before, "balance query after bet + refund")
+    ctx.saved["refund-c"] = (body, answer)
+
+
+@CHECKS.check("wallet.refund_duplicate", "a retried refund gets the same answer and credits once",
+              moves_money=True, needs=("wallet.refund",))
+async def wallet_refund_duplicate(ctx: PlatformContext) -> None:
+    body, first = ctx.saved["refund-c"]
+    before = await ctx.balance()
+    expect_same_outcome(first, await ctx.post(body), "the retried refund (same transaction_id)")
+    ctx.expect_balance(await ctx.balance(), before, "after the retried refund (one credit only)")
+
+
+@CHECKS.check("wallet.refund_once", "a second refund of the same bet is 409 and credits nothing",
+              moves_money=True, needs=("wallet.refund",))
+async def wallet_refund_once(ctx: PlatformContext) -> None:
+    body, _ = ctx.saved["refund-c"]
+    before = await ctx.balance()
+    answer = await ctx.post(dict(body, transaction_id=ctx.txid("refund-c-again")))
+    expect_error(answer, 409, "a second refund (new transaction_id) of an already refunded bet")
+    ctx.expect_balance(await ctx.balance(), before, "after the second refund")
+
+
+@CHECKS.check("wallet.refund_unknown", "a refund of an unknown bet is 404 and credits nothing",
+              moves_money=True, needs=("wallet.balance",))
+async def wallet_refund_unknown(ctx: PlatformContext) -> None:
+    before = await ctx.balance()
+    body = ctx.money_body("refund", "refund-x", ctx.amount, bet_transaction_id=ctx.txid("never-placed"))
+    answer = await ctx.post(body)
+    expect_error(answer, 404, "a refund of a bet that was never placed")
+    ctx.expect_balance(await ctx.balance(), before, "after the refund of an unknown bet")
+
+
+@CHECKS.check("wallet.insufficient_funds", "a bet above the balance is a 4xx and debits nothing",
+              moves_money=True, needs=("wallet.balance",))
+async def wallet_insufficient(ctx: PlatformContext) -> None:
+    before = await ctx.balance()
+    too_much = before + ctx.amount
+    answer = await ctx.post(ctx.money_body("bet", "bet-too-much", too_much))
+    expect_error(answer, "4xx", f"a bet of {too_much} with a balance of {before}")
+    ctx.expect_balance(await ctx.balance(), before, "after the refused bet")
+
+
+@CHECKS.check("wallet.balances_add_up", "the run's net balance change equals its accepted transactions",
+              needs=("wallet.balance",))
+async def wallet_balances_add_up(ctx: PlatformContext) -> None:
+    assert ctx.start_balance is not None  # noqa: S101 - guaranteed by needs
+    net = sum((delta for _, delta in ctx.moves), Decimal(0))
+    final = ctx.final_balance = await ctx.balance()
+    if final - ctx.start_balance != net:
+        raise CheckFailed(f"the balance went from {ctx.start_balance} to {final} ({_signed(final - ctx.start_balance)}), "
+                          f"but the accepted transactions add up to {_signed(net)} {ctx.target.currency}")
+
+
+@CHECKS.check("schema.every_answer", "every answer matches spec/igsp-platform-hooks.yaml")
+async def schema_every_answer(ctx: PlatformContext) -> None:
+    raise_violations(ctx.client)
+

@@ -1,0 +1,167 @@
+"""Everything ``igsp-gateway demo`` runs, on free loopback ports, from a temp dir.
+
+    legacy wallet       hub88_wallet simulator (thread)     <- gateway platform face
+    legacy game server  pragmatic_provider simulator (thread) -> gateway provider face callbacks
+    iGSP platform       igsp_platform simulator (thread)    <- gateway provider face hooks
+    gateway             ``python -m gateway serve`` (process), both faces, SQLite in the temp dir
+
+No Redis and no configuration: keys are generated per run, the config is written to
+the temp dir, and the provider face joins in when its mapping is part of this build.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from gateway.resources import data_dir
+from gateway.tools.simulators import RunningServer, hub88_wallet, igsp_platform, pragmatic_provider, start_in_thread
+
+HOOKS_PATH = "/platforms/game-provider/hooks"
+PROVIDER_MAPPING = "pragmatic-provider.yaml"
+WALLET_MAPPING = "hub88-wallet.yaml"
+
+
+def provider_face_available() -> bool:
+    """The provider face ships with its Pragmatic-style mapping; without it the demo plays one face."""
+    return (data_dir("mappings") / PROVIDER_MAPPING).is_file()
+
+
+@dataclass
+class Credentials:
+    """A partner's key pair: who may call (api_key) and the shared secret that signs."""
+
+    partner: str
+    api_key: str = field(default_factory=lambda: "demo-" + secrets.token_hex(6))
+    secret: str = field(default_factory=lambda: secrets.token_hex(20))
+
+
+@dataclass
+class DemoStack:
+    provider_face: bool = field(default_factory=provider_face_available)
+    dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="igsp-demo-")))
+    #: an iGSP game provider calling the gateway's hooks (platform face)
+    provider_partner: Credentials = field(default_factory=lambda: Credentials("demo-games"))
+    #: an iGSP casino platform calling the gateway's catalogue and launch (provider face)
+    platform_partner: Credentials = field(default_factory=lambda: Credentials("demo-casino"))
+    pp_secret: str = field(default_factory=lambda: secrets.token_hex(12))
+    pp_login: str = "demo_casino"
+    store_url: str | None = None  # default: SQLite in the temp dir
+    wallet: RunningServer | None = None
+    game_server: RunningServer | None = None
+    platform: RunningServer | None = None
+    gateway_url: str = ""
+    _proc: subprocess.Popen | None = None
+    _log: object = None
+
+    # -- addresses ----------------------------------------------------------------------------
+    @property
+    def hooks_url(self) -> str:
+        return self.gateway_url + HOOKS_PATH
+
+    @property
+    def provider_base_url(self) -> str:
+        return self.gateway_url + "/igsp/v1"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "gateway.log"
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(self) -> DemoStack:
+        try:
+            self._start_simulators()
+            self._start_gateway()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_simulators(self) -> None:
+        private_pem, public_pem = hub88_wallet.generate_keypair()
+        key_file = self.dir / "hub88-private.pem"
+        key_file.write_text(private_pem)
+        key_file.chmod(0o600)
+        self.wallet = start_in_thread(hub88_wallet.make_app(hub88_wallet.State(), public_key_pem=public_pem))
+        if self.provider_face:
+            p = self.platform_partner
+            self.platform = start_in_thread(igsp_platform.make_app(api_key=p.api_key, secret=p.secret))
+            self.game_server = start_in_thread(pragmatic_provider.make_app(
+                secret_key=self.pp_secret, secure_login=self.pp_login))
+
+    def config(self) -> dict:
+        mappings = data_dir("mappings")
+        partners = [{"id": self.provider_partner.partner, "face": "platform",
+                     "mapping": str(mappings / WALLET_MAPPING), "api_key": self.provider_partner.api_key,
+                     "secrets": [self.provider_partner.secret]}]
+        if self.provider_face:
+            partners.append({"id": self.platform_partner.partner, "face": "provider",
+                             "mapping": str(mappings / PROVIDER_MAPPING), "api_key": self.platform_partner.api_key,
+                             "secrets": [self.platform_partner.secret], "hooks_url": self.platform.url + HOOKS_PATH})
+        return {"version": 1,
+                "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 1},
+                "store": {"url": self.store_url or f"sqlite:///{self.dir / 'gateway.db'}"},
+                "partners": partners}
+
+    def env(self) -> dict:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[3])  # the checkout (or site-packages) holding `gateway`
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        env.update(HUB88_WALLET_URL=self.wallet.url, HUB88_PRIVATE_KEY=str(self.dir / "hub88-private.pem"))
+        if self.provider_face:
+            env.update(PP_API_URL=self.game_server.url, PP_SECRET_KEY=self.pp_secret, PP_SECURE_LOGIN=self.pp_login)
+        return env
+
+    def _start_gateway(self, timeout: float = 20.0) -> None:
+        config_path = self.dir / "gateway.yaml"
+        config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
+                                      stdout=subprocess.PIPE, stderr=self._log, env=self.env(), cwd=self.dir)
+        lines: queue.Queue[bytes] = queue.Queue()
+        threading.Thread(target=lambda: lines.put(self._proc.stdout.readline()), daemon=True).start()
+        try:
+            line = lines.get(timeout=timeout).decode().strip()
+        except queue.Empty:
+            line = ""
+        if not line.startswith("READY "):
+            raise RuntimeError(f"the gateway did not start (log: {self.log_path}):\n{self.log_tail()}")
+        self.gateway_url = line.split(" ", 1)[1]
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, keep_dir: bool = False) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()
+        if self._log is not None:
+            self._log.close()
+        for server in (self.wallet, self.game_server, self.platform):
+            if server is not None:
+                server.stop()
+        if not keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def gateway_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
