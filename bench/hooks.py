@@ -1,7 +1,7 @@
 """Pre-signed traffic: unique signed ``bet`` hooks and the matching direct wallet calls.
 
-Replay protection is on in the gateway, so every hook carries its own transaction id
-(and so its own signature). Requests are written as complete HTTP/1.1 messages,
+Every hook carries its own transaction id (and so its own signature): each is a new
+transaction through the whole path, never a retry the ledger answers from its record. Requests are written as complete HTTP/1.1 messages,
 length-prefixed, for ``wrk.lua`` to replay without any work on the client side.
 """
 

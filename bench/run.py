@@ -135,7 +135,6 @@ class Bench:
             "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 2, "access_log": True},
             "store": {"url": store_url},
             "logging": {"level": "info"},
-            "security": {"replay_protection": True},
             "partners": [{"id": hooks.PARTNER, "face": "platform", "mapping": str(mapping),
                           "api_key": hooks.API_KEY, "secrets": [hooks.SECRET]}],
         }
@@ -186,7 +185,7 @@ class Bench:
         data = json.loads(match.group(1))
         errors = sum(data[k] for k in ("connect_errors", "read_errors", "write_errors", "non_2xx", "timeouts"))
         if target.kind == "hook":
-            errors += data["wrapped"]  # a replayed signature: refused, and not what we meant to measure
+            errors += data["wrapped"]  # a repeated transaction: answered from the ledger, not what we meant to measure
         return {"tool": "wrk", "seconds": data["duration_us"] / 1e6, "requests": data["requests"], "errors": errors,
                 "latency_ms": {k: v / 1000 for k, v in data["latency_us"].items()}}
 

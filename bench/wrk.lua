@@ -1,7 +1,7 @@
 -- Replays pre-signed requests written by bench/hooks.py (records "<length>\n<bytes>").
 -- Each wrk thread takes every Nth record, so no request is ever sent twice; a thread
 -- that runs out wraps around and counts it ("wrapped" in the summary), which the bench
--- reports as an error for the gateway (a replayed signature is refused).
+-- reports as an error for the gateway (a repeated transaction id is a retry the ledger answers, not the path we mean to measure).
 -- usage: wrk -s wrk.lua URL -- FILE THREADS
 
 local threads = {}

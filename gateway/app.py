@@ -25,6 +25,7 @@ from gateway.errors import IgspError, UpstreamError
 from gateway.faces.base import Delivery, Face
 from gateway.faces.platform import PlatformFace
 from gateway.faces.provider import ProviderFace
+from gateway.faces.sweeper import Sweeper
 from gateway.faces.wallet import error_body
 from gateway.ids import new_id
 from gateway.ops import metrics
@@ -158,6 +159,8 @@ async def _faces_ctx(app: web.Application):
     for route, face in routes.items():
         worker.handlers[route] = _delivery(runtime, face.name, face.deliveries[route])
     task = asyncio.create_task(worker.run(), name="delivery-worker")
+    sweeper = Sweeper(store, runtime, faces, orphan_after=config.queue_lease_seconds)
+    sweeping = asyncio.create_task(sweeper.run(), name="ledger-sweeper")
     yield
     # Graceful stop (began in begin_drain): the current delivery may finish within
     # what is left of server.drain_seconds; the rest of the batch stays leased and is
@@ -168,6 +171,11 @@ async def _faces_ctx(app: web.Application):
         await asyncio.wait_for(task, timeout=remaining or 0.1)
     except TimeoutError:
         pass  # wait_for has cancelled it
+    sweeper.stopping.set()
+    try:
+        await asyncio.wait_for(sweeping, timeout=max(0.1, runtime.drain_deadline - asyncio.get_running_loop().time()))
+    except TimeoutError:
+        pass  # a settlement cut short leaves its record as it was: the next sweep settles it
     await runtime.close()
 
 

@@ -1,9 +1,15 @@
 """Verifying inbound iGSP requests: who is calling, and did they sign these bytes now.
 
 401 ``unauthorized`` for a missing or unknown credential, 403 ``invalid_signature`` for
-a bad signature, a timestamp outside the window, or a replayed signature. The caller
-only learns the status; the precise reason goes to logs and metrics. A verified partner
-over its rate limit gets 429 before its signature is remembered (gateway/ratelimit.py).
+a bad signature or a timestamp outside the window. The caller only learns the status; the
+precise reason goes to logs and metrics. A verified partner over its rate limit gets 429
+before anything is written (gateway/ratelimit.py).
+
+A valid signature sent again (a byte-identical retry) is **not** refused by default: a
+retry must get the first answer, and every write it could repeat is idempotent anyway
+(the ledger answers a money hook's retry, a launch is idempotent by ``session_id``).
+A partner in strict mode (``replay_protection``) has the signatures of its balance hooks
+and launches accepted once (403 on a replay); money hooks are never refused as replays.
 """
 
 from __future__ import annotations
@@ -28,12 +34,12 @@ class AuthFailure(IgspError):
 
 
 class Verifier:
-    def __init__(self, partners: dict[str, Partner], window: int, store: Store | None, replay_protection: bool,
+    def __init__(self, partners: dict[str, Partner], window: int, store: Store | None,
                  on_failure: Callable[[str], None] | None = None, limiter: Limiter | None = None):
         self.partners = partners  # api_key -> Partner
         self.limiter = limiter
         self.window = window
-        self.store = store if replay_protection else None
+        self.store = store  # None: no signature is ever remembered (catalogue reads)
         self.on_failure = on_failure
 
     def _fail(self, code: str, reason: str) -> AuthFailure:
@@ -51,9 +57,8 @@ class Verifier:
     def check(self, headers, body: bytes, face: str) -> tuple[Partner, OnceKey | None]:
         """Who is calling, and did they sign these bytes now; no store access.
 
-        Returns the partner and, with replay protection on, the signature's once-only
-        key: the caller claims it — ``claim()``, or in the same atomic step as its
-        ledger record (``Store.tx_begin(once=…)``) — before acting on the request.
+        Returns the partner and, for a partner in strict mode, the signature's once-only
+        key: the caller claims it (``claim()``) before acting on a request it protects.
         """
         auth = headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
@@ -71,10 +76,10 @@ class Verifier:
             raise self._fail("invalid_signature", "bad_signature")
         if self.limiter is not None:
             self.limiter.check(partner.id)
-        if self.store is None:
+        if self.store is None or not partner.replay_protection:
             return partner, None
-        # A valid signature is accepted once: a captured request replayed inside the
-        # window is refused. Remembered a little longer than the window. The key leads
+        # Strict mode: a valid signature is accepted once, a captured request replayed
+        # inside the window is refused. Remembered a little longer than the window. The key leads
         # with the signed timestamp (a replay carries the same one, or its signature would
         # not match), so the keys written together sort together: a SQLite commit then
         # touches one page of them, not one page per request.

@@ -86,7 +86,11 @@ CONFIG_SCHEMA: dict = {
             "additionalProperties": False,
             "properties": {
                 "signature_window_seconds": {"type": "integer", "minimum": 1, "maximum": 3600, "default": 300},
-                "replay_protection": {"type": "boolean", "default": True},
+                "replay_protection": {
+                    "type": "boolean", "default": False,
+                    "description": "Strict mode, for every partner that does not say otherwise: a signature "
+                                   "is accepted once on balance hooks and launches. Money hooks are never "
+                                   "refused as replays (the ledger answers them)."},
                 "rate_limit": _RATE_LIMIT,
             },
         },
@@ -130,6 +134,11 @@ CONFIG_SCHEMA: dict = {
                     "secrets": {"type": "array", "minItems": 1, "maxItems": 2, "items": _SECRET},
                     "hooks_url": {"type": "string", "pattern": "^https?://"},
                     "rate_limit": _RATE_LIMIT,
+                    "replay_protection": {"type": "boolean",
+                                          "description": "This partner's strict mode (security.replay_protection)."},
+                    "partial_refunds": {"type": "boolean", "default": False,
+                                        "description": "A refund may return less than its bet (never more); "
+                                                       "otherwise its amount must equal the bet's."},
                 },
             },
         },
@@ -148,6 +157,9 @@ class Partner:
     mapping: Mapping
     hooks_url: str | None = None
     rate_limit: RateLimit | None = None
+    #: Strict mode: a signature is accepted once on non-money requests (balance, launch).
+    replay_protection: bool = False
+    partial_refunds: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,7 +179,6 @@ class Config:
     store_url: str = "sqlite:///igsp-gateway.db"
     retention_seconds: float = 30 * 86400
     signature_window: int = 300
-    replay_protection: bool = True
     admin_token: str | None = None
     log_level: str = "info"
     currencies: dict = field(default_factory=dict)
@@ -221,6 +232,7 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
 
     base = Path(file).resolve().parent
     default_limit = (data.get("security") or {}).get("rate_limit")
+    default_strict = (data.get("security") or {}).get("replay_protection", False)
     partners, seen_ids, seen_keys, loaded = [], set(), set(), {}
     for index, spec in enumerate(data["partners"]):
         where = ("partners", index)
@@ -242,12 +254,18 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         if mapping.face != spec["face"]:
             problems.append(Problem(file, line_of(data, where + ("mapping",)), f"partners[{index}].mapping",
                                     f"mapping {mapping.name!r} is for the {mapping.face} face, partner is {spec['face']}"))
+        refund_op = mapping.operations.get("refund")
+        if spec.get("partial_refunds") and refund_op is not None and not {"amount", "legacy_amount"} & refund_op.inputs:
+            problems.append(Problem(file, line_of(data, where + ("partial_refunds",)), f"partners[{index}].partial_refunds",
+                                    f"mapping {mapping.name!r} sends no amount with a refund (a rollback returns the "
+                                    "whole bet), so a partial refund would refund everything"))
         if spec["face"] == "provider" and "hooks_url" not in spec:
             problems.append(Problem(file, line_of(data, where), f"partners[{index}]",
                                     "a provider-face partner needs hooks_url (the platform's iGSP hooks URL)"))
         partners.append(Partner(spec["id"], spec["face"], spec["api_key"],
                                 tuple(s.encode() for s in spec["secrets"]), mapping, spec.get("hooks_url"),
-                                RateLimit.parse(spec["rate_limit"] if "rate_limit" in spec else default_limit)))
+                                RateLimit.parse(spec["rate_limit"] if "rate_limit" in spec else default_limit),
+                                spec.get("replay_protection", default_strict), spec.get("partial_refunds", False)))
     problems.extend(_lease_problems(data, file, partners))
     if problems:
         raise scrub(ConfigError(problems), secret_values(data))
@@ -273,7 +291,6 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         store_url=store_url,
         retention_seconds=float(store.get("retention_days", 30)) * 86400,
         signature_window=security.get("signature_window_seconds", 300),
-        replay_protection=security.get("replay_protection", True),
         admin_token=(data.get("admin") or {}).get("token") or None,
         log_level=(data.get("logging") or {}).get("level", "info"),
         currencies=dict(data.get("currencies") or {}),

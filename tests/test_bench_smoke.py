@@ -40,8 +40,10 @@ def test_bench_smoke_produces_numbers(tmp_path, client):
         ratio = results["ratios"][name]
         assert ratio["vs_peer"] > 0 and ratio["vs_direct"] > 0
         assert set(results["added_latency"][name]) == {"p50_ms", "p99_ms"}
-    # Every feature ran on every request the gateway answered: ledger, replay cache, metrics, access log.
+    # Every feature ran on every request the gateway answered: ledger, metrics, access log (and no
+    # signature was stored: the default keeps none, a money hook's retry is the ledger's to answer).
     checks = results["checks"]["gateway-sqlite"]
     answered = checks["metrics_requests_ok"]
     assert answered > 0
-    assert checks["ledger_rows"] == checks["replay_keys"] == checks["access_log_lines"] == answered
+    assert checks["ledger_rows"] == checks["access_log_lines"] == answered
+    assert checks["replay_keys"] == 0

@@ -27,7 +27,7 @@ def test_defaults(tmp_path):
     path = tmp_path / "gateway.yaml"
     path.write_text("version: 1\npartners: []\n")
     config = load_config(path)
-    assert (config.port, config.signature_window, config.replay_protection) == (8080, 300, True)
+    assert (config.port, config.signature_window) == (8080, 300)
     assert config.hooks_path == "/platforms/game-provider/hooks" and config.provider_mount == "/igsp/v1"
     assert config.store_url == f"sqlite:///{tmp_path}/igsp-gateway.db"
     assert config.retention_seconds == 30 * 86400
@@ -60,3 +60,30 @@ partners:
     assert config.partners[0].secrets == (b"s" * 32,)
     env["ACME_SECRET_PREVIOUS"] = "p" * 32
     assert load_config(path, env).partners[0].secrets == (b"s" * 32, b"p" * 32)
+
+
+def test_strict_mode_is_per_partner(tmp_path):
+    from gateway.tools.simulators.hub88_wallet import generate_keypair
+    from tests.support import ROOT
+
+    path = tmp_path / "gateway.yaml"
+    partner = f"""face: platform
+    mapping: {ROOT}/mappings/hub88-wallet.yaml
+    secrets: ["{"s" * 32}"]"""
+    path.write_text(f"""version: 1
+security: {{replay_protection: true}}
+partners:
+  - id: strict
+    api_key: strict-key-0001
+    {partner}
+  - id: relaxed
+    api_key: relaxed-key-0001
+    replay_protection: false
+    {partner}
+""")
+    env = {"HUB88_WALLET_URL": "http://127.0.0.1:1", "HUB88_PRIVATE_KEY": generate_keypair()[0]}
+    strict, relaxed = load_config(path, env).partners
+    assert (strict.replay_protection, strict.partial_refunds) == (True, False)
+    assert (relaxed.replay_protection, relaxed.partial_refunds) == (False, False)
+    path.write_text(path.read_text().replace("security: {replay_protection: true}\n", ""))
+    assert [p.replay_protection for p in load_config(path, env).partners] == [False, False]

@@ -270,6 +270,22 @@ def test_service_monitor_scrapes_the_service(production_manifests: list[dict]) -
     assert endpoint["path"] == "/metrics" and endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
 
 
+def test_prometheus_rule_alerts_on_metrics_the_gateway_exports(production_manifests: list[dict]) -> None:
+    from gateway.ops import metrics
+
+    rule = find(production_manifests, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    (group,) = rule["spec"]["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    stuck = alerts["IgspLedgerTransactionStuckPending"]
+    assert stuck["expr"] == f'max(igsp_ledger_oldest_pending_seconds{{namespace="{NAMESPACE}"}}) > 120'
+    assert stuck["for"] == "2m" and stuck["labels"]["severity"] == "critical"
+    assert "{{ $value | humanizeDuration }}" in stuck["annotations"]["summary"]
+    exported = {metrics.LEDGER_OLDEST_PENDING._name, metrics.QUEUE_DEAD._name}
+    assert {r["expr"].split("{")[0].removeprefix("max(") for r in group["rules"]} == exported
+    assert not any(m["kind"] == "PrometheusRule" for m in render_chart())  # off by default
+
+
 def test_service_selects_only_gateway_pods() -> None:
     manifests = render_chart(load_values(CI_DIR / "internal-redis-values.yaml"))
     selector = find(manifests, "Service", FULLNAME)["spec"]["selector"]
@@ -286,7 +302,7 @@ def test_every_manifest_validates(values_file: Path | None, kube_version: str) -
     for manifest in manifests:
         where = f"{manifest['kind']}/{manifest['metadata']['name']}"
         if manifest["apiVersion"].startswith("monitoring.coreos.com/"):
-            assert manifest["kind"] == "ServiceMonitor" and manifest["spec"]["endpoints"], where
+            assert manifest["kind"] in {"ServiceMonitor", "PrometheusRule"} and manifest["spec"], where
             continue
         try:
             kubernetes_validate.validate(manifest, kube_version, strict=True)
@@ -456,7 +472,7 @@ def test_gateway_yaml_sections(default_manifests: list[dict]) -> None:
         "drain_seconds": 20,
     }
     assert config["store"] == {"url": "sqlite:////var/lib/igsp-gateway/gateway.db", "retention_days": 30}
-    assert config["security"] == {"signature_window_seconds": 300, "replay_protection": True}
+    assert config["security"] == {"signature_window_seconds": 300, "replay_protection": False}
     assert config["logging"] == {"level": "info"}
     assert config["platform_face"] == {"hooks_path": "/platforms/game-provider/hooks"}
     assert config["provider_face"] == {"mount": "/igsp/v1"}

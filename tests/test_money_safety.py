@@ -317,24 +317,6 @@ def test_bets_orphaned_by_kill_9_mid_call_are_rolled_back(wallet, gateways, stor
     assert wallet.balance("p1") == Decimal("100.00") and len(wallet.ledger("rollback")) == 2
 
 
-def test_refund_racing_its_slow_bet_is_retriable_not_final(wallet, gateways, store_url):
-    """A provider that gave up on a slow bet refunds it; the bet then succeeds. The early
-    refund must be told "retry", not "no such bet" — or the player stays debited."""
-    gw = gateways(gateway_config(store_url), wallet)
-    client = acme(gw)
-    wallet.fault("delay", endpoint="bet", seconds=1.0)
-    refund = {**bet("rf-s", "10.00"), "action": "refund", "bet_transaction_id": "s-1"}
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(client.hook, bet("s-1", "10.00"))
-        wait_for(lambda: wallet.state()["calls"].get("bet", 0) == 1, what="bet in flight")
-        assert_error(client.hook(refund), 503, "transaction_in_progress")
-        assert slow.result().status_code == 200
-    assert wallet.balance("p1") == Decimal("90.00")
-    r = client.hook(refund)
-    assert r.status_code == 200 and str(decimal_json(r)["balance"]) == "100.00"
-    assert wallet.balance("p1") == Decimal("100.00")
-
-
 def test_redis_restart_keeps_queued_deliveries(wallet, gateways, redis_server, tmp_path):
     gw = gateways(gateway_config(redis_server.url, fast_mapping(tmp_path)), wallet)
     client = acme(gw)

@@ -124,11 +124,13 @@ class _Mapping:
     name = "m"
 
 
-PARTNER = Partner("acme", "platform", "acme-key-0001", (b"acme-secret-0123456789abcdef",), _Mapping())
+#: A partner in strict mode: its signatures are remembered, so a replay is refused.
+PARTNER = Partner("acme", "platform", "acme-key-0001", (b"acme-secret-0123456789abcdef",), _Mapping(),
+                  replay_protection=True)
 
 
 async def _verify(headers: dict, body: bytes, store=None) -> Partner:
-    verifier = Verifier({PARTNER.api_key: PARTNER}, 300, store, store is not None)
+    verifier = Verifier({PARTNER.api_key: PARTNER}, 300, store)
     return await verifier.verify(headers, body, "platform")
 
 

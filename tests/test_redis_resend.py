@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from gateway.faces.wallet import COMPENSATION
-from gateway.store import OnceKey, QueueEntry, Replayed, TxRecord, open_store
+from gateway.store import OnceKey, QueueEntry, TxRecord, open_store
 from gateway.store.base import DONE, PENDING, QUEUED, StoreUnavailable
 from tests.support import RedisServer, free_port
 
@@ -99,12 +99,14 @@ async def twice(store, call):
 # -- each script run twice with the same arguments -------------------------------------------
 async def test_tx_begin_twice_is_still_this_calls_own_record(store):
     assert await twice(store, lambda: store.tx_begin(rec(), 60)) is None
-    assert await twice(store, lambda: store.tx_begin(rec("tx-2"), 60, once=OnceKey("sig", "k", 60))) is None
-    # Anyone else still sees the records and the claimed signature.
+    tomb = rec("tx-2")
+    tomb.state, tomb.status, tomb.body, tomb.voided_by, tomb.payload = DONE, 409, b"{}", "r-1", b'{"a":1}'
+    assert await twice(store, lambda: store.tx_begin(tomb, 60)) is None
+    # Anyone else still sees the records.
     assert (await twice(store, lambda: store.tx_begin(rec(fp="other"), 60))).fingerprint == "fp-1"
-    with pytest.raises(Replayed):
-        await twice(store, lambda: store.tx_begin(rec("tx-3"), 60, once=OnceKey("sig", "k", 60)))
-    assert await store.tx_get("acme", "tx-3") is None
+    again = await twice(store, lambda: store.tx_begin(rec("tx-2"), 60))
+    assert (again.state, again.voided_by, again.payload) == (DONE, "r-1", b'{"a":1}')
+    assert [r.txid for r in await store.tx_pending(time.time() + 1)] == ["tx-1"]
 
 
 async def test_tx_finish_twice_and_never_back_from_done_to_queued(store):
@@ -306,8 +308,8 @@ async def test_lost_void_reply_is_resent_and_still_wins_the_settlement(lossy):
 
 async def test_lost_replies_of_a_bet_and_a_queued_win_are_resent_to_the_right_outcome(lossy):
     store, proxy = lossy
-    proxy.armed = b"sig-lost"  # the ledger record and the request's signature, in one script
-    assert await store.tx_begin(rec("bet-1"), 60, once=OnceKey("sig", "sig-lost", 60)) is None  # not Replayed
+    proxy.armed = b"bet-1"
+    assert await store.tx_begin(rec("bet-1"), 60) is None  # its own record, not "already there"
     proxy.armed = b"done"
     await store.tx_finish("acme", "bet-1", DONE, 200, b'{"balance":99.00}', 60)
     assert (await store.tx_get("acme", "bet-1")).state == DONE
@@ -353,18 +355,18 @@ async def test_concurrent_scripts_leave_in_one_pipeline_with_their_own_answers(s
 
     monkeypatch.setattr(store.r, "pipeline", counted)
     await store.tx_begin(rec("seen"), 60)
-    # Twenty new records, one duplicate and one replayed signature, asked for together.
+    # Twenty new records, one duplicate and one id begun twice, asked for together.
     results = await asyncio.gather(
         *(store.tx_begin(rec(f"b-{i}"), 60) for i in range(20)),
         store.tx_begin(rec("seen", fp="other"), 60),
-        store.tx_begin(rec("sig-1"), 60, once=OnceKey("sig", "k-used", 60)),
-        store.tx_begin(rec("sig-2"), 60, once=OnceKey("sig", "k-used", 60)),
+        store.tx_begin(rec("twin"), 60),
+        store.tx_begin(rec("twin", fp="fp-2"), 60),
         return_exceptions=True)
     assert pipelines == [{"transaction": False}]
     assert results[:20] == [None] * 20
     assert results[20].txid == "seen" and results[20].fingerprint == "fp-1"
-    # The same signature twice in one batch: exactly one of the two claims it.
-    assert sorted(type(r).__name__ for r in results[21:]) == ["NoneType", "Replayed"]
+    # The same id twice in one batch: exactly one of the two creates it.
+    assert results[21] is None and results[22].fingerprint == "fp-1"
     for i in range(20):
         assert (await store.tx_get("acme", f"b-{i}")).state == PENDING
 
@@ -393,11 +395,11 @@ async def test_a_lost_reply_of_a_whole_batch_is_resent_to_the_right_outcomes(los
     safe to run twice, so each caller still gets its first-run answer."""
     store, proxy = lossy
     await store.tx_begin(rec("bet-v"), 60)
-    proxy.armed = b"sig-batch"
+    proxy.armed = b"lb-marked"
     results = await asyncio.gather(
         *(store.tx_begin(rec(f"lb-{i}"), 60) for i in range(5)),
-        store.tx_begin(rec("lb-sig"), 60, once=OnceKey("sig", "sig-batch", 60)),
+        store.tx_begin(rec("lb-marked"), 60),
         store.tx_void("acme", "bet-v", COMPENSATION))
     assert proxy.dropped == 1
-    assert results == [None] * 7  # new records, the signature claimed (not Replayed), the void won
+    assert results == [None] * 7  # new records (not "already there"), the void won
     assert await store.tx_void("acme", "bet-v", COMPENSATION) == COMPENSATION

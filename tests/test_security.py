@@ -146,33 +146,64 @@ def test_oversized_chunked_body_is_413(hub88, acme):
 
 # -- replay -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
-def test_replayed_signature_is_refused_across_a_restart(hub88, gateway_factory, tmp_path, how):
+def test_a_byte_identical_retry_gets_the_first_answer_across_a_restart(hub88, gateway_factory, tmp_path, how):
+    """What an HTTP client's retry sends after a timeout: the same bytes, the same signature."""
     hub88.player("p1", "100.00")
     config = platform_config(f"sqlite:///{tmp_path}/g.db")
     gw = gateway_factory(config)
     body = dumps(win("w-replay", "1.00"))
     headers = signing.signed_headers(ACME["api_key"], ACME["secret"], body, unique_timestamp())
-    assert requests.post(gw.url + "/platforms/game-provider/hooks", data=body, headers=headers, timeout=5).ok
+    first = requests.post(gw.url + "/platforms/game-provider/hooks", data=body, headers=headers, timeout=5)
+    assert first.status_code == 200
     if how == "sigkill":
         gw.kill()
     else:
         gw.stop()
     again = gateway_factory(config)
-    replay = requests.post(again.url + "/platforms/game-provider/hooks", data=body, headers=headers, timeout=5)
-    assert_error_response(replay, 403, "invalid_signature")
-    # Polled: the answer reaching the client does not order this process's read of the log file.
-    wait_for(lambda: any(line.get("auth_failure") == "replayed_signature" for line in again.log_lines()),
-             timeout=10, what="the replayed_signature access line")
+    retry = requests.post(again.url + "/platforms/game-provider/hooks", data=body, headers=headers, timeout=5)
+    assert (retry.status_code, retry.content) == (200, first.content)
     assert hub88.balance("p1") == Decimal("101.00") and len(hub88.ledger("win")) == 1
 
 
-def test_replay_protection_can_be_turned_off(hub88, gateway_factory, tmp_path):
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_strict_mode_refuses_a_replayed_balance_across_a_restart_but_never_a_money_retry(
+        hub88, gateway_factory, tmp_path, how):
     hub88.player("p1", "100.00")
-    gw = gateway_factory(platform_config(f"sqlite:///{tmp_path}/g.db", security={"replay_protection": False}))
+    config = platform_config(f"sqlite:///{tmp_path}/g.db", security={"replay_protection": True})
+    gw = gateway_factory(config)
+    url = gw.url + "/platforms/game-provider/hooks"
+    balance = json.dumps(BALANCE).encode()
+    balance_headers = signing.signed_headers(ACME["api_key"], ACME["secret"], balance, unique_timestamp())
+    assert requests.post(url, data=balance, headers=balance_headers, timeout=5).ok
+    money = dumps(bet("b-strict", "2.00"))
+    money_headers = signing.signed_headers(ACME["api_key"], ACME["secret"], money, unique_timestamp())
+    first = requests.post(url, data=money, headers=money_headers, timeout=5)
+    assert first.status_code == 200
+    if how == "sigkill":
+        gw.kill()
+    else:
+        gw.stop()
+    again = gateway_factory(config)
+    url = again.url + "/platforms/game-provider/hooks"
+    assert_error_response(requests.post(url, data=balance, headers=balance_headers, timeout=5), 403,
+                          "invalid_signature")
+    # Polled: the answer reaching the client does not order this process's read of the log file.
+    wait_for(lambda: any(line.get("auth_failure") == "replayed_signature" for line in again.log_lines()),
+             timeout=10, what="the replayed_signature access line")
+    retry = requests.post(url, data=money, headers=money_headers, timeout=5)
+    assert (retry.status_code, retry.content) == (200, first.content)
+    assert hub88.balance("p1") == Decimal("98.00") and len(hub88.ledger("bet")) == 1
+
+
+def test_two_identical_balance_requests_in_the_same_second_are_both_answered(hub88, platform_gateway):
+    """The published spec's timestamps have second precision: a poll twice a second signs the same bytes."""
+    hub88.player("p1", "100.00")
     body = json.dumps(BALANCE).encode()
     headers = signing.signed_headers(ACME["api_key"], ACME["secret"], body, unique_timestamp())
-    for _ in range(2):
-        assert requests.post(gw.url + "/platforms/game-provider/hooks", data=body, headers=headers, timeout=5).ok
+    answers = [requests.post(platform_gateway.url + "/platforms/game-provider/hooks", data=body, headers=headers,
+                             timeout=5) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert decimal_json(answers[0]) == decimal_json(answers[1]) == {"balance": Decimal("100.00")}
 
 
 # -- partner isolation --------------------------------------------------------------------------

@@ -197,8 +197,8 @@ class _FailingLedgerInsert(_FailingCommits):
         return self.raw.execute(sql, params)
 
 
-async def test_a_replay_key_is_not_kept_when_its_ledger_record_could_not_be_written(tmp_path):
-    from gateway.store.base import OnceKey, StoreUnavailable
+async def test_a_ledger_record_that_could_not_be_written_leaves_nothing_behind(tmp_path):
+    from gateway.store.base import StoreUnavailable
 
     store = SqliteStore(f"sqlite:///{tmp_path}/s.db")
     await store.open()
@@ -206,15 +206,15 @@ async def test_a_replay_key_is_not_kept_when_its_ledger_record_could_not_be_writ
         real = store.db.raw
         store.db.raw = _FailingLedgerInsert(real)
         ok, failed = await asyncio.gather(store.kv_put("other", "k", b"1", 60, only_new=True),
-                                          store.tx_begin(TxRecord("p", "t1", "bet", "f"), 60,
-                                                         once=OnceKey("sig", "p:s1", 60)),
+                                          store.tx_begin(TxRecord("p", "t1", "bet", "f"), 60),
                                           return_exceptions=True)
         store.db.raw = real
         assert ok is True and isinstance(failed, StoreUnavailable)
         assert await store.kv_get("other", "k") == b"1"  # the rest of the group committed
-        assert await store.kv_get("sig", "p:s1") is None  # the claim went with its record
-        # So the same signed request, retried, is not refused as a replay.
-        assert await store.tx_begin(TxRecord("p", "t1", "bet", "f"), 60, once=OnceKey("sig", "p:s1", 60)) is None
+        assert await store.tx_get("p", "t1") is None
+        assert await store.tx_pending(time.time() + 1) == []
+        # So the same request, retried, begins afresh.
+        assert await store.tx_begin(TxRecord("p", "t1", "bet", "f"), 60) is None
     finally:
         await store.close()
 
@@ -227,8 +227,10 @@ async def test_expired_rows_are_swept_while_serving(tmp_path):
     await store.open()
     try:
         for i in range(20):
-            await store.tx_begin(TxRecord("p", f"old-{i}", "bet", "f"), 0.05, once=OnceKey("sig", f"s-{i}", 0.05))
-        await store.tx_begin(TxRecord("p", "kept", "bet", "f"), 60, once=OnceKey("sig", "kept", 60))
+            await store.tx_begin(TxRecord("p", f"old-{i}", "bet", "f"), 0.05)
+            await store.claim(OnceKey("sig", f"s-{i}", 0.05))
+        await store.tx_begin(TxRecord("p", "kept", "bet", "f"), 60)
+        await store.claim(OnceKey("sig", "kept", 60))
         await store.kv_put("session", "forever", b"1")  # no TTL: never swept
         await asyncio.sleep(0.6)
         raw = store.db.raw
@@ -252,3 +254,24 @@ async def test_writes_queued_when_the_store_closes_are_written_first(tmp_path):
         assert await again.tx_get("p", "last") is not None
     finally:
         await again.close()
+
+
+async def test_a_file_from_before_ledger_payloads_is_migrated_in_place(tmp_path):
+    """An upgrade opens the last version's file: its records stay readable, new ones keep payloads."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute("""CREATE TABLE ledger (
+            partner TEXT NOT NULL, txid TEXT NOT NULL, action TEXT NOT NULL, fingerprint TEXT NOT NULL,
+            state TEXT NOT NULL, status INTEGER, body BLOB, voided_by TEXT,
+            created_at REAL NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (partner, txid)) WITHOUT ROWID""")
+        db.execute("INSERT INTO ledger VALUES ('p', 'old', 'bet', 'f', 'pending', NULL, NULL, NULL, 1.0, 9e12)")
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        old = await store.tx_get("p", "old")
+        assert (old.state, old.payload) == ("pending", None)
+        assert [r.txid for r in await store.tx_pending(time.time())] == ["old"]
+        assert await store.tx_begin(TxRecord("p", "new", "bet", "f", payload=b'{"a":1}'), 60) is None
+        assert (await store.tx_get("p", "new")).payload == b'{"a":1}'
+    finally:
+        await store.close()

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from gateway.store import OnceKey, QueueEntry, Replayed, TxRecord, open_store
+from gateway.store import OnceKey, QueueEntry, TxRecord, open_store
 from gateway.store.base import DONE, PENDING, QUEUED
 from tests.support import RedisServer
 
@@ -47,8 +47,8 @@ async def reopen(store_spec):
     return s
 
 
-def rec(txid="tx-1", action="bet", fp="fp-1", partner="acme"):
-    return TxRecord(partner, txid, action, fp)
+def rec(txid="tx-1", action="bet", fp="fp-1", partner="acme", **fields):
+    return TxRecord(partner, txid, action, fp, **fields)
 
 
 def entry(payload=None, next_at=0.0, **kw):
@@ -151,45 +151,44 @@ async def test_retention_expires_records_but_never_before(store):
         assert await store.tx_get("acme", txid) is not None, txid
 
 
-async def test_begin_claims_a_once_key_in_the_same_step(store):
-    sig = OnceKey("sig", "acme:sig-1", 60)
-    assert await store.tx_begin(rec("tx-a"), 60, once=sig) is None
-    assert await store.kv_put("sig", "acme:sig-1", b"1", ttl=60, only_new=True) is False  # taken
-    # The same signature on another transaction: refused, and nothing recorded.
-    with pytest.raises(Replayed):
-        await store.tx_begin(rec("tx-b"), 60, once=sig)
-    assert await store.tx_get("acme", "tx-b") is None
-    # A key claimed by kv_put is just as taken.
-    assert await store.kv_put("sig", "acme:sig-2", b"1", ttl=60, only_new=True) is True
-    with pytest.raises(Replayed):
-        await store.tx_begin(rec("tx-c"), 60, once=OnceKey("sig", "acme:sig-2", 60))
-    assert await store.tx_get("acme", "tx-c") is None
-    # A retry of tx-a under a new signature claims it and gets the first record.
-    again = await store.tx_begin(rec("tx-a", fp="other"), 60, once=OnceKey("sig", "acme:sig-3", 60))
-    assert again is not None and again.fingerprint == "fp-1" and again.state == PENDING
-    assert await store.kv_put("sig", "acme:sig-3", b"1", ttl=60, only_new=True) is False
+async def test_begin_keeps_the_request_payload(store):
+    payload = b'{"action":"bet","amount":10.50,"player_id":"p-\xc3\xa9"}'
+    assert await store.tx_begin(rec("tx-a", payload=payload), 60) is None
+    assert (await store.tx_get("acme", "tx-a")).payload == payload
+    existing = await store.tx_begin(rec("tx-a", fp="other"), 60)
+    assert existing.payload == payload and existing.fingerprint == "fp-1"
+    assert await store.tx_begin(rec("tx-b"), 60) is None
+    assert (await store.tx_get("acme", "tx-b")).payload is None  # optional
 
 
-async def test_once_key_expires_with_its_own_ttl(store):
-    assert await store.tx_begin(rec("tx-a"), 60, once=OnceKey("sig", "k", 0.3)) is None
-    await asyncio.sleep(0.5)
-    assert await store.tx_begin(rec("tx-b"), 60, once=OnceKey("sig", "k", 0.3)) is None
-    assert await store.tx_get("acme", "tx-a") is not None  # the ledger record keeps its own retention
+async def test_a_done_record_begun_is_a_tombstone(store):
+    tomb = rec("bet-late", state=DONE, status=409, body=b'{"error":"transaction_already_refunded"}',
+               voided_by="refund-1")
+    assert await store.tx_begin(tomb, 60) is None
+    later = await store.tx_begin(rec("bet-late"), 60)  # the bet arrives after its refund
+    assert (later.state, later.status, later.body, later.voided_by) == (
+        DONE, 409, b'{"error":"transaction_already_refunded"}', "refund-1")
+    assert await store.tx_pending(time.time() + 60) == []  # a tombstone is never pending
+
+
+async def test_pending_lists_records_left_pending_oldest_first(store):
+    for txid in ("p-1", "p-2", "p-3", "p-4"):
+        assert await store.tx_begin(rec(txid, payload=txid.encode()), 60) is None
+    await store.tx_finish("acme", "p-2", DONE, 200, b"{}", 60)
+    await store.tx_finish("acme", "p-3", QUEUED, 503, b"{}", 60)
+    await store.tx_forget("acme", "p-4")
+    cutoff = time.time() + 1
+    assert await store.tx_begin(TxRecord("other", "p-1", "bet", "fp"), 60) is None  # other partner, same id
+    found = await store.tx_pending(cutoff)
+    assert [(r.partner, r.txid, r.payload) for r in found] == [("acme", "p-1", b"p-1"), ("other", "p-1", None)]
+    assert await store.tx_pending(found[0].created_at) == []  # strictly before
+    assert len(await store.tx_pending(cutoff, limit=1)) == 1
 
 
 async def test_concurrent_claims_of_one_once_key_admit_exactly_one(store):
     sig = OnceKey("sig", "acme:race", 60)
-
-    async def attempt(i):
-        try:
-            return await store.tx_begin(rec(f"tx-{i}"), 60, once=sig)
-        except Replayed:
-            return "replayed"
-
-    results = await asyncio.gather(*(attempt(i) for i in range(20)))
-    assert results.count(None) == 1 and results.count("replayed") == 19
-    kept = [i for i in range(20) if await store.tx_get("acme", f"tx-{i}") is not None]
-    assert kept == [results.index(None)]
+    results = await asyncio.gather(*(store.claim(sig) for _ in range(20)))
+    assert results.count(True) == 1 and results.count(False) == 19
 
 
 # -- key/value --------------------------------------------------------------------------

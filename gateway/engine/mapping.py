@@ -66,6 +66,8 @@ class Operation:
     response: dict  # field -> compiled JMESPath
     result: ResultRules
     timeout: float | None
+    #: The inputs its request templates read (e.g. whether a refund sends ``amount`` at all).
+    inputs: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -298,6 +300,7 @@ def compile_mapping(data: dict, file: str) -> Mapping:
             response={k: c.jmes(v, where + ("response", k)) for k, v in (spec.get("response") or {}).items()},
             result=c.result(spec.get("result"), where + ("result",), result),
             timeout=spec.get("timeout"),
+            inputs=templates.variables([spec["path"], spec.get("query"), spec.get("headers"), spec.get("body")]),
         )
     if data["face"] == "platform":
         for name in PLATFORM_OPERATIONS:

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, nodes
+from jinja2 import StrictUndefined, TemplateError, meta, nodes
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -156,6 +156,20 @@ class Templates:
                 return None
             return lambda ctx: op(left(ctx), right(ctx))
         return None
+
+    def variables(self, tree: Any) -> frozenset[str]:
+        """The context names the templates of ``tree`` read (what a request sends of its inputs).
+        A leaf that does not parse reads nothing here: compile_tree reports it."""
+        if isinstance(tree, dict):
+            return frozenset().union(*(self.variables(v) for v in tree.values()))
+        if isinstance(tree, list):
+            return frozenset().union(*(self.variables(v) for v in tree))
+        if not isinstance(tree, str) or "{" not in tree:
+            return frozenset()
+        try:
+            return frozenset(meta.find_undeclared_variables(self.env.parse(tree)))
+        except TemplateError:
+            return frozenset()
 
     def compile_tree(self, tree: Any, on_error: Callable[[tuple, Exception], None], path: tuple = ()) -> Callable[[dict], Any]:
         """Compile every leaf of a dict/list tree; report each broken one through ``on_error``."""

@@ -12,7 +12,9 @@ through this class:
   generation it arrived under (``generation(request).faces[name]``);
 * ``deliveries``: the durable queue's routes it owns, each a coroutine
   ``(built objects, entry)`` that runs one queued delivery (gateway/retry_queue.py);
-* ``backoff(built, entry)``: seconds (initial, max) between attempts of one of them.
+* ``backoff(built, entry)``: seconds (initial, max) between attempts of one of them;
+* ``settle(built, record)``: settle a ledger record of one of its partners that a crashed
+  gateway left pending (gateway/faces/sweeper.py); False when the record is not its own.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.runtime import Generation, Runtime
-from gateway.store import QueueEntry
+from gateway.store import QueueEntry, TxRecord
 
 Delivery = Callable[[Any, QueueEntry], Awaitable[None]]
 
@@ -40,3 +42,6 @@ class Face:
 
     def backoff(self, built: Any, entry: QueueEntry) -> tuple[float, float]:
         return 1.0, 300.0
+
+    async def settle(self, built: Any, record: TxRecord) -> bool:
+        return False

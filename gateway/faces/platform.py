@@ -22,12 +22,12 @@ from gateway.config import Config
 from gateway.context import generation
 from gateway.errors import IgspError
 from gateway.faces.base import Face
-from gateway.faces.wallet import WALLET_ROUTE, Wallet
+from gateway.faces.wallet import MONEY_ACTIONS, WALLET_ROUTE, Wallet
 from gateway.jsonio import igsp_object
 from gateway.ops import metrics
 from gateway.runtime import Generation, Runtime
 from gateway.spec import HOOK_SCHEMAS, SpecValidators, hook_validators
-from gateway.store import QueueEntry, Replayed
+from gateway.store import QueueEntry, TxRecord
 
 
 @dataclass
@@ -50,14 +50,14 @@ class PlatformFace(Face):
     def build(self, gen: Generation, runtime: Runtime) -> PlatformObjects:
         config, store = gen.config, runtime.store
         verifier = Verifier({p.api_key: p for p in config.partners}, config.signature_window, store,
-                            config.replay_protection,
                             on_failure=lambda reason: metrics.SIGNATURE_FAILURES.labels(reason).inc(),
                             limiter=gen.limiter)
         wallets = {
             partner.id: Wallet(
                 partner.id, gen.clients[partner.mapping.name], store, retention=config.retention_seconds,
                 currencies=config.currencies, wake_queue=runtime.wake_queue, orphan_after=config.queue_lease_seconds,
-                on_replay=lambda action, pid=partner.id: metrics.REPLAYS.labels(pid, action).inc())
+                on_replay=lambda action, pid=partner.id: metrics.REPLAYS.labels(pid, action).inc(),
+                partial_refunds=partner.partial_refunds)
             for partner in config.partners if partner.face == "platform"
         }
         return PlatformObjects(verifier, wallets, hook_validators())
@@ -67,6 +67,11 @@ class PlatformFace(Face):
         if wallet is None:
             return super().backoff(built, entry)
         return wallet.mapping.backoff_initial, wallet.mapping.backoff_max
+
+
+    async def settle(self, built: PlatformObjects, record: TxRecord) -> bool:
+        wallet = built.wallets.get(record.partner)
+        return wallet is not None and await wallet.settle_orphan(record)
 
 
 def parse_hook(body: bytes, spec: SpecValidators) -> dict:
@@ -91,11 +96,9 @@ async def handle_hook(request: web.Request) -> web.Response:
     request["operation"] = payload["action"]
     if "transaction_id" in payload:
         request["transaction_id"] = payload["transaction_id"]
-    try:
-        # A money hook claims its signature with its ledger record, in one commit.
-        status, out = await face.wallets[partner.id].handle(payload, request["request_id"], once)
-    except Replayed:
-        raise face.verifier.replayed() from None
+    if once is not None and payload["action"] not in MONEY_ACTIONS:
+        await face.verifier.claim(once)  # strict mode; a money hook's retry is the ledger's to answer
+    status, out = await face.wallets[partner.id].handle(payload, request["request_id"])
     return web.Response(status=status, body=out, content_type="application/json")
 
 

@@ -32,7 +32,7 @@ from gateway.ops import metrics
 from gateway.outbound.hooks import HookClient
 from gateway.runtime import Generation, Runtime
 from gateway.spec import SpecValidators, hook_validators, provider_validators
-from gateway.store import QueueEntry
+from gateway.store import QueueEntry, TxRecord
 
 LEGACY_PREFIX = "/legacy"
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
@@ -48,6 +48,7 @@ class ProviderObjects:
     read_verifier: Verifier | None = None
     write_verifier: Verifier | None = None
     spec: SpecValidators | None = None
+    launcher_of: dict = field(default_factory=dict)  # partner id -> its mapping's Launcher
 
 
 class ProviderFace(Face):
@@ -76,10 +77,10 @@ class ProviderFace(Face):
         face = ProviderObjects(
             # Catalogue reads are idempotent and their query is unsigned anyway, so a GET
             # signature may be used more than once (a platform pages fast, timestamps in seconds).
-            read_verifier=Verifier(by_key, config.signature_window, store, False, on_failure=on_failure,
+            read_verifier=Verifier(by_key, config.signature_window, None, on_failure=on_failure,
                                    limiter=gen.limiter),
-            write_verifier=Verifier(by_key, config.signature_window, store, config.replay_protection,
-                                    on_failure=on_failure, limiter=gen.limiter),
+            write_verifier=Verifier(by_key, config.signature_window, store, on_failure=on_failure,
+                                    limiter=gen.limiter),
             spec=provider_validators(),
         )
         for partner in partners:
@@ -96,7 +97,12 @@ class ProviderFace(Face):
                 users = {p.id: p for p in partners if p.mapping.name == mapping.name}
                 face.callbacks[mapping.name] = Callbacks(mapping, store, self.hooks, users, hook_validators(),
                                                          config.currencies)
+        face.launcher_of = {p.id: face.launchers[p.mapping.name] for p in partners if p.mapping.name in face.launchers}
         return face
+
+    async def settle(self, built: ProviderObjects, record: TxRecord) -> bool:
+        launcher = built.launcher_of.get(record.partner)
+        return launcher is not None and await launcher.settle_orphan(record)
 
 
 def _face(request: web.Request) -> ProviderObjects:

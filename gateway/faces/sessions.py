@@ -65,6 +65,14 @@ class Launcher:
         await self.store.tx_finish(partner.id, rec.txid, "done", 201, body, max(self.retention, self.spec.session_ttl))
         return 201, body
 
+    async def settle_orphan(self, record: TxRecord) -> bool:
+        """A launch its gateway left pending moved no money: forget it (the sweeper's part),
+        so the platform's retry of this session_id launches afresh."""
+        if record.action != "session":
+            return False
+        await self.store.tx_forget(record.partner, record.txid)
+        return True
+
     async def _replay(self, existing: TxRecord, fp: str) -> tuple[int, bytes]:
         if existing.fingerprint != fp:
             raise IgspError("session_conflict", "session_id was already used for a different launch")

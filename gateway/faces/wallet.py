@@ -12,10 +12,22 @@ Outcomes of a legacy call, and what the caller and the ledger get:
     outcome unknown (timeout)  -> bet: 5xx now, compensating rollback queued, retries get 409
                                   win/refund: queued if the wallet is idempotent, else dead-lettered
 
+A retry is any copy with the same ``transaction_id`` and the same terms (RETRY_FIELDS):
+re-signed or byte-identical, sequential or concurrent, it gets the first answer.
+
+Refunds, as real wallets do them:
+
+    refund of an unknown bet   -> 404, and a tombstone for the bet: should it arrive later it
+                                  is refused (409) and never reaches the wallet
+    refund of another's bet    -> 409 when player or currency differ, or the amount (unless
+                                  the partner declares partial refunds: then at most the bet's)
+    refund of a bet in flight  -> waits for the bet briefly; if it is still running, the refund
+                                  is queued (503 for now) and delivered once the bet settled
+
 A record still ``pending`` after ``orphan_after`` seconds was left by a gateway that died
-mid-call (``kill -9``, OOM): the next retry of it, or a refund of that bet, settles it as an
-unknown outcome. Until then a refund of a pending bet is answered retriable 503, never a
-final 404 — the bet may yet go through.
+mid-call (``kill -9``, OOM). The sweeper (``settle_orphan``, run by the queue worker's
+process) settles it as an unknown outcome without waiting for anyone to retry; a retry or a
+refund that finds it first does the same.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ from gateway.faces import ledger
 from gateway.ops import metrics
 from gateway.outbound.legacy import LegacyClient
 from gateway.retry_queue import DeadLetter, hook_from_queue, to_queue
-from gateway.store import OnceKey, QueueEntry, Replayed, Store, TxRecord
+from gateway.store import QueueEntry, Store, TxRecord
 from gateway.store.base import DONE, PENDING, QUEUED
 
 #: voided_by marker of a bet whose unknown outcome is being rolled back by the gateway.
@@ -61,19 +73,39 @@ def fingerprint(payload: dict) -> str:
     return ledger.fingerprint(payload, RETRY_FIELDS)
 
 
+def encode_hook(payload: dict) -> bytes:
+    """A hook as the ledger keeps it (the queue's codec: amounts as exact text)."""
+    return orjson.dumps(to_queue(payload))
+
+
+def decode_hook(data: bytes) -> dict:
+    return hook_from_queue(orjson.loads(data))
+
+
+def bet_of(refund: dict) -> dict:
+    """The bet a refund names, as far as the refund tells it (for its tombstone)."""
+    bet = {k: v for k, v in refund.items() if k != "bet_transaction_id"}
+    bet.update(action="bet", transaction_id=refund["bet_transaction_id"])
+    return bet
+
+
 class Wallet:
     """One platform-face partner: its legacy wallet client, the store and the queue."""
 
     def __init__(self, partner_id: str, client: LegacyClient, store: Store, *, retention: float,
-                 currencies: dict | None = None, wait_seconds: float = 2.0, wake_queue=None, on_replay=None,
-                 orphan_after: float = 30.0):
+                 currencies: dict | None = None, wait_seconds: float | None = None, wake_queue=None,
+                 on_replay=None, orphan_after: float = 30.0, partial_refunds: bool = False):
         self.partner_id = partner_id
         self.client = client
         self.mapping = client.mapping
         self.store = store
         self.retention = retention
         self.currencies = currencies or {}
-        self.wait_seconds = wait_seconds
+        # A concurrent copy waits for the first one's legacy call to end (at most its timeout)
+        # and gets its answer, rather than a 503 to retry.
+        self.wait_seconds = wait_seconds if wait_seconds is not None else max(2.0, 0.5 + max(
+            [self.mapping.timeout] + [op.timeout for op in self.mapping.operations.values() if op.timeout]))
+        self.partial_refunds = partial_refunds
         self.wake_queue = wake_queue or (lambda: None)
         self.on_replay = on_replay or (lambda action: None)
         self.orphan_after = orphan_after  # > any legacy call's duration (config: queue.lease_seconds)
@@ -99,22 +131,19 @@ class Wallet:
         return str(legacy) if legacy not in (None, "") else str(uuid.uuid5(IGSP_NAMESPACE, f"{self.partner_id}:{txid}"))
 
     # -- entry point ---------------------------------------------------------------
-    async def handle(self, payload: dict, request_id: str, once: OnceKey | None = None) -> tuple[int, bytes]:
-        """Answer one hook. ``once`` (the request's replay-protection key) is claimed
-        before the ledger or the wallet is touched; ``Replayed`` when it was already used."""
+    async def handle(self, payload: dict, request_id: str) -> tuple[int, bytes]:
+        """Answer one hook: a balance read, or a money hook once per ``transaction_id``."""
         action = payload["action"]
         if "amount" in payload:
             money.check_precision(payload["amount"], payload["currency"], self.currencies)
         if action == "balance":
-            if once is not None and not await self.store.claim(once):
-                raise Replayed()
             reply = await self.client.call("balance", self.context(payload, request_id))
             check_currency(reply.fields, payload["currency"])
             return 200, orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"]))})
 
         txid = payload["transaction_id"]
-        rec = TxRecord(self.partner_id, txid, action, fingerprint(payload))
-        existing = await self.store.tx_begin(rec, self.retention, once)
+        rec = TxRecord(self.partner_id, txid, action, fingerprint(payload), payload=encode_hook(payload))
+        existing = await self.store.tx_begin(rec, self.retention)
         if existing is not None:
             return await self.replay(existing, rec.fingerprint, payload, request_id)
         try:
@@ -146,6 +175,15 @@ class Wallet:
 
     def orphaned(self, rec: TxRecord) -> bool:
         return rec.state == PENDING and time.time() - rec.created_at > self.orphan_after
+
+    async def settle_orphan(self, rec: TxRecord) -> bool:
+        """The sweeper's part: settle a record its gateway left pending (see the module
+        docstring); False when the record cannot say what it was (written before payloads
+        were kept) and waits for a retry to tell."""
+        if rec.payload is None or rec.action not in MONEY_ACTIONS:
+            return False
+        await self.take_over(decode_hook(rec.payload), "sweeper")
+        return True
 
     async def take_over(self, payload: dict, request_id: str) -> None:
         """Settle an orphaned pending record as an unknown outcome. Replicas race for it with a
@@ -187,22 +225,30 @@ class Wallet:
                 self.retention)
             return error_body(exc)
         # A win or refund must reach the player eventually: deliver it from the queue.
-        dead = exc.applied is None and not self.mapping.idempotent
-        await self.enqueue(action, payload, request_id, exc, dead=dead)
+        if action == "refund" and not await self.voids_its_bet(payload):
+            # Stopped before the refund claimed its bet, so before any legacy call: the
+            # queue runs the whole refund (its checks, then the call) once the bet settled.
+            await self.enqueue("refund_after_bet", payload, request_id, exc, delay=self.mapping.backoff_initial)
+        else:
+            dead = exc.applied is None and not self.mapping.idempotent
+            await self.enqueue(action, payload, request_id, exc, dead=dead)
         await self.store.tx_finish(self.partner_id, txid, QUEUED, *error_body(IgspError(
             "transaction_in_progress", "accepted for delivery to the wallet; retry later for the outcome")),
             self.retention)
         return error_body(exc)
 
-    async def enqueue(self, op: str, payload: dict, request_id: str, exc: Exception, *, dead: bool = False) -> None:
+    async def enqueue(self, op: str, payload: dict, request_id: str, exc: Exception, *, dead: bool = False,
+                      delay: float | None = None) -> None:
+        if delay is None:
+            # A late legacy answer may still be in flight: a rollback that overtakes
+            # its own bet would be acknowledged as "unknown" and undo nothing.
+            delay = max(self.mapping.backoff_initial, 2 * self.mapping.timeout)
         entry = QueueEntry(
             id=uuid.uuid4().hex,
             route=WALLET_ROUTE,
             payload={"partner": self.partner_id, "op": op, "request_id": request_id, "hook": to_queue(payload)},
             max_attempts=self.mapping.max_attempts,
-            # A late legacy answer may still be in flight: a rollback that overtakes
-            # its own bet would be acknowledged as "unknown" and undo nothing.
-            next_at=time.time() + max(self.mapping.backoff_initial, 2 * self.mapping.timeout),
+            next_at=time.time() + delay,
             last_error=str(exc),
         )
         await self.store.q_put(entry)
@@ -215,22 +261,42 @@ class Wallet:
             self.wake_queue()
 
     # -- refund ---------------------------------------------------------------------
-    async def refund(self, payload: dict, request_id: str) -> tuple[int, bytes]:
+    async def refund(self, payload: dict, request_id: str, *, queued: bool = False) -> tuple[int, bytes]:
+        """Refund the bet ``payload`` names: once, only the player's own, never before the bet
+        settled. ``queued``: run by the queue (the refund was deferred behind its bet)."""
         txid, bet_txid = payload["transaction_id"], payload["bet_transaction_id"]
         bet = await self.store.tx_get(self.partner_id, bet_txid)
-        if bet is not None and bet.action == "bet" and bet.state == PENDING:
-            bet_payload = {k: v for k, v in payload.items() if k != "bet_transaction_id"}
-            bet_payload.update(action="bet", transaction_id=bet_txid)
-            if self.orphaned(bet) and fingerprint(bet_payload) == bet.fingerprint:  # same player and amount
-                await self.take_over(bet_payload, request_id)
-                bet = await self.store.tx_get(self.partner_id, bet_txid)
-            if bet is not None and bet.state == PENDING:
-                # The bet may still go through: a final "not found" now would leave it unrefunded.
-                await self.store.tx_forget(self.partner_id, txid)
-                return error_body(IgspError("transaction_in_progress", f"bet {bet_txid} is still in progress"))
-        if bet is None or bet.action != "bet" or bet.state == PENDING:
+        if bet is None:
+            # Refund before bet: leave a tombstone in the bet's place, so that the bet, should
+            # it arrive after all, is refused and never debited.
+            bet = await self.store.tx_begin(self.tombstone(payload), self.retention)
+            if bet is None:
+                return await self.finish(txid, *error_body(IgspError(
+                    "transaction_not_found", f"bet {bet_txid} is not known; should it arrive later it will be refused")))
+        if bet.action != "bet":
             return await self.finish(txid, *error_body(IgspError("transaction_not_found",
                                                                  f"bet {bet_txid} is not known")))
+        mismatch = self.refund_mismatch(bet, payload)
+        if mismatch is not None:
+            return await self.finish(txid, *error_body(IgspError(
+                "transaction_conflict", f"the refund does not match bet {bet_txid}: {mismatch}")))
+        if bet.state == PENDING:
+            bet = await ledger.settled(self.store, bet, 0 if queued else self.wait_seconds)
+            if self.orphaned(bet):
+                await self.take_over(bet_of(payload) if bet.payload is None else decode_hook(bet.payload), request_id)
+                bet = await self.store.tx_get(self.partner_id, bet_txid) or bet
+            if bet.state == PENDING:
+                if queued:
+                    raise UpstreamError("upstream_unavailable", f"bet {bet_txid} is still in progress",
+                                        kind="waiting", applied=False)
+                # The bet may yet go through: refund it once it has settled, from the queue,
+                # without waiting for the provider to retry.
+                await self.enqueue("refund_after_bet", payload, request_id,
+                                   IgspError("transaction_in_progress", f"bet {bet_txid} was still in progress"),
+                                   delay=self.mapping.backoff_initial)
+                return await self.finish(txid, *error_body(IgspError(
+                    "transaction_in_progress", f"bet {bet_txid} is still in progress; the refund will follow it")),
+                    state=QUEUED)
         previous = await self.store.tx_void(self.partner_id, bet_txid, txid)
         if previous == COMPENSATION:
             # The gateway is already rolling this bet back: nothing more to move.
@@ -256,10 +322,45 @@ class Wallet:
                              "transaction_id": self.platform_txid(reply.fields, txid)})
         return await self.finish(txid, 200, body)
 
+    async def voids_its_bet(self, refund: dict) -> bool:
+        """Whether ``refund`` has claimed its bet (so its legacy call may have been made)."""
+        bet = await self.store.tx_get(self.partner_id, refund["bet_transaction_id"])
+        return bet is not None and bet.voided_by == refund["transaction_id"]
+
+    def tombstone(self, refund: dict) -> TxRecord:
+        """The record a refund that came first leaves in its bet's place: a final 409."""
+        bet = bet_of(refund)
+        status, body = error_body(IgspError(
+            "transaction_already_refunded",
+            f"bet {bet['transaction_id']} was refunded ({refund['transaction_id']}) before it arrived; not debited"))
+        return TxRecord(self.partner_id, bet["transaction_id"], "bet", fingerprint(bet), state=DONE, status=status,
+                        body=body, voided_by=refund["transaction_id"], payload=encode_hook(bet))
+
+    def refund_mismatch(self, bet: TxRecord, refund: dict) -> str | None:
+        """Why ``refund`` may not refund ``bet`` (another player's, another currency, another
+        amount), or None. Nothing of the bet is told back but which field differs."""
+        if bet.payload is None:  # a record from before payloads were kept: its digest must match
+            return None if bet.fingerprint == fingerprint(bet_of(refund)) else "player, currency or amount differ"
+        placed = decode_hook(bet.payload)
+        for name in ("player_id", "currency"):
+            if placed.get(name) != refund.get(name):
+                return f"{name} differs from the bet's"
+        if self.partial_refunds:
+            if refund["amount"] > placed["amount"]:
+                return "amount is more than the bet's"
+        elif refund["amount"] != placed["amount"]:
+            return "amount differs from the bet's (this partner does not declare partial refunds)"
+        return None
+
     # -- queued deliveries ------------------------------------------------------------
     async def deliver(self, op: str, hook: dict, request_id: str) -> None:
         """Run one queued delivery; raise UpstreamError to retry it later."""
         payload = hook_from_queue(hook)
+        if op == "refund_after_bet":
+            current = await self.store.tx_get(self.partner_id, payload["transaction_id"])
+            if current is None or current.state != DONE:  # a redelivery after it finished has nothing to do
+                await self.refund(payload, request_id, queued=True)
+            return
         try:
             reply = await self.client.call(self.rollback_op if op == "rollback" else op,
                                            self.context(payload, request_id))

@@ -34,6 +34,11 @@ QUEUE_DEPTH = Gauge("igsp_queue_depth", "Deliveries waiting in the retry queue",
                     multiprocess_mode="livemostrecent")
 QUEUE_OLDEST = Gauge("igsp_queue_oldest_age_seconds", "Age of the oldest queued delivery",
                      multiprocess_mode="livemostrecent")
+LEDGER_OLDEST_PENDING = Gauge(
+    "igsp_ledger_oldest_pending_seconds",
+    "Age of the oldest ledger record still pending (a transaction whose legacy call has not ended); "
+    "past queue.lease_seconds the sweeper settles it", multiprocess_mode="livemostrecent")
+ORPHANS_SETTLED = Counter("igsp_ledger_orphans_settled", "Pending ledger records settled by the sweeper", ["action"])
 QUEUE_DEAD = Gauge("igsp_queue_dead_letters", "Entries in the dead-letter queue", multiprocess_mode="livemostrecent")
 QUEUE_ATTEMPTS = Counter("igsp_queue_attempts", "Queued delivery attempts", ["route", "outcome"])
 DEAD_LETTERS = Counter("igsp_dead_letters", "Deliveries moved to the dead-letter queue", ["route"])
@@ -73,6 +78,8 @@ def init_series() -> None:
         CATALOGUE_CACHE.labels(result)
     for outcome in ("applied", "refused"):
         CONFIG_RELOADS.labels(outcome)
+    for action in ("bet", "win", "refund", "session"):
+        ORPHANS_SETTLED.labels(action)
 
 
 def observe_upstream(mapping: str, operation: str, kind: str, seconds: float) -> None:

@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-from gateway.store.base import OnceKey, QueueEntry, Replayed, Store, TxRecord
+from gateway.store.base import OnceKey, QueueEntry, Store, TxRecord
 
-__all__ = ["OnceKey", "QueueEntry", "Replayed", "Store", "TxRecord", "open_store", "STORE_SCHEMES"]
+__all__ = ["OnceKey", "QueueEntry", "Store", "TxRecord", "open_store", "STORE_SCHEMES"]
 
 STORE_SCHEMES = ("sqlite", "redis", "rediss")
 

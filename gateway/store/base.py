@@ -27,10 +27,6 @@ class StoreUnavailable(IgspError):
         super().__init__("service_unavailable", message)
 
 
-class Replayed(Exception):  # noqa: N818 - a condition, not a failure of the store
-    """``tx_begin(..., once=…)``: the once-only key was already taken (a replayed request)."""
-
-
 @dataclass(frozen=True, slots=True)
 class OnceKey:
     """A key that may be claimed once within ``ttl`` seconds (a request signature).
@@ -56,6 +52,10 @@ class TxRecord:
     body: bytes | None = None  # exact response body answered (replayed on duplicates)
     voided_by: str | None = None  # refund transaction that voided this bet
     created_at: float = 0.0
+    #: The request as received (JSON, the queue's codec): what the sweeper needs to settle a
+    #: record its gateway left pending, and what a refund is checked against. None for
+    #: records written before it was kept.
+    payload: bytes | None = None
 
 
 @dataclass
@@ -96,11 +96,20 @@ class Store(abc.ABC):
 
     # -- transaction ledger -------------------------------------------------------
     @abc.abstractmethod
-    async def tx_begin(self, rec: TxRecord, ttl: float, once: OnceKey | None = None) -> TxRecord | None:
-        """Atomically create ``rec`` (pending); return the existing record instead if any.
+    async def tx_begin(self, rec: TxRecord, ttl: float) -> TxRecord | None:
+        """Atomically create ``rec``; return the existing record instead if any.
 
-        With ``once``, claim that key in the same atomic step (one commit, one round
-        trip): when it is already taken raise ``Replayed`` and change nothing.
+        Usually ``rec`` is ``pending``; a ``done`` one (with its status, body and
+        ``voided_by``) is a tombstone: the answer a transaction gets should it arrive later
+        (a bet whose refund came first).
+        """
+
+    @abc.abstractmethod
+    async def tx_pending(self, before: float, limit: int = 100) -> list[TxRecord]:
+        """Records still ``pending`` that were created before ``before`` (oldest first).
+
+        A record pending past the longest legacy call was left by a gateway that died
+        mid-call; the sweeper (gateway/faces/sweeper.py) settles it.
         """
 
     @abc.abstractmethod

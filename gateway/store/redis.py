@@ -7,8 +7,10 @@ a registered script). Key layout, all under ``{namespace}:`` (``igsp`` by defaul
 several gateways, or test runs, can share one Redis::
 
     {ns}:tx:{partner}:{txid}   hash    ledger record: owner action fingerprint state status body
-                                       voided_by void_token created_at; expires after the
-                                       retention TTL
+                                       voided_by void_token created_at payload; expires after
+                                       the retention TTL
+    {ns}:pending               zset    ledger records still pending, as JSON [partner, txid],
+                                       scored by created_at (the sweeper's worklist)
     {ns}:kv:{space}:{key}      string  sessions, replay cache, id maps; expires with its TTL
     {ns}:q:stream              stream  due deliveries, one message {id: <entry id>} each;
                                        consumer group "workers", one consumer per process
@@ -54,6 +56,7 @@ import math
 import os
 import time
 
+import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.retry import Retry
@@ -62,7 +65,7 @@ from redis.exceptions import ResponseError
 
 from gateway.ids import new_id
 from gateway.store import redis_scripts as lua
-from gateway.store.base import PENDING, OnceKey, QueueEntry, Replayed, Store, StoreUnavailable, TxRecord
+from gateway.store.base import PENDING, OnceKey, QueueEntry, Store, StoreUnavailable, TxRecord
 
 GROUP = "workers"
 #: How many times a command whose connection broke (or timed out) is sent again on a new
@@ -112,6 +115,11 @@ def _settle(done: asyncio.Future, outcome: object) -> None:
         done.set_result(outcome)
 
 
+def _member(partner: str, txid: str) -> bytes:
+    """A ledger record's name in the pending index (any characters in either id)."""
+    return orjson.dumps([partner, txid])
+
+
 def _str(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
 
@@ -130,6 +138,7 @@ class RedisStore(Store):
         self._redis: aioredis.Redis | None = None
         q = f"{namespace}:q:"
         self.k_stream, self.k_delayed, self.k_live, self.k_dead = q + "stream", q + "delayed", q + "live", q + "dead"
+        self.k_pending = f"{namespace}:pending"  # zset: ledger records still pending, by created_at
         self.k_cursor, self.k_entry = q + "cursor", q + "e:"
         self._pruned_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -247,19 +256,15 @@ class RedisStore(Store):
         return f"{self.ns}:tx:{partner}:{txid}"
 
     @_guarded
-    async def tx_begin(self, rec: TxRecord, ttl: float, once: OnceKey | None = None) -> TxRecord | None:
+    async def tx_begin(self, rec: TxRecord, ttl: float) -> TxRecord | None:
         now = time.time()
-        keys = [self._tx_key(rec.partner, rec.txid)]
-        args = [new_id(), _ms(ttl), rec.action, rec.fingerprint, PENDING, repr(now)]
-        if once is not None:
-            keys.append(f"{self.ns}:kv:{once.ns}:{once.key}")
-            args.append(_ms(once.ttl))
-        existing = await self._run("TX_BEGIN", keys, args)
+        existing = await self._run("TX_BEGIN", [self._tx_key(rec.partner, rec.txid), self.k_pending], [
+            new_id(), _ms(ttl), rec.action, rec.fingerprint, rec.state, repr(now), rec.payload or b"",
+            "" if rec.status is None else rec.status, rec.body or b"", rec.voided_by or "",
+            _member(rec.partner, rec.txid)])
         if existing is None:
             rec.created_at = now
             return None
-        if existing == b"replayed":
-            raise Replayed()
         return self._record(rec.partner, rec.txid, dict(zip(existing[::2], existing[1::2], strict=True)))
 
     @staticmethod
@@ -267,7 +272,26 @@ class RedisStore(Store):
         status = h.get(b"status")
         return TxRecord(partner, txid, h[b"action"].decode(), h[b"fingerprint"].decode(), h[b"state"].decode(),
                         int(status) if status else None, h.get(b"body"), _str(h.get(b"voided_by")),
-                        float(h[b"created_at"]))
+                        float(h[b"created_at"]), h.get(b"payload"))
+
+    @_guarded
+    async def tx_pending(self, before: float, limit: int = 100) -> list[TxRecord]:
+        members = await self.r.zrangebyscore(self.k_pending, "-inf", f"({before!r}", start=0, num=limit)
+        if not members:
+            return []
+        names = [orjson.loads(m) for m in members]
+        pipe = self.r.pipeline(transaction=False)
+        for partner, txid in names:
+            pipe.hgetall(self._tx_key(partner, txid))
+        found, stale = [], []
+        for member, (partner, txid), h in zip(members, names, await pipe.execute(), strict=True):
+            if h and h.get(b"state") == PENDING.encode():
+                found.append(self._record(partner, txid, h))
+            else:
+                stale.append(member)  # expired while pending: nothing left to settle
+        if stale:
+            await self.r.zrem(self.k_pending, *stale)  # sent twice: removes nothing more
+        return found
 
     @_guarded
     async def tx_get(self, partner: str, txid: str) -> TxRecord | None:
@@ -276,11 +300,13 @@ class RedisStore(Store):
 
     @_guarded
     async def tx_finish(self, partner: str, txid: str, state: str, status: int, body: bytes, ttl: float) -> None:
-        await self._run("TX_FINISH", [self._tx_key(partner, txid)], [state, status, body, _ms(ttl)])
+        await self._run("TX_FINISH", [self._tx_key(partner, txid), self.k_pending],
+                        [state, status, body, _ms(ttl), _member(partner, txid)])
 
     @_guarded
     async def tx_forget(self, partner: str, txid: str) -> None:
-        await self._run("TX_FORGET", [self._tx_key(partner, txid), self._memo()], [lua.MEMO_MS])
+        await self._run("TX_FORGET", [self._tx_key(partner, txid), self._memo(), self.k_pending],
+                        [lua.MEMO_MS, _member(partner, txid)])
 
     @_guarded
     async def tx_void(self, partner: str, bet_txid: str, by_txid: str) -> str | None:
@@ -293,7 +319,7 @@ class RedisStore(Store):
     # -- kv ----------------------------------------------------------------------------
     @_guarded
     async def claim(self, once: OnceKey) -> bool:
-        """The key holds a token of this call (as TX_BEGIN's once-only key holds its owner), not
+        """The key holds a token of this call (as a ledger record holds its owner's), not
         ``1``: a resent claim recognises its own and is not taken for a replay."""
         return bool(await self._run("CLAIM", [f"{self.ns}:kv:{once.ns}:{once.key}"], [new_id(), _ms(once.ttl)]))
 

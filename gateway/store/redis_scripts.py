@@ -28,22 +28,24 @@ MEMO_MS = 600_000
 #: How long a delivered or purged entry's tombstone stays (ms).
 BURIED_MS = 3_600_000
 
-#: KEYS: record [, once-only key].  ARGV: owner, ttl_ms, action, fingerprint, state, created_at
-#: [, once ttl_ms].  Claims the once-only key first (its value is the owner token, so a
-#: repeated call recognises its own claim): 'replayed' when another request holds it.
-#: Returns nil when created (or already created by this very call), else the record.
-#: Twice: the second run finds the once-only key and the record holding its own owner token
-#: and answers nil again; a 'replayed' or an existing record changed nothing and is answered
-#: again (only the record's owner, who is waiting on this very answer, changes it).
+#: KEYS: record, pending index.  ARGV: owner, ttl_ms, action, fingerprint, state, created_at,
+#: payload, status, body, voided_by, index member.  Creates the record ('' fields are left
+#: out) and, while it is pending, lists it in the pending index (the sweeper's). Returns nil
+#: when created (or already created by this very call), else the record. Twice: the second
+#: run finds the record holding its own owner token and answers nil again; an existing record
+#: changed nothing and is answered again (only the record's owner, who is waiting on this very
+#: answer, changes it).
 TX_BEGIN = """
-if KEYS[2] and not redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[7], 'NX') then
-  if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'replayed' end
-end
 local existing = redis.call('HGETALL', KEYS[1])
 if #existing == 0 then
   redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'action', ARGV[3], 'fingerprint', ARGV[4],
              'state', ARGV[5], 'created_at', ARGV[6])
+  local optional = {'payload', 'status', 'body', 'voided_by'}
+  for i = 1, 4 do
+    if ARGV[6 + i] ~= '' then redis.call('HSET', KEYS[1], optional[i], ARGV[6 + i]) end
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if ARGV[5] == 'pending' then redis.call('ZADD', KEYS[2], ARGV[6], ARGV[11]) end
   return false
 end
 for i = 1, #existing, 2 do
@@ -52,11 +54,12 @@ end
 return existing
 """
 
-#: KEYS: record.  ARGV: state, status, body, ttl_ms.  Keeps the longer of the two expiries.
-#: A ``done`` record is never turned back into ``queued``: the queue's delivery may have
-#: finished it between a ``queued`` write and its resend. Returns 1, or 0 when there is no
-#: record. Twice: the same fields written again, the same answer.
+#: KEYS: record, pending index.  ARGV: state, status, body, ttl_ms, index member.  Keeps the
+#: longer of the two expiries. A ``done`` record is never turned back into ``queued``: the
+#: queue's delivery may have finished it between a ``queued`` write and its resend. Returns 1,
+#: or 0 when there is no record. Twice: the same fields written again, the same answer.
 TX_FINISH = """
+redis.call('ZREM', KEYS[2], ARGV[5])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if ARGV[1] == 'queued' and redis.call('HGET', KEYS[1], 'state') == 'done' then return 1 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'status', ARGV[2], 'body', ARGV[3])
@@ -86,18 +89,20 @@ if redis.call('HGET', KEYS[1], 'voided_by') == ARGV[1] then redis.call('HDEL', K
 return 0
 """
 
-#: KEYS: record, memo.  ARGV: memo_ms.  Drops the record so a retry starts afresh. Twice:
-#: that retry may have created a new record meanwhile, which a second DEL would destroy
-#: (and the retry's legacy call would then run with no record): the memo says it is done.
+#: KEYS: record, memo, pending index.  ARGV: memo_ms, index member.  Drops the record so a
+#: retry starts afresh. Twice: that retry may have created a new record meanwhile, which a
+#: second DEL would destroy (and the retry's legacy call would then run with no record): the
+#: memo says it is done.
 TX_FORGET = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 return 0
 """
 
 #: KEYS: once-only key.  ARGV: token, ttl_ms.  1 when this call claimed it. The value is
-#: the token (as TX_BEGIN's), so a second run recognises its own claim and answers 1 again
+#: the call's token (as TX_BEGIN's owner), so a second run recognises its own claim and answers 1 again
 #: instead of calling the request a replay.
 CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 1 end

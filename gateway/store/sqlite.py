@@ -32,13 +32,13 @@ import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from gateway.store.base import DONE, PENDING, QUEUED, OnceKey, QueueEntry, Replayed, Store, StoreUnavailable, TxRecord
+from gateway.store.base import DONE, PENDING, QUEUED, QueueEntry, Store, StoreUnavailable, TxRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
     partner TEXT NOT NULL, txid TEXT NOT NULL, action TEXT NOT NULL, fingerprint TEXT NOT NULL,
     state TEXT NOT NULL, status INTEGER, body BLOB, voided_by TEXT,
-    created_at REAL NOT NULL, expires_at REAL NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL, payload BLOB,
     PRIMARY KEY (partner, txid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_expiry ON ledger (expires_at);
@@ -54,6 +54,25 @@ CREATE TABLE IF NOT EXISTS queue (
 );
 CREATE INDEX IF NOT EXISTS queue_due ON queue (dead, next_at);
 """
+#: Run after ``_SCHEMA`` (a file written before ``payload`` existed gets it first).
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS ledger_pending ON ledger (created_at) WHERE state = 'pending';
+"""
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a file written by an earlier version up to this schema (columns are only added)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(ledger)")}
+    if "payload" not in columns:
+        db.execute("ALTER TABLE ledger ADD COLUMN payload BLOB")
+    db.executescript(_INDEXES)
+
+
+_TX_COLUMNS = "action, fingerprint, state, status, body, voided_by, created_at, payload"
+
+
+def _record(partner: str, txid: str, row: tuple) -> TxRecord:
+    return TxRecord(partner, txid, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
 
 
 def sqlite_path(url: str) -> str:
@@ -153,6 +172,7 @@ class SqliteStore(Store):
         await _enable_wal(db)
         db.execute(f"PRAGMA synchronous={self.synchronous if self.synchronous in ('NORMAL', 'FULL') else 'NORMAL'}")
         db.executescript(_SCHEMA)
+        _migrate(db)
         self._db = _Guarded(db)
         self.purge_expired()
         # From here on a busy file is waited for without blocking the loop (see _flush).
@@ -197,7 +217,7 @@ class SqliteStore(Store):
 
         ``fn`` runs without yielding, so it is atomic with respect to other requests; one
         with several writes must leave nothing behind when a later one fails (see
-        ``_claim_and_begin``, ``_atomic``). It runs even if its caller has been cancelled
+        ``_atomic``). It runs even if its caller has been cancelled
         meanwhile: a write asked for is a write made (an outcome must be recorded).
         """
         waiter = self._loop.create_future()
@@ -318,37 +338,16 @@ class SqliteStore(Store):
         self.db.execute("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at < ?", (now,))
 
     # -- ledger ------------------------------------------------------------------------
-    async def tx_begin(self, rec: TxRecord, ttl: float, once: OnceKey | None = None) -> TxRecord | None:
-        if once is None:
-            existing = await self._write(self._tx_begin, rec, ttl)
-        else:
-            existing = await self._write(self._claim_and_begin, once, rec, ttl)
-        if existing is None:
-            return None
-        if existing is _REPLAYED:
-            raise Replayed()
-        return existing
-
-    def _claim_and_begin(self, once: OnceKey, rec: TxRecord, ttl: float):
-        if not self._kv_put_new(once.ns, once.key, b"1", once.ttl):
-            return _REPLAYED
-        try:
-            return self._tx_begin(rec, ttl)
-        except BaseException:
-            # Both or neither (a savepoint would cost two statements on every bet).
-            raw = self.db.raw
-            if raw.in_transaction:
-                try:
-                    raw.execute("DELETE FROM kv WHERE ns=? AND key=?", (once.ns, once.key))
-                except sqlite3.Error:
-                    raw.execute("ROLLBACK")  # cannot undo one write: undo the whole group
-            raise
+    async def tx_begin(self, rec: TxRecord, ttl: float) -> TxRecord | None:
+        return await self._write(self._tx_begin, rec, ttl)
 
     def _tx_begin(self, rec: TxRecord, ttl: float) -> TxRecord | None:
         now = time.time()
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO ledger VALUES (?,?,?,?,?,NULL,NULL,NULL,?,?)",
-            (rec.partner, rec.txid, rec.action, rec.fingerprint, PENDING, now, now + ttl),
+            "INSERT OR IGNORE INTO ledger (partner, txid, action, fingerprint, state, status, body, voided_by,"
+            " created_at, expires_at, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (rec.partner, rec.txid, rec.action, rec.fingerprint, rec.state, rec.status, rec.body, rec.voided_by,
+             now, now + ttl, rec.payload),
         )
         if cur.rowcount == 1:
             rec.created_at = now
@@ -359,19 +358,22 @@ class SqliteStore(Store):
             return self._tx_begin(rec, ttl)
         return existing
 
+    async def tx_pending(self, before: float, limit: int = 100) -> list[TxRecord]:
+        rows = self.db.execute(
+            f"SELECT {_TX_COLUMNS}, partner, txid FROM ledger WHERE state=? AND created_at < ? AND expires_at >= ?"  # noqa: S608
+            " ORDER BY created_at LIMIT ?", (PENDING, before, time.time(), limit)).fetchall()
+        return [_record(row[-2], row[-1], row) for row in rows]
+
     async def tx_get(self, partner: str, txid: str) -> TxRecord | None:
         rec = self._tx_get(partner, txid, time.time())
         return rec
 
     def _tx_get(self, partner: str, txid: str, now: float) -> TxRecord | None:
         row = self.db.execute(
-            "SELECT action, fingerprint, state, status, body, voided_by, created_at FROM ledger"
-            " WHERE partner=? AND txid=? AND expires_at >= ?",
+            f"SELECT {_TX_COLUMNS} FROM ledger WHERE partner=? AND txid=? AND expires_at >= ?",  # noqa: S608
             (partner, txid, now),
         ).fetchone()
-        if row is None:
-            return None
-        return TxRecord(partner, txid, row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+        return None if row is None else _record(partner, txid, row)
 
     async def tx_finish(self, partner: str, txid: str, state: str, status: int, body: bytes, ttl: float) -> None:
         await self._write(
@@ -509,7 +511,3 @@ class SqliteStore(Store):
         else:
             cur = await self._write(self.db.execute, "DELETE FROM queue WHERE dead=1 AND id=?", (entry_id,))
         return cur.rowcount
-
-
-#: ``_claim_and_begin``'s answer for a once-only key already taken.
-_REPLAYED = object()
