@@ -200,6 +200,12 @@ async def test_queue_scripts_twice(store):
     assert await store.q_stats() == {"depth": 0, "oldest_age": 0.0, "dead": 0}
 
 
+async def test_q_put_of_a_dead_letter_twice(store):
+    dead = entry(last_error="unknown outcome")
+    await twice(store, lambda: store.q_put(dead, dead=True))
+    assert [d.id for d in await store.dlq_list()] == [dead.id] and await store.q_claim("a", 10, 30) == []
+
+
 async def test_q_put_resent_after_delivery_does_not_queue_it_again(store):
     e = entry()
     sent, run = [], store._run

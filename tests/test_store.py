@@ -304,15 +304,35 @@ async def test_dead_letters_list_replay_purge(store):
     assert (await store.q_stats())["dead"] == 0 and (await store.q_stats())["depth"] == 1
 
 
-async def test_dead_letter_straight_after_put(store):
-    """The wallet's pattern for an unknown outcome on a non-idempotent wallet."""
+def entry_like(e: QueueEntry, **changes) -> QueueEntry:
+    return QueueEntry(**{"id": e.id, "route": e.route, "payload": e.payload, "max_attempts": e.max_attempts,
+                         **changes})
+
+
+async def test_put_straight_into_the_dead_letters(store):
+    """The wallet's pattern for an unknown outcome on a non-idempotent wallet: one write, so
+    no crash can leave the entry deliverable."""
     for next_at in (time.time() + 60, 0.0):
-        e = entry(next_at=next_at)
-        await store.q_put(e)
-        await store.q_dead(e, "unknown outcome")
+        e = entry(next_at=next_at, last_error="unknown outcome")
+        await store.q_put(e, dead=True)
         assert (await store.dlq_get(e.id)).last_error == "unknown outcome"
     assert await store.q_claim("a", 10, 30) == []
     assert (await store.q_stats())["depth"] == 0 and (await store.q_stats())["dead"] == 2
+    # Still a dead letter like any other: replayed, it is delivered.
+    [first, _] = await store.dlq_list()
+    assert await store.dlq_replay(first.id) is True
+    assert [e.id for e in await store.q_claim("a", 10, 30)] == [first.id]
+
+
+async def test_an_entry_id_is_queued_once(store):
+    """A settlement redone after a crash puts the same entry again: it is kept once."""
+    e = entry()
+    await store.q_put(e)
+    await store.q_put(entry_like(e, payload={"op": "other"}))
+    await store.q_put(entry_like(e), dead=True)
+    [got] = await store.q_claim("a", 10, 30)
+    assert got.id == e.id and got.payload == e.payload
+    assert await store.q_stats() == {"depth": 1, "oldest_age": pytest.approx(0, abs=5), "dead": 0}
 
 
 async def test_queue_survives_reopening(store_spec, store):

@@ -182,13 +182,18 @@ class Wallet:
         were kept) and waits for a retry to tell."""
         if rec.payload is None or rec.action not in MONEY_ACTIONS:
             return False
-        await self.take_over(decode_hook(rec.payload), "sweeper")
+        # Still pending though a settlement claimed it long ago: its settler died between two
+        # of the settlement's writes. Each of them is safe to redo (unknown_outcome).
+        cut_short = rec.voided_by == COMPENSATION and time.time() - rec.created_at > 2 * self.orphan_after
+        await self.take_over(decode_hook(rec.payload), "sweeper", redo=cut_short)
         return True
 
-    async def take_over(self, payload: dict, request_id: str) -> None:
+    async def take_over(self, payload: dict, request_id: str, *, redo: bool = False) -> None:
         """Settle an orphaned pending record as an unknown outcome. Replicas race for it with a
-        compare-and-set on ``voided_by`` (unused by a pending record): one settles, the others wait."""
-        if await self.store.tx_void(self.partner_id, payload["transaction_id"], COMPENSATION) is None:
+        compare-and-set on ``voided_by`` (unused by a pending record): one settles, the others
+        wait. ``redo``: the claim is there already, left by a settler that died."""
+        claimed = await self.store.tx_void(self.partner_id, payload["transaction_id"], COMPENSATION)
+        if claimed is None or (redo and claimed == COMPENSATION):
             await self.unknown_outcome(payload, request_id, UpstreamError(
                 "upstream_timeout", "the gateway handling this transaction stopped mid-call", kind="orphan",
                 applied=None))
@@ -244,20 +249,23 @@ class Wallet:
             # its own bet would be acknowledged as "unknown" and undo nothing.
             delay = max(self.mapping.backoff_initial, 2 * self.mapping.timeout)
         entry = QueueEntry(
-            id=uuid.uuid4().hex,
+            # One id per (partner, operation, transaction): a settlement redone after a crash
+            # cut it short puts the same entry, which the store keeps once.
+            id=uuid.uuid5(IGSP_NAMESPACE, f"{self.partner_id}:{op}:{payload['transaction_id']}").hex,
             route=WALLET_ROUTE,
             payload={"partner": self.partner_id, "op": op, "request_id": request_id, "hook": to_queue(payload)},
             max_attempts=self.mapping.max_attempts,
             next_at=time.time() + delay,
             last_error=str(exc),
         )
-        await self.store.q_put(entry)
         if dead:
             # Unknown outcome on a wallet that does not dedupe: a redelivery could pay
             # twice, so an operator reconciles and replays it (igsp-gateway dlq).
-            await self.store.q_dead(entry, f"unknown outcome on a non-idempotent wallet: {exc}")
+            entry.last_error = f"unknown outcome on a non-idempotent wallet: {exc}"
+            await self.store.q_put(entry, dead=True)
             metrics.DEAD_LETTERS.labels(entry.route).inc()
         else:
+            await self.store.q_put(entry)
             self.wake_queue()
 
     # -- refund ---------------------------------------------------------------------

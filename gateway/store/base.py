@@ -149,7 +149,11 @@ class Store(abc.ABC):
 
     # -- durable queue --------------------------------------------------------------
     @abc.abstractmethod
-    async def q_put(self, entry: QueueEntry) -> None: ...
+    async def q_put(self, entry: QueueEntry, *, dead: bool = False) -> None:
+        """Queue ``entry`` once: an id already queued (or delivered, on Redis for an hour) is
+        left as it is, so a put that may have run already can be sent again. ``dead``: put it
+        straight into the dead letters, in the same write (a crash between a put and a
+        dead-lettering must never leave it deliverable)."""
 
     @abc.abstractmethod
     async def q_claim(self, consumer: str, limit: int, lease_seconds: float) -> list[QueueEntry]:

@@ -62,6 +62,7 @@ from redis import exceptions as rx
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ResponseError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from gateway.ids import new_id
 from gateway.store import redis_scripts as lua
@@ -153,7 +154,12 @@ class RedisStore(Store):
             self.url, max_connections=self.max_connections, socket_timeout=self.socket_timeout,
             socket_connect_timeout=self.connect_timeout, health_check_interval=self.health_check_interval,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=RESENDS),
-            retry_on_error=[rx.ConnectionError, rx.TimeoutError], **options,
+            retry_on_error=[rx.ConnectionError, rx.TimeoutError],
+            # Off, and not redis-py's default "auto": with maintenance notifications on, the
+            # pool skips its check that a pooled connection has no unread data before handing
+            # it out, so a reply nobody asked for (a late or doubled one) would be read as the
+            # next command's answer. The store uses no RESP3 push messages.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False), **options,
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         self._scripts = {name: self._redis.register_script(getattr(lua, name)) for name in lua.SCRIPTS}
@@ -348,14 +354,14 @@ class RedisStore(Store):
                           extra={"sid": h.get(b"sid", b"").decode(), "lease": h.get(b"lease", b"").decode()})
 
     @_guarded
-    async def q_put(self, entry: QueueEntry) -> None:
+    async def q_put(self, entry: QueueEntry, *, dead: bool = False) -> None:
         now = time.time()
         entry.id = entry.id or os.urandom(16).hex()
         entry.created_at = entry.created_at or now
         entry.next_at = entry.next_at or entry.created_at
         sid = await self._run("Q_PUT", self._q_keys(entry.id), [
             GROUP, entry.id, entry.route, json.dumps(entry.payload), entry.attempts, entry.max_attempts,
-            repr(entry.next_at), repr(entry.created_at), entry.last_error or "", repr(now)])
+            repr(entry.next_at), repr(entry.created_at), entry.last_error or "", repr(now), "1" if dead else "0"])
         entry.extra.update(sid=sid.decode(), lease="")
 
     @_guarded

@@ -140,15 +140,21 @@ end
 # Queue scripts share KEYS: 1 entry hash, 2 stream, 3 delayed zset,
 # 4 live zset, 5 dead zset; ARGV[1] is always the consumer group.
 
-#: ARGV: group, id, route, payload, attempts, max_attempts, next_at, created_at, last_error, now.
-#: Returns the stream id given to a due entry, '' for a delayed one. Twice: the entry (the
-#: id is the caller's) exists, or is a tombstone once delivered: its current stream id is
-#: answered ('' for a tombstone) and nothing is queued again.
+#: ARGV: group, id, route, payload, attempts, max_attempts, next_at, created_at, last_error, now,
+#: dead ('1': straight into the dead letters). Returns the stream id given to a due entry, ''
+#: for a delayed or dead one. Twice: the entry (the id is the caller's) exists, or is a
+#: tombstone once delivered: its current stream id is answered ('' for a tombstone) and
+#: nothing is queued again. The same holds for a put sent again by the gateway itself (a
+#: settlement redone after a crash uses the same id).
 Q_PUT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGET', KEYS[1], 'sid') or '' end
 redis.call('HSET', KEYS[1], 'route', ARGV[3], 'payload', ARGV[4], 'attempts', ARGV[5],
            'max_attempts', ARGV[6], 'next_at', ARGV[7], 'created_at', ARGV[8], 'last_error', ARGV[9],
-           'sid', '', 'lease', '', 'dead', '0')
+           'sid', '', 'lease', '', 'dead', ARGV[11])
+if ARGV[11] == '1' then
+  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[2])
+  return ''
+end
 redis.call('ZADD', KEYS[4], ARGV[8], ARGV[2])
 if tonumber(ARGV[7]) <= tonumber(ARGV[10]) then
   local sid = redis.call('XADD', KEYS[2], '*', 'id', ARGV[2])

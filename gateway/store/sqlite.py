@@ -431,15 +431,15 @@ class SqliteStore(Store):
         return row[0] if row else None
 
     # -- queue -------------------------------------------------------------------------
-    async def q_put(self, entry: QueueEntry) -> None:
+    async def q_put(self, entry: QueueEntry, *, dead: bool = False) -> None:
         entry.id = entry.id or uuid.uuid4().hex
         entry.created_at = entry.created_at or time.time()
         await self._write(
             self.db.execute,
-            "INSERT INTO queue (id, route, payload, attempts, max_attempts, next_at, created_at, last_error)"
-            " VALUES (?,?,?,?,?,?,?,?)",
+            "INSERT OR IGNORE INTO queue (id, route, payload, attempts, max_attempts, next_at, created_at, last_error,"
+            " dead) VALUES (?,?,?,?,?,?,?,?,?)",
             (entry.id, entry.route, json.dumps(entry.payload), entry.attempts, entry.max_attempts,
-             entry.next_at or entry.created_at, entry.created_at, entry.last_error),
+             entry.next_at or entry.created_at, entry.created_at, entry.last_error, int(dead)),
         )
 
     def _entry(self, row: tuple) -> QueueEntry:
