@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
+from gateway import signing
 from gateway.engine.templating import IGSP_NAMESPACE
 from gateway.spec import PROVIDER_SPEC, SpecValidators
 from gateway.tools.simulators import igsp_platform, pragmatic_provider, start_in_thread
@@ -254,6 +255,16 @@ def test_launch_is_idempotent_by_session_id(world):
     assert_error(world.launch("sess-launch-1", balance=Decimal("99.00")), 409, "session_conflict")
     assert_error(world.launch("sess-launch-1", player_id="p2"), 409, "session_conflict")
     assert world.launch("sess-launch-1").json()["url"] == url  # the original still stands
+
+
+def test_a_byte_identical_launch_retry_gets_the_same_launch(world):
+    """What an HTTP client resends after a timeout: the same body, timestamp and signature."""
+    body = {"game_id": game_uuid("vs20olympgate"), "player_id": "p1", "player_name": "P1", "currency": "EUR",
+            "session_id": "sess-identical", "balance": Decimal("10")}
+    timestamp = signing.format_timestamp()
+    first, again = (checked(world.igsp.post("/sessions", body, timestamp=timestamp)) for _ in range(2))
+    assert (first.status_code, again.status_code) == (201, 201), again.text
+    assert first.content == again.content
 
 
 def test_concurrent_copies_of_a_launch_call_the_legacy_side_once(world):
