@@ -118,11 +118,16 @@ def test_demo_serve_info_curl_and_conformance(tmp_path):
         else:
             assert info["provider"] is None
 
-        # The kit certifies the running platform face, moving the demo player's money (net zero).
+        # The kit certifies the running platform face, moving the demo player's money (net zero),
+        # the laws of retries and refunds included (identical copies, refund before bet, bets
+        # raced by their refunds).
         done = subprocess.run([sys.executable, "-m", "gateway", "conformance", "platform", "--info", str(info_file),
                                "--demo"], capture_output=True, text=True, env=ENV, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "CONFORMS — 22 passed, 0 failed, 0 skipped" in done.stdout
+        assert "CONFORMS — 28 passed, 0 failed, 1 skipped" in done.stdout
+        for check in ("wallet.balance_same_second", "wallet.bet_identical_retry", "wallet.bet_identical_concurrent",
+                      "wallet.refund_before_bet", "wallet.refund_mismatch", "wallet.bet_refund_race"):
+            assert re.search(rf"^PASS +{re.escape(check)} ", done.stdout, re.M), check
         assert "went from 1000.00 to 1000.00 EUR" in done.stdout
 
         if provider_face_available():
