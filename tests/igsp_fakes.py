@@ -6,13 +6,24 @@ break, one switch per law, so a test can assert exactly which checks fail:
 
 - ``signature``: accepts any request, signed or not (both);
 - ``double_debit``: a retried bet debits again, as a non-idempotent wallet does (platform);
+- ``replay_refusal``: a signature seen before is refused with 403, even a retried bet's or
+  a balance poll's (platform);
+- ``no_tombstone``: a refund of an unknown bet leaves no trace, so the bet arriving later
+  debits (platform);
+- ``refund_any``: a refund voids the bet it names whoever sends it, for whatever amount and
+  currency, and credits what it says (platform);
+- ``refund_overtakes`` (no law broken, a schedule forced): each bet waits until a refund
+  naming it was answered, so a bet sent together with its refund always arrives second
+  (platform; a bet nobody refunds waits 10 s).
 - ``pagination_duplicates`` / ``pagination_gaps``: the next cursor points one item too
   early (repeats) or one too late (skips) (provider).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import time
 import uuid
@@ -143,6 +154,9 @@ def platform_app(api_key: str, secret: str, broken: frozenset = frozenset(), pla
     spec = SpecValidators(HOOKS_SPEC)
     balances = {k: Decimal(v) for k, v in (players or {"p1": "100.00"}).items()}
     done: dict[str, dict] = {}  # transaction_id -> {"fields", "answer", "refunded_by"}
+    tombstones: dict[str, str] = {}  # bet transaction_id -> the refund that came first
+    refund_answered: dict[str, asyncio.Event] = {}  # bet transaction_id -> (refund_overtakes)
+    signatures: set[str] = set()  # (replay_refusal)
     counter = iter(range(1, 1_000_000))
 
     def answer(data: dict) -> dict:
@@ -150,12 +164,14 @@ def platform_app(api_key: str, secret: str, broken: frozenset = frozenset(), pla
 
     def transact(data: dict) -> dict:
         action, amount, player = data["action"], data["amount"], data["player_id"]
-        fields = (action, player, amount, data.get("bet_transaction_id"))
+        fields = (action, player, amount, data["currency"], data.get("bet_transaction_id"))
         prior = done.get(data["transaction_id"])
         if prior is not None and not (action == "bet" and "double_debit" in broken):
             if prior["fields"] != fields:
                 raise IgspError("transaction_conflict", "transaction_id reused with other data", 409)
             return prior["answer"]
+        if action == "bet" and data["transaction_id"] in tombstones and "no_tombstone" not in broken:
+            raise IgspError("transaction_already_refunded", "the bet was refunded before it came", 409)
         if action == "bet":
             if balances[player] < amount:
                 raise IgspError("insufficient_funds", "balance too low", 402)
@@ -165,11 +181,18 @@ def platform_app(api_key: str, secret: str, broken: frozenset = frozenset(), pla
         else:
             bet = done.get(data["bet_transaction_id"])
             if bet is None or bet["fields"][0] != "bet":
+                tombstones.setdefault(data["bet_transaction_id"], data["transaction_id"])
                 raise IgspError("transaction_not_found", "no such bet", 404)
             if bet["refunded_by"] is not None:
                 raise IgspError("transaction_already_refunded", "bet already refunded", 409)
+            if "refund_any" in broken:
+                credit = amount
+            elif bet["fields"][1:4] != (player, amount, data["currency"]):
+                raise IgspError("transaction_conflict", "the refund does not match its bet", 409)
+            else:
+                credit = bet["fields"][2]
             bet["refunded_by"] = data["transaction_id"]
-            balances[player] += bet["fields"][2]
+            balances[player] += credit
         result = answer(data)
         done[data["transaction_id"]] = {"fields": fields, "answer": result, "refunded_by": None}
         return result
@@ -177,6 +200,10 @@ def platform_app(api_key: str, secret: str, broken: frozenset = frozenset(), pla
     async def hooks(request: web.Request) -> web.Response:
         body = await request.read()
         authenticate(request, body, api_key, secret, broken)
+        if "replay_refusal" in broken:
+            if request.headers["X-Signature"] in signatures:
+                raise IgspError("invalid_signature", "this signature was used before", 403)
+            signatures.add(request.headers["X-Signature"])
         try:
             data = json.loads(body, parse_float=Decimal)
         except ValueError:
@@ -189,8 +216,18 @@ def platform_app(api_key: str, secret: str, broken: frozenset = frozenset(), pla
             raise IgspError("player_not_found", "no such player", 404)
         if data["action"] == "balance":
             result = {"balance": balances[data["player_id"]]}
+        elif data["action"] == "refund":
+            data["amount"] = Decimal(data["amount"])
+            try:
+                result = transact(data)
+            finally:
+                refund_answered.setdefault(data["bet_transaction_id"], asyncio.Event()).set()
         else:
             data["amount"] = Decimal(data["amount"])
+            if data["action"] == "bet" and "refund_overtakes" in broken:
+                refunded = refund_answered.setdefault(data["transaction_id"], asyncio.Event())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(refunded.wait(), 10)
             result = transact(data)
         return web.Response(body=dumps(result), content_type="application/json")
 

@@ -110,7 +110,8 @@ def test_demo_serve_info_curl_and_conformance(tmp_path):
         assert info_file.exists(), proc.stderr.read() if proc.poll() is not None else "no info file"
         info = json.loads(info_file.read_text())
         platform = info["platform"]
-        assert set(platform) == {"hooks_url", "api_key", "secret", "player_id", "currency", "session_id", "game_id"}
+        assert set(platform) == {"hooks_url", "api_key", "secret", "player_id", "other_player_id", "currency",
+                                 "session_id", "game_id"}
         assert platform["hooks_url"].endswith("/platforms/game-provider/hooks")
         if provider_face_available():
             assert set(info["provider"]) == {"base_url", "api_key", "secret"}
@@ -118,12 +119,19 @@ def test_demo_serve_info_curl_and_conformance(tmp_path):
         else:
             assert info["provider"] is None
 
-        # The kit certifies the running platform face, moving the demo player's money (net zero).
+        # The kit certifies the running platform face, moving the demo player's money (net zero),
+        # the laws of retries and refunds included (identical copies, refund before bet, another
+        # player's refund through the demo's second player, bets raced by their refunds).
         done = subprocess.run([sys.executable, "-m", "gateway", "conformance", "platform", "--info", str(info_file),
                                "--demo"], capture_output=True, text=True, env=ENV, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "CONFORMS — 22 passed, 0 failed, 0 skipped" in done.stdout
+        assert "CONFORMS — 29 passed, 0 failed, 0 skipped" in done.stdout
+        for check in ("wallet.balance_same_second", "wallet.bet_identical_retry", "wallet.bet_identical_concurrent",
+                      "wallet.refund_before_bet", "wallet.refund_other_player", "wallet.refund_mismatch",
+                      "wallet.bet_refund_race"):
+            assert re.search(rf"^PASS +{re.escape(check)} ", done.stdout, re.M), check
         assert "went from 1000.00 to 1000.00 EUR" in done.stdout
+        assert f"Player {info['platform']['other_player_id']!r} is sent a refund of another player's bet" in done.stdout
 
         if provider_face_available():
             done = subprocess.run([sys.executable, "-m", "gateway", "conformance", "provider", "--info",

@@ -434,6 +434,9 @@ def test_igsp_platform_idempotency_and_refunds(serve):
     assert hook(url, **money("bet", "b3", "1000")).status_code == 402
     assert hook(url, **dict(money("bet", "b4", "1"), player_id="ghost")).json()["status"] == 404
     assert hook(url, **money("refund", "r0", "1", bet_transaction_id="nope")).json()["error"] == "transaction_not_found"
+    # The refund left a tombstone: the bet it named, arriving late, is refused and moves nothing.
+    late = hook(url, **money("bet", "nope", "1"))
+    assert late.status_code == 409 and late.json()["error"] == "transaction_already_refunded"
     refund = hook(url, **money("refund", "r1", "0.10", bet_transaction_id="b1"))
     assert refund.status_code == 200 and hook(url, **money("refund", "r1", "0.10", bet_transaction_id="b1")).text == (
         refund.text

@@ -39,6 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--demo", action="store_true", help="the target is a demo/test system: money checks run")
         p.set_defaults(func=cmd_conformance)
     platform.add_argument("--session-id", help="session_id sent in hooks")
+    platform.add_argument("--other-player-id", help="a second test player of the wallet, same currency "
+                                                    "(wallet.refund_other_player is skipped without it)")
     platform.add_argument("--amount", default="1.00", help="stake of the test bets (default 1.00)")
     provider.add_argument("--page-limit", type=int, default=5, help="page size of the paging walk (default 5)")
 
@@ -47,14 +49,14 @@ def _from_info(args: argparse.Namespace) -> dict:
     info = json.loads(Path(args.info).read_text())
     section = info.get(args.target) or {}
     found = {"url": section.get("hooks_url") or section.get("base_url")}
-    for key in ("api_key", "secret", "player_id", "currency", "session_id", "game_id"):
+    for key in ("api_key", "secret", "player_id", "other_player_id", "currency", "session_id", "game_id"):
         found[key] = section.get(key)
     return {k: v for k, v in found.items() if v}
 
 
 def _settings(args: argparse.Namespace) -> dict:
     settings = _from_info(args) if args.info else {}
-    for key in ("url", "api_key", "secret", "player_id", "currency", "game_id", "session_id"):
+    for key in ("url", "api_key", "secret", "player_id", "other_player_id", "currency", "game_id", "session_id"):
         value = getattr(args, key, None)
         if value:
             settings[key] = value
@@ -100,6 +102,9 @@ async def _run(args: argparse.Namespace, settings: dict, allow_money: bool) -> i
     if platform and allow_money:
         print(f"This run MOVES MONEY on player {target.player_id!r}: bets, a win and refunds of "
               f"{target.amount} {target.currency} (a conforming wallet ends where it started).")
+        if target.other_player_id:
+            print(f"Player {target.other_player_id!r} is sent a refund of another player's bet "
+                  "(a conforming wallet refuses it).")
     elif platform:
         print(f"Wallet checks that move money are SKIPPED: add {MONEY_FLAG} (or --demo for a demo target).")
     print()

@@ -39,8 +39,9 @@ def _exact(value: Any) -> Any:
 class Clock:
     """ISO-8601 UTC timestamps with milliseconds, never the same twice.
 
-    Two requests with the same body and timestamp carry the same signature, which a
-    target with replay protection rightly refuses; a retried transaction is a new request.
+    So no two requests the kit signs carry the same signature unless a check means it to:
+    the identical-copy checks (``wallet.bet_identical_retry``, ``wallet.balance_same_second``
+    …) send one request's bytes and headers again, as a provider's retry code does.
     """
 
     def __init__(self) -> None:

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 
 from gateway.tools.conformance.client import Answer, SignedClient
@@ -36,6 +38,15 @@ def expect_error(answer: Answer, status: int | str, doing: str) -> None:
         raise CheckFailed(f"{doing} {verdict}: got {answer.brief(80)}, want {_want(status)}")
     if not isinstance(answer.data, dict) or not answer.data.get("error"):
         raise CheckFailed(f"{doing}: got {answer.brief()}, want an ErrorResponse {{error, message}} body")
+
+
+@contextmanager
+def because(why: str) -> Iterator[None]:
+    """A failure inside says which law broke and why it matters: ``reason — why``."""
+    try:
+        yield
+    except CheckFailed as exc:
+        raise CheckFailed(f"{exc} — {why}") from None
 
 
 def decimal_field(answer: Answer, name: str, doing: str) -> Decimal:

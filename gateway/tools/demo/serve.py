@@ -24,19 +24,23 @@ from gateway.tools.demo.platform_story import control
 from gateway.tools.demo.stack import DemoStack
 
 PLAYER, CURRENCY, BALANCE = "igsp-demo-player", "EUR", "1000.00"
+#: a second player in the same wallet, for the conformance check of a refund naming another player's bet
+OTHER_PLAYER = "igsp-demo-player-b"
 SESSION, GAME = "demo-session-serve", "vs20olympgate"
 
 
 async def fund_demo_player(stack: DemoStack, http: aiohttp.ClientSession) -> None:
-    """The player of ``--info`` and of the curl commands, untouched by the story."""
-    await control(http, stack.wallet.url, "players", {"player_id": PLAYER, "balance": BALANCE, "currency": CURRENCY})
+    """The players of ``--info`` and of the curl commands, untouched by the story."""
+    for player in (PLAYER, OTHER_PLAYER):
+        await control(http, stack.wallet.url, "players", {"player_id": player, "balance": BALANCE,
+                                                          "currency": CURRENCY})
 
 
 def info(stack: DemoStack) -> dict:
     p, c = stack.provider_partner, stack.platform_partner
     return {
         "platform": {"hooks_url": stack.hooks_url, "api_key": p.api_key, "secret": p.secret, "player_id": PLAYER,
-                     "currency": CURRENCY, "session_id": SESSION, "game_id": GAME},
+                     "other_player_id": OTHER_PLAYER, "currency": CURRENCY, "session_id": SESSION, "game_id": GAME},
         "provider": ({"base_url": stack.provider_base_url, "api_key": c.api_key, "secret": c.secret}
                      if stack.provider_face else None),
     }
@@ -74,6 +78,7 @@ def print_running(stack: DemoStack, report: Report, info_path: str | None) -> No
         say(f"  legacy game server  {stack.game_server.url}")
     say(f"  legacy wallet       {stack.wallet.url}   state: GET /_control/state")
     say(f"  demo player         {PLAYER} with {BALANCE} {CURRENCY} in the legacy wallet")
+    say(f"  second player       {OTHER_PLAYER} with {BALANCE} {CURRENCY} (the conformance kit's --other-player-id)")
     say()
     say("Signed requests to paste (each works once, within 5 minutes):")
     say()

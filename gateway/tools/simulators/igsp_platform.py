@@ -15,7 +15,9 @@
   with another action, player or amount -> 409 ``transaction_conflict``;
 - a refund voids its bet once: unknown bet (or another player's) -> 404
   ``transaction_not_found``; already refunded by another transaction -> 409
-  ``already_refunded``; an ``amount`` other than the bet's -> 400 ``amount_mismatch``;
+  ``already_refunded``; an ``amount`` other than the bet's -> 400 ``amount_mismatch``.
+  A refund of an unknown bet leaves a tombstone: the bet, should it come later, is 409
+  ``transaction_already_refunded`` and moves nothing;
 - bet above the balance -> 402 ``insufficient_funds``; unknown player -> 404
   ``player_not_found``; disabled player -> 409 ``player_disabled``; currency other than
   the player's -> 400 ``currency_mismatch``; if the player was given ``sessions`` (a list)
@@ -67,6 +69,8 @@ class HookError(Exception):
 class State(BaseState):
     #: provider transaction_id -> {action, player, amount, bet_transaction_id, refunded_by, response}
     transactions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: bet transaction_id -> the refund that came before the bet
+    tombstones: dict[str, str] = field(default_factory=dict)
     next_tx: int = 1
 
 
@@ -161,10 +165,15 @@ def make_app(
                 raise HookError(409, "transaction_conflict", f"transaction {txid} exists with other data")
             return prior["response"]  # a retry: same outcome, nothing moves
         bet = None
+        if action == "bet" and txid in state.tombstones:
+            raise HookError(409, "transaction_already_refunded", f"bet {txid} was refunded before it came "
+                                                                 f"(by {state.tombstones[txid]})")
         if action == "bet" and player["balance"] < amount:
             raise HookError(402, "insufficient_funds", "balance is lower than the bet")
         if action == "refund":
             bet = state.transactions.get(data["bet_transaction_id"])
+            if bet is None:
+                state.tombstones.setdefault(data["bet_transaction_id"], txid)
             if bet is None or bet["action"] != "bet" or bet["player"] != player_id:
                 raise HookError(404, "transaction_not_found", f"no bet {data['bet_transaction_id']!r}")
             if bet["refunded_by"] is not None:
