@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.engine.mapping import Mapping, load_mapping
 from gateway.engine.yamlload import env_and_schema_problems, interpolate_env, line_of, load_yaml, schema_problems
@@ -317,8 +317,16 @@ def _lease_problems(data: dict, file: str, partners: list[Partner]) -> list[Prob
                     f"({slowest[0]:g} s in mapping {slowest[1]!r})", hint=f"use at least {2 * slowest[0] + 1:g}")]
 
 
-def load_store_settings(path: str | Path, env: dict | None = None) -> tuple[str, str]:
-    """``(store url, namespace)`` of a config without loading its mappings (operator commands)."""
+class StoreSettings(NamedTuple):
+    """The ``store`` section of a config: what operator commands need."""
+
+    url: str
+    namespace: str
+    retention_seconds: float
+
+
+def load_store_settings(path: str | Path, env: dict | None = None) -> StoreSettings:
+    """The store section of a config without loading its mappings (operator commands)."""
     file = str(path)
     data = load_yaml(path)
     if not isinstance(data, dict):
@@ -332,7 +340,7 @@ def load_store_settings(path: str | Path, env: dict | None = None) -> tuple[str,
     url = store.get("url", "sqlite:///igsp-gateway.db")
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         url = "sqlite:///" + str(Path(file).resolve().parent / url[len("sqlite:///"):])
-    return url, store.get("namespace", "igsp")
+    return StoreSettings(url, store.get("namespace", "igsp"), float(store.get("retention_days", 30)) * 86400)
 
 
 def _mapping_problems(data: dict, file: str, env: dict | None) -> list:

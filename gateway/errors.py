@@ -37,6 +37,7 @@ ERROR_CODES: dict[str, int] = {
     "transaction_conflict": 409,
     "transaction_already_refunded": 409,
     "transaction_voided": 409,
+    "transaction_not_applied": 409,  # an operator found the wallet did not apply it (dlq resolve)
     "session_conflict": 409,
     "player_blocked": 409,
     "payload_too_large": 413,

@@ -168,9 +168,22 @@ def assert_error(response, status: int, code: str):
     assert response.json()["error"] == code
 
 
-def dlq_cli(config_path, *args) -> subprocess.CompletedProcess:
+def dlq_cli(config_path, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``igsp-gateway dlq …``; ``env``: the gateway's (``resolve --applied`` loads its mappings)."""
     return subprocess.run([sys.executable, "-m", "gateway", "dlq", *args, "--config", str(config_path)],
-                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+                          capture_output=True, text=True, timeout=30, cwd=ROOT, env=env)
+
+
+def resolve_admin(gw: GatewayProcess, entry_id: str, body) -> requests.Response:
+    return requests.post(f"{gw.url}/admin/dlq/{entry_id}/resolve", data=body if isinstance(body, bytes) else
+                         json.dumps(body), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+
+
+def dead_letter_of(gw: GatewayProcess, txid: str) -> str:
+    """The id of the dead letter delivering transaction ``txid`` (or rolling back bet ``txid``)."""
+    entries = admin(gw, "GET", "/admin/dlq").json()["entries"]
+    return next(e["id"] for e in entries if txid in (e["payload"]["hook"]["transaction_id"],
+                                                     e["payload"]["hook"].get("bet_transaction_id")))
 
 
 # -- duplicates across replicas ----------------------------------------------------------
@@ -368,8 +381,14 @@ def test_dead_letters_listed_replayed_and_purged(wallet, gateways, store_url, tm
     assert replayed.returncode == 0, replayed.stderr
     wait_for(lambda: wallet.wins() == {"d-1": 1}, what="d-1 delivered")
     assert client.hook(win("d-1", "4.00")).status_code == 200
-    purged = dlq_cli(gw.config_path, "purge", entries["d-2"]["id"], "--json")
-    assert purged.returncode == 0 and json.loads(purged.stdout) == {"purged": 1}
+    # d-2's win is still open (retries get 503): purge refuses it; only a resolution closes it.
+    refused = dlq_cli(gw.config_path, "purge", entries["d-2"]["id"], "--json")
+    assert refused.returncode == 1 and "still open" in refused.stderr and "resolve" in refused.stderr
+    assert_error(client.hook(win("d-2", "4.00")), 503, "transaction_in_progress")
+    resolved = dlq_cli(gw.config_path, "resolve", entries["d-2"]["id"], "--not-applied", "--json")
+    assert resolved.returncode == 0, resolved.stderr
+    assert json.loads(resolved.stdout)["status"] == 409
+    assert_error(client.hook(win("d-2", "4.00")), 409, "transaction_not_applied")
     assert [e["id"] for e in json.loads(dlq_cli(gw.config_path, "list", "--json").stdout)] == [entries["d-3"]["id"]]
 
     # The same through the admin API, which wants the token.
@@ -377,6 +396,7 @@ def test_dead_letters_listed_replayed_and_purged(wallet, gateways, store_url, tm
     assert_error(admin(gw, "GET", "/admin/dlq", token=None), 401, "unauthorized")
     assert_error(admin(gw, "GET", "/admin/dlq", token="wrong-token"), 401, "unauthorized")
     assert_error(admin(gw, "POST", f"/admin/dlq/{d3}/replay", token="x" + ADMIN_TOKEN), 401, "unauthorized")
+    assert_error(admin(gw, "POST", f"/admin/dlq/{d3}/resolve", token=None), 401, "unauthorized")
     assert [e["id"] for e in admin(gw, "GET", "/admin/dlq").json()["entries"]] == [d3]
     assert admin(gw, "GET", f"/admin/dlq/{d3}").json()["payload"]["hook"]["transaction_id"] == "d-3"
     assert_error(admin(gw, "GET", "/admin/dlq/no-such-id"), 404, "not_found")
@@ -389,15 +409,153 @@ def test_dead_letters_listed_replayed_and_purged(wallet, gateways, store_url, tm
     for txid in ("d-4", "d-5"):
         assert_error(client.hook(win(txid, "4.00")), 503, "upstream_unavailable")
     wait_for(lambda: queue_stats(gw)["dead"] == 2, what="two more dead letters")
-    d4 = next(e["id"] for e in admin(gw, "GET", "/admin/dlq").json()["entries"]
-              if e["payload"]["hook"]["transaction_id"] == "d-4")
-    assert admin(gw, "DELETE", f"/admin/dlq/{d4}").json() == {"purged": 1}
+    d4, d5 = dead_letter_of(gw, "d-4"), dead_letter_of(gw, "d-5")
+    assert_error(admin(gw, "DELETE", f"/admin/dlq/{d4}"), 409, "transaction_conflict")
+    assert admin(gw, "DELETE", "/admin/dlq").json() == {"purged": 0, "kept": [d4, d5]}
+    # "Applied" needs the player's balance from the wallet, which is down: nothing changes.
+    assert_error(resolve_admin(gw, d4, {"applied": True}), 503, "upstream_unavailable")
+    assert queue_stats(gw)["dead"] == 2
+    assert_error(client.hook(win("d-4", "4.00")), 503, "transaction_in_progress")
+    for entry_id in (d4, d5):
+        assert resolve_admin(gw, entry_id, {"applied": False}).status_code == 200
     assert_error(admin(gw, "DELETE", f"/admin/dlq/{d4}"), 404, "not_found")
-    assert admin(gw, "DELETE", "/admin/dlq").json() == {"purged": 1}
     assert queue_stats(gw) == {"depth": 0, "oldest_age": 0.0, "dead": 0}
     wallet.start()
+    for txid in ("d-4", "d-5"):
+        assert_error(client.hook(win(txid, "4.00")), 409, "transaction_not_applied")
     assert wallet.wins() == {"d-1": 1, "d-3": 1}
     assert wallet.balance("p1") == Decimal("108.00")
+
+
+def test_win_resolved_applied_answers_its_retries_200_with_the_balance(wallet, gateways, store_url, tmp_path):
+    """A win the wallet applied while the gateway timed out: dead-lettered (the wallet does
+    not dedupe). The operator finds it paid: from then on its retries get 200."""
+    gw = gateways(gateway_config(store_url, fast_mapping(tmp_path)), wallet)
+    client = acme(gw)
+    wallet.fault("apply_then_hang", endpoint="win", seconds=3)
+    assert_error(client.hook(win("w-paid", "5.00")), 504, "upstream_timeout")
+    assert queue_stats(gw)["dead"] == 1 and wallet.wins() == {"w-paid": 1}
+    assert_error(client.hook(win("w-paid", "5.00")), 503, "transaction_in_progress")
+    entry_id = dead_letter_of(gw, "w-paid")
+    usage = dlq_cli(gw.config_path, "resolve", entry_id)
+    assert usage.returncode == 2 and "--applied or --not-applied" in usage.stderr
+    # The balance is read from the legacy wallet through the mapping: the CLI needs its environment.
+    blind = dlq_cli(gw.config_path, "resolve", entry_id, "--applied",
+                    env={k: v for k, v in gw.env.items() if not k.startswith("HUB88_")})
+    assert blind.returncode == 1 and "nothing was changed" in blind.stderr
+    assert queue_stats(gw)["dead"] == 1
+
+    first = dlq_cli(gw.config_path, "resolve", entry_id, "--applied", "--json", env=gw.env)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert (report["outcome"], report["transaction_id"], report["status"], report["ledger"]) == (
+        "applied", "w-paid", 200, "finished")
+    answers = [client.hook(win("w-paid", "5.00")) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200] * 3 and len({a.content for a in answers}) == 1
+    assert answers[0].content.decode() == report["answer"]
+    assert str(decimal_json(answers[0])["balance"]) == "105.00" and decimal_json(answers[0])["transaction_id"]
+    # Resolving again: the same result, never a different one; the other answer is refused.
+    again = dlq_cli(gw.config_path, "resolve", entry_id, "--applied", "--json", env=gw.env)
+    assert again.returncode == 0 and again.stdout == first.stdout
+    other = dlq_cli(gw.config_path, "resolve", entry_id, "--not-applied")
+    assert other.returncode == 1 and "resolved as applied" in other.stderr and "final" in other.stderr
+    assert client.hook(win("w-paid", "5.00")).content == answers[0].content
+    table = dlq_cli(gw.config_path, "resolve", entry_id, "--applied", env=gw.env)
+    assert table.returncode == 0 and "resolved as applied" in table.stdout and "answers 200" in table.stdout
+    assert_error(resolve_admin(gw, entry_id, {"applied": False}), 409, "transaction_conflict")
+    assert resolve_admin(gw, entry_id, {"applied": True}).json() == report
+    missing = dlq_cli(gw.config_path, "resolve", "no-such-id", "--applied")
+    assert missing.returncode == 1 and "no dead letter" in missing.stderr
+    assert queue_stats(gw) == {"depth": 0, "oldest_age": 0.0, "dead": 0}
+    assert wallet.wins() == {"w-paid": 1} and wallet.balance("p1") == Decimal("105.00")
+
+
+def test_win_resolved_not_applied_through_the_admin_api(wallet, gateways, store_url, tmp_path):
+    gw = gateways(gateway_config(store_url, fast_mapping(tmp_path)), wallet)
+    client = acme(gw)
+    wallet.fault("http_500_html", endpoint="win")  # refused: nothing applied, but the gateway cannot know
+    assert_error(client.hook(win("w-lost", "5.00")), 503, "upstream_unavailable")
+    entry_id = dead_letter_of(gw, "w-lost")
+    for bad in (b"", b"not json", {"applied": "yes"}, {"applied": 1}, {}, {"applied": True, "note": "x"}, [True]):
+        assert_error(resolve_admin(gw, entry_id, bad), 400, "invalid_request")
+    assert_error(resolve_admin(gw, "no-such-id", {"applied": False}), 404, "not_found")
+    assert queue_stats(gw)["dead"] == 1
+
+    first = resolve_admin(gw, entry_id, {"applied": False})
+    assert first.status_code == 200, first.text
+    report = first.json()
+    assert (report["id"], report["outcome"], report["partner"], report["transaction_id"], report["status"]) == (
+        entry_id, "not-applied", ACME["id"], "w-lost", 409)
+    answers = [client.hook(win("w-lost", "5.00")) for _ in range(3)]
+    assert {a.status_code for a in answers} == {409} and len({a.content for a in answers}) == 1
+    assert answers[0].json()["error"] == "transaction_not_applied" and answers[0].text == report["answer"]
+    # A resent resolve (its reply lost) gets the same answer; the other one is refused.
+    assert resolve_admin(gw, entry_id, {"applied": False}).content == first.content
+    refused = resolve_admin(gw, entry_id, {"applied": True})
+    assert_error(refused, 409, "transaction_conflict")
+    assert "not-applied" in refused.json()["message"]
+    assert queue_stats(gw) == {"depth": 0, "oldest_age": 0.0, "dead": 0}
+    assert wallet.wins() == {} and wallet.balance("p1") == Decimal("100.00")
+    # A new transaction for the same win goes through once.
+    assert client.hook(win("w-lost-2", "5.00")).status_code == 200
+    assert wallet.wins() == {"w-lost-2": 1}
+
+
+def refund(txid: str, bet_txid: str, amount: str) -> dict:
+    return {**bet(txid, amount), "action": "refund", "bet_transaction_id": bet_txid}
+
+
+def test_refund_resolved_not_applied_lets_a_new_refund_refund_the_bet(wallet, gateways, store_url, tmp_path):
+    gw = gateways(gateway_config(store_url, fast_mapping(tmp_path)), wallet)
+    client = acme(gw)
+    assert client.hook(bet("b-1", "10.00")).status_code == 200
+    wallet.fault("http_500_html", endpoint="rollback")
+    assert_error(client.hook(refund("rf-1", "b-1", "10.00")), 503, "upstream_unavailable")
+    entry_id = dead_letter_of(gw, "rf-1")
+    # The bet is held by rf-1 until it is resolved.
+    assert_error(client.hook(refund("rf-2", "b-1", "10.00")), 409, "transaction_already_refunded")
+
+    resolved = dlq_cli(gw.config_path, "resolve", entry_id, "--not-applied", "--json")
+    assert resolved.returncode == 0, resolved.stderr
+    assert_error(client.hook(refund("rf-1", "b-1", "10.00")), 409, "transaction_not_applied")
+    r = client.hook(refund("rf-3", "b-1", "10.00"))
+    assert r.status_code == 200 and str(decimal_json(r)["balance"]) == "100.00", r.text
+    assert [unprefixed(e["txid"]) for e in wallet.ledger("rollback")] == ["rf-3"]
+    assert_error(client.hook(refund("rf-4", "b-1", "10.00")), 409, "transaction_already_refunded")
+    assert wallet.balance("p1") == Decimal("100.00") and queue_stats(gw)["dead"] == 0
+
+
+def test_purge_keeps_open_transactions_and_drops_final_ones(wallet, gateways, store_url, tmp_path):
+    gw = gateways(gateway_config(store_url, fast_mapping(tmp_path, max_attempts=2)), wallet)
+    client = acme(gw)
+    wallet.fault("http_500_html", endpoint="bet")  # unknown outcome: voided, a rollback queued
+    assert_error(client.hook(bet("x-bet", "10.00")), 503, "upstream_unavailable")
+    wallet.stop()  # the rollback, and a win, run out of attempts
+    assert_error(client.hook(win("x-win", "3.00")), 503, "upstream_unavailable")
+    wait_for(lambda: queue_stats(gw)["dead"] == 2, what="two dead letters")
+    rollback, open_win = dead_letter_of(gw, "x-bet"), dead_letter_of(gw, "x-win")
+
+    # "Not applied" is no answer for a rollback: the player would stay debited.
+    refused = dlq_cli(gw.config_path, "resolve", rollback, "--not-applied")
+    assert refused.returncode == 1 and "replay" in refused.stderr
+    purged = dlq_cli(gw.config_path, "purge", "--all", "--json")
+    assert purged.returncode == 1 and json.loads(purged.stdout) == {"purged": 1, "kept": [open_win]}
+    table = dlq_cli(gw.config_path, "purge", "--all")
+    assert table.returncode == 1 and open_win in table.stdout and "resolve" in table.stdout
+    assert [e["id"] for e in json.loads(dlq_cli(gw.config_path, "list", "--json").stdout)] == [open_win]
+    assert_error(client.hook(bet("x-bet", "10.00")), 409, "transaction_voided")
+    assert_error(client.hook(win("x-win", "3.00")), 503, "transaction_in_progress")
+    # A purged entry stays purged: it cannot be resolved afterwards.
+    late = dlq_cli(gw.config_path, "resolve", rollback, "--applied")
+    assert late.returncode == 1 and "purged" in late.stderr
+
+    assert dlq_cli(gw.config_path, "resolve", open_win, "--not-applied").returncode == 0
+    again = dlq_cli(gw.config_path, "purge", "--all", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout) == {"purged": 0, "kept": []}
+    assert queue_stats(gw) == {"depth": 0, "oldest_age": 0.0, "dead": 0}
+    assert_error(client.hook(win("x-win", "3.00")), 409, "transaction_not_applied")
+    wallet.start()
+    assert wallet.balance("p1") == Decimal("100.00") and wallet.wins() == {}
 
 
 def test_admin_api_is_absent_without_a_token(wallet, gateways, tmp_path):

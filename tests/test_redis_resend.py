@@ -17,7 +17,18 @@ import pytest
 
 from gateway.faces.wallet import COMPENSATION
 from gateway.store import OnceKey, QueueEntry, TxRecord, open_store
-from gateway.store.base import DONE, PENDING, QUEUED, StoreUnavailable
+from gateway.store.base import (
+    APPLIED,
+    DONE,
+    NOT_APPLIED,
+    PENDING,
+    PURGED,
+    QUEUED,
+    Resolution,
+    StoreUnavailable,
+    TransactionBusy,
+    TransactionOpen,
+)
 from tests.support import RedisServer, free_port
 
 
@@ -204,6 +215,49 @@ async def test_q_put_of_a_dead_letter_twice(store):
     dead = entry(last_error="unknown outcome")
     await twice(store, lambda: store.q_put(dead, dead=True))
     assert [d.id for d in await store.dlq_list()] == [dead.id] and await store.q_claim("a", 10, 30) == []
+
+
+async def refused(call):
+    """The exception class ``call`` raised (a refusal is an answer too), or its result."""
+    try:
+        return await call
+    except (TransactionOpen, TransactionBusy) as exc:
+        return type(exc)
+
+
+async def test_dlq_settle_twice_answers_the_first_resolution(store):
+    await store.tx_begin(rec("bet-1"), 60)
+    await store.tx_finish("acme", "bet-1", DONE, 200, b'{"balance":90.00}', 60)
+    await store.tx_void("acme", "bet-1", "rf-1")
+    await store.tx_begin(rec("rf-1", "refund"), 60)
+    await store.tx_finish("acme", "rf-1", QUEUED, 503, b"in progress", 60)
+    dead = entry()
+    await store.q_put(dead)
+    await store.q_dead(dead, "unknown outcome")
+    # Refusals change nothing, resent or not.
+    assert await twice(store, lambda: refused(store.dlq_settle(dead.id, Resolution(PURGED, "acme", "rf-1"), 60))) \
+        is TransactionOpen
+    not_applied = Resolution(NOT_APPLIED, "acme", "rf-1", 409, b'{"error":"transaction_not_applied"}', unvoid="bet-1")
+    done = await twice(store, lambda: store.dlq_settle(dead.id, not_applied, 60))
+    assert (done.outcome, done.status, done.ledger) == (NOT_APPLIED, 409, "finished")
+    assert (await store.tx_get("acme", "bet-1")).voided_by is None
+    # A new refund voids the bet; the first settle's resend must not release it again.
+    assert await store.tx_void("acme", "bet-1", "rf-2") is None
+    assert await twice(store, lambda: store.dlq_settle(dead.id, Resolution(APPLIED, "acme", "rf-1", 200, b"{}"),
+                                                       60)) == done
+    assert (await store.tx_get("acme", "bet-1")).voided_by == "rf-2"
+    assert (await store.tx_get("acme", "rf-1")).status == 409
+    # A put of the entry resent after it was closed does not queue it again.
+    await store.q_put(dead)
+    assert await store.q_claim("a", 10, 0.01) == [] and await store.dlq_list() == []
+    await store.tx_begin(rec("w-2", "win"), 60)
+    busy = entry()
+    await store.q_put(busy)
+    await store.q_dead(busy, "unknown outcome")
+    assert await twice(store, lambda: refused(store.dlq_settle(busy.id, Resolution(APPLIED, "acme", "w-2", 200, b"{}"),
+                                                               60))) is TransactionBusy
+    assert (await store.tx_get("acme", "w-2")).state == PENDING and [d.id for d in await store.dlq_list()] == [busy.id]
+    assert await twice(store, lambda: store.dlq_settle("nope", Resolution(PURGED), 60)) is None
 
 
 async def test_q_put_resent_after_delivery_does_not_queue_it_again(store):

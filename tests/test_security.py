@@ -341,7 +341,8 @@ def test_no_secret_ever_reaches_the_log(hub88, hub88_keys, gateway_factory, tmp_
 # -- admin API ------------------------------------------------------------------------------------------
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 ADMIN_ROUTES = [("GET", "/admin/queue"), ("GET", "/admin/dlq"), ("GET", "/admin/dlq/x"),
-                ("POST", "/admin/dlq/x/replay"), ("DELETE", "/admin/dlq/x"), ("DELETE", "/admin/dlq")]
+                ("POST", "/admin/dlq/x/replay"), ("POST", "/admin/dlq/x/resolve"), ("DELETE", "/admin/dlq/x"),
+                ("DELETE", "/admin/dlq")]
 
 
 def test_admin_api_is_off_without_a_token(hub88, platform_gateway):
@@ -367,6 +368,6 @@ def test_admin_api_refuses_everything_but_its_own_token(hub88, gateway_factory, 
             r = requests.request(method, gw.url + path, headers=headers, timeout=5)
             assert_error_response(r, 401, "unauthorized")
     ok = requests.get(gw.url + "/admin/dlq", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5)
-    assert ok.status_code == 200 and ok.json()["count"] == 1  # nothing was purged by the refused calls
+    assert ok.status_code == 200 and ok.json()["count"] == 1  # nothing was purged or resolved by the refused calls
     gw.stop()
     assert ADMIN_TOKEN not in gw.log_text()

@@ -14,7 +14,20 @@ import uuid
 import pytest
 
 from gateway.store import OnceKey, QueueEntry, TxRecord, open_store
-from gateway.store.base import DONE, PENDING, QUEUED
+from gateway.store.base import (
+    ABSENT,
+    APPLIED,
+    DONE,
+    FINISHED,
+    KEPT,
+    NOT_APPLIED,
+    PENDING,
+    PURGED,
+    QUEUED,
+    Resolution,
+    TransactionBusy,
+    TransactionOpen,
+)
 from tests.support import RedisServer
 
 
@@ -333,6 +346,131 @@ async def test_an_entry_id_is_queued_once(store):
     [got] = await store.q_claim("a", 10, 30)
     assert got.id == e.id and got.payload == e.payload
     assert await store.q_stats() == {"depth": 1, "oldest_age": pytest.approx(0, abs=5), "dead": 0}
+
+
+async def dead_letter(store, payload=None) -> QueueEntry:
+    e = entry(payload or {"op": "win"})
+    await store.q_put(e)
+    await store.q_dead(e, "unknown outcome on a non-idempotent wallet")
+    return e
+
+
+async def queued_tx(store, txid, action="win", **fields):
+    await store.tx_begin(rec(txid, action, **fields), 60)
+    await store.tx_finish("acme", txid, QUEUED, 503, b'{"error":"transaction_in_progress"}', 60)
+
+
+async def test_settle_applied_finishes_the_queued_record_and_closes_the_dead_letter(store):
+    await queued_tx(store, "w-1")
+    e = await dead_letter(store)
+    asked = Resolution(APPLIED, "acme", "w-1", 200, b'{"balance":105.00,"transaction_id":"t"}')
+    done = await store.dlq_settle(e.id, asked, 60)
+    assert (done.outcome, done.partner, done.txid, done.status, done.body, done.ledger, done.unvoid) == (
+        APPLIED, "acme", "w-1", 200, b'{"balance":105.00,"transaction_id":"t"}', FINISHED, "")
+    assert done.at == pytest.approx(time.time(), abs=5)
+    got = await store.tx_get("acme", "w-1")
+    assert (got.state, got.status, got.body) == (DONE, 200, b'{"balance":105.00,"transaction_id":"t"}')
+    assert await store.dlq_get(e.id) is None and await store.dlq_list() == []
+    assert await store.q_stats() == {"depth": 0, "oldest_age": 0.0, "dead": 0}
+    # Settled for good: asked again (any outcome, any answer) it answers as first recorded.
+    assert await store.dlq_resolution(e.id) == done
+    assert await store.dlq_settle(e.id, Resolution(NOT_APPLIED, "acme", "w-1", 409, b"{}"), 60) == done
+    assert await store.dlq_settle(e.id, Resolution(PURGED, "acme", "w-1"), 60) == done
+    assert (await store.tx_get("acme", "w-1")).status == 200
+    assert await store.dlq_replay(e.id) is False and await store.dlq_purge(e.id) == 0
+    assert await store.q_claim("a", 10, 30) == []
+    # A late "queued" write of the transaction keeps the final answer.
+    await store.tx_finish("acme", "w-1", QUEUED, 503, b"in progress", 60)
+    assert (await store.tx_get("acme", "w-1")).state == DONE
+
+
+async def test_settle_not_applied_refund_releases_its_bet(store):
+    await store.tx_begin(rec("bet-1", "bet"), 60)
+    await store.tx_finish("acme", "bet-1", DONE, 200, b'{"balance":90.00}', 60)
+    assert await store.tx_void("acme", "bet-1", "rf-1") is None
+    await queued_tx(store, "rf-1", "refund")
+    e = await dead_letter(store, {"op": "refund"})
+    body = b'{"error":"transaction_not_applied"}'
+    done = await store.dlq_settle(e.id, Resolution(NOT_APPLIED, "acme", "rf-1", 409, body, unvoid="bet-1"), 60)
+    assert (done.outcome, done.status, done.body, done.unvoid, done.ledger) == (NOT_APPLIED, 409, body, "bet-1",
+                                                                                FINISHED)
+    got = await store.tx_get("acme", "rf-1")
+    assert (got.state, got.status, got.body) == (DONE, 409, body)
+    assert (await store.tx_get("acme", "bet-1")).voided_by is None
+    assert await store.tx_void("acme", "bet-1", "rf-2") is None  # a new refund may refund it
+
+
+async def test_settle_releases_only_the_refunds_own_void_marker(store):
+    await store.tx_begin(rec("bet-1", "bet"), 60)
+    assert await store.tx_void("acme", "bet-1", "rf-other") is None
+    await queued_tx(store, "rf-1", "refund")
+    e = await dead_letter(store, {"op": "refund_after_bet"})
+    await store.dlq_settle(e.id, Resolution(NOT_APPLIED, "acme", "rf-1", 409, b"{}", unvoid="bet-1"), 60)
+    assert (await store.tx_get("acme", "bet-1")).voided_by == "rf-other"
+
+
+async def test_settle_keeps_a_done_record_and_records_its_answer(store):
+    await store.tx_begin(rec("bet-1", "bet", voided_by="~compensation"), 60)
+    await store.tx_finish("acme", "bet-1", DONE, 409, b'{"error":"transaction_voided"}', 60)
+    e = await dead_letter(store, {"op": "rollback"})
+    done = await store.dlq_settle(e.id, Resolution(APPLIED, "acme", "bet-1"), 60)
+    assert (done.status, done.body, done.ledger) == (409, b'{"error":"transaction_voided"}', KEPT)
+    got = await store.tx_get("acme", "bet-1")
+    assert (got.status, got.voided_by) == (409, "~compensation")
+    # A record that expired, or none named at all.
+    for res, ledger in ((Resolution(NOT_APPLIED, "acme", "gone", 409, b"{}"), ABSENT), (Resolution(APPLIED), "")):
+        e = await dead_letter(store)
+        assert (await store.dlq_settle(e.id, res, 60)).ledger == ledger
+        assert await store.tx_get("acme", "gone") is None
+
+
+async def test_purge_never_leaves_a_transaction_queued(store):
+    await queued_tx(store, "w-1")
+    open_one = await dead_letter(store)
+    with pytest.raises(TransactionOpen):
+        await store.dlq_settle(open_one.id, Resolution(PURGED, "acme", "w-1"), 60)
+    assert (await store.dlq_get(open_one.id)).id == open_one.id
+    assert (await store.tx_get("acme", "w-1")).state == QUEUED
+    assert await store.dlq_resolution(open_one.id) is None
+    # Once its transaction is final (or it names none) a dead letter purges.
+    await store.tx_begin(rec("bet-1", "bet"), 60)
+    await store.tx_finish("acme", "bet-1", DONE, 409, b"voided", 60)
+    closed, plain = await dead_letter(store, {"op": "rollback"}), await dead_letter(store, {"op": "hook"})
+    done = await store.dlq_settle(closed.id, Resolution(PURGED, "acme", "bet-1"), 60)
+    assert (done.outcome, done.ledger, done.status) == (PURGED, KEPT, 409)
+    assert (await store.dlq_settle(plain.id, Resolution(PURGED), 60)).ledger == ""
+    assert [d.id for d in await store.dlq_list()] == [open_one.id]
+    assert await store.dlq_settle("nope", Resolution(PURGED), 60) is None
+    assert await store.dlq_resolution("nope") is None
+
+
+async def test_settle_refuses_a_pending_record_and_a_live_entry(store):
+    await store.tx_begin(rec("w-1", "win"), 60)  # its legacy call may be running
+    e = await dead_letter(store)
+    with pytest.raises(TransactionBusy):
+        await store.dlq_settle(e.id, Resolution(NOT_APPLIED, "acme", "w-1", 409, b"{}"), 60)
+    assert (await store.tx_get("acme", "w-1")).state == PENDING and await store.dlq_get(e.id) is not None
+    live = entry()
+    await store.q_put(live)  # queued, not dead: not an operator's to close
+    assert await store.dlq_settle(live.id, Resolution(APPLIED), 60) is None
+    assert (await store.q_stats())["depth"] == 1
+
+
+async def test_concurrent_settles_of_one_dead_letter_record_one_resolution(store_spec, store):
+    await queued_tx(store, "w-1")
+    e = await dead_letter(store)
+    others = [await reopen(store_spec) for _ in range(3)]
+    try:
+        asked = [Resolution(APPLIED, "acme", "w-1", 200, b'{"n":%d}' % i) for i in range(3)]
+        asked.append(Resolution(NOT_APPLIED, "acme", "w-1", 409, b"{}"))
+        results = await asyncio.gather(*(s.dlq_settle(e.id, r, 60) for s, r in zip([store, *others], asked,
+                                                                                    strict=True)))
+    finally:
+        for s in others:
+            await s.close()
+    assert len(set(results)) == 1
+    got = await store.tx_get("acme", "w-1")
+    assert (got.status, got.body) == (results[0].status, results[0].body)
 
 
 async def test_queue_survives_reopening(store_spec, store):

@@ -24,6 +24,11 @@ Refunds, as real wallets do them:
     refund of a bet in flight  -> waits for the bet briefly; if it is still running, the refund
                                   is queued (503 for now) and delivered once the bet settled
 
+A win or refund dead-lettered with its outcome unknown keeps its record ``queued`` (retries
+get 503) until an operator checks the legacy wallet and resolves it (``resolution``, run by
+``igsp-gateway dlq resolve`` and the admin API): applied -> 200 with the balance read then,
+not applied -> ``409 transaction_not_applied`` (a refund's bet may then be refunded anew).
+
 A record still ``pending`` after ``orphan_after`` seconds was left by a gateway that died
 mid-call (``kill -9``, OOM). The sweeper (``settle_orphan``, run by the queue worker's
 process) settles it as an unknown outcome without waiting for anyone to retry; a retry or a
@@ -43,17 +48,23 @@ from gateway import money
 from gateway.engine.templating import IGSP_NAMESPACE
 from gateway.errors import IgspError, UpstreamError
 from gateway.faces import ledger
+from gateway.ids import new_id
 from gateway.ops import metrics
 from gateway.outbound.legacy import LegacyClient
 from gateway.retry_queue import DeadLetter, hook_from_queue, to_queue
 from gateway.store import QueueEntry, Store, TxRecord
-from gateway.store.base import DONE, PENDING, QUEUED
+from gateway.store.base import APPLIED, DONE, NOT_APPLIED, PENDING, QUEUED, Resolution
 
 #: voided_by marker of a bet whose unknown outcome is being rolled back by the gateway.
 COMPENSATION = "~compensation"
 MONEY_ACTIONS = ("bet", "win", "refund")
 #: Route of the wallet's deliveries in the durable queue (gateway/faces/platform.py runs them).
 WALLET_ROUTE = "wallet"
+#: The final answer of a win or refund an operator found the wallet did not apply
+#: (``igsp-gateway dlq resolve ID --not-applied``). Its retries get it byte for byte.
+NOT_APPLIED_ERROR = IgspError(
+    "transaction_not_applied",
+    "the wallet did not apply this transaction (checked by an operator) and never will; send a new one if still due")
 
 
 def error_body(error: IgspError) -> tuple[int, bytes]:
@@ -197,6 +208,14 @@ class Wallet:
             await self.unknown_outcome(payload, request_id, UpstreamError(
                 "upstream_timeout", "the gateway handling this transaction stopped mid-call", kind="orphan",
                 applied=None))
+
+    async def balance_answer(self, payload: dict, request_id: str) -> bytes:
+        """The success answer of a win or refund whose legacy reply is not at hand (an operator
+        found it applied): the player's balance read now, the gateway's own id for it."""
+        reply = await self.client.call("balance", self.context(payload, request_id))
+        check_currency(reply.fields, payload["currency"])
+        return orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"])),
+                             "transaction_id": self.platform_txid({}, payload["transaction_id"])})
 
     async def finish(self, txid: str, status: int, body: bytes, state: str = DONE) -> tuple[int, bytes]:
         await self.store.tx_finish(self.partner_id, txid, state, status, body, self.retention)
@@ -387,6 +406,55 @@ class Wallet:
             body = orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"])),
                                  "transaction_id": self.platform_txid(reply.fields, payload["transaction_id"])})
             await self.finish(payload["transaction_id"], 200, body)
+
+
+def transaction_of(entry: QueueEntry) -> tuple[str, str] | None:
+    """``(partner, transaction_id)`` of the ledger record a wallet delivery is about: its win's
+    or refund's (``queued`` until delivered or resolved), or, for a rollback, the bet's it
+    undoes (already final: ``409 transaction_voided``). None for another route's entry."""
+    if entry.route != WALLET_ROUTE:
+        return None
+    payload, hook = entry.payload, entry.payload.get("hook") or {}
+    txid = hook.get("bet_transaction_id") if payload.get("op") == "rollback" else hook.get("transaction_id")
+    return (payload["partner"], str(txid)) if payload.get("partner") and txid else None
+
+
+async def resolution(entry: QueueEntry, applied: bool, store: Store, wallet_for) -> Resolution:
+    """How dead letter ``entry`` closes once an operator checked the legacy wallet (for
+    ``Store.dlq_settle``). ``applied``: a win or refund answers 200 with the player's balance
+    read now through ``wallet_for(partner)`` (a Wallet; its failure changes nothing); a
+    rollback just closes. Not applied: a win or refund answers ``409
+    transaction_not_applied`` and a refund releases its bet. Raises IgspError when the entry
+    cannot be closed that way."""
+    where = transaction_of(entry)
+    if where is None:
+        raise IgspError("transaction_conflict", f"dead letter {entry.id} is a queued {entry.route!r} delivery, not a "
+                                                "wallet transaction: nothing to resolve; replay or purge it")
+    partner, txid = where
+    op, hook = entry.payload["op"], hook_from_queue(entry.payload["hook"])
+    if op == "rollback":
+        if not applied:
+            raise IgspError("transaction_conflict", (
+                f"dead letter {entry.id} rolls back bet {txid}, whose outcome was unknown: 'not applied' would "
+                f"leave the player debited, so it is not an answer here. Replay it (igsp-gateway dlq replay "
+                f"{entry.id}) to send the rollback again; resolve --applied only if the wallet shows the bet undone"))
+        return Resolution(APPLIED, partner, txid)
+    bet_txid = str(hook.get("bet_transaction_id") or "") if hook.get("action") == "refund" else ""
+    if not applied:
+        return Resolution(NOT_APPLIED, partner, txid, *error_body(NOT_APPLIED_ERROR), unvoid=bet_txid)
+    if op == "refund_after_bet":
+        bet = await store.tx_get(partner, bet_txid)
+        if bet is None or bet.voided_by != txid:
+            raise IgspError("transaction_conflict", (
+                f"refund {txid} was waiting for bet {bet_txid} and never reached the wallet, so it cannot have "
+                "been applied: resolve it --not-applied, or replay it"))
+    wallet = wallet_for(partner)
+    try:
+        body = await wallet.balance_answer(hook, new_id())
+    except IgspError as exc:
+        raise IgspError(exc.code, f"the player's balance could not be read from the legacy wallet ({exc.message}); "
+                                  "nothing was changed: try again", exc.status) from exc
+    return Resolution(APPLIED, partner, txid, 200, body)
 
 
 def check_currency(fields: dict, currency: str) -> None:

@@ -3,7 +3,8 @@
 Ledger: one record per (partner, transaction_id), created *before* the legacy call
 (state ``pending``) and finished after it, so a duplicate can never reach the legacy
 wallet twice. Key/value: sessions, id maps, replay cache, catalogue cache, with TTLs.
-Queue: durable deliveries with leases, backoff and a dead-letter list.
+Queue: durable deliveries with leases, backoff and a dead-letter list; an operator closes a
+dead letter for good with ``dlq_settle`` (resolved applied / not applied, or purged).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from dataclasses import dataclass, field
 from gateway.errors import IgspError
 
 PENDING, DONE, QUEUED = "pending", "done", "queued"
+#: How an operator closed a dead letter (``Resolution.outcome``).
+APPLIED, NOT_APPLIED, PURGED = "applied", "not_applied", "purged"
+#: What closing it did to its transaction's ledger record (``Resolution.ledger``).
+FINISHED, KEPT, ABSENT = "finished", "kept", "absent"
 
 
 class StoreUnavailable(IgspError):
@@ -25,6 +30,22 @@ class StoreUnavailable(IgspError):
 
     def __init__(self, message: str = "the gateway's store is unavailable; retry later"):
         super().__init__("service_unavailable", message)
+
+
+class TransactionOpen(IgspError):
+    """A dead letter was not purged: its transaction's record is still ``queued`` (retries get
+    ``503 transaction_in_progress``). Only a resolution (applied / not applied) closes it."""
+
+    def __init__(self, message: str = "the dead letter's transaction is still open; resolve it instead"):
+        super().__init__("transaction_conflict", message)
+
+
+class TransactionBusy(IgspError):
+    """A dead letter was not closed: its transaction's record is ``pending`` (a legacy call for
+    it may be running right now). Retriable."""
+
+    def __init__(self, message: str = "the dead letter's transaction is being answered right now; try again"):
+        super().__init__("transaction_in_progress", message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +98,28 @@ class QueueEntry:
         return {"id": self.id, "route": self.route, "attempts": self.attempts, "max_attempts": self.max_attempts,
                 "created_at": self.created_at, "next_at": self.next_at, "last_error": self.last_error,
                 "payload": self.payload}
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How an operator closed a dead letter for good (``Store.dlq_settle``), and what its
+    transaction answers from then on.
+
+    Asked with ``outcome``, the record to finish (``partner``, ``txid``; '' for none), the answer
+    it gets (``status``, ``body``; applied / not applied) and ``unvoid``; returned as recorded,
+    with ``at`` and ``ledger`` filled in and ``status``/``body`` what the record really answers.
+    """
+
+    outcome: str  # APPLIED, NOT_APPLIED or PURGED
+    partner: str = ""
+    txid: str = ""
+    status: int | None = None
+    body: bytes | None = None
+    #: A refund not applied: the bet whose void marker (set by ``txid``) is released, so that
+    #: a new refund can refund it.
+    unvoid: str = ""
+    at: float = 0.0  # when it was closed
+    ledger: str = ""  # FINISHED, KEPT (already done: its answer stands), ABSENT (expired), '' (none named)
 
 
 class Store(abc.ABC):
@@ -187,4 +230,29 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def dlq_purge(self, entry_id: str | None = None) -> int:
-        """Delete one dead letter, or all when ``entry_id`` is None; return how many."""
+        """Delete one dead letter, or all when ``entry_id`` is None; return how many.
+
+        Low level: it does not look at the ledger. Operators purge through ``dlq_settle``
+        (gateway/ops/dead_letters.py), which never leaves a transaction ``queued``."""
+
+    @abc.abstractmethod
+    async def dlq_settle(self, entry_id: str, resolution: Resolution, ttl: float) -> Resolution | None:
+        """Close dead letter ``entry_id`` for good, in one atomic step:
+
+        * ``applied`` / ``not_applied``: the record ``(partner, txid)``, if still ``queued``, is
+          finished ``done`` with ``status`` and ``body`` (kept at least ``ttl`` seconds), and
+          with ``unvoid`` the bet ``unvoid`` loses its void marker if ``txid`` set it. A ``done``
+          record stays as it is (``ledger`` KEPT, and its own answer is the one recorded);
+        * ``purged``: refused with TransactionOpen while the record is ``queued``;
+        * a record still ``pending`` refuses every outcome (TransactionBusy), changing nothing;
+        * the entry leaves the dead letters (neither replayed nor purged any more).
+
+        The resolution is remembered ``ttl`` seconds under ``entry_id``: asked again (an
+        operator resolving twice, a resent command whose reply was lost), the entry answers the
+        resolution as first recorded and changes nothing, whatever ``resolution`` says now
+        (the caller compares). None when ``entry_id`` is neither a dead letter nor settled.
+        """
+
+    @abc.abstractmethod
+    async def dlq_resolution(self, entry_id: str) -> Resolution | None:
+        """How ``entry_id`` was closed by ``dlq_settle`` (while remembered), else None."""

@@ -22,7 +22,10 @@ several gateways, or test runs, can share one Redis::
                                        stream id, '' while delayed or dead), lease (token of
                                        the claim holding it, ''), dead ('0'/'1'), settled_by,
                                        replayed_by; once delivered or purged a tombstone
-                                       {gone: 1} for an hour
+                                       {gone: 1} for an hour; once closed by an operator
+                                       (dlq_settle) a tombstone holding the resolution:
+                                       settled partner txid status body unvoid settled_at
+                                       ledger, for the retention TTL
     {ns}:q:cursor              string  where the next XAUTOCLAIM scan of pending entries starts
     {ns}:memo:{token}          string  one call's answer, kept 10 minutes (see below)
 
@@ -66,7 +69,17 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from gateway.ids import new_id
 from gateway.store import redis_scripts as lua
-from gateway.store.base import PENDING, OnceKey, QueueEntry, Store, StoreUnavailable, TxRecord
+from gateway.store.base import (
+    PENDING,
+    OnceKey,
+    QueueEntry,
+    Resolution,
+    Store,
+    StoreUnavailable,
+    TransactionBusy,
+    TransactionOpen,
+    TxRecord,
+)
 
 GROUP = "workers"
 #: How many times a command whose connection broke (or timed out) is sent again on a new
@@ -443,3 +456,29 @@ class RedisStore(Store):
         while n := int(await self._run("DLQ_PURGE", [self.k_dead, self._memo()], [self.k_entry, "", lua.MEMO_MS])):
             total += n
         return total
+
+    @_guarded
+    async def dlq_settle(self, entry_id: str, resolution: Resolution, ttl: float) -> Resolution | None:
+        res, key = resolution, self.k_entry + entry_id
+        record = self._tx_key(res.partner, res.txid) if res.partner else key
+        bet = self._tx_key(res.partner, res.unvoid) if res.partner and res.unvoid else key
+        out = await self._run("DLQ_SETTLE", [key, self.k_dead, record, bet], [
+            entry_id, res.outcome, res.partner, res.txid, "" if res.status is None else res.status,
+            res.body or b"", res.unvoid, repr(time.time()), _ms(ttl)])
+        if out == b"busy":
+            raise TransactionBusy()
+        if out == b"open":
+            raise TransactionOpen()
+        return None if out is None else self._resolution(out)
+
+    @_guarded
+    async def dlq_resolution(self, entry_id: str) -> Resolution | None:
+        out = await self.r.hmget(self.k_entry + entry_id, "settled", "partner", "txid", "status", "body", "unvoid",
+                                 "settled_at", "ledger")
+        return None if out[0] is None else self._resolution(out)
+
+    @staticmethod
+    def _resolution(out: list) -> Resolution:
+        outcome, partner, txid, status, body, unvoid, at, ledger = out
+        return Resolution(outcome.decode(), partner.decode(), txid.decode(), int(status) if status else None,
+                          body or None, unvoid.decode(), float(at), ledger.decode())

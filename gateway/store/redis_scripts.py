@@ -9,6 +9,8 @@ between. Each script says below why it does; the ways used are:
 * an **owner token** drawn by the store for each call (``new_id()``), kept in the data:
   a second run recognises its own work (TX_BEGIN's owner, TX_VOID's ``void_token``,
   CLAIM's value, Q_RETRY/Q_DEAD's ``settled_by``, DLQ_REPLAY's ``replayed_by``);
+* a **resolution** kept in a closed dead letter's tombstone (DLQ_SETTLE): asked again, the
+  entry answers how it was first closed;
 * a **memo** ``{ns}:memo:{token}`` (KEYS, expiring after ``MEMO_MS``) holding the first
   run's answer, for the few rare calls whose work leaves nothing to recognise it by
   (TX_FORGET, KV_PUT_NEW, DLQ_PURGE, Q_CLAIM);
@@ -304,6 +306,46 @@ redis.call('SET', KEYS[2], n, 'PX', ARGV[3])
 return n
 """
 
+#: KEYS: entry hash, dead zset, transaction record, bet record (both the entry hash again when
+#: no record is named).  ARGV: id, outcome, partner, txid, status, body, unvoid, now, ttl_ms.
+#: An operator closes a dead letter for good (Store.dlq_settle): a ``queued`` record is
+#: finished ``done`` with the given answer (its bet's void marker released with ``unvoid``),
+#: a ``done`` one kept; a purge is refused ('open') while the record is queued, and anything
+#: ('busy') while it is pending. The entry's hash becomes a tombstone holding the resolution
+#: for ``ttl_ms`` (a later Q_PUT of it finds it and queues nothing). Returns the resolution
+#: (HMGET of its fields), nil when the entry is not a dead letter. Twice: the tombstone
+#: answers the resolution as first recorded and nothing changes; a refusal changed nothing.
+DLQ_SETTLE = """
+local fields = {'settled', 'partner', 'txid', 'status', 'body', 'unvoid', 'settled_at', 'ledger'}
+if redis.call('HEXISTS', KEYS[1], 'settled') == 1 then return redis.call('HMGET', KEYS[1], unpack(fields)) end
+if redis.call('HGET', KEYS[1], 'dead') ~= '1' then return false end
+local status, body, unvoid, ledger = ARGV[5], ARGV[6], '', ''
+if ARGV[3] ~= '' then
+  local rec = redis.call('HMGET', KEYS[3], 'state', 'status', 'body')
+  if not rec[1] then
+    ledger = 'absent'
+  elseif rec[1] == 'pending' then
+    return 'busy'
+  elseif rec[1] == 'queued' then
+    if ARGV[2] == 'purged' then return 'open' end
+    redis.call('HSET', KEYS[3], 'state', 'done', 'status', status, 'body', body)
+    if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[9]) then redis.call('PEXPIRE', KEYS[3], ARGV[9]) end
+    if ARGV[7] ~= '' and redis.call('HGET', KEYS[4], 'voided_by') == ARGV[4] then
+      redis.call('HDEL', KEYS[4], 'voided_by', 'void_token')
+    end
+    unvoid, ledger = ARGV[7], 'finished'
+  else
+    status, body, ledger = rec[2] or '', rec[3] or '', 'kept'
+  end
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'gone', '1', 'settled', ARGV[2], 'partner', ARGV[3], 'txid', ARGV[4], 'status', status,
+           'body', body, 'unvoid', unvoid, 'settled_at', ARGV[8], 'ledger', ledger)
+redis.call('PEXPIRE', KEYS[1], ARGV[9])
+return redis.call('HMGET', KEYS[1], unpack(fields))
+"""
+
 #: Every script above, registered by the store at open.
 SCRIPTS = ("TX_BEGIN", "TX_FINISH", "TX_VOID", "TX_UNVOID", "TX_FORGET", "CLAIM", "KV_PUT_NEW", "Q_PUT", "Q_CLAIM", "Q_ACK", "Q_RETRY", "Q_DEAD",
-           "DLQ_REPLAY", "DLQ_PURGE")
+           "DLQ_REPLAY", "DLQ_PURGE", "DLQ_SETTLE")

@@ -32,7 +32,22 @@ import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from gateway.store.base import DONE, PENDING, QUEUED, QueueEntry, Store, StoreUnavailable, TxRecord
+from gateway.store.base import (
+    ABSENT,
+    DONE,
+    FINISHED,
+    KEPT,
+    PENDING,
+    PURGED,
+    QUEUED,
+    QueueEntry,
+    Resolution,
+    Store,
+    StoreUnavailable,
+    TransactionBusy,
+    TransactionOpen,
+    TxRecord,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -53,6 +68,11 @@ CREATE TABLE IF NOT EXISTS queue (
     last_error TEXT, lease_owner TEXT, lease_until REAL NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queue_due ON queue (dead, next_at);
+CREATE TABLE IF NOT EXISTS dlq_settled (
+    id TEXT PRIMARY KEY, outcome TEXT NOT NULL, partner TEXT NOT NULL, txid TEXT NOT NULL, status INTEGER,
+    body BLOB, unvoid TEXT NOT NULL, settled_at REAL NOT NULL, ledger TEXT NOT NULL, expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dlq_settled_expiry ON dlq_settled (expires_at);
 """
 #: Run after ``_SCHEMA`` (a file written before ``payload`` existed gets it first).
 _INDEXES = """
@@ -311,7 +331,7 @@ class SqliteStore(Store):
     async def sweep(self) -> int:
         """Delete what has expired, a chunk at a time; return how many rows went."""
         total = 0
-        for table, key in (("ledger", "partner, txid"), ("kv", "ns, key")):
+        for table, key in (("ledger", "partner, txid"), ("kv", "ns, key"), ("dlq_settled", "id")):
             while True:
                 now = time.time()
                 deleted = (await self._write(
@@ -336,6 +356,7 @@ class SqliteStore(Store):
         now = time.time()
         self.db.execute("DELETE FROM ledger WHERE expires_at < ?", (now,))
         self.db.execute("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at < ?", (now,))
+        self.db.execute("DELETE FROM dlq_settled WHERE expires_at < ?", (now,))
 
     # -- ledger ------------------------------------------------------------------------
     async def tx_begin(self, rec: TxRecord, ttl: float) -> TxRecord | None:
@@ -511,3 +532,48 @@ class SqliteStore(Store):
         else:
             cur = await self._write(self.db.execute, "DELETE FROM queue WHERE dead=1 AND id=?", (entry_id,))
         return cur.rowcount
+
+    _SETTLED = "outcome, partner, txid, status, body, unvoid, settled_at, ledger"
+
+    async def dlq_settle(self, entry_id: str, resolution: Resolution, ttl: float) -> Resolution | None:
+        return await self._write(self._atomic, self._dlq_settle, entry_id, resolution, ttl)
+
+    def _dlq_settle(self, entry_id: str, res: Resolution, ttl: float) -> Resolution | None:
+        now = time.time()
+        earlier = self._dlq_resolution(entry_id, now)
+        if earlier is not None:
+            return earlier
+        if self.db.execute("SELECT 1 FROM queue WHERE id=? AND dead=1", (entry_id,)).fetchone() is None:
+            return None
+        status, body, ledger, unvoid = res.status, res.body, "", ""
+        if res.partner:
+            rec = self._tx_get(res.partner, res.txid, now)
+            if rec is None:
+                ledger = ABSENT
+            elif rec.state == PENDING:
+                raise TransactionBusy()
+            elif rec.state == QUEUED:
+                if res.outcome == PURGED:
+                    raise TransactionOpen()
+                self.db.execute(
+                    "UPDATE ledger SET state=?, status=?, body=?, expires_at=MAX(expires_at, ?) WHERE partner=? AND txid=?",
+                    (DONE, status, body, now + ttl, res.partner, res.txid))
+                if res.unvoid:
+                    self.db.execute("UPDATE ledger SET voided_by=NULL WHERE partner=? AND txid=? AND voided_by=?",
+                                    (res.partner, res.unvoid, res.txid))
+                ledger, unvoid = FINISHED, res.unvoid
+            else:
+                status, body, ledger = rec.status, rec.body, KEPT
+        self.db.execute("DELETE FROM queue WHERE id=?", (entry_id,))
+        self.db.execute(
+            f"INSERT OR REPLACE INTO dlq_settled (id, {self._SETTLED}, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
+            (entry_id, res.outcome, res.partner, res.txid, status, body, unvoid, now, ledger, now + ttl))
+        return Resolution(res.outcome, res.partner, res.txid, status, body, unvoid, now, ledger)
+
+    async def dlq_resolution(self, entry_id: str) -> Resolution | None:
+        return self._dlq_resolution(entry_id, time.time())
+
+    def _dlq_resolution(self, entry_id: str, now: float) -> Resolution | None:
+        row = self.db.execute(f"SELECT {self._SETTLED} FROM dlq_settled WHERE id=? AND expires_at >= ?",  # noqa: S608
+                              (entry_id, now)).fetchone()
+        return None if row is None else Resolution(*row)
