@@ -26,7 +26,7 @@ import pytest
 from gateway.faces.wallet import COMPENSATION
 from gateway.store import OnceKey, QueueEntry, TxRecord, open_store
 from gateway.store import redis_scripts as lua
-from gateway.store.base import DONE, PENDING
+from gateway.store.base import APPLIED, DONE, PENDING, QUEUED, Resolution
 from tests.support import RedisServer
 
 MODES = ("lost", "reset", "late", "unsolicited")
@@ -186,6 +186,15 @@ async def queue_scenario(store, proxy, mode: str, script: str) -> None:
         assert await store.dlq_replay(e.id) is True
         [again] = await store.q_claim("b", 10, 30)
         assert again.id == e.id and again.attempts == 0 and await store.dlq_list() == []
+    elif script == "DLQ_SETTLE":
+        await store.tx_begin(TxRecord("acme", "w-1", "win", "fp"), 60)
+        await store.tx_finish("acme", "w-1", QUEUED, 503, b"in progress", 60)
+        await store.q_dead(claimed, "unknown outcome")
+        proxy.arm(mode, store._scripts["DLQ_SETTLE"].sha.encode())
+        done = await store.dlq_settle(e.id, Resolution(APPLIED, "acme", "w-1", 200, b'{"balance":1}'), 60)
+        assert (done.outcome, done.status, done.ledger) == (APPLIED, 200, "finished")
+        got = await store.tx_get("acme", "w-1")
+        assert (got.state, got.status, got.body) == (DONE, 200, b'{"balance":1}') and await store.dlq_list() == []
     elif script == "DLQ_PURGE":
         await store.q_dead(claimed, "gave up")
         proxy.arm(mode, store._scripts["DLQ_PURGE"].sha.encode())
@@ -195,7 +204,7 @@ async def queue_scenario(store, proxy, mode: str, script: str) -> None:
         raise AssertionError(script)
 
 
-QUEUE_SCRIPTS = ("Q_PUT", "Q_CLAIM", "Q_ACK", "Q_RETRY", "Q_DEAD", "DLQ_REPLAY", "DLQ_PURGE")
+QUEUE_SCRIPTS = ("Q_PUT", "Q_CLAIM", "Q_ACK", "Q_RETRY", "Q_DEAD", "DLQ_REPLAY", "DLQ_SETTLE", "DLQ_PURGE")
 
 
 def test_every_script_has_a_fault_scenario():
