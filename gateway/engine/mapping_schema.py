@@ -90,7 +90,7 @@ MAPPING_SCHEMA: dict = {
             "patternProperties": _ANNOTATIONS,
             "required": ["base_url"],
             "properties": {
-                "base_url": {"type": "string", "pattern": "^https?://"},
+                "base_url": {"type": "string", "pattern": "^https?://.*$"},
                 "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 2.0},
                 "connect_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
                 "max_connections": {"type": "integer", "minimum": 1, "default": 100},
@@ -226,7 +226,7 @@ CALLBACK_ENDPOINT = {
     "patternProperties": _ANNOTATIONS,
     "required": ["hook"],
     "properties": {
-        "path": {"type": "string", "pattern": "^/", "description": "Default: /<endpoint name>."},
+        "path": {"type": "string", "pattern": "^/.*$", "description": "Default: /<endpoint name>."},
         "method": {"enum": ["GET", "POST"], "default": "POST"},
         "hook": {"enum": ["balance", "bet", "win", "refund"]},
         "type": {"type": "string", "description": "The hook's type (default: bet, win, bet)."},
