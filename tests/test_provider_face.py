@@ -354,6 +354,23 @@ def test_business_errors_in_the_legacy_format(world):
     assert world.balance("bob") == Decimal("3.00") and world.ledger("bob") == []
 
 
+
+def test_strict_input_a_launch_pattern_and_a_callback_amount(world):
+    """A currency or language with a trailing newline is no currency or language (patterns
+    match the whole string); a legacy amount above what the unit holds never becomes a hook."""
+    before = sum(launches(world).values())
+    assert_error(world.launch("sess-strict", currency="EUR\n"), 400, "invalid_request")
+    assert_error(world.launch("sess-strict", language="en\n"), 400, "invalid_request")
+    assert sum(launches(world).values()) == before
+    world.player("dora", "10.00")
+    token = world.token("sess-strict", "dora")  # nothing of the refused launches was kept
+    bets = state(world.platform.url)["calls"].get("bet", 0)
+    played = world.play(token, [{"op": "bet", "amount": "10000000000000000", "reference": "d-huge"},
+                                {"op": "bet", "amount": "1.00", "reference": "d-ok"}])
+    assert answers(played)[-2:] == [("bet", 7), ("bet", 0)]  # 7: the mapping's code for invalid_amount
+    assert state(world.platform.url)["calls"]["bet"] == bets + 1
+    assert world.ledger("dora") == [("bet", "d-ok", "-1.00")]
+
 def test_bad_hashes_and_unknown_tokens_are_refused_in_the_legacy_format(world):
     world.player("carol", "50.00")
     token = world.token("sess-carol", "carol")

@@ -112,6 +112,10 @@ MAPPING_SCHEMA: dict = {
             "properties": {
                 "unit": {"enum": ["decimal", "minor", "scaled"], "default": "decimal"},
                 "scale": {"type": "integer", "minimum": 1},
+                "max": {"type": "number", "exclusiveMinimum": 0, "maximum": 2**63 - 1,
+                        "description": "The largest amount the legacy side takes, in its unit (e.g. 2147483647 "
+                                       "for a 32-bit column); a larger iGSP amount is a 400 naming the limit. "
+                                       "Default: a signed 64-bit integer (minor, scaled), 18 digits (decimal)."},
             },
         },
         "secrets": {"type": "object", "additionalProperties": {"type": "string"}},
