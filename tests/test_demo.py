@@ -122,7 +122,7 @@ def test_demo_serve_info_curl_and_conformance(tmp_path):
         done = subprocess.run([sys.executable, "-m", "gateway", "conformance", "platform", "--info", str(info_file),
                                "--demo"], capture_output=True, text=True, env=ENV, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "CONFORMS — 22 passed, 0 failed, 0 skipped" in done.stdout
+        assert "CONFORMS — 23 passed, 0 failed, 0 skipped" in done.stdout
         assert "went from 1000.00 to 1000.00 EUR" in done.stdout
 
         if provider_face_available():

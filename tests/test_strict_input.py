@@ -322,3 +322,71 @@ async def test_an_integer_json_cannot_carry_is_a_final_refusal_not_an_adapter_bu
         assert (refused.value.code, refused.value.status) == ("invalid_request", 400)
     finally:
         await client.close()
+
+
+# -- one status per error code -------------------------------------------------------------------------
+
+def _error_examples(document: dict) -> list[tuple[str, dict]]:
+    """Every example of an ErrorResponse: ``(where, example)``."""
+    found = []
+    for name, response in document["components"]["responses"].items():
+        for content in response.get("content", {}).values():
+            if content.get("schema", {}).get("$ref", "").endswith("/ErrorResponse"):
+                examples = [content["example"]] if "example" in content else []
+                examples += [e["value"] for e in content.get("examples", {}).values()]
+                found += [(f"responses.{name}", e) for e in examples]
+    schema = document["components"]["schemas"]["ErrorResponse"]
+    found += [("schemas.ErrorResponse", e) for e in schema.get("examples", [])]
+    return found
+
+
+@pytest.mark.parametrize("name", [HOOKS_SPEC, PROVIDER_SPEC])
+def test_every_error_example_in_the_spec_has_the_gateways_status(name):
+    from gateway.errors import ERROR_CODES
+
+    document = SpecValidators(name).document
+    examples = _error_examples(document)
+    assert len(examples) >= 10
+    for where, example in examples:
+        assert example["error"] in ERROR_CODES, f"{name} {where}: {example['error']} is no code the gateway answers"
+        assert example["status"] == ERROR_CODES[example["error"]], f"{name} {where}: {example}"
+    # And each sits under the HTTP status it names.
+    for path in document["paths"].values():
+        for operation in path.values():
+            for status, response in operation.get("responses", {}).items():
+                target = response.get("$ref", "").rsplit("/", 1)[-1]
+                for where, example in examples:
+                    if where == f"responses.{target}":
+                        assert str(example["status"]) == status, (status, target, example)
+
+
+def test_insufficient_funds_is_402_in_the_hook_spec():
+    responses = SpecValidators(HOOKS_SPEC).document["paths"]["/platforms/game-provider/hooks"]["post"]["responses"]
+    assert responses["402"] == {"$ref": "#/components/responses/InsufficientFunds"}
+    examples = dict((e["error"], e["status"]) for _, e in _error_examples(SpecValidators(HOOKS_SPEC).document))
+    assert examples["insufficient_funds"] == 402
+
+
+#: ```413 payload_too_large``` in prose, ``402 ``insufficient_funds`` `` in docstrings, and
+#: ``{"error": "insufficient_funds", "message": "…", "status": 402}`` in examples.
+_PROSE = r"`?(\d{3})`? `{0,2}([a-z]+(?:_[a-z]+)+)`"
+_JSON = r'"error": "([a-z_]+)"[^}]*?"status": (\d{3})'
+
+
+def test_the_docs_give_each_error_code_the_gateways_status():
+    import re
+
+    from gateway.errors import ERROR_CODES
+
+    files = [ROOT / "README.md", ROOT / "SECURITY.md", ROOT / "mappings" / "README.md", ROOT / "spec" / "README.md",
+             *sorted((ROOT / "gateway" / "tools" / "simulators").glob("*.py")),
+             *sorted((ROOT / "gateway" / "tools" / "conformance").glob("*.py"))]
+    seen = {}
+    for file in files:
+        text = file.read_text(encoding="utf-8")
+        pairs = [(int(s), c) for s, c in re.findall(_PROSE, text)] + [(int(s), c) for c, s in re.findall(_JSON, text)]
+        for status, code in pairs:
+            if code in ERROR_CODES:  # the simulators also speak other platforms' codes
+                assert status == ERROR_CODES[code], f"{file.relative_to(ROOT)}: {status} {code}"
+                seen[code] = status
+    assert seen["insufficient_funds"] == 402 and seen["payload_too_large"] == 413
