@@ -188,7 +188,7 @@ def test_updated_after_is_strict_and_travels_in_the_cursor(world):
     first = decimal_json(world.get("/games", limit=1, updated_after="2025-01-02T10:00:00Z"))
     mismatch = world.get("/games", limit=1, updated_after="2024-01-01T00:00:00Z", cursor=first["cursor"]["next"])
     assert_error(mismatch, 400, "invalid_request")
-    for bad in ("yesterday", "2025-13-01T00:00:00Z", "2025-01-02"):
+    for bad in ("yesterday", "2025-13-01T00:00:00Z", "2025-01-02", "2025-01-02T10:00:00Z\n", " 2025-01-02T10:00:00Z"):
         assert_error(world.get("/games", updated_after=bad), 400, "invalid_request")
 
 
@@ -205,7 +205,7 @@ def test_providers_list(world):
 
 
 def test_bad_limits_and_tampered_cursors_are_400(world):
-    for limit in ("0", "201", "abc", "5.5", "-1", ""):
+    for limit in ("0", "201", "abc", "5.5", "-1", "", "5\n", " 5", "\u00b2", "\u0665", "\uff15"):
         assert_error(world.get("/games", limit=limit), 400, "invalid_request")
     assert world.get("/games", limit="200").status_code == 200
     cursor = decimal_json(world.get("/games", limit=2))["cursor"]["next"]
