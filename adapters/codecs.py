@@ -51,7 +51,13 @@ class JsonCodec(Codec):
 
     def encode(self, req: LegacyRequest) -> None:
         if req.fields is not None:
-            req.body = dumps(req.fields)
+            try:
+                req.body = dumps(req.fields)
+            except orjson.JSONEncodeError as exc:
+                if "64-bit" not in str(exc):
+                    raise
+                # This request, not the codec: refused (a final 400), as an adapter refuses.
+                raise ValueError("an integer in the request is beyond the 64-bit range JSON wallets read") from None
             req.headers.setdefault("Content-Type", "application/json")
 
     def decode(self, raw: bytes, content_type: str) -> Any:

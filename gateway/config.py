@@ -64,7 +64,7 @@ CONFIG_SCHEMA: dict = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "url": {"type": "string", "pattern": f"^({'|'.join(STORE_SCHEMES)})://"},
+                "url": {"type": "string", "pattern": f"^({'|'.join(STORE_SCHEMES)})://.*$"},
                 "retention_days": {"type": "number", "exclusiveMinimum": 0, "default": 30},
                 "namespace": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$", "default": "igsp",
                               "description": "Redis key prefix: gateways sharing a Redis with the same "
@@ -106,18 +106,20 @@ CONFIG_SCHEMA: dict = {
         },
         "currencies": {
             "type": "object",
-            "description": "Extra currencies and their exponent, e.g. {BTC: 8}.",
+            "description": "Extra currencies and their exponent, e.g. {BTC: 8}. A code is what a hook's "
+                           "currency can be: three upper-case letters.",
+            "propertyNames": {"pattern": "^[A-Z]{3}$"},
             "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 18},
         },
         "platform_face": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"hooks_path": {"type": "string", "pattern": "^/"}},
+            "properties": {"hooks_path": {"type": "string", "pattern": "^/.*$"}},
         },
         "provider_face": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"mount": {"type": "string", "pattern": "^/"}},
+            "properties": {"mount": {"type": "string", "pattern": "^/.*$"}},
         },
         "partners": {
             # Empty is allowed so a fresh deployment starts (and reports not ready on /readyz).
@@ -132,7 +134,7 @@ CONFIG_SCHEMA: dict = {
                     "mapping": {"type": "string"},
                     "api_key": {"type": "string", "minLength": 8},
                     "secrets": {"type": "array", "minItems": 1, "maxItems": 2, "items": _SECRET},
-                    "hooks_url": {"type": "string", "pattern": "^https?://"},
+                    "hooks_url": {"type": "string", "pattern": "^https?://.*$"},
                     "rate_limit": _RATE_LIMIT,
                     "replay_protection": {"type": "boolean",
                                           "description": "This partner's strict mode (security.replay_protection)."},

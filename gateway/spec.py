@@ -1,4 +1,4 @@
-"""Request and response validation from the project's own OpenAPI files in ``spec/``.
+r"""Request and response validation from the project's own OpenAPI files in ``spec/``.
 
 The spec is the single source of truth: the gateway compiles a JSON-Schema validator
 for each component it needs once at start-up and validates with it; nothing restates
@@ -9,11 +9,22 @@ generated Python by ``fastjsonschema`` (a few microseconds instead of ~80). It o
 answers "valid"; anything it refuses goes to the ``jsonschema`` validator, which names
 the field and has the last word. Components using a keyword outside ``_FAST_KEYWORDS``
 (whose meaning both libraries share) are checked by ``jsonschema`` alone.
+
+**Patterns match the whole string.** JSON Schema's ``pattern`` is an unanchored
+``re.search``, and even an anchored ``'^[A-Z]{3}$'`` accepts ``"JPY\n"`` that way (``$``
+also matches before a final newline), which would then be priced with EUR's decimals.
+Every ``pattern`` the gateway checks — in ``spec/`` and in its own config and mapping
+schemas — is therefore applied as ``re.fullmatch``: the whole string, a trailing newline
+included, must match (``FullMatchValidator``; the fast path compiles ``\A(?:…)\Z``). A
+pattern meant as a prefix says so (``'^https?://.*$'``). Likewise no string ending in a
+newline satisfies a ``format`` (``FORMAT_CHECKER``). ``patternProperties`` keeps JSON
+Schema's meaning (it names keys, it checks no value).
 """
 
 from __future__ import annotations
 
-from functools import cache
+import re
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +45,43 @@ PROVIDER_SPEC = "igsp-provider.yaml"
 HOOK_SCHEMAS = {"balance": "BalanceRequest", "bet": "BetRequest", "win": "WinRequest", "refund": "RefundRequest"}
 
 
+@lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
+
+
+def full_match(pattern: str, text: str) -> bool:
+    """Whether the whole of ``text`` matches ``pattern`` (``^``/``$`` in it are redundant then)."""
+    return _compiled(pattern).fullmatch(text) is not None
+
+
+def whole_string(pattern: str) -> str:
+    """``pattern`` as a search that only a whole-string match satisfies (for ``re.search`` users)."""
+    return rf"\A(?:{pattern})\Z"
+
+
+def _pattern(validator, pattern, instance, schema):
+    if validator.is_type(instance, "string") and not full_match(pattern, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _whole_string_formats() -> jsonschema.FormatChecker:
+    """jsonschema's 2020-12 format checks, none of which a string ending in a newline passes
+    (``rfc3339-validator``'s date-time regex ends in ``$``)."""
+    base = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    checker = jsonschema.FormatChecker(formats=())
+    for name, (func, raises) in base.checkers.items():
+        def strict(instance, func=func):
+            return not (isinstance(instance, str) and instance.endswith("\n")) and func(instance)
+        checker.checkers[name] = (strict, raises)
+    return checker
+
+
+#: JSON Schema 2020-12 with ``pattern`` as a whole-string match (see the module docstring).
+FullMatchValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+FORMAT_CHECKER = _whole_string_formats()
+
+
 @cache
 def load_spec(name: str) -> dict:
     return yaml.safe_load((data_dir("spec") / name).read_text(encoding="utf-8"))
@@ -49,18 +97,18 @@ class SpecValidators:
             self.document = load_spec(name)
         self.uri = f"urn:igsp:{name}"
         self.registry = Registry().with_resource(self.uri, Resource.from_contents(self.document, DRAFT202012))
-        self._validators: dict[str, jsonschema.Draft202012Validator] = {}
+        self._validators: dict[str, jsonschema.protocols.Validator] = {}
         self._fast: dict[str, Any] = {}
 
-    def validator(self, component: str) -> jsonschema.Draft202012Validator:
+    def validator(self, component: str) -> jsonschema.protocols.Validator:
         found = self._validators.get(component)
         if found is None:
             if component not in self.document.get("components", {}).get("schemas", {}):
                 raise KeyError(f"{component} is not a schema in {self.uri}")
-            found = jsonschema.Draft202012Validator(
+            found = FullMatchValidator(
                 {"$ref": f"{self.uri}#/components/schemas/{component}"},
                 registry=self.registry,
-                format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
+                format_checker=FORMAT_CHECKER,
             )
             self._validators[component] = found
             self._fast[component] = fast_validator(self.document, component)
@@ -152,6 +200,8 @@ def fast_validator(document: dict, component: str):
                 out[key] = inline(value, seen)
             elif key in _ANNOTATIONS or key.startswith("x-"):
                 continue
+            elif key == "pattern":
+                out[key] = whole_string(value)
             else:
                 if key == "format":
                     formats.add(value)
@@ -160,7 +210,7 @@ def fast_validator(document: dict, component: str):
 
     try:
         schema = inline({"$ref": f"#/components/schemas/{component}"}, ())
-        checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+        checker = FORMAT_CHECKER
         # Formats are judged by the same checker jsonschema uses (absent ones pass, as there).
         return fastjsonschema.compile(schema, formats={f: (lambda v, f=f: checker.conforms(v, f)) for f in formats},
                                       use_default=False, detailed_exceptions=False)

@@ -125,7 +125,7 @@ def test_demo_serve_info_curl_and_conformance(tmp_path):
         done = subprocess.run([sys.executable, "-m", "gateway", "conformance", "platform", "--info", str(info_file),
                                "--demo"], capture_output=True, text=True, env=ENV, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "CONFORMS — 29 passed, 0 failed, 0 skipped" in done.stdout
+        assert "CONFORMS — 30 passed, 0 failed, 0 skipped" in done.stdout
         for check in ("wallet.balance_same_second", "wallet.bet_identical_retry", "wallet.bet_identical_concurrent",
                       "wallet.refund_before_bet", "wallet.refund_other_player", "wallet.refund_mismatch",
                       "wallet.bet_refund_race"):

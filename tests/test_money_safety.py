@@ -401,6 +401,7 @@ def test_dead_letters_listed_replayed_and_purged(wallet, gateways, store_url, tm
     assert admin(gw, "GET", f"/admin/dlq/{d3}").json()["payload"]["hook"]["transaction_id"] == "d-3"
     assert_error(admin(gw, "GET", "/admin/dlq/no-such-id"), 404, "not_found")
     assert_error(admin(gw, "GET", "/admin/dlq?limit=zero"), 400, "invalid_request")
+    assert_error(admin(gw, "GET", "/admin/dlq?limit=%C2%B2"), 400, "invalid_request")  # "²": a digit to isdigit()
     assert admin(gw, "POST", f"/admin/dlq/{d3}/replay").json() == {"replayed": d3}
     assert_error(admin(gw, "POST", f"/admin/dlq/{d3}/replay"), 404, "not_found")
     wait_for(lambda: wallet.wins() == {"d-1": 1, "d-3": 1}, what="d-3 delivered")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import string
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
@@ -179,7 +180,7 @@ def test_minor_units_round_trip_for_every_iso_exponent(currency, units):
     assert amount.as_tuple().exponent == -exp  # always written with the currency's decimals
     assert money.to_minor(amount, currency) == units
     assert money.from_minor(str(units), currency) == amount
-    assert money.check_precision(amount, currency) == amount if amount < money.MAX_AMOUNT else True
+    assert money.check_amount(amount, currency) == amount
 
 
 @PROPERTY
@@ -190,7 +191,7 @@ def test_nothing_finer_than_the_currency_gets_through(currency, units, extra):
     with pytest.raises(IgspError, match="invalid_amount"):
         money.to_minor(finer, currency)
     with pytest.raises(IgspError, match="invalid_amount"):
-        money.check_precision(finer, currency)
+        money.check_amount(finer, currency)
 
 
 @PROPERTY
@@ -224,6 +225,54 @@ def test_amounts_survive_json_both_ways_exactly(currency, units):
     for unit in ("decimal", "minor"):
         legacy = Amounts(unit)
         assert legacy.from_legacy(legacy.to_legacy(amount, currency), currency) == amount
+
+
+
+@PROPERTY
+@given(unit=st.sampled_from(["decimal", "minor", "scaled"]), exp=st.integers(0, 18),
+       scale=st.sampled_from([1, 8, 100, 100000, 10**8]), quanta=st.integers(0, 10**40),
+       legacy_max=st.one_of(st.none(), st.integers(1, 2**63 - 1)))
+def test_an_amount_fits_the_legacy_unit_or_is_refused_naming_the_limit(unit, exp, scale, quanta, legacy_max):
+    """Any amount with the currency's decimals, any unit, any exponent: either it is refused
+    with the limit in the message, or it converts exactly into a value the unit holds."""
+    overrides = {"XBT": exp}
+    amounts = Amounts(unit, scale if unit == "scaled" else None, legacy_max)
+    amount = Decimal(f"{quanta}E-{exp}")
+    limit = amounts.largest("XBT", overrides)
+    assert amounts.check(limit, "XBT", overrides) == limit  # the limit itself is accepted
+    try:
+        amounts.check(amount, "XBT", overrides)
+    except IgspError as refused:
+        assert refused.code == "invalid_amount" and amount > limit
+        assert f"amount exceeds {limit} XBT" in refused.message
+        return
+    try:
+        legacy = amounts.to_legacy(amount, "XBT", overrides)
+    except IgspError as finer:  # 1/8 of a unit cannot carry 0.01
+        assert unit == "scaled" and "finer than" in finer.message
+        return
+    if unit == "decimal":
+        assert legacy == amount and len(legacy.as_tuple().digits) <= money.DECIMAL_DIGITS
+        assert legacy_max is None or legacy <= legacy_max
+    else:
+        assert isinstance(legacy, int) and 0 <= legacy <= min(money.MAX_LEGACY_INTEGER, legacy_max or 2**63)
+        assert amounts.from_legacy(legacy, "XBT", overrides) == amount
+
+
+@PROPERTY
+@given(text=st.one_of(st.text(max_size=5), st.sampled_from(["EUR", "JPY\n", "EUR ", "eur", "\nUSD", "USD\r\n"])))
+def test_a_spec_pattern_accepts_exactly_the_whole_string_matches(text):
+    from gateway.spec import hook_validators
+
+    hook = {"action": "balance", "player_id": "p1", "currency": text}
+    accepted = hook_validators().validator("BalanceRequest").is_valid(hook)
+    assert accepted == (re.fullmatch("[A-Z]{3}", text) is not None)
+    try:
+        hook_validators().check("BalanceRequest", hook)
+    except IgspError:
+        assert not accepted
+    else:
+        assert accepted
 
 
 # -- templates and codecs ----------------------------------------------------------------------------

@@ -189,7 +189,7 @@ def test_updated_after_is_strict_and_travels_in_the_cursor(world):
     first = decimal_json(world.get("/games", limit=1, updated_after="2025-01-02T10:00:00Z"))
     mismatch = world.get("/games", limit=1, updated_after="2024-01-01T00:00:00Z", cursor=first["cursor"]["next"])
     assert_error(mismatch, 400, "invalid_request")
-    for bad in ("yesterday", "2025-13-01T00:00:00Z", "2025-01-02"):
+    for bad in ("yesterday", "2025-13-01T00:00:00Z", "2025-01-02", "2025-01-02T10:00:00Z\n", " 2025-01-02T10:00:00Z"):
         assert_error(world.get("/games", updated_after=bad), 400, "invalid_request")
 
 
@@ -206,7 +206,7 @@ def test_providers_list(world):
 
 
 def test_bad_limits_and_tampered_cursors_are_400(world):
-    for limit in ("0", "201", "abc", "5.5", "-1", ""):
+    for limit in ("0", "201", "abc", "5.5", "-1", "", "5\n", " 5", "\u00b2", "\u0665", "\uff15"):
         assert_error(world.get("/games", limit=limit), 400, "invalid_request")
     assert world.get("/games", limit="200").status_code == 200
     cursor = decimal_json(world.get("/games", limit=2))["cursor"]["next"]
@@ -364,6 +364,23 @@ def test_business_errors_in_the_legacy_format(world):
     assert answers(played) == [("bet", 7), ("bet", 7)] + [("refund", 7)] * 3  # the game server retries refunds
     assert world.balance("bob") == Decimal("3.00") and world.ledger("bob") == []
 
+
+
+def test_strict_input_a_launch_pattern_and_a_callback_amount(world):
+    """A currency or language with a trailing newline is no currency or language (patterns
+    match the whole string); a legacy amount above what the unit holds never becomes a hook."""
+    before = sum(launches(world).values())
+    assert_error(world.launch("sess-strict", currency="EUR\n"), 400, "invalid_request")
+    assert_error(world.launch("sess-strict", language="en\n"), 400, "invalid_request")
+    assert sum(launches(world).values()) == before
+    world.player("dora", "10.00")
+    token = world.token("sess-strict", "dora")  # nothing of the refused launches was kept
+    bets = state(world.platform.url)["calls"].get("bet", 0)
+    played = world.play(token, [{"op": "bet", "amount": "10000000000000000", "reference": "d-huge"},
+                                {"op": "bet", "amount": "1.00", "reference": "d-ok"}])
+    assert answers(played)[-2:] == [("bet", 7), ("bet", 0)]  # 7: the mapping's code for invalid_amount
+    assert state(world.platform.url)["calls"]["bet"] == bets + 1
+    assert world.ledger("dora") == [("bet", "d-ok", "-1.00")]
 
 def test_bad_hashes_and_unknown_tokens_are_refused_in_the_legacy_format(world):
     world.player("carol", "50.00")

@@ -72,24 +72,45 @@ class Operation:
 
 @dataclass(frozen=True)
 class Amounts:
-    """How the legacy side writes money: decimal, minor units, or 1/scale units."""
+    """How the legacy side writes money: decimal, minor units, or 1/scale units.
+
+    ``max`` is the mapping's ``amounts.max``, the largest value the legacy side takes in its
+    own unit; the unit's own limit otherwise (``gateway.money.largest``). ``overrides`` are
+    the gateway config's ``currencies`` exponents (``{"BTC": 8}``).
+    """
 
     unit: str = "decimal"
     scale: int | None = None
+    max: int | Decimal | None = None
+    _limits: dict = field(default_factory=dict, compare=False, repr=False)  # (currency, exponent) -> limit
 
-    def to_legacy(self, amount: Decimal, currency: str) -> Decimal | int:
+    def largest(self, currency: str, overrides: dict[str, int] | None = None) -> Decimal:
+        """The largest amount of ``currency`` this legacy unit holds."""
+        key = (currency, money.exponent(currency, overrides))
+        found = self._limits.get(key)
+        if found is None:
+            found = self._limits[key] = money.largest(currency, overrides, unit=self.unit, scale=self.scale or 1,
+                                                      legacy_max=self.max)
+        return found
+
+    def check(self, amount: Decimal, currency: str, overrides: dict[str, int] | None = None) -> Decimal:
+        """An amount coming in, before anything is recorded or sent: 400 ``invalid_amount`` when
+        the currency or this unit cannot carry it (the message names the limit)."""
+        return money.check_amount(amount, currency, overrides, limit=self.largest(currency, overrides))
+
+    def to_legacy(self, amount: Decimal, currency: str, overrides: dict[str, int] | None = None) -> Decimal | int:
         if self.unit == "minor":
-            return money.to_minor(amount, currency)
+            return money.to_minor(amount, currency, overrides)
         if self.unit == "scaled":
             return money.to_scaled(amount, self.scale or 1)
-        return amount
+        return money.trimmed(amount, money.exponent(currency, overrides))
 
-    def from_legacy(self, value: Any, currency: str) -> Decimal:
+    def from_legacy(self, value: Any, currency: str, overrides: dict[str, int] | None = None) -> Decimal:
         if value is None or isinstance(value, bool):
             raise IgspError("upstream_bad_response", "legacy answer has no amount where one was expected")
         try:
             if self.unit == "minor":
-                return money.from_minor(value, currency)
+                return money.from_minor(value, currency, overrides)
             if self.unit == "scaled":
                 return money.from_scaled(value, self.scale or 1)
             return Decimal(str(value)) if not isinstance(value, Decimal) else value
@@ -243,6 +264,20 @@ class _Compiler:
         )
 
 
+def _legacy_max(c: _Compiler, spec: dict) -> int | Decimal | None:
+    """``amounts.max``: a whole number of legacy units for ``minor``/``scaled``, a decimal otherwise."""
+    value = spec.get("max")
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None  # absent, or already reported by the schema
+    if spec.get("unit", "decimal") == "decimal":
+        return Decimal(str(value))
+    if value != int(value):
+        c.problem(("amounts", "max"), f"got {value}: with unit {spec.get('unit')!r} the legacy side counts "
+                  "whole units, so max is a whole number")
+        return None
+    return int(value)
+
+
 def load_mapping(path: str | Path, env: dict | None = None) -> Mapping:
     """Load, validate and compile one mapping file; raise ConfigError listing every problem."""
     file = str(path)
@@ -282,7 +317,7 @@ def compile_mapping(data: dict, file: str) -> Mapping:
     c.functions = _BUILTIN_JMESPATH | frozenset(functions)
 
     amounts_spec = data.get("amounts") or {}
-    amounts = Amounts(amounts_spec.get("unit", "decimal"), amounts_spec.get("scale"))
+    amounts = Amounts(amounts_spec.get("unit", "decimal"), amounts_spec.get("scale"), _legacy_max(c, amounts_spec))
     if amounts.unit == "scaled" and not amounts.scale:
         c.problem(("amounts", "unit"), "unit 'scaled' needs amounts.scale (e.g. 100000 for 1/100000 units)")
 

@@ -90,7 +90,7 @@ MAPPING_SCHEMA: dict = {
             "patternProperties": _ANNOTATIONS,
             "required": ["base_url"],
             "properties": {
-                "base_url": {"type": "string", "pattern": "^https?://"},
+                "base_url": {"type": "string", "pattern": "^https?://.*$"},
                 "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 2.0},
                 "connect_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
                 "max_connections": {"type": "integer", "minimum": 1, "default": 100},
@@ -112,6 +112,10 @@ MAPPING_SCHEMA: dict = {
             "properties": {
                 "unit": {"enum": ["decimal", "minor", "scaled"], "default": "decimal"},
                 "scale": {"type": "integer", "minimum": 1},
+                "max": {"type": "number", "exclusiveMinimum": 0, "maximum": 2**63 - 1,
+                        "description": "The largest amount the legacy side takes, in its unit (e.g. 2147483647 "
+                                       "for a 32-bit column); a larger iGSP amount is a 400 naming the limit. "
+                                       "Default: a signed 64-bit integer (minor, scaled), 18 digits (decimal)."},
             },
         },
         "secrets": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -226,7 +230,7 @@ CALLBACK_ENDPOINT = {
     "patternProperties": _ANNOTATIONS,
     "required": ["hook"],
     "properties": {
-        "path": {"type": "string", "pattern": "^/", "description": "Default: /<endpoint name>."},
+        "path": {"type": "string", "pattern": "^/.*$", "description": "Default: /<endpoint name>."},
         "method": {"enum": ["GET", "POST"], "default": "POST"},
         "hook": {"enum": ["balance", "bet", "win", "refund"]},
         "type": {"type": "string", "description": "The hook's type (default: bet, win, bet)."},

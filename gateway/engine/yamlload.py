@@ -20,6 +20,7 @@ import jsonschema
 import yaml
 
 from gateway.errors import ConfigError, Problem
+from gateway.spec import FullMatchValidator
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -155,7 +156,7 @@ def interpolate_env(data: Any, file: str, env: Mapping[str, str] | None = None) 
 
 def schema_problems(data: Any, schema: dict, file: str, prefix: tuple = ()) -> list[Problem]:
     """Every JSON-Schema violation of ``data`` as a Problem with file, line and path."""
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = FullMatchValidator(schema)  # a pattern matches the whole string (gateway/spec.py)
     problems: list[Problem] = []
 
     def emit(error: jsonschema.ValidationError) -> None:

@@ -28,7 +28,6 @@ import orjson
 from aiohttp import web
 
 from adapters.codecs import dumps, loads
-from gateway import money
 from gateway.adapter_api import InboundRequest, LegacyRequest
 from gateway.engine.provider_mapping import Endpoint, LegacyCode
 from gateway.errors import IgspError
@@ -137,10 +136,10 @@ class Callbacks:
         hook["type"] = endpoint.type
         if "amount" in values:
             try:
-                amount = self.mapping.amounts.from_legacy(values.pop("amount"), session["currency"])
+                amount = self.mapping.amounts.from_legacy(values.pop("amount"), session["currency"], self.currencies)
             except IgspError:
                 raise IgspError("invalid_amount", "amount is not a number") from None
-            hook["amount"] = money.check_precision(amount, session["currency"], self.currencies)
+            hook["amount"] = self.mapping.amounts.check(amount, session["currency"], self.currencies)
         for name in _TEXT_FIELDS:
             if name in values:
                 hook[name] = str(values.pop(name))
@@ -175,7 +174,8 @@ class Callbacks:
         if isinstance(balance, bool) or not isinstance(balance, (int, Decimal)):
             raise IgspError("upstream_bad_response", "the platform's balance is not a number", 502)
         currency = hook["currency"]
-        context.update(balance=Decimal(balance), legacy_balance=self.mapping.amounts.to_legacy(Decimal(balance), currency),
+        context.update(balance=Decimal(balance), legacy_balance=self.mapping.amounts.to_legacy(Decimal(balance), currency,
+                                                                                         self.currencies),
                        transaction_id=answer.get("transaction_id", hook.get("transaction_id")), currency=currency)
         return self._render(endpoint.reply, context)
 

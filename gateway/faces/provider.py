@@ -124,7 +124,8 @@ async def deliver(face: ProviderObjects, entry: QueueEntry) -> None:
 def _limit(value: str | None) -> int:
     if value is None:
         return DEFAULT_LIMIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also says yes to "²" (which int() refuses) and "٥".
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
         raise IgspError("invalid_request", f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(value)
 
@@ -132,7 +133,7 @@ def _limit(value: str | None) -> int:
 def _updated_after(value: str | None) -> int | None:
     if value is None:
         return None
-    if "T" not in value.upper():
+    if "T" not in value.upper() or value != value.strip():  # the whole value is the date-time
         raise IgspError("invalid_request", "updated_after must be an ISO-8601 date-time, e.g. 2025-10-17T12:03:41Z")
     try:
         return parse_instant(value)

@@ -130,11 +130,16 @@ class Wallet:
         ctx.update(request_id=request_id, partner=self.partner_id, now=now, now_ms=int(now.timestamp() * 1000),
                    secrets=self.mapping.secrets)
         if "amount" in payload:
-            ctx["legacy_amount"] = self.mapping.amounts.to_legacy(payload["amount"], payload["currency"])
+            # handle() checked it before the ledger saw it; checked again here because a queued
+            # delivery may meet a reloaded mapping with another limit. Either way an amount the
+            # unit cannot hold is an explicit invalid_amount, never a request that fails to build.
+            amounts, currency = self.mapping.amounts, payload["currency"]
+            amount = amounts.check(payload["amount"], currency, self.currencies)
+            ctx["legacy_amount"] = amounts.to_legacy(amount, currency, self.currencies)
         return ctx
 
     def balance_of(self, fields: dict, currency: str) -> Decimal:
-        balance = self.mapping.amounts.from_legacy(fields.get("balance"), currency)
+        balance = self.mapping.amounts.from_legacy(fields.get("balance"), currency, self.currencies)
         return balance.quantize(Decimal(1).scaleb(-money.exponent(currency, self.currencies)))
 
     def platform_txid(self, fields: dict, txid: str) -> str:
@@ -146,7 +151,9 @@ class Wallet:
         """Answer one hook: a balance read, or a money hook once per ``transaction_id``."""
         action = payload["action"]
         if "amount" in payload:
-            money.check_precision(payload["amount"], payload["currency"], self.currencies)
+            # Before the ledger and the wallet: an amount the currency or the legacy unit cannot
+            # carry is a 400 naming the limit, not a failure to build the legacy request.
+            self.mapping.amounts.check(payload["amount"], payload["currency"], self.currencies)
         if action == "balance":
             reply = await self.client.call("balance", self.context(payload, request_id))
             check_currency(reply.fields, payload["currency"])

@@ -58,7 +58,7 @@ async def queue_stats(request: web.Request) -> web.Response:
 
 async def dlq_list(request: web.Request) -> web.Response:
     raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 10000:
         raise IgspError("invalid_request", "limit must be an integer from 1 to 10000")
     entries = await _store(request).dlq_list(int(raw))
     return web.json_response({"entries": [e.describe() for e in entries], "count": len(entries)})

@@ -31,7 +31,6 @@ from urllib.parse import urlencode
 import orjson
 
 from adapters.codecs import dumps
-from gateway import money
 from gateway.adapter_api import Adapter
 from gateway.engine.mapping import Mapping, compile_mapping
 from gateway.engine.mapping_schema import MAPPING_SCHEMA
@@ -128,7 +127,7 @@ def parse_input(raw: bytes, mapping: Mapping, operation: str) -> dict:
         payload.setdefault("action", HOOK_ACTIONS[operation])
         payload = parse_hook(dumps(payload), hook_validators())
         if "amount" in payload:
-            money.check_precision(payload["amount"], payload["currency"])
+            mapping.amounts.check(payload["amount"], payload["currency"])
     return payload
 
 

@@ -205,6 +205,12 @@ async def errors_missing_field(ctx: PlatformContext) -> None:
     expect_error(await ctx.post(body), 400, "a balance hook without currency")
 
 
+@CHECKS.check("errors.currency_whole_string", "a currency with a trailing newline is a 400 ErrorResponse")
+async def errors_currency_whole_string(ctx: PlatformContext) -> None:
+    body = dict(ctx.balance_body(), currency=ctx.target.currency + "\n")
+    expect_error(await ctx.post(body), 400, f"a balance hook whose currency is {body['currency']!r}")
+
+
 # -- wallet laws ------------------------------------------------------------------------------------
 
 @CHECKS.check("wallet.balance", "balance answers BalanceResponse with an exact decimal")
@@ -509,13 +515,13 @@ async def wallet_bet_refund_race(ctx: PlatformContext) -> None:
         ctx.expect_balance(await ctx.balance(), before, f"after {RACE_PAIRS} bets raced their refunds")
 
 
-@CHECKS.check("wallet.insufficient_funds", "a bet above the balance is a 4xx and debits nothing",
+@CHECKS.check("wallet.insufficient_funds", "a bet above the balance is 402 insufficient_funds and debits nothing",
               moves_money=True, needs=("wallet.balance",))
 async def wallet_insufficient(ctx: PlatformContext) -> None:
     before = await ctx.balance()
     too_much = before + ctx.amount
     answer = await ctx.post(ctx.money_body("bet", "bet-too-much", too_much))
-    expect_error(answer, "4xx", f"a bet of {too_much} with a balance of {before}")
+    expect_error(answer, 402, f"a bet of {too_much} with a balance of {before}", code="insufficient_funds")
     ctx.expect_balance(await ctx.balance(), before, "after the refused bet")
 
 

@@ -31,13 +31,17 @@ def expect_ok(answer: Answer, status: int, doing: str) -> None:
         raise CheckFailed(f"{doing}: got {answer.brief()}, want a JSON object")
 
 
-def expect_error(answer: Answer, status: int | str, doing: str) -> None:
-    """``answer`` refused the request with ``status`` (an int or ``"4xx"``)."""
+def expect_error(answer: Answer, status: int | str, doing: str, code: str | None = None) -> None:
+    """``answer`` refused the request with ``status`` (an int or ``"4xx"``), and with the error
+    ``code`` when one is given."""
+    want = _want(status) + (f" {code}" if code else "")
     if not _matches(answer.status, status):
         verdict = "was accepted" if answer.status < 300 else "got the wrong status"
-        raise CheckFailed(f"{doing} {verdict}: got {answer.brief(80)}, want {_want(status)}")
+        raise CheckFailed(f"{doing} {verdict}: got {answer.brief(80)}, want {want}")
     if not isinstance(answer.data, dict) or not answer.data.get("error"):
         raise CheckFailed(f"{doing}: got {answer.brief()}, want an ErrorResponse {{error, message}} body")
+    if code is not None and answer.data["error"] != code:
+        raise CheckFailed(f"{doing}: got {answer.brief(80)}, want {want}")
 
 
 @contextmanager
