@@ -161,7 +161,7 @@ class LegacyClient:
         started = time.perf_counter()
         kind = "ok"
         try:
-            answer = await self._send(req, op.timeout)
+            answer = await self.send(req, op.timeout)
             try:
                 fields, data = self.read(name, answer.status, answer.content_type, answer.body, expected)
             except UpstreamError as exc:
@@ -182,12 +182,9 @@ class LegacyClient:
             if self.observer is not None:
                 self.observer(m.name, name, kind, time.perf_counter() - started)
 
-    async def send(self, req: LegacyRequest, timeout: float | None = None) -> tuple[int, str, bytes]:
-        """Send a built request: ``(status, content type, raw body)``; transport failures translated."""
-        answer = await self._send(req, timeout)
-        return answer.status, answer.content_type, answer.body
-
-    async def _send(self, req: LegacyRequest, timeout: float | None = None) -> Answer:
+    async def send(self, req: LegacyRequest, timeout: float | None = None) -> Answer:
+        """Send a built request and read its whole answer (status, content type, body);
+        transport failures translated."""
         return await self.outbound.request(req.method, req.url, params=req.params or None, data=req.body or None,
                                            headers=req.headers, timeout=timeout or self.mapping.timeout)
 
@@ -241,7 +238,7 @@ class LegacyClient:
             return LegacyReply(fields, fields, 200, time.perf_counter() - started)
         return None
 
-    def _read(self, op: Operation, data: Any, status: int, expected: dict | None) -> dict:
+    def _read(self, op: Operation, data: Any, status: int, expected: dict | None = None) -> dict:
         m, rules = self.mapping, op.result
         try:
             code = m.search(rules.code, data) if rules.code is not None else None

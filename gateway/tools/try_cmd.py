@@ -230,7 +230,8 @@ async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: 
                              "headers": {k: redact(str(v)) for k, v in headers.items()},
                              "body": redact(_text(req.body))}
         if live:
-            got_status, got_type, raw = await client.send(req, mapping.operations[operation].timeout)
+            answer = await client.send(req, mapping.operations[operation].timeout)
+            got_status, got_type, raw = answer.status, answer.content_type, answer.body
             source = "live"
         elif response is not None:
             got_status, got_type, raw, source = status, content_type or _guess_content_type(response), response, "given"
