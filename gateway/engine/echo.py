@@ -34,9 +34,6 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-#: What is shown in place of a value that is absent or null.
-MISSING = "<missing>"
-
 
 @dataclass(frozen=True)
 class Echo:
@@ -118,13 +115,15 @@ def _scalar(value: Any) -> str | Decimal | None:
 
 
 def _number(value: str | Decimal) -> Decimal | None:
-    if isinstance(value, Decimal):
-        return value if value.is_finite() else None
-    try:
-        number = Decimal(value.strip()) if value.strip() == value else None
-    except InvalidOperation:
-        return None
-    return number if number is not None and number.is_finite() else None
+    """The finite number ``value`` is or reads as (text with spaces around it does not), else None."""
+    if isinstance(value, str):
+        if value != value.strip():
+            return None
+        try:
+            value = Decimal(value)
+        except InvalidOperation:
+            return None
+    return value if value.is_finite() else None
 
 
-__all__ = ["MISSING", "Echo", "compare", "expect", "mismatch", "same"]
+__all__ = ["Echo", "compare", "expect", "mismatch", "same"]

@@ -147,7 +147,7 @@ class LegacyClient:
         op: Operation = m.operations[name]
         try:
             req = self._build(name, context)
-            expected = echo.expect(op.echo, context) if op.echo else None
+            expected = self.expect(name, context)
             if m.signer is not None:
                 if m.signer.sign_in_batches:
                     await self._signed(req)
