@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
+import json
 import socket
 import struct
 import threading
@@ -35,6 +37,8 @@ RSS_GROWTH = 100 * 1024 * 1024
 BALANCE = {"action": "balance", "player_id": "p1", "currency": "EUR"}
 OK_BODY = b'{"status":"RS_OK","user":"p1","currency":"EUR","balance":10000000,"request_uuid":"r-1"}'
 MiB = 1 << 20
+#: The body of the request a script answers (the raw wallet sets it before running the script).
+REQUEST: contextvars.ContextVar[bytes] = contextvars.ContextVar("REQUEST", default=b"")
 
 
 # -- the raw wallet ----------------------------------------------------------------------------------
@@ -81,7 +85,7 @@ class RawWallet:
                 path = lines[0].split(" ")[1].split("?")[0]
                 length = next((int(line.split(":", 1)[1]) for line in lines[1:]
                                if line.lower().startswith("content-length:")), 0)
-                await reader.readexactly(length)
+                REQUEST.set(await reader.readexactly(length))
                 with self.lock:
                     self.requests[path] += 1
                     self.busy += 1
@@ -103,9 +107,21 @@ async def send(writer: asyncio.StreamWriter, data: bytes) -> None:
     await writer.drain()
 
 
+def ok_body() -> bytes:
+    """OK_BODY as an answer to the request being answered: it echoes its request_uuid and user, as
+    Hub88 answers do (the shipped mapping checks them)."""
+    try:
+        request = json.loads(REQUEST.get())
+    except ValueError:
+        request = {}
+    return json.dumps({**json.loads(OK_BODY), "user": request.get("user"), "request_uuid": request.get("request_uuid")},
+                      separators=(",", ":")).encode()
+
+
 async def ok_answer(writer) -> None:
+    body = ok_body()
     await send(writer, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                       b"Content-Length: %d\r\n\r\n%s" % (len(OK_BODY), OK_BODY))
+                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
 def raw(data: bytes):
@@ -324,7 +340,7 @@ def test_a_well_formed_answer_goes_through(gateway, wallet):
 
 def test_a_compressed_answer_is_decompressed(gateway, wallet):
     async def gzipped(writer):
-        body = zlib.compress(OK_BODY, wbits=31)
+        body = zlib.compress(ok_body(), wbits=31)
         await send(writer, ok_head(b"Content-Encoding: gzip\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
                                    % len(body)) + body)
     wallet.reset({"/user/balance": gzipped})

@@ -67,7 +67,7 @@ def test_hub88_signed_request_and_answer(tmp_path, hub88_keys):
     key = tmp_path / "key.pem"
     key.write_text(hub88_keys[0])
     result = run(HUB88, "bet", "--input", hook(), "--json", "--env", "HUB88_WALLET_URL=http://wallet.test",
-                 "--env", f"HUB88_PRIVATE_KEY=@{key}",
+                 "--env", f"HUB88_PRIVATE_KEY=@{key}", "--request-id", "x",
                  "--response", '{"user":"p1","status":"RS_OK","request_uuid":"x","currency":"EUR","balance":8766000}')
     report = json.loads(result.stdout)
     req = report["request"]
@@ -80,13 +80,32 @@ def test_hub88_signed_request_and_answer(tmp_path, hub88_keys):
 
 
 def test_hub88_error_answer_in_text():
-    out = run(HUB88, "bet", "--input", hook(),
+    out = run(HUB88, "bet", "--input", hook(), "--request-id", "x",
               "--response", '{"user":"p1","status":"RS_ERROR_NOT_ENOUGH_MONEY","request_uuid":"x"}').stdout
     assert out.rstrip().endswith("==> iGSP error: HTTP 402 (fatal)\n"
                                  '{"error": "insufficient_funds", "message": "legacy error RS_ERROR_NOT_ENOUGH_MONEY", '
                                  '"status": 402}')
     out = run(HUB88, "bet", "--input", hook(), "--status", "500", "--response", "<html>oops</html>").stdout
     assert "==> iGSP error: HTTP 503 (retriable, money moved: unknown)" in out
+
+
+def test_hub88_echoes_are_shown_and_checked():
+    answer = '{"user":"p1","status":"RS_OK","request_uuid":"rq-1","currency":"EUR","balance":8766000}'
+    out = run(HUB88, "bet", "--input", hook(), "--request-id", "rq-1", "--response", answer).stdout
+    assert "echo:      request_uuid = 'rq-1', as sent\necho:      user = 'p1', as sent\n" in out
+    assert "==> iGSP answer: HTTP 200" in out
+    # Another request's answer (another player's, or no request id at all) is refused, as the gateway would.
+    stale = answer.replace('"p1"', '"p2"').replace('"request_uuid":"rq-1",', "")
+    out = run(HUB88, "bet", "--input", hook(), "--request-id", "rq-1", "--response", stale).stdout
+    assert "echo:      request_uuid is missing; the request sent 'rq-1'\n" in out
+    assert "echo:      user = 'p2', but the request sent 'p1'\n" in out
+    assert "==> iGSP error: HTTP 502 (retriable, money moved: unknown)" in out
+    assert "legacy answer is not this request's (request_uuid is missing); outcome unknown" in out
+    report = json.loads(run(HUB88, "bet", "--input", hook(), "--request-id", "rq-1", "--response", stale,
+                            "--json").stdout)
+    assert report["echo"] == [{"field": "request_uuid", "expected": "rq-1", "got": None, "ok": False},
+                              {"field": "user", "expected": "p1", "got": "p2", "ok": False}]
+    assert report["fields"] is None and report["answer"]["applied"] == "unknown"
 
 
 #: Every status of legacy-apis.md (B), as the shipped mapping answers it, per operation.

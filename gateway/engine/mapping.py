@@ -23,6 +23,7 @@ from gateway import money
 from gateway.adapter_api import Adapter
 from gateway.engine import jmespath_fast
 from gateway.engine.adapters import make_adapter
+from gateway.engine.echo import Echo
 from gateway.engine.mapping_schema import MAPPING_SCHEMA, PLATFORM_OPERATIONS
 from gateway.engine.provider_mapping import compile_provider
 from gateway.engine.templating import TemplateError, Templates
@@ -68,6 +69,8 @@ class Operation:
     timeout: float | None
     #: The inputs its request templates read (e.g. whether a refund sends ``amount`` at all).
     inputs: frozenset[str] = frozenset()
+    #: Fields of the answer that must echo the request (gateway/engine/echo.py).
+    echo: tuple[Echo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,21 @@ class _Compiler:
 
         return templates.compile_tree(tree, on_error)
 
+    def echo(self, templates: Templates, spec: Any, path: tuple, base: tuple[Echo, ...] = ()) -> tuple[Echo, ...]:
+        """``echo:`` (answer JMESPath -> template of the expected value), merged over ``base``:
+        an entry replaces the inherited one of the same expression, ``null`` removes it."""
+        entries = {echo.path: echo for echo in base}
+        for key, template in (spec or {}).items():
+            where, text = path + (key,), str(key)
+            if template is None:
+                entries.pop(text, None)
+                continue
+            expression = self.jmes(text, where)
+            expected = self.template_tree(templates, template, where)
+            if expression is not None:
+                entries[text] = Echo(text, expression, expected)
+        return tuple(entries.values())
+
     def rule(self, spec: Any) -> ErrorRule:
         if isinstance(spec, str):
             return ErrorRule(spec)
@@ -322,6 +340,7 @@ def compile_mapping(data: dict, file: str) -> Mapping:
         c.problem(("amounts", "unit"), "unit 'scaled' needs amounts.scale (e.g. 100000 for 1/100000 units)")
 
     result = c.result(data.get("result"), ("result",))
+    echo = c.echo(templates, data.get("echo"), ("echo",))
     operations = {}
     for name, spec in data["operations"].items():
         where = ("operations", name)
@@ -336,6 +355,7 @@ def compile_mapping(data: dict, file: str) -> Mapping:
             result=c.result(spec.get("result"), where + ("result",), result),
             timeout=spec.get("timeout"),
             inputs=templates.variables([spec["path"], spec.get("query"), spec.get("headers"), spec.get("body")]),
+            echo=c.echo(templates, spec.get("echo"), where + ("echo",), echo),
         )
     if data["face"] == "platform":
         for name in PLATFORM_OPERATIONS:

@@ -52,6 +52,14 @@ RESULT = {
     },
 }
 
+ECHO = {
+    "type": "object",
+    "description": "Answer correlation: JMESPath on the legacy answer -> template of the value it must "
+                   "echo from the request (\"{{ request_id }}\"). An answer that does not echo is an unknown "
+                   "outcome (502 upstream_bad_response, kind uncorrelated), never stored.",
+    "additionalProperties": {"type": ["string", "null"]},
+}
+
 OPERATION = {
     "type": "object",
     "additionalProperties": False,
@@ -66,6 +74,8 @@ OPERATION = {
         "response": {"type": "object", "additionalProperties": {"type": "string"},
                      "description": "iGSP field -> JMESPath over the decoded legacy answer."},
         "result": RESULT,
+        "echo": {**ECHO, "description": "This operation's echoes, merged over the file's echo: an entry "
+                                        "replaces the file's one of the same expression, null removes it."},
         "timeout": {"type": "number", "exclusiveMinimum": 0},
     },
 }
@@ -120,6 +130,7 @@ MAPPING_SCHEMA: dict = {
         },
         "secrets": {"type": "object", "additionalProperties": {"type": "string"}},
         "result": RESULT,
+        "echo": ECHO,
         "operations": {"type": "object", "additionalProperties": OPERATION, "minProperties": 1},
         "queue": {
             "type": "object",

@@ -49,7 +49,7 @@ CONFIG_RELOADS = Counter("igsp_config_reloads", "Config reloads (SIGHUP or file 
 #: dashboard work before the first event (and a missing series is never "no data").
 SIGNATURE_REASONS = ("missing_credential", "unknown_api_key", "missing_signature", "stale_timestamp",
                      "bad_signature", "replayed_signature")
-UPSTREAM_KINDS = ("timeout", "connect", "5xx", "bad_body", "reset")
+UPSTREAM_KINDS = ("timeout", "connect", "5xx", "bad_body", "reset", "uncorrelated")
 QUEUE_OUTCOMES = ("delivered", "retry", "dead")
 QUEUE_ROUTES = ("wallet",)
 

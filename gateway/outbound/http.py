@@ -29,6 +29,8 @@ Safe defaults, on purpose:
   and a resend of a bet the wallet already applied debits twice.
 * The answer is read incrementally and its decompressed size counted; the call is
   aborted (and the connection closed) as soon as it passes ``max_response_bytes``.
+* An answer its caller finds to belong to another request (a stale answer left on a
+  keep-alive connection, gateway/engine/echo.py) gets its connection closed (``discard``).
 
 How a compression bomb stays small (read in aiohttp 3.14's ``http_parser.DeflateBuffer``,
 ``compression_utils.ZLibDecompressor`` and ``streams.StreamReader``): the parser feeds
@@ -45,7 +47,8 @@ whatever the ratio of the bomb. Concatenated gzip members are capped by aiohttp 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -57,11 +60,31 @@ DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A complete HTTP answer: its final status, Content-Type and decompressed body."""
+    """A complete HTTP answer: its final status, Content-Type and decompressed body.
+
+    ``carrier`` is the connection it was read from (for ``Outbound.discard``).
+    """
 
     status: int
     content_type: str
     body: bytes
+    carrier: Any = field(default=None, repr=False, compare=False)
+
+
+class _Response(aiohttp.ClientResponse):
+    """A response that remembers the protocol of the connection it was read from.
+
+    aiohttp hands a keep-alive connection back to the pool as soon as the body has been
+    received (often before the caller sees the response), so ``response.close()`` after
+    reading an answer cannot close it any more. ``carrier`` still can
+    (``Outbound.discard``).
+    """
+
+    carrier: Any = None
+
+    async def start(self, connection):
+        self.carrier = connection.protocol
+        return await super().start(connection)
 
 
 class Outbound:
@@ -93,7 +116,7 @@ class Outbound:
                                              ssl=None if self.tls_verify else False)
             session = aiohttp.ClientSession(connector=connector, headers=self.headers,
                                             skip_auto_headers=("User-Agent",), auto_decompress=True,
-                                            cookie_jar=aiohttp.DummyCookieJar())
+                                            cookie_jar=aiohttp.DummyCookieJar(), response_class=_Response)
             # Never resend a request because a reused connection failed (see the module doc).
             # Private in aiohttp; tests/test_outbound.py fails if it stops existing.
             session._retry_connection = False
@@ -130,11 +153,28 @@ class Outbound:
                     raise UpstreamError("upstream_bad_response",
                                         f"{self.peer} answered HTTP {status}; redirects are not followed",
                                         kind="redirect", applied=None)
-                return Answer(status, resp.headers.get("Content-Type", ""), await self._body(resp))
+                return Answer(status, resp.headers.get("Content-Type", ""), await self._body(resp),
+                              getattr(resp, "carrier", None))
         except UpstreamError:
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self.error(exc) from exc
+
+    @staticmethod
+    def discard(answer: Answer) -> None:
+        """Close the connection ``answer`` was read from, so that nothing else is read from it.
+
+        For an answer that belongs to another request (gateway/engine/echo.py): the
+        connection's framing is off, and what follows on it — this request's own answer,
+        still on its way — would be read as the next request's. By the time the answer is
+        judged the connection is usually idle in the pool again; closed, it is dropped when
+        the pool next looks at it. Should another call already have taken it (possible only
+        if the answer came in several reads), that call fails as an unknown outcome, which
+        its caller makes right — never as someone else's answer.
+        """
+        protocol = answer.carrier
+        if protocol is not None and protocol.is_connected():
+            protocol.close()
 
     async def _body(self, resp: aiohttp.ClientResponse) -> bytes:
         """The decompressed body, read as it arrives and abandoned past the cap."""

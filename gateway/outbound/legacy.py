@@ -10,6 +10,9 @@ answer's HTTP status and body are judged here:
     read timeout, reset, other 5xx, garbage,
     a redirect, an oversized answer          -> upstream_timeout / _unavailable / _bad_response, applied=None
     a mapped legacy business error           -> its iGSP code (IgspError), nothing applied
+    an answer (success or business error)
+      that does not echo the request         -> upstream_bad_response, applied=None (kind "uncorrelated");
+                                                its connection is closed (gateway/engine/echo.py)
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from typing import Any
 
 from adapters.codecs import form_value
 from gateway.adapter_api import Adapter, LegacyRequest
+from gateway.engine import echo
 from gateway.engine.mapping import Mapping, Operation
 from gateway.errors import IgspError, UpstreamError
-from gateway.outbound.http import Outbound
+from gateway.outbound.http import Answer, Outbound
 
 log = logging.getLogger("igsp.upstream")
 
@@ -140,8 +144,10 @@ class LegacyClient:
         m = self.mapping
         if name not in m.operations:
             raise IgspError("internal_error", f"mapping {m.name!r} has no operation {name!r}")
+        op: Operation = m.operations[name]
         try:
             req = self._build(name, context)
+            expected = self.expect(name, context)
             if m.signer is not None:
                 if m.signer.sign_in_batches:
                     await self._signed(req)
@@ -155,9 +161,17 @@ class LegacyClient:
         started = time.perf_counter()
         kind = "ok"
         try:
-            status, content_type, raw = await self.send(req, m.operations[name].timeout)
-            fields, data = self.read(name, status, content_type, raw)
-            return LegacyReply(fields, data, status, time.perf_counter() - started)
+            answer = await self.send(req, op.timeout)
+            try:
+                fields, data = self.read(name, answer.status, answer.content_type, answer.body, expected)
+            except UpstreamError as exc:
+                if exc.kind == "uncorrelated":
+                    # Another request's answer: what follows on its connection is off by one too.
+                    self.outbound.discard(answer)
+                    log.warning("legacy answer does not echo its request; its connection is closed",
+                                extra={"mapping": m.name, "operation": name, "reason": exc.message})
+                raise
+            return LegacyReply(fields, data, answer.status, time.perf_counter() - started)
         except UpstreamError as exc:
             kind = exc.kind
             raise
@@ -168,16 +182,23 @@ class LegacyClient:
             if self.observer is not None:
                 self.observer(m.name, name, kind, time.perf_counter() - started)
 
-    async def send(self, req: LegacyRequest, timeout: float | None = None) -> tuple[int, str, bytes]:
-        """Send a built request: ``(status, content type, raw body)``; transport failures translated."""
-        answer = await self.outbound.request(req.method, req.url, params=req.params or None, data=req.body or None,
-                                             headers=req.headers, timeout=timeout or self.mapping.timeout)
-        return answer.status, answer.content_type, answer.body
+    async def send(self, req: LegacyRequest, timeout: float | None = None) -> Answer:
+        """Send a built request and read its whole answer (status, content type, body);
+        transport failures translated."""
+        return await self.outbound.request(req.method, req.url, params=req.params or None, data=req.body or None,
+                                           headers=req.headers, timeout=timeout or self.mapping.timeout)
 
-    def read(self, name: str, status: int, content_type: str, raw: bytes) -> tuple[dict, Any]:
+    def expect(self, name: str, context: dict) -> dict | None:
+        """What the answer to operation ``name`` must echo for ``context`` (None: nothing declared)."""
+        op: Operation = self.mapping.operations[name]
+        return echo.expect(op.echo, context) if op.echo else None
+
+    def read(self, name: str, status: int, content_type: str, raw: bytes,
+             expected: dict | None = None) -> tuple[dict, Any]:
         """Decode a legacy answer and apply the operation's result rules: ``(fields, data)``.
 
-        Raises the mapped IgspError, or an UpstreamError for an unreadable or failed answer.
+        Raises the mapped IgspError, or an UpstreamError for an unreadable or failed answer,
+        or for one that does not echo ``expected`` (``expect``): another request's answer.
         """
         op: Operation = self.mapping.operations[name]
         try:
@@ -188,7 +209,7 @@ class LegacyClient:
             raise _http_failure(status, "legacy API answered an unreadable body")
         if status >= 500 and op.result.code is None:
             raise _http_failure(status, f"legacy API answered HTTP {status}")
-        return self._read(op, data, status), data
+        return self._read(op, data, status, expected), data
 
     async def _run_flows(self, name: str, context: dict) -> LegacyReply | None:
         sent: list[str] = []
@@ -217,7 +238,7 @@ class LegacyClient:
             return LegacyReply(fields, fields, 200, time.perf_counter() - started)
         return None
 
-    def _read(self, op: Operation, data: Any, status: int) -> dict:
+    def _read(self, op: Operation, data: Any, status: int, expected: dict | None = None) -> dict:
         m, rules = self.mapping, op.result
         try:
             code = m.search(rules.code, data) if rules.code is not None else None
@@ -232,6 +253,9 @@ class LegacyClient:
         if not ok:
             if status >= 500 and (code is None or str(code) not in rules.errors):
                 raise _http_failure(status, f"legacy API answered HTTP {status}")
+            # A refusal is the wallet's answer only if it is this request's: another
+            # request's (a stale one) says nothing about what happened to this one.
+            self._correlate(op, data, expected)
             try:
                 message = m.search(rules.message, data) if rules.message is not None else None
             except Exception:  # noqa: BLE001 - the text is a nicety; the code decides
@@ -242,11 +266,22 @@ class LegacyClient:
                 # A legacy "internal error, retry" code: retriable, and nothing was applied.
                 raise UpstreamError(error.code, error.message, kind="business", applied=False, status=error.status)
             raise error
+        self._correlate(op, data, expected)
         try:
             return {name: m.search(expr, data) for name, expr in op.response.items()}
         except Exception as exc:  # noqa: BLE001 - JMESPath type errors on odd bodies
             raise UpstreamError("upstream_bad_response", "legacy answer has an unexpected shape",
                                 kind="bad_body", applied=None) from exc
+
+
+    def _correlate(self, op: Operation, data: Any, expected: dict | None) -> None:
+        """Raise an unknown outcome unless ``data`` echoes what ``expected`` says (gateway/engine/echo.py)."""
+        if not expected:
+            return
+        why = echo.mismatch(op.echo, expected, self.mapping.search, data)
+        if why is not None:
+            raise UpstreamError("upstream_bad_response", f"legacy answer is not this request's ({why}); "
+                                "outcome unknown", kind="uncorrelated", applied=None)
 
 
 _UNREADABLE = object()

@@ -211,11 +211,12 @@ async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: 
                   if a is not None and type(a).run is not Adapter.run],
         "context": {k: (format(v, "f") if isinstance(v, Decimal) else v) for k, v in context.items()
                     if k in payload or k == "legacy_amount"},
-        "request": None, "response": None, "fields": None, "answer": None,
+        "request": None, "response": None, "echo": None, "fields": None, "answer": None,
     }
     try:
         try:
             req = client.build(operation, context)
+            expected = client.expect(operation, context)
         except IgspError:
             raise
         except Exception as exc:  # noqa: BLE001 - shown to the mapping author, who needs the reason
@@ -228,7 +229,8 @@ async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: 
                              "headers": {k: redact(str(v)) for k, v in headers.items()},
                              "body": redact(_text(req.body))}
         if live:
-            got_status, got_type, raw = await client.send(req, mapping.operations[operation].timeout)
+            answer = await client.send(req, mapping.operations[operation].timeout)
+            got_status, got_type, raw = answer.status, answer.content_type, answer.body
             source = "live"
         elif response is not None:
             got_status, got_type, raw, source = status, content_type or _guess_content_type(response), response, "given"
@@ -236,7 +238,8 @@ async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: 
             return report
         report["response"] = {"status": got_status, "content_type": got_type, "body": redact(_text(raw)),
                               "source": source}
-        fields, _ = client.read(operation, got_status, got_type, raw)
+        report["echo"] = _echo_report(mapping, operation, expected, got_type, raw, redact)
+        fields, _ = client.read(operation, got_status, got_type, raw, expected)
         report["fields"] = {k: (format(v, "f") if isinstance(v, Decimal) else v) for k, v in fields.items()}
         body = igsp_answer(mapping, operation, payload, fields)
         report["answer"] = {"status": 200, "body": json.loads(body, parse_float=Decimal), "raw": body.decode()}
@@ -245,6 +248,26 @@ async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: 
     finally:
         await client.close()
     return report
+
+
+def _echo_report(mapping: Mapping, operation: str, expected: dict | None, content_type: str, raw: bytes,
+                 redact: Redactor) -> list[dict] | None:
+    """Each declared echo of ``operation`` with the value expected and the one the answer
+    carries (None when nothing is declared or the answer cannot be decoded)."""
+    from gateway.engine import echo
+
+    if not expected:
+        return None
+    try:
+        data = mapping.codec.decode(raw, content_type) if raw else None
+    except Exception:  # noqa: BLE001 - read() reports the unreadable body
+        return None
+
+    def shown(value: Any) -> Any:
+        return value if value is None or isinstance(value, (bool, int)) else redact(str(value))
+
+    rows = echo.compare(mapping.operations[operation].echo, expected, mapping.search, data)
+    return [{"field": path, "expected": shown(want), "got": shown(got), "ok": ok} for path, want, got, ok in rows]
 
 
 def _json_default(value: Any) -> Any:
@@ -275,6 +298,18 @@ def format_text(report: dict) -> str:
     if resp is not None:
         lines += ["", f"<-- legacy response ({resp['source']}): HTTP {resp['status']} {resp['content_type']}",
                   resp["body"]]
+    if report["echo"]:
+        lines.append("")
+        for row in report["echo"]:
+            if row["ok"]:
+                lines.append(f"echo:      {row['field']} = {row['got']!r}, as sent")
+            elif row["got"] is None:
+                lines.append(f"echo:      {row['field']} is missing; the request sent {row['expected']!r}")
+            else:
+                lines.append(f"echo:      {row['field']} = {row['got']!r}, but the request sent {row['expected']!r}")
+        if not all(row["ok"] for row in report["echo"]):
+            lines.append("           another request's answer to the gateway (a pasted answer must echo --input "
+                         "and --request-id)")
     if report["fields"] is not None:
         lines += ["", "read:      " + ", ".join(f"{k} = {v!r}" for k, v in report["fields"].items())]
     answer = report["answer"]
