@@ -1,8 +1,8 @@
 """``demo --serve`` and ``--info``: keep the stack running, show how to talk to it.
 
-The printed ``curl`` commands carry real signatures; each works once (the gateway
-refuses a replayed signature) within the 5-minute window, and ``igsp-gateway sign``
-makes more.
+The printed ``curl`` commands carry real signatures, valid within the 5-minute window;
+pasted again, a command is a retry and gets the first answer (the ledger moves the money
+once). ``igsp-gateway sign`` makes more.
 """
 
 from __future__ import annotations
@@ -80,13 +80,13 @@ def print_running(stack: DemoStack, report: Report, info_path: str | None) -> No
     say(f"  demo player         {PLAYER} with {BALANCE} {CURRENCY} in the legacy wallet")
     say(f"  second player       {OTHER_PLAYER} with {BALANCE} {CURRENCY} (the conformance kit's --other-player-id)")
     say()
-    say("Signed requests to paste (each works once, within 5 minutes):")
+    say("Signed requests to paste (valid for 5 minutes):")
     say()
     say("# the demo player's balance, through the platform face")
     balance = {"action": "balance", "player_id": PLAYER, "currency": CURRENCY, "session_id": SESSION}
     say(curl(stack.hooks_url, p.api_key, p.secret, dumps(balance), clock))
     say()
-    say("# a bet of 1.00 (pasted twice, the copy is refused: a signature is accepted once)")
+    say("# a bet of 1.00 (pasted twice, the copy is a retry: the same answer, debited once)")
     bet = {**balance, "action": "bet", "amount": Decimal("1.00"), "game_id": GAME, "transaction_id": f"curl-{uuid.uuid4().hex[:8]}",
            "type": "bet"}
     say(curl(stack.hooks_url, p.api_key, p.secret, dumps(bet), clock))
