@@ -379,7 +379,7 @@ async def test_lost_replies_of_a_bet_and_a_queued_win_are_resent_to_the_right_ou
     proxy.armed = e.id.encode()
     await store.q_put(e)
     [got] = await store.q_claim("a", 10, 30)
-    assert got.id == e.id and await store.q_claim("b", 10, 0.01) == []
+    assert got.id == e.id and await store.q_claim("b", 10, 30) == []  # leased to "a"
     assert proxy.dropped == 4
 
 
