@@ -59,6 +59,8 @@ def scripted_traffic(hub88, gw) -> None:
     assert acme.hook(bet("tx-1")).status_code == 200
     for _ in range(2):  # duplicates, answered from the ledger
         assert acme.hook(bet("tx-1")).status_code == 200
+    assert acme.hook(bet("tx-poor", amount=1000)).status_code == 402  # the wallet declines: normal play
+    assert acme.hook({"action": "dance"}).status_code == 400  # a request no hook schema knows
     for _ in range(3):
         assert forger.hook(balance()).status_code == 403
     assert stranger.hook(balance()).status_code == 401
@@ -89,21 +91,28 @@ def test_metrics_count_scripted_traffic_exactly(hub88, ops_gateway):
         "igsp_queue_attempts_total", route="wallet", outcome="delivered") == 1 and m, what="the rollback delivered")
 
     requests_total = {(s["partner"], s["operation"], s["outcome"]): m.value("igsp_requests_total", **s)
-                      for s in m.series("igsp_requests_total")}
+                      for s in m.series("igsp_requests_total") if m.value("igsp_requests_total", **s)}
     assert requests_total == {
         ("acme-games", "balance", "ok"): 1,
         ("acme-games", "bet", "ok"): 3,
-        ("unknown", "unknown", "client_error"): 5,
-        ("acme-games", "balance", "server_error"): 3,
-        ("beta-games", "balance", "server_error"): 1,
-        ("beta-games", "unknown", "client_error"): 1,  # rate limited: refused before the body is read
-        ("acme-games", "win", "server_error"): 1,
-        ("acme-games", "bet", "server_error"): 1,
+        ("acme-games", "bet", "declined"): 1,  # 402 insufficient_funds: not an error of anyone's
+        ("acme-games", "unknown", "caller_error"): 1,  # 400 unknown_action
+        ("unknown", "unknown", "auth_failure"): 5,  # 401 and 403: signature, key, timestamp
+        ("acme-games", "balance", "upstream_error"): 3,
+        ("beta-games", "balance", "upstream_error"): 1,
+        ("beta-games", "unknown", "caller_error"): 1,  # rate limited: refused before the body is read
+        ("acme-games", "win", "upstream_error"): 1,
+        ("acme-games", "bet", "upstream_error"): 1,
     }
     assert {s["face"] for s in m.series("igsp_requests_total")} == {"platform"}
-    assert m.value("igsp_request_duration_seconds_count", face="platform") == 16
-    assert m.value("igsp_request_duration_seconds_count", face="platform", operation="bet") == 4
-    assert m.value("igsp_request_duration_seconds_bucket", face="platform", operation="bet", le="+Inf") == 4
+    assert m.value("igsp_requests_total", outcome="internal_error") == 0
+    assert m.value("igsp_request_duration_seconds_count", face="platform") == 18
+    assert m.value("igsp_request_duration_seconds_count", face="platform", operation="bet") == 5
+    assert m.value("igsp_request_duration_seconds_bucket", face="platform", operation="bet", le="+Inf") == 5
+    # Latency per partner, so the dashboard's partner filter reaches the latency panels.
+    assert m.value("igsp_request_duration_seconds_count", partner="acme-games", operation="bet") == 5
+    assert m.value("igsp_request_duration_seconds_count", partner="beta-games", operation="balance") == 1
+    assert m.value("igsp_request_duration_seconds_count", partner="unknown") == 5
 
     assert m.value("igsp_idempotent_replays_total", partner="acme-games", action="bet") == 2
     assert m.value("igsp_idempotent_replays_total") == 2
@@ -128,7 +137,7 @@ def test_metrics_count_scripted_traffic_exactly(hub88, ops_gateway):
     }
     # Latency of every legacy call, failed ones included; the rollback went out as "refund".
     assert m.value("igsp_upstream_duration_seconds_count", mapping="hub88-wallet", operation="balance") == 4
-    assert m.value("igsp_upstream_duration_seconds_count", mapping="hub88-wallet", operation="bet") == 2
+    assert m.value("igsp_upstream_duration_seconds_count", mapping="hub88-wallet", operation="bet") == 3
     assert m.value("igsp_upstream_duration_seconds_count", mapping="hub88-wallet", operation="win") == 1
     assert m.value("igsp_upstream_duration_seconds_count", mapping="hub88-wallet", operation="refund") == 1
     assert m.value("igsp_upstream_duration_seconds_count", mapping="dead-wallet") == 1
@@ -142,7 +151,7 @@ def test_metrics_count_scripted_traffic_exactly(hub88, ops_gateway):
 
     # Low cardinality: no player, transaction or request id ever becomes a label value.
     label_values = {v for _, labels, _ in m.samples for v in labels.values()}
-    assert not label_values & {"p1", "tx-1", "tx-2", "w-1", "s-1"}
+    assert not label_values & {"p1", "tx-1", "tx-2", "tx-poor", "w-1", "s-1"}
     assert not any(re.fullmatch(r"[0-9a-f]{32}", v) for v in label_values)
 
 

@@ -1,7 +1,7 @@
 """Prometheus metrics, low-cardinality by design (no player or transaction ids).
 
 Labels only ever take values from small, known sets: configured partner ids, route
-names, operation names, iGSP outcome classes, failure kinds and reasons.
+names, operation names, iGSP outcome classes (``OUTCOMES``), failure kinds and reasons.
 
 With several worker processes ``PROMETHEUS_MULTIPROC_DIR`` must be set *before* this
 module is imported (``igsp-gateway serve --workers N`` does it) and every process's
@@ -17,11 +17,62 @@ import os
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+from gateway.errors import ERROR_CODES
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+#: What ``outcome`` of ``igsp_requests_total`` says about an answer, by its iGSP error code
+#: (every code of gateway/errors.py ERROR_CODES has one; the README lists them):
+#:
+#:     ok              answered without error
+#:     declined        a business refusal in normal play: the player's, the session's or the
+#:                     transaction's state forbids it (insufficient funds, a limit, ...)
+#:     caller_error    the caller's request is wrong (invalid, unknown, conflicting, too big,
+#:                     over its rate limit): an integration problem on the partner's side
+#:     auth_failure    credentials or signature refused (401, 403)
+#:     upstream_error  the legacy side failed, timed out or has not settled the transaction yet
+#:     internal_error  the gateway or its store failed (500, 503 service_unavailable)
+OUTCOMES = ("ok", "declined", "caller_error", "auth_failure", "upstream_error", "internal_error")
+DECLINES = frozenset({
+    "insufficient_funds", "limit_exceeded", "bet_not_allowed", "player_blocked", "session_not_found",
+    "transaction_not_found", "transaction_already_refunded", "transaction_voided", "transaction_not_applied",
+})
+AUTH_FAILURES = frozenset({"unauthorized", "invalid_signature", "forbidden"})
+UPSTREAM_FAILURES = frozenset({
+    "upstream_error", "upstream_bad_response", "upstream_unavailable", "upstream_timeout",
+    "transaction_in_progress",  # waits on the legacy side: a slow or failed first call
+})
+INTERNAL_FAILURES = frozenset({"internal_error", "service_unavailable"})
+OUTCOME_OF_CODE: dict[str, str] = {
+    code: ("declined" if code in DECLINES else "auth_failure" if code in AUTH_FAILURES
+           else "upstream_error" if code in UPSTREAM_FAILURES else "internal_error" if code in INTERNAL_FAILURES
+           else "caller_error")
+    for code in ERROR_CODES
+}
+
+
+def outcome(status: int, error: str | None = None, upstream: bool = False) -> str:
+    """The ``outcome`` label of an answer: its HTTP status, the iGSP error code it carries (if
+    known) and whether an UpstreamError caused it. A legacy-format answer (legacy face) may
+    carry an error under any status: the code decides."""
+    if upstream:
+        return "upstream_error"
+    if error is not None:
+        found = OUTCOME_OF_CODE.get(error)
+        if found is not None:
+            return found
+    if status < 400:
+        return "ok"
+    if status in (401, 403):
+        return "auth_failure"
+    if status < 500:
+        return "caller_error"
+    return "upstream_error" if status in (502, 503, 504) else "internal_error"
+
 
 REQUESTS = Counter("igsp_requests", "iGSP requests answered", ["partner", "face", "operation", "outcome"])
 REQUEST_SECONDS = Histogram("igsp_request_duration_seconds", "Time to answer an iGSP request",
-                            ["face", "operation"], buckets=_LATENCY_BUCKETS)
+                            ["partner", "face", "operation"], buckets=_LATENCY_BUCKETS)
 UPSTREAM_SECONDS = Histogram("igsp_upstream_duration_seconds", "Legacy API call latency",
                              ["mapping", "operation"], buckets=_LATENCY_BUCKETS)
 UPSTREAM_ERRORS = Counter("igsp_upstream_errors", "Legacy API failures by kind",
@@ -72,12 +123,12 @@ def init_series() -> None:
         SIGNATURE_FAILURES.labels(reason)
     for route in QUEUE_ROUTES:
         DEAD_LETTERS.labels(route)
-        for outcome in QUEUE_OUTCOMES:
-            QUEUE_ATTEMPTS.labels(route, outcome)
+        for outcome_ in QUEUE_OUTCOMES:
+            QUEUE_ATTEMPTS.labels(route, outcome_)
     for result in ("hit", "miss"):
         CATALOGUE_CACHE.labels(result)
-    for outcome in ("applied", "refused"):
-        CONFIG_RELOADS.labels(outcome)
+    for outcome_ in ("applied", "refused"):
+        CONFIG_RELOADS.labels(outcome_)
     for action in ("bet", "win", "refund", "session"):
         ORPHANS_SETTLED.labels(action)
 
@@ -111,4 +162,5 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-__all__ = ["CONTENT_TYPE", "catalogue_lookup", "child", "init_series", "observe_upstream", "render"]
+__all__ = ["CONTENT_TYPE", "OUTCOMES", "catalogue_lookup", "child", "init_series", "observe_upstream", "outcome",
+           "render"]
