@@ -170,7 +170,7 @@ async def _faces_ctx(app: web.Application):
     runtime = Runtime(config, store, wake_queue=worker.wake.set,
                       builders={name: face.build for name, face in faces.items()})
     app[RUNTIME], app[WORKER] = runtime, worker
-    metrics.init_series()
+    metrics.init_series(config)
     for route, face in routes.items():
         worker.handlers[route] = _delivery(runtime, face.name, face.deliveries[route])
     task = asyncio.create_task(worker.run(), name="delivery-worker")

@@ -3,6 +3,11 @@
 Labels only ever take values from small, known sets: configured partner ids, route
 names, operation names, iGSP outcome classes (``OUTCOMES``), failure kinds and reasons.
 
+``init_series(config)`` runs at start-up: it adds the configured legacy timeouts to the
+latency buckets (``LATENCY_BUCKETS`` has the usual ones) and exports every series a
+configured partner or mapping will have at zero, so a fresh install draws and rate()
+works before the first request.
+
 With several worker processes ``PROMETHEUS_MULTIPROC_DIR`` must be set *before* this
 module is imported (``igsp-gateway serve --workers N`` does it) and every process's
 samples are aggregated on scrape. The queue gauges then report the most recent value
@@ -13,13 +18,18 @@ while its counters keep counting.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from gateway.errors import ERROR_CODES
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: Latency bucket edges (seconds), with the legacy timeouts mappings usually set (0.5 to
+#: 10 s); ``init_series`` adds any other timeout the config sets, so a call that ran into
+#: its timeout lands just above an edge of its own.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5,
+                   3.0, 5.0, 10.0)
 
 #: What ``outcome`` of ``igsp_requests_total`` says about an answer, by its iGSP error code
 #: (every code of gateway/errors.py ERROR_CODES has one; the README lists them):
@@ -72,9 +82,9 @@ def outcome(status: int, error: str | None = None, upstream: bool = False) -> st
 
 REQUESTS = Counter("igsp_requests", "iGSP requests answered", ["partner", "face", "operation", "outcome"])
 REQUEST_SECONDS = Histogram("igsp_request_duration_seconds", "Time to answer an iGSP request",
-                            ["partner", "face", "operation"], buckets=_LATENCY_BUCKETS)
+                            ["partner", "face", "operation"], buckets=LATENCY_BUCKETS)
 UPSTREAM_SECONDS = Histogram("igsp_upstream_duration_seconds", "Legacy API call latency",
-                             ["mapping", "operation"], buckets=_LATENCY_BUCKETS)
+                             ["mapping", "operation"], buckets=LATENCY_BUCKETS)
 UPSTREAM_ERRORS = Counter("igsp_upstream_errors", "Legacy API failures by kind",
                           ["mapping", "operation", "kind"])
 SIGNATURE_FAILURES = Counter("igsp_signature_failures", "Rejected iGSP credentials or signatures", ["reason"])
@@ -95,6 +105,12 @@ QUEUE_ATTEMPTS = Counter("igsp_queue_attempts", "Queued delivery attempts", ["ro
 DEAD_LETTERS = Counter("igsp_dead_letters", "Deliveries moved to the dead-letter queue", ["route"])
 CATALOGUE_CACHE = Counter("igsp_catalogue_cache", "Catalogue cache lookups", ["result"])
 CONFIG_RELOADS = Counter("igsp_config_reloads", "Config reloads (SIGHUP or file change)", ["outcome"])
+CONFIG_LAST_RELOAD_OK = Gauge(
+    "igsp_config_last_reload_successful",
+    "1 when the last config reload was applied (or none was tried since start), 0 when it was refused: "
+    "the running config is not the one on disk", multiprocess_mode="livemostrecent")
+STORE_UP = Gauge("igsp_store_up", "1 when the store answered the queue worker's last poll (every queue.poll_seconds), "
+                 "0 when it failed", multiprocess_mode="livemostrecent")
 
 #: Label values known up front, exported at zero from start-up so rate() and the
 #: dashboard work before the first event (and a missing series is never "no data").
@@ -103,6 +119,12 @@ SIGNATURE_REASONS = ("missing_credential", "unknown_api_key", "missing_signature
 UPSTREAM_KINDS = ("timeout", "connect", "5xx", "bad_body", "reset", "uncorrelated")
 QUEUE_OUTCOMES = ("delivered", "retry", "dead")
 QUEUE_ROUTES = ("wallet",)
+#: The ``operation`` of each face's requests (platform: the hook's action; provider: the
+#: resource; legacy: the mapping's callback endpoint names) and of the signed hooks the
+#: provider face sends (``HOOKS_MAPPING``, one per hook action).
+PLATFORM_OPERATIONS = ("balance", "bet", "win", "refund")
+PROVIDER_OPERATIONS = ("games", "providers", "sessions")
+HOOKS_MAPPING = "platform-hooks"
 
 
 _children: dict = {}
@@ -118,7 +140,10 @@ def child(metric, *labels: str):
     return found
 
 
-def init_series() -> None:
+def init_series(config=None) -> None:
+    """At start-up: latency buckets for the configured timeouts, then every series known up front."""
+    if config is not None:
+        _use_buckets(configured_timeouts(config))
     for reason in SIGNATURE_REASONS:
         SIGNATURE_FAILURES.labels(reason)
     for route in QUEUE_ROUTES:
@@ -131,6 +156,78 @@ def init_series() -> None:
         CONFIG_RELOADS.labels(outcome_)
     for action in ("bet", "win", "refund", "session"):
         ORPHANS_SETTLED.labels(action)
+    CONFIG_LAST_RELOAD_OK.set(1)
+    STORE_UP.set(1)  # the store was opened before anything else started
+    if config is not None:
+        init_config_series(config)
+
+
+def init_config_series(config) -> None:
+    """Every request and legacy-call series the config's partners and mappings will have, at
+    zero (at start-up and after each applied reload, for partners it added)."""
+    for partner in config.partners:
+        mapping = partner.mapping
+        faces: list[tuple[str, Iterable[str]]] = []
+        if partner.face == "platform":
+            faces.append(("platform", PLATFORM_OPERATIONS))
+            for action in PLATFORM_OPERATIONS[1:]:
+                child(REPLAYS, partner.id, action)
+        else:
+            faces.append(("provider", PROVIDER_OPERATIONS))
+            callbacks = getattr(mapping.provider, "callbacks", None)
+            if callbacks is not None:
+                faces.append(("legacy", sorted({ep.name for ep in callbacks.endpoints.values()})))
+                for action in PLATFORM_OPERATIONS:
+                    child(UPSTREAM_SECONDS, HOOKS_MAPPING, action)
+        for face, operations in faces:
+            for operation in operations:
+                child(REQUEST_SECONDS, partner.id, face, operation)
+                for outcome_ in OUTCOMES:
+                    child(REQUESTS, partner.id, face, operation, outcome_)
+        child(RATE_LIMITED, partner.id)
+        for operation in mapping.operations:
+            child(UPSTREAM_SECONDS, mapping.name, operation)
+
+
+def configured_timeouts(config) -> set[float]:
+    """Every legacy call timeout the config sets (seconds): each mapping's connect and read
+    timeouts, its operations' own, its callbacks' hook timeout."""
+    found: set[float] = set()
+    for partner in config.partners:
+        mapping = partner.mapping
+        found |= {mapping.timeout, mapping.connect_timeout}
+        found |= {op.timeout for op in mapping.operations.values() if op.timeout}
+        callbacks = getattr(mapping.provider, "callbacks", None)
+        if callbacks is not None:
+            found.add(callbacks.hook_timeout)
+    return {round(float(t), 3) for t in found if t and 0 < t < float("inf")}
+
+
+_buckets: tuple[float, ...] = LATENCY_BUCKETS
+
+
+def latency_buckets() -> tuple[float, ...]:
+    """The bucket edges the latency histograms use now."""
+    return _buckets
+
+
+def _use_buckets(timeouts: Iterable[float]) -> None:
+    """Add edges to the latency histograms (only ever more: a process that started several apps
+    keeps every edge). Histograms cannot change their buckets, so they are made again, before
+    their first observation (at start-up)."""
+    global _buckets, REQUEST_SECONDS, UPSTREAM_SECONDS
+    edges = tuple(sorted(set(_buckets) | set(timeouts)))
+    if edges == _buckets:
+        return
+    _buckets = edges
+    for old in (REQUEST_SECONDS, UPSTREAM_SECONDS):
+        REGISTRY.unregister(old)
+        for key in [key for key in _children if key[0] is old]:
+            del _children[key]
+    REQUEST_SECONDS = Histogram("igsp_request_duration_seconds", "Time to answer an iGSP request",
+                                ["partner", "face", "operation"], buckets=edges)
+    UPSTREAM_SECONDS = Histogram("igsp_upstream_duration_seconds", "Legacy API call latency",
+                                 ["mapping", "operation"], buckets=edges)
 
 
 def observe_upstream(mapping: str, operation: str, kind: str, seconds: float) -> None:
@@ -162,5 +259,5 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-__all__ = ["CONTENT_TYPE", "OUTCOMES", "catalogue_lookup", "child", "init_series", "observe_upstream", "outcome",
-           "render"]
+__all__ = ["CONTENT_TYPE", "OUTCOMES", "catalogue_lookup", "child", "init_config_series", "init_series",
+           "observe_upstream", "outcome", "render"]
