@@ -1,14 +1,16 @@
 """The metrics' rules, without a process: which outcome each iGSP error code counts as (and
-that the README says the same)."""
+that the README says the same), and which processes the multiprocess collector describes."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 
 from gateway.errors import ERROR_CODES
 from gateway.ops import metrics
+from gateway.spec import HOOK_SCHEMAS
 from tests.support import ROOT
 
 
@@ -62,3 +64,48 @@ def test_business_declines_are_never_failures(code):
 ])
 def test_outcome(status, code, upstream, expected):
     assert metrics.outcome(status, code, upstream) == expected
+
+
+def test_face_operations_are_the_protocol_ones():
+    assert metrics.PLATFORM_OPERATIONS == tuple(HOOK_SCHEMAS)
+    provider = (ROOT / "gateway" / "faces" / "provider.py").read_text()
+    allowed = re.search(r"allowed = (\{[^}]*\})", provider).group(1)
+    assert set(re.findall(r'"(\w+)":', allowed)) == set(metrics.PROVIDER_OPERATIONS)
+
+
+def fake_proc(root, pid: int, parent: int, state: str = "S") -> None:
+    d = root / str(pid)
+    (d / "fd").mkdir(parents=True)
+    for n in range(3):
+        (d / "fd" / str(n)).write_text("")
+    fields = [state, str(parent)] + ["0"] * 17 + ["100", "2000", "30"] + ["0"] * 20
+    (d / "stat").write_text(f"{pid} (python (worker)) " + " ".join(fields))
+    (d / "limits").write_text("Limit Soft Hard Units\nMax open files 1024 4096 files\n")
+
+
+def test_gateway_processes_are_this_one_its_parent_and_its_live_siblings(tmp_path):
+    proc, files = tmp_path / "proc", tmp_path / "metrics"
+    files.mkdir()
+    (proc).mkdir()
+    (proc / "stat").write_text("cpu 0 0 0 0\nbtime 1700000000\n")
+    me, parent = os.getpid(), os.getppid()
+    sibling, zombie, stranger, gone = 4_000_001, 4_000_002, 4_000_003, 4_000_004
+    fake_proc(proc, me, parent)
+    fake_proc(proc, parent, 1)
+    fake_proc(proc, sibling, parent)
+    fake_proc(proc, zombie, parent, state="Z")
+    fake_proc(proc, stranger, 4242)
+    for pid in (me, parent, sibling, zombie, stranger, gone):
+        (files / f"counter_{pid}.db").write_bytes(b"")
+    (files / f"gauge_livemostrecent_{sibling}.db").write_bytes(b"")
+    (files / "not-a-metrics-file.txt").write_text("")
+
+    collector = metrics.GatewayProcesses(str(files), proc=str(proc))
+    assert collector.pids() == sorted({me, parent, sibling})
+    families = {f.name: f for f in collector.collect()}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds", "process_max_fds",
+            "process_start_time_seconds", "process_virtual_memory_bytes"} <= set(families)
+    assert families["process_cpu_seconds"].type == "counter"
+    fds = {s.labels["pid"]: s.value for s in families["process_open_fds"].samples}
+    assert fds == {str(pid): 3 for pid in (me, parent, sibling)}
+    assert {s.name for s in families["process_cpu_seconds"].samples} == {"process_cpu_seconds_total"}

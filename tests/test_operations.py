@@ -228,7 +228,7 @@ def dashboard_metric_names() -> set[str]:
     for expr in exprs:
         expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
         expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-        names |= {n for n in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr) if n.startswith("igsp_")}
+        names |= {n for n in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr) if n.startswith(("igsp_", "process_"))}
     return names
 
 

@@ -12,16 +12,29 @@ With several worker processes ``PROMETHEUS_MULTIPROC_DIR`` must be set *before* 
 module is imported (``igsp-gateway serve --workers N`` does it) and every process's
 samples are aggregated on scrape. The queue gauges then report the most recent value
 of a live process, and a worker that exits is marked dead so its gauges disappear
-while its counters keep counting.
+while its counters keep counting. prometheus_client has no process metrics in that
+mode; ``render`` adds them for every live gateway process, labelled ``pid``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from gateway.errors import ERROR_CODES
 
@@ -243,11 +256,66 @@ def catalogue_lookup(hit: bool) -> None:
 
 def render() -> bytes:
     """The exposition text: this process's registry, or all workers' in multiprocess mode."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        registry.register(GatewayProcesses(path))
+        registry.register(PlatformCollector(registry=None))
         return generate_latest(registry)
     return generate_latest()
+
+
+class GatewayProcesses:
+    """The standard ``process_*`` metrics (CPU, memory, open fds, start time) of every live
+    gateway process, labelled ``pid``: in multiprocess mode a scrape reaches one worker, whose
+    own ProcessCollector would describe only itself.
+
+    The processes are those that keep files in the multiprocess directory (every worker, and
+    the parent that forked them), restricted to this process, its parent and its siblings,
+    so a dead worker's files (its counters are kept) or a reused pid never add a stranger.
+    """
+
+    _FILE = re.compile(r"[a-z_]+_(\d+)\.db")
+
+    def __init__(self, path: str, proc: str = "/proc"):
+        self.path, self.proc = path, proc
+
+    def pids(self) -> list[int]:
+        me, parent = os.getpid(), os.getppid()
+        found = {me}
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            names = []
+        for name in names:
+            match = self._FILE.fullmatch(name)
+            pid = int(match.group(1)) if match else None
+            if pid is not None and pid not in found and (pid == parent or self._parent_of(pid) == parent):
+                found.add(pid)
+        return sorted(found)
+
+    def _parent_of(self, pid: int) -> int | None:
+        """The parent of a running process; None once it has exited (a dead worker's counters
+        stay in the directory), a zombie included."""
+        try:
+            with open(os.path.join(self.proc, str(pid), "stat"), "rb") as stat:
+                state, parent = stat.read().rsplit(b")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            return None
+        return None if state in (b"Z", b"X") else int(parent)
+
+    def collect(self) -> Iterable[Metric]:
+        merged: dict[str, Metric] = {}
+        for pid in self.pids():
+            for family in ProcessCollector(pid=lambda pid=pid: pid, proc=self.proc, registry=None).collect():
+                into = merged.get(family.name)
+                if into is None:
+                    kind = CounterMetricFamily if family.type == "counter" else GaugeMetricFamily
+                    into = merged[family.name] = kind(family.name, family.documentation, labels=["pid"])
+                for sample in family.samples:
+                    into.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
+        return list(merged.values())
 
 
 # -- multiprocess bookkeeping (called by the pre-forking parent) -----------------------
