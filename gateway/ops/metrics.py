@@ -4,9 +4,9 @@ Labels only ever take values from small, known sets: configured partner ids, rou
 names, operation names, iGSP outcome classes (``OUTCOMES``), failure kinds and reasons.
 
 ``init_series(config)`` runs at start-up: it adds the configured legacy timeouts to the
-latency buckets (``LATENCY_BUCKETS`` has the usual ones) and exports every series a
-configured partner or mapping will have at zero, so a fresh install draws and rate()
-works before the first request.
+latency buckets (``LATENCY_BUCKETS`` has the usual ones) and exports the request, latency
+and legacy-call series of every configured partner and mapping at zero, so a fresh install
+draws and rate() works before the first request.
 
 With several worker processes ``PROMETHEUS_MULTIPROC_DIR`` must be set *before* this
 module is imported (``igsp-gateway serve --workers N`` does it) and every process's
