@@ -189,6 +189,15 @@ def test_every_alert_reads_metrics_a_live_gateway_exposes(live):
         assert not missing, f"{rule['alert']} reads {sorted(missing)}, which /metrics does not expose"
 
 
+@needs_promtool
+def test_the_live_scrape_passes_promtool_check_metrics(live):
+    scrape, _ = live
+    result = subprocess.run([PROMTOOL, "check", "metrics"], input=scrape.text, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), \
+        result.stdout + result.stderr
+
+
 def input_series(text: str, overrides: dict | None = None) -> list[dict]:
     """Every igsp_ and process_ sample of a scrape as a promtool input series under the target's
     labels: a counter grows by (its scraped value) per second, so a rate is the scraped count
