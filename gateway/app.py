@@ -16,12 +16,13 @@ import os
 import socket
 import time
 
+import orjson
 from aiohttp import web
 
 from gateway.auth import AuthFailure
 from gateway.config import Config
 from gateway.context import CONFIG, FACES, INFLIGHT, RUNTIME, STORE, WORKER
-from gateway.errors import IgspError, UpstreamError
+from gateway.errors import ERROR_CODES, IgspError, UpstreamError
 from gateway.faces.base import Delivery, Face
 from gateway.faces.platform import PlatformFace
 from gateway.faces.provider import ProviderFace
@@ -74,9 +75,9 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         elapsed = time.perf_counter() - started
         operation = request.get("operation", "unknown")
         partner = request.get("partner", "unknown")  # set only once a configured partner is verified
-        outcome = "ok" if response.status < 400 else ("client_error" if response.status < 500 else "server_error")
+        outcome = metrics.outcome(response.status, _error_code(request, response), "upstream_failure" in request)
         metrics.child(metrics.REQUESTS, partner, face, operation, outcome).inc()
-        metrics.child(metrics.REQUEST_SECONDS, face, operation).observe(elapsed)
+        metrics.child(metrics.REQUEST_SECONDS, partner, face, operation).observe(elapsed)
         if gen.config.access_log:
             log.info("request", extra={
                 "request_id": request_id, "partner": partner, "face": face, "operation": operation,
@@ -86,6 +87,20 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
                 **({"error": request["error"]} if "error" in request else {}),
             })
     return response
+
+
+def _error_code(request: web.Request, response: web.StreamResponse) -> str | None:
+    """The iGSP error code of an answer: noted by the handler (a raised error, a legacy-format
+    refusal), else read from an ErrorResponse body a face answered itself (a wallet's stored
+    answer). Only a code of ERROR_CODES counts; anything else is judged by its status."""
+    code = request.get("error")
+    if code is None and response.status >= 400 and isinstance(response, web.Response) \
+            and isinstance(response.body, bytes) and response.content_type == "application/json":
+        try:
+            code = orjson.loads(response.body).get("error")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+    return code if isinstance(code, str) and code in ERROR_CODES else None
 
 
 class _BodyTimeout(Exception):
@@ -155,7 +170,7 @@ async def _faces_ctx(app: web.Application):
     runtime = Runtime(config, store, wake_queue=worker.wake.set,
                       builders={name: face.build for name, face in faces.items()})
     app[RUNTIME], app[WORKER] = runtime, worker
-    metrics.init_series()
+    metrics.init_series(config)
     for route, face in routes.items():
         worker.handlers[route] = _delivery(runtime, face.name, face.deliveries[route])
     task = asyncio.create_task(worker.run(), name="delivery-worker")

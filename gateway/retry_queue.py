@@ -71,7 +71,10 @@ class DeliveryWorker:
                 await self.refresh_gauges()
             except Exception:  # noqa: BLE001 - the worker must outlive a store blip
                 log.exception("queue worker iteration failed")
+                metrics.STORE_UP.set(0)
                 worked = 0
+            else:
+                metrics.STORE_UP.set(1)
             if not worked and not self.stopping:
                 try:
                     await asyncio.wait_for(self.wake.wait(), self.poll_seconds)

@@ -120,12 +120,14 @@ class Runtime:
                 new = await asyncio.get_running_loop().run_in_executor(None, self._load, old)
             except ConfigError as exc:
                 metrics.CONFIG_RELOADS.labels("refused").inc()
+                metrics.CONFIG_LAST_RELOAD_OK.set(0)
                 problems = [str(p) for p in exc.problems]
                 log.error(f"config reload refused, still serving generation {old.number}: " + "; ".join(problems),
                           extra={"reason": reason, "problems": problems, "generation": old.number})
                 return False
             except Exception as exc:  # noqa: BLE001 - a reload must never take the server down
                 metrics.CONFIG_RELOADS.labels("refused").inc()
+                metrics.CONFIG_LAST_RELOAD_OK.set(0)
                 log.exception("config reload failed, still serving the previous config",
                               extra={"reason": reason, "error": type(exc).__name__, "generation": old.number})
                 return False
@@ -140,6 +142,8 @@ class Runtime:
             if old.users == 0:
                 self._close(old)
             metrics.CONFIG_RELOADS.labels("applied").inc()
+            metrics.CONFIG_LAST_RELOAD_OK.set(1)
+            metrics.init_config_series(config)  # a partner or mapping it added draws at once
             log.info("config reloaded", extra={"reason": reason, "generation": new.number,
                                                "partners": [p.id for p in config.partners],
                                                "mappings": sorted(new.clients)})

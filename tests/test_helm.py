@@ -271,19 +271,36 @@ def test_service_monitor_scrapes_the_service(production_manifests: list[dict]) -
 
 
 def test_prometheus_rule_alerts_on_metrics_the_gateway_exports(production_manifests: list[dict]) -> None:
-    from gateway.ops import metrics
+    """Shape and selectors here; tests/test_alerts.py runs the rules through promtool and a live scrape."""
+    source = (ROOT / "gateway" / "ops" / "metrics.py").read_text(encoding="utf-8")
+    defined = set(re.findall(r'(?:Counter|Gauge|Histogram)\(\s*"(igsp_\w+)"', source))
 
     rule = find(production_manifests, "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "prometheus"
-    (group,) = rule["spec"]["groups"]
-    alerts = {r["alert"]: r for r in group["rules"]}
+    assert [g["name"] for g in rule["spec"]["groups"]] == [f"{FULLNAME}.{name}" for name in
+                                                            ("money", "traffic", "availability")]
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
     stuck = alerts["IgspLedgerTransactionStuckPending"]
-    assert stuck["expr"] == f'max(igsp_ledger_oldest_pending_seconds{{namespace="{NAMESPACE}"}}) > 120'
+    selector = f'namespace="{NAMESPACE}", job="{FULLNAME}"'
+    assert stuck["expr"] == f"max by (namespace, job) (igsp_ledger_oldest_pending_seconds{{{selector}}}) > 120"
     assert stuck["for"] == "2m" and stuck["labels"]["severity"] == "critical"
     assert "{{ $value | humanizeDuration }}" in stuck["annotations"]["summary"]
-    exported = {metrics.LEDGER_OLDEST_PENDING._name, metrics.QUEUE_DEAD._name}
-    assert {r["expr"].split("{")[0].removeprefix("max(") for r in group["rules"]} == exported
+    assert alerts["IgspTargetDown"]["expr"] == f"up{{{selector}}} == 0"
+    for name, alert in alerts.items():
+        for metric in re.findall(r"([a-z_:]+)\{", alert["expr"]):
+            family = re.sub(r"_(total|bucket|count|sum)$", "", metric)
+            assert metric == "up" or family in defined, f"{name} reads {metric}, which the gateway does not define"
+    # The job the rules select is the one a ServiceMonitor gives: the name of the Service it scrapes.
+    monitor, service = find(production_manifests, "ServiceMonitor"), find(production_manifests, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service["metadata"]["name"] == FULLNAME
     assert not any(m["kind"] == "PrometheusRule" for m in render_chart())  # off by default
+
+
+def test_prometheus_rule_additional_rules_get_a_group_of_their_own() -> None:
+    extra = {"alert": "MyGatewayAlert", "expr": "vector(1) > 2", "labels": {"team": "payments"}}
+    rule = find(render_chart({"prometheusRule": {"enabled": True, "additionalRules": [extra]}}), "PrometheusRule")
+    assert rule["spec"]["groups"][-1] == {"name": f"{FULLNAME}.additional", "rules": [extra]}
 
 
 def test_service_selects_only_gateway_pods() -> None:

@@ -230,3 +230,34 @@ def test_workers_that_cannot_start_make_the_server_exit_1(hub88, hub88_keys, tmp
     assert "READY" not in result.stdout
     assert "a worker failed to start" in result.stderr
     assert all(line.startswith("{") for line in result.stderr.splitlines())  # JSON lines, no bare traceback
+
+
+PROCESS_METRICS = ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_virtual_memory_bytes",
+                   "process_open_fds", "process_max_fds", "process_start_time_seconds")
+
+
+def process_metrics_by_pid(m: Metrics) -> dict[str, dict[int, float]]:
+    return {name: {int(labels["pid"]): value for n, labels, value in m.samples if n == name}
+            for name in PROCESS_METRICS}
+
+
+def test_workers_keep_every_process_metric(hub88, two_workers):
+    """Multiprocess mode has no process metrics of its own: every live process's are added,
+    labelled pid, whichever worker answers the scrape; a dead worker's go with it."""
+    gw = two_workers
+    workers = worker_pids(gw)
+    assert len(workers) == 2
+    expected = workers | {gw.proc.pid}  # the parent counts too: it is part of the pod's memory
+    for _ in range(4):
+        found = process_metrics_by_pid(Metrics.scrape(gw.url))
+        assert {name: set(pids) for name, pids in found.items()} == {name: expected for name in PROCESS_METRICS}
+        assert all(v > 0 for v in found["process_resident_memory_bytes"].values())
+        assert all(found["process_open_fds"][pid] < found["process_max_fds"][pid] for pid in expected)
+
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    replaced = wait_for(lambda: len(pids := worker_pids(gw)) == 3 and pids, what="a replacement worker")
+    now = (replaced - {victim}) | {gw.proc.pid}
+    wait_for(lambda: set(process_metrics_by_pid(Metrics.scrape(gw.url))["process_cpu_seconds_total"]) == now,
+             what="the dead worker's process metrics to go and its replacement's to come")
+    assert gw.stop() == 0

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import uuid
 
 import pytest
 import requests
+import yaml
 
+from gateway.ops import metrics
 from tests.conftest import ACME, BETA, platform_config
 from tests.ops_support import Metrics, RecordingHub88, wait_for, write_mapping
 from tests.support import ROOT, IgspClient, free_port
@@ -59,6 +62,8 @@ def scripted_traffic(hub88, gw) -> None:
     assert acme.hook(bet("tx-1")).status_code == 200
     for _ in range(2):  # duplicates, answered from the ledger
         assert acme.hook(bet("tx-1")).status_code == 200
+    assert acme.hook(bet("tx-poor", amount=1000)).status_code == 402  # the wallet declines: normal play
+    assert acme.hook({"action": "dance"}).status_code == 400  # a request no hook schema knows
     for _ in range(3):
         assert forger.hook(balance()).status_code == 403
     assert stranger.hook(balance()).status_code == 401
@@ -89,21 +94,28 @@ def test_metrics_count_scripted_traffic_exactly(hub88, ops_gateway):
         "igsp_queue_attempts_total", route="wallet", outcome="delivered") == 1 and m, what="the rollback delivered")
 
     requests_total = {(s["partner"], s["operation"], s["outcome"]): m.value("igsp_requests_total", **s)
-                      for s in m.series("igsp_requests_total")}
+                      for s in m.series("igsp_requests_total") if m.value("igsp_requests_total", **s)}
     assert requests_total == {
         ("acme-games", "balance", "ok"): 1,
         ("acme-games", "bet", "ok"): 3,
-        ("unknown", "unknown", "client_error"): 5,
-        ("acme-games", "balance", "server_error"): 3,
-        ("beta-games", "balance", "server_error"): 1,
-        ("beta-games", "unknown", "client_error"): 1,  # rate limited: refused before the body is read
-        ("acme-games", "win", "server_error"): 1,
-        ("acme-games", "bet", "server_error"): 1,
+        ("acme-games", "bet", "declined"): 1,  # 402 insufficient_funds: not an error of anyone's
+        ("acme-games", "unknown", "caller_error"): 1,  # 400 unknown_action
+        ("unknown", "unknown", "auth_failure"): 5,  # 401 and 403: signature, key, timestamp
+        ("acme-games", "balance", "upstream_error"): 3,
+        ("beta-games", "balance", "upstream_error"): 1,
+        ("beta-games", "unknown", "caller_error"): 1,  # rate limited: refused before the body is read
+        ("acme-games", "win", "upstream_error"): 1,
+        ("acme-games", "bet", "upstream_error"): 1,
     }
     assert {s["face"] for s in m.series("igsp_requests_total")} == {"platform"}
-    assert m.value("igsp_request_duration_seconds_count", face="platform") == 16
-    assert m.value("igsp_request_duration_seconds_count", face="platform", operation="bet") == 4
-    assert m.value("igsp_request_duration_seconds_bucket", face="platform", operation="bet", le="+Inf") == 4
+    assert m.value("igsp_requests_total", outcome="internal_error") == 0
+    assert m.value("igsp_request_duration_seconds_count", face="platform") == 18
+    assert m.value("igsp_request_duration_seconds_count", face="platform", operation="bet") == 5
+    assert m.value("igsp_request_duration_seconds_bucket", face="platform", operation="bet", le="+Inf") == 5
+    # Latency per partner, so the dashboard's partner filter reaches the latency panels.
+    assert m.value("igsp_request_duration_seconds_count", partner="acme-games", operation="bet") == 5
+    assert m.value("igsp_request_duration_seconds_count", partner="beta-games", operation="balance") == 1
+    assert m.value("igsp_request_duration_seconds_count", partner="unknown") == 5
 
     assert m.value("igsp_idempotent_replays_total", partner="acme-games", action="bet") == 2
     assert m.value("igsp_idempotent_replays_total") == 2
@@ -128,7 +140,7 @@ def test_metrics_count_scripted_traffic_exactly(hub88, ops_gateway):
     }
     # Latency of every legacy call, failed ones included; the rollback went out as "refund".
     assert m.value("igsp_upstream_duration_seconds_count", mapping="hub88-wallet", operation="balance") == 4
-    assert m.value("igsp_upstream_duration_seconds_count", mapping="hub88-wallet", operation="bet") == 2
+    assert m.value("igsp_upstream_duration_seconds_count", mapping="hub88-wallet", operation="bet") == 3
     assert m.value("igsp_upstream_duration_seconds_count", mapping="hub88-wallet", operation="win") == 1
     assert m.value("igsp_upstream_duration_seconds_count", mapping="hub88-wallet", operation="refund") == 1
     assert m.value("igsp_upstream_duration_seconds_count", mapping="dead-wallet") == 1
@@ -142,8 +154,68 @@ def test_metrics_count_scripted_traffic_exactly(hub88, ops_gateway):
 
     # Low cardinality: no player, transaction or request id ever becomes a label value.
     label_values = {v for _, labels, _ in m.samples for v in labels.values()}
-    assert not label_values & {"p1", "tx-1", "tx-2", "w-1", "s-1"}
+    assert not label_values & {"p1", "tx-1", "tx-2", "tx-poor", "w-1", "s-1"}
     assert not any(re.fullmatch(r"[0-9a-f]{32}", v) for v in label_values)
+
+
+def test_a_fresh_gateway_exports_its_series_with_a_bucket_at_every_timeout(gateway_factory, tmp_path):
+    """Before any request: every series the dashboard and the alerts read is there at zero, and
+    the latency buckets have an edge at each configured timeout (1.5 s shipped, 1.7 s here)."""
+    slow = write_mapping(tmp_path / "slow-wallet.yaml", name="slow-wallet", timeout=1.7)
+    config = platform_config(f"sqlite:///{tmp_path}/gateway.db")
+    config["partners"][1]["mapping"] = str(slow)
+    m = Metrics.scrape(gateway_factory(config).url)
+    assert {v for n, _, v in m.samples if n.startswith("igsp_") and n.endswith(("_total", "_count"))} == {0}
+    for partner in ("acme-games", "beta-games"):
+        found = {(s["operation"], s["outcome"]) for s in m.series("igsp_requests_total") if s["partner"] == partner}
+        assert found == {(op, outcome) for op in ("balance", "bet", "win", "refund") for outcome in metrics.OUTCOMES}
+        assert {s["operation"] for s in m.series("igsp_request_duration_seconds_count")
+                if s["partner"] == partner} == {"balance", "bet", "win", "refund"}
+        assert m.series("igsp_rate_limited_total") and m.value("igsp_rate_limited_total", partner=partner) == 0
+    upstream = {(s["mapping"], s["operation"]) for s in m.series("igsp_upstream_duration_seconds_count")}
+    assert {("hub88-wallet", "bet"), ("slow-wallet", "bet"), ("slow-wallet", "refund")} <= upstream
+    assert m.value("igsp_store_up") == 1 and m.value("igsp_config_last_reload_successful") == 1
+
+    for histogram in ("igsp_request_duration_seconds_bucket", "igsp_upstream_duration_seconds_bucket"):
+        edges = {float(s["le"]) for s in m.series(histogram)}
+        # The usual timeouts, this config's own (timeout 1.7, connect_timeout 0.5) and the top.
+        assert {0.5, 1.0, 1.5, 1.7, 2.0, 2.5, 3.0, 5.0, 10.0, float("inf")} <= edges, histogram
+        assert edges == set(metrics.LATENCY_BUCKETS) | {1.7, float("inf")}
+
+
+def test_a_refused_reload_shows_until_one_is_applied(gateway_factory, tmp_path):
+    """igsp_config_last_reload_successful, which IgspConfigReloadRefused watches, and the series
+    of a partner a reload adds, there at once."""
+    config = platform_config(f"sqlite:///{tmp_path}/gateway.db")
+    gamma = {**config["partners"][1], "id": "gamma-games", "api_key": "gamma-key-0003"}
+    config["partners"] = config["partners"][:1]
+    gw = gateway_factory(config)
+    assert Metrics.scrape(gw.url).value("igsp_config_last_reload_successful") == 1
+    gw.config_path.write_text("version: 1\npartners: [")  # broken YAML
+    gw.proc.send_signal(signal.SIGHUP)
+    m = wait_for(lambda: (m := Metrics.scrape(gw.url)).value("igsp_config_reloads_total", outcome="refused") == 1
+                 and m, what="the refused reload")
+    assert m.value("igsp_config_last_reload_successful") == 0
+    assert not [s for s in m.series("igsp_requests_total") if s["partner"] == "gamma-games"]
+
+    config["partners"].append(gamma)
+    gw.config_path.write_text(yaml.safe_dump(config))
+    gw.proc.send_signal(signal.SIGHUP)
+    m = wait_for(lambda: (m := Metrics.scrape(gw.url)).value("igsp_config_reloads_total", outcome="applied") == 1
+                 and m, what="the applied reload")
+    assert m.value("igsp_config_last_reload_successful") == 1
+    assert {s["operation"] for s in m.series("igsp_request_duration_seconds_count")
+            if s["partner"] == "gamma-games"} == {"balance", "bet", "win", "refund"}
+
+
+def test_store_up_follows_the_store(gateway_factory, redis_server):
+    """igsp_store_up, which the IgspStoreUnavailable alert watches, drops while Redis is away."""
+    gw = gateway_factory(platform_config(redis_server.url))
+    assert Metrics.scrape(gw.url).value("igsp_store_up") == 1
+    redis_server.stop()
+    wait_for(lambda: Metrics.scrape(gw.url).value("igsp_store_up") == 0, what="the store gauge to drop")
+    redis_server.start()
+    wait_for(lambda: Metrics.scrape(gw.url).value("igsp_store_up") == 1, what="the store gauge to come back")
 
 
 def dashboard_metric_names() -> set[str]:
@@ -156,7 +228,7 @@ def dashboard_metric_names() -> set[str]:
     for expr in exprs:
         expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
         expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-        names |= {n for n in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr) if n.startswith("igsp_")}
+        names |= {n for n in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr) if n.startswith(("igsp_", "process_"))}
     return names
 
 
@@ -187,7 +259,8 @@ def test_dashboard_is_a_grafana_dashboard():
         for target in panel["targets"]:
             assert target["expr"].count("(") == target["expr"].count(")"), target["expr"]
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("partner", "p99", "upstream", "signature", "replay", "queue", "dead", "cache"):
+    for topic in ("partner", "p99", "upstream", "signature", "replay", "queue", "dead", "cache", "store", "reload",
+                  "memory"):
         assert topic in titles, topic
 
 

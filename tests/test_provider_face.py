@@ -21,6 +21,7 @@ from gateway import signing
 from gateway.engine.templating import IGSP_NAMESPACE
 from gateway.spec import PROVIDER_SPEC, SpecValidators
 from gateway.tools.simulators import igsp_platform, pragmatic_provider, start_in_thread
+from tests.ops_support import Metrics
 from tests.support import ROOT, GatewayProcess, IgspClient, decimal_json
 
 PP_SECRET = "pp-secret-key-0123"
@@ -364,6 +365,27 @@ def test_business_errors_in_the_legacy_format(world):
     assert answers(played) == [("bet", 7), ("bet", 7)] + [("refund", 7)] * 3  # the game server retries refunds
     assert world.balance("bob") == Decimal("3.00") and world.ledger("bob") == []
 
+
+
+def test_legacy_answers_count_by_their_code_not_their_status(world):
+    """A legacy-format refusal is answered 200: the metrics read its code, so an insufficient
+    balance is a decline and a platform outage an upstream error, neither an ok."""
+    def counts() -> dict[str, float]:
+        m = Metrics.scrape(world.gateway.url)
+        return {outcome: m.value("igsp_requests_total", partner=PARTNER["id"], face="legacy", operation="bet",
+                                 outcome=outcome) for outcome in ("ok", "declined", "upstream_error")}
+
+    world.player("fay", "1.00")
+    token = world.token("sess-fay", "fay")
+    before = counts()
+    played = world.play(token, [{"op": "bet", "amount": "2.00", "reference": "f-big"}])
+    assert played["calls"][-1]["answer"] == {"error": 1, "description": "Insufficient balance"}
+    control(world.platform.url, "faults", {"kind": "down", "endpoint": "bet", "count": 1})
+    played = world.play(token, [{"op": "bet", "amount": "0.50", "reference": "f-down"}], attempts=1)
+    assert answers(played) == [("bet", 100)]
+    after = counts()
+    assert {outcome: after[outcome] - before[outcome] for outcome in after} == {
+        "ok": 0, "declined": 1, "upstream_error": 1}
 
 
 def test_strict_input_a_launch_pattern_and_a_callback_amount(world):

@@ -30,7 +30,7 @@ from aiohttp import web
 from adapters.codecs import dumps, loads
 from gateway.adapter_api import InboundRequest, LegacyRequest
 from gateway.engine.provider_mapping import Endpoint, LegacyCode
-from gateway.errors import IgspError
+from gateway.errors import IgspError, UpstreamError
 from gateway.faces.catalogue import legacy_uuid
 from gateway.faces.sessions import PLAYER_NS, SESSION_NS
 from gateway.outbound.hooks import HookClient
@@ -78,6 +78,10 @@ class Callbacks:
             log.exception("legacy callback failed", extra={"request_id": request.get("request_id"),
                                                            "endpoint": endpoint.name})
             error = IgspError("internal_error", "internal error")
+        # The answer is in the legacy format, often a 200: the metrics judge it by this code.
+        request["error"] = error.code
+        if isinstance(error, UpstreamError):
+            request["upstream_failure"] = error.kind
         if error.status >= 500 and endpoint.queued and context.get("hook") and "partner" in request:
             await self._enqueue(request["partner"], context["hook"], request.get("request_id", ""))
         rule = self._rule(error)
