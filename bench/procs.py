@@ -41,7 +41,8 @@ def python_env(extra: dict | None = None) -> dict:
 
 
 class Proc:
-    """A child process that prints ``READY http://host:port`` when it is serving."""
+    """A child process that prints ``READY http://host:port`` when it is serving (the gateway
+    adds ``internal=http://host:port``, where /metrics is)."""
 
     def __init__(self, name: str, command: list[str], *, cpus: str | None = None, env: dict | None = None,
                  log: Path | None = None, cwd: Path | None = None):
@@ -51,7 +52,7 @@ class Proc:
         self.log = log
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
-        self.url = ""
+        self.url = self.internal_url = ""
 
     def start(self, timeout: float = 30.0) -> Proc:
         stderr = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
@@ -62,7 +63,9 @@ class Proc:
             self.stop()
             tail = self.log.read_text(errors="replace")[-2000:] if self.log and self.log.exists() else ""
             raise RuntimeError(f"{self.name} did not start: {line!r}\n{tail}")
-        self.url = line.split(" ", 1)[1].strip()
+        fields = line.split()
+        self.url = fields[1]
+        self.internal_url = next((f.split("=", 1)[1] for f in fields if f.startswith("internal=")), self.url)
         return self
 
     @property

@@ -132,7 +132,8 @@ class Bench:
                 mapping: Path = MAPPING) -> Proc:
         config = {
             "version": 1,
-            "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 2, "access_log": True},
+            "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 2, "shutdown_grace_seconds": 0,
+                       "access_log": True},
             "store": {"url": store_url},
             "logging": {"level": "info"},
             "partners": [{"id": hooks.PARTNER, "face": "platform", "mapping": str(mapping),
@@ -230,7 +231,7 @@ class Bench:
         """Evidence that every feature ran: metrics counted, log lines written, ledger rows kept."""
         facts: dict = {}
         try:
-            text = urllib.request.urlopen(target.proc.url + "/metrics", timeout=5).read().decode()  # noqa: S310
+            text = urllib.request.urlopen(target.proc.internal_url + "/metrics", timeout=5).read().decode()  # noqa: S310
             facts["metrics_requests_ok"] = int(sum(float(m) for m in re.findall(
                 r'^igsp_requests_total\{[^}]*outcome="ok"[^}]*\} (\S+)$', text, re.M)))
         except OSError as exc:

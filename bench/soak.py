@@ -59,8 +59,8 @@ def rss_kib(pid: int) -> int:
 
 
 class Soak:
-    def __init__(self, args, wallet_url: str, gateway_urls: list[str]):
-        self.args, self.wallet_url, self.urls = args, wallet_url, gateway_urls
+    def __init__(self, args, wallet_url: str, gateway_urls: list[str], internal_urls: list[str]):
+        self.args, self.wallet_url, self.urls, self.internal_urls = args, wallet_url, gateway_urls, internal_urls
         self.rng = random.Random(args.seed)
         self.players = [f"soak-p{i}" for i in range(args.players)]
         self.sent: dict[str, dict] = {}  # txid -> payload (money requests, in order)
@@ -159,7 +159,7 @@ class Soak:
         deadline = time.monotonic() + self.args.drain_seconds
         while time.monotonic() < deadline:
             depths = []
-            for url in self.urls:
+            for url in self.internal_urls:
                 async with http.get(url + "/metrics") as resp:
                     text = await resp.text()
                 depths += [float(line.split()[-1]) for line in text.splitlines() if line.startswith("igsp_queue_depth ")]
@@ -226,7 +226,8 @@ async def run(args) -> dict:
         store_url = f"sqlite:///{work}/gateway.db"
     config = {
         "version": 1,
-        "server": {"host": "127.0.0.1", "port": 0, "access_log": False, "drain_seconds": 5},
+        "server": {"host": "127.0.0.1", "port": 0, "access_log": False, "drain_seconds": 5,
+                   "shutdown_grace_seconds": 0},
         "store": {"url": store_url},
         "partners": [{"id": "soak", "face": "platform", "mapping": str(ROOT / "mappings" / "hub88-wallet.yaml"),
                       "api_key": API_KEY, "secrets": [SECRET]}],
@@ -236,7 +237,7 @@ async def run(args) -> dict:
     report: dict = {"store": "redis" if redis else "sqlite", "gateways": args.gateways, "duration_s": args.duration,
                     "target_rate": args.rate}
     try:
-        soak = Soak(args, wallet_url, [g.url for g in gateways])
+        soak = Soak(args, wallet_url, [g.url for g in gateways], [g.internal_url for g in gateways])
         async with aiohttp.ClientSession() as http, aiohttp.ClientSession() as wallet:
             for player in soak.players:
                 async with wallet.post(wallet_url + "/_control/players",

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.auth import AuthFailure
 from gateway.config import Config
-from gateway.context import CONFIG, FACES, INFLIGHT, RUNTIME, STORE, WORKER
+from gateway.context import CONFIG, FACES, INFLIGHT, LIFECYCLE, RUNTIME, STORE, WORKER, Lifecycle
 from gateway.errors import ERROR_CODES, IgspError, UpstreamError
 from gateway.faces.base import Delivery, Face
 from gateway.faces.platform import PlatformFace
@@ -52,6 +52,36 @@ def _error_response(error: IgspError, request_id: str) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
+#: Routes answered on both ports (kubelet probes, load balancers, operators).
+BOTH_PORTS = frozenset({"healthz", "readyz"})
+
+
+def _internal_path(path: str) -> bool:
+    return path == "/metrics" or path == "/admin" or path.startswith("/admin/")
+
+
+def _on_internal_port(request: web.Request, lifecycle: Lifecycle) -> bool:
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    return bool(sockname) and sockname[1] == lifecycle.internal_port
+
+
+def _served_here(request: web.Request, route: str | None, lifecycle: Lifecycle) -> bool:
+    """The public port serves the iGSP API and the legacy callbacks; the internal port
+    serves /metrics and /admin/; both serve /healthz and /readyz. Anything else is a 404,
+    exactly as for a path that does not exist (a 405 would say that it does)."""
+    if route in BOTH_PORTS:
+        return True
+    internal = _on_internal_port(request, lifecycle)
+    if route is None:  # no route matched (404), or not with this method (405)
+        return _internal_path(request.path) == internal
+    return (route == "metrics" or route.startswith("admin.")) == internal
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPNotFound()
+
+
 @web.middleware
 async def gateway_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Request id, one access-log line, metrics, and every error as an iGSP ErrorResponse."""
@@ -59,8 +89,12 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else new_id()
     request["request_id"] = request_id
-    face = request.match_info.route.name or "other"
+    face = request.match_info.route.name
     app = request.app
+    lifecycle = app[LIFECYCLE]
+    if not _served_here(request, face, lifecycle):
+        face, handler = None, _not_found
+    face = face or "other"
     inflight, runtime = app[INFLIGHT], app[RUNTIME]
     inflight["n"] += 1
     logged = REQUEST_ID.set(request_id)  # every log line of this request carries its id
@@ -71,6 +105,11 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         runtime.release(gen)
         inflight["n"] -= 1
         REQUEST_ID.reset(logged)
+    if lifecycle.draining:
+        # Shutting down: a client or proxy holding a keep-alive connection to this process
+        # reconnects for its next request (to another replica, once this one is out of the
+        # load balancer) instead of finding the connection closed under it.
+        response.force_close()
     if face in ("platform", "provider", "legacy"):
         elapsed = time.perf_counter() - started
         operation = request.get("operation", "unknown")
@@ -210,8 +249,18 @@ def _delivery(runtime: Runtime, face_name: str, deliver: Delivery):
     return run
 
 
+def stop_taking_work(app: web.Application) -> None:
+    """SIGTERM: /readyz answers 503 "draining", answers close their connection, and the
+    delivery worker claims nothing new (other replicas take the queue) — while requests
+    are still served, for ``server.shutdown_grace_seconds`` (gateway/server.py)."""
+    app[LIFECYCLE].draining = True
+    app[WORKER].stopping = True
+    app[WORKER].wake.set()
+
+
 def begin_drain(app: web.Application) -> None:
-    """On shutdown (SIGTERM): stop claiming deliveries while in-flight requests finish."""
+    """On shutdown (the grace is over, the listeners closed): the drain budget starts;
+    no delivery is claimed any more while in-flight requests finish."""
     runtime = app[RUNTIME]
     if runtime.drain_deadline is None:
         runtime.drain_deadline = asyncio.get_running_loop().time() + app[CONFIG].drain_seconds
@@ -243,6 +292,7 @@ def create_app(config: Config) -> web.Application:
                                         "keepalive_timeout": config.read_timeout})
     app[CONFIG] = config
     app[INFLIGHT] = {"n": 0}
+    app[LIFECYCLE] = Lifecycle()
     app.cleanup_ctx.append(_store_ctx)
     app[FACES] = {face.name: face for face in (face_type(app, config) for face_type in FACE_TYPES)}
     app.cleanup_ctx.append(_faces_ctx)

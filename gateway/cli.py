@@ -30,9 +30,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server import serve
 
     config = _load(args.config)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers),
-                                   ("watch_seconds", args.watch)) if v is not None}
-    return serve(replace(config, **overrides))
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("internal_port", args.internal_port),
+                                   ("workers", args.workers), ("watch_seconds", args.watch)) if v is not None}
+    if args.port == 0 and args.internal_port is None and "internal_port" not in ((config.raw or {}).get("server") or {}):
+        overrides["internal_port"] = 0  # as in the config file: port 0 picks both ports
+    config = replace(config, **overrides)
+    if config.port and config.port == config.internal_port:
+        print(f"serve: the public port and the internal port (/metrics, /admin/) are both {config.port}: "
+              "give --internal-port (or server.internal_port) another port", file=sys.stderr)
+        return 2
+    return serve(config)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -117,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gateway")
     p.add_argument("--config", required=True, help="gateway config file (YAML)")
     p.add_argument("--host")
-    p.add_argument("--port", type=int)
+    p.add_argument("--port", type=int, help="the public port: the iGSP API and the legacy callbacks")
+    p.add_argument("--internal-port", type=int, help="the internal port: /metrics and /admin/")
     p.add_argument("--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT)")
     p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                    help="reload when the config or a mapping file changes, checking every SECONDS (default 2); "

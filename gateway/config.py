@@ -40,7 +40,11 @@ CONFIG_SCHEMA: dict = {
             "additionalProperties": False,
             "properties": {
                 "host": {"type": "string", "default": "127.0.0.1"},
-                "port": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 8080},
+                "port": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 8080,
+                         "description": "The public port: the iGSP API, the legacy callbacks, /healthz and /readyz."},
+                "internal_port": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 8081,
+                                  "description": "The internal port: /metrics, /admin/, /healthz and /readyz (never "
+                                                 "the API). Default 8081, or 0 (any free port) when port is 0."},
                 "workers": {"type": "integer", "minimum": 1, "maximum": 64, "default": 1},
                 "max_body_bytes": {"type": "integer", "minimum": 256, "default": 65536},
                 "max_header_bytes": {"type": "integer", "minimum": 1024, "maximum": 65536, "default": 8190,
@@ -52,7 +56,13 @@ CONFIG_SCHEMA: dict = {
                                                         "(from connecting, or from the previous answer: an idle "
                                                         "keep-alive connection is closed then) and, again, its "
                                                         "body."},
-                "drain_seconds": {"type": "number", "minimum": 0, "default": 20},
+                "shutdown_grace_seconds": {"type": "number", "minimum": 0, "default": 5,
+                                           "description": "On SIGTERM: /readyz answers 503 draining while the "
+                                                          "gateway keeps serving this long, so load balancers stop "
+                                                          "sending it traffic; then it stops accepting and drains."},
+                "drain_seconds": {"type": "number", "minimum": 0, "default": 20,
+                                  "description": "After the grace: how long in-flight requests and the current "
+                                                 "queue delivery may take to finish."},
                 "access_log": {"type": "boolean", "default": True},
                 "probe_upstreams": {"type": "boolean", "default": False,
                                     "description": "/readyz also opens a TCP connection to every upstream."},
@@ -169,12 +179,14 @@ class Config:
     file: str
     host: str = "127.0.0.1"
     port: int = 8080
+    internal_port: int = 8081
     workers: int = 1
     max_body_bytes: int = 65536
     max_header_bytes: int = 8190
     max_header_fields: int = 128
     read_timeout: float = 60.0
     drain_seconds: float = 20.0
+    shutdown_grace: float = 5.0
     access_log: bool = True
     probe_upstreams: bool = False
     watch_seconds: float = 0.0
@@ -269,6 +281,7 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
                                 RateLimit.parse(spec["rate_limit"] if "rate_limit" in spec else default_limit),
                                 spec.get("replay_protection", default_strict), spec.get("partial_refunds", False)))
     problems.extend(_lease_problems(data, file, partners))
+    problems.extend(_port_problems(data, file))
     if problems:
         raise scrub(ConfigError(problems), secret_values(data))
 
@@ -281,12 +294,14 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         file=file,
         host=server.get("host", "127.0.0.1"),
         port=server.get("port", 8080),
+        internal_port=server.get("internal_port", 0 if server.get("port", 8080) == 0 else 8081),
         workers=server.get("workers", 1),
         max_body_bytes=server.get("max_body_bytes", 65536),
         max_header_bytes=server.get("max_header_bytes", 8190),
         max_header_fields=server.get("max_header_fields", 128),
         read_timeout=float(server.get("read_timeout_seconds", 60)),
         drain_seconds=float(server.get("drain_seconds", 20)),
+        shutdown_grace=float(server.get("shutdown_grace_seconds", 5)),
         access_log=server.get("access_log", True),
         probe_upstreams=server.get("probe_upstreams", False),
         watch_seconds=float(server.get("watch_seconds", 0)),
@@ -304,6 +319,18 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         queue_lease_seconds=float((data.get("queue") or {}).get("lease_seconds", 30)),
         queue_poll_seconds=float((data.get("queue") or {}).get("poll_seconds", 0.5)),
     )
+
+
+def _port_problems(data: dict, file: str) -> list[Problem]:
+    """/metrics and /admin/ must never share the public port."""
+    server = data.get("server") or {}
+    port = server.get("port", 8080)
+    if port != 0 and server.get("internal_port", 8081) == port:
+        where = "internal_port" if "internal_port" in server else "port"
+        return [Problem(file, line_of(data, ("server", where)), f"server.{where}",
+                        f"got {port}: the public port and the internal port (/metrics, /admin/) must differ",
+                        hint="give server.internal_port another port")]
+    return []
 
 
 def _lease_problems(data: dict, file: str, partners: list[Partner]) -> list[Problem]:

@@ -1,16 +1,30 @@
 """Running the app: uvloop, reload on SIGHUP, graceful drain on SIGTERM, pre-forked workers.
 
-SIGTERM/SIGINT: stop accepting (the listening socket closes, so new connections are
-refused), close idle keep-alive connections, let in-flight requests and the current
-queue delivery finish — all within ``server.drain_seconds`` — then exit 0.
+Two listeners: the public port (``server.port``: the iGSP API, the legacy callbacks) and
+the internal port (``server.internal_port``: ``/metrics``, ``/admin/``); both answer
+``/healthz`` and ``/readyz`` (gateway/app.py). Once both listen the process prints
+``READY http://host:port internal=http://host:internal_port``.
+
+SIGTERM, so that a rolling update or a node drain drops nothing:
+
+1. grace (``server.shutdown_grace_seconds``): ``/readyz`` answers 503 ``draining``, every
+   answer closes its connection, the delivery worker claims nothing new — and requests are
+   served as before, while load balancers (the Kubernetes endpoints, a proxy's health
+   check) take the process out of rotation;
+2. drain (``server.drain_seconds``): the listening sockets close (new connections are
+   refused), idle keep-alive connections close, in-flight requests and the current queue
+   delivery finish; then the process exits 0.
+
+A second SIGTERM during the grace, or SIGINT (Ctrl-C), skips what is left of the grace.
 
 SIGHUP (or a changed file with ``--watch``): reload config and mappings; a broken one is
 refused and the running one keeps serving (gateway/runtime.py).
 
-With ``--workers N`` each process binds the same port with SO_REUSEPORT and the kernel
-spreads connections. The parent forwards signals, replaces a worker that dies, and owns
-the Prometheus multiprocess directory: set before any metric exists, cleared of a
-previous run's files, a dead worker's live gauges dropped, removed at exit if it made it.
+With ``--workers N`` each process binds the same ports with SO_REUSEPORT and the kernel
+spreads connections. The parent forwards signals (each worker goes through grace and
+drain itself), replaces a worker that dies, and owns the Prometheus multiprocess
+directory: set before any metric exists, cleared of a previous run's files, a dead
+worker's live gauges dropped, removed at exit if it made it.
 """
 
 from __future__ import annotations
@@ -50,30 +64,52 @@ def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def print_ready(url: str) -> None:
-    print(f"READY {url}", flush=True)
+#: The two listening sockets: public (the API) and internal (/metrics, /admin/).
+Sockets = tuple[socket.socket, socket.socket]
 
 
-async def serve_async(config: Config, sock: socket.socket, on_ready: Callable[[str], None] = print_ready,
+def _sockets(config: Config, port: int, internal_port: int, reuse_port: bool) -> Sockets:
+    if port and port == internal_port:
+        raise ValueError(f"server.port and server.internal_port are both {port}: they must differ")
+    public = _socket(config.host, port, reuse_port)
+    try:
+        return public, _socket(config.host, internal_port, reuse_port)
+    except BaseException:
+        public.close()
+        raise
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def print_ready(url: str, internal_url: str) -> None:
+    print(f"READY {url} internal={internal_url}", flush=True)
+
+
+async def serve_async(config: Config, socks: Sockets, on_ready: Callable[[str, str], None] = print_ready,
                       hup_pending: threading.Event | None = None) -> None:
     # Here, not at the top: the app imports the metrics, which must come after the
     # Prometheus multiprocess directory is set (see _serve_workers).
-    from gateway.app import create_app
-    from gateway.context import INFLIGHT, RUNTIME
+    from gateway.app import create_app, stop_taking_work
+    from gateway.context import INFLIGHT, LIFECYCLE, RUNTIME
     from gateway.runtime import watch
 
+    public, internal = socks
     app = create_app(config)
+    app[LIFECYCLE].internal_port = internal.getsockname()[1]
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=config.drain_seconds)
     await runner.setup()
-    site = web.SockSite(runner, sock, backlog=1024)
-    await site.start()
+    for sock in (public, internal):
+        await web.SockSite(runner, sock, backlog=1024).start()
     # What start-up built lives as long as the process: move it out of every future
     # collection, so a full GC pass under load walks only request-time objects.
     gc.collect()
     gc.freeze()
-    host, port = sock.getsockname()[:2]
     runtime = app[RUNTIME]
-    stop = asyncio.Event()
+    term = asyncio.Event()  # SIGTERM: the grace begins
+    stop = asyncio.Event()  # the grace is over (or skipped): stop accepting and drain
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task] = set()
 
@@ -82,21 +118,39 @@ async def serve_async(config: Config, sock: socket.socket, on_ready: Callable[[s
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    def on_sigterm() -> None:
+        if term.is_set() or config.shutdown_grace <= 0:
+            stop.set()  # a second SIGTERM: no more grace
+        term.set()
+
+    def on_sigint() -> None:
+        term.set()
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
     loop.add_signal_handler(signal.SIGHUP, lambda: background(runtime.reload("SIGHUP"), "reload"))
     if hup_pending is not None and hup_pending.is_set():
         background(runtime.reload("SIGHUP"), "reload")  # one that came while starting
     if config.watch_seconds > 0:
         background(watch(runtime, config.watch_seconds), "watch-config")
-    log.info("listening", extra={"url": f"http://{host}:{port}",
+    log.info("listening", extra={"url": _url(public), "internal_url": _url(internal),
                                  "partners": [p.id for p in config.partners], "store": config.store_url.split("://")[0]})
-    on_ready(f"http://{host}:{port}")
-    await stop.wait()
-    log.info("draining", extra={"inflight": app[INFLIGHT]["n"], "grace_seconds": config.drain_seconds})
+    on_ready(_url(public), _url(internal))
+    await term.wait()
+    stop_taking_work(app)
+    grace = 0.0 if stop.is_set() else config.shutdown_grace
+    log.info("draining", extra={"inflight": app[INFLIGHT]["n"], "shutdown_grace_seconds": grace,
+                                "drain_seconds": config.drain_seconds})
+    if not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), grace)
+        except TimeoutError:
+            pass
+    log.info("stopping", extra={"inflight": app[INFLIGHT]["n"]})
     for task in list(tasks):
         task.cancel()
-    # AppRunner.cleanup closes the listening socket (new connections are refused), closes
+    # AppRunner.cleanup closes the listening sockets (new connections are refused), closes
     # idle keep-alive connections, waits up to shutdown_timeout for in-flight handlers,
     # then runs the app's cleanup (the delivery worker gets what is left of the same
     # budget, see gateway/app.py).
@@ -104,7 +158,7 @@ async def serve_async(config: Config, sock: socket.socket, on_ready: Callable[[s
     log.info("stopped")
 
 
-def _run_one(config: Config, sock: socket.socket, on_ready: Callable[[str], None]) -> None:
+def _run_one(config: Config, socks: Sockets, on_ready: Callable[[str, str], None]) -> None:
     # A SIGHUP that arrives while starting is kept and acted on once the loop is up.
     hup_pending = threading.Event()
     signal.signal(signal.SIGHUP, lambda signum, frame: hup_pending.set())
@@ -112,16 +166,16 @@ def _run_one(config: Config, sock: socket.socket, on_ready: Callable[[str], None
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve_async(config, sock, on_ready, hup_pending))
+        asyncio.run(serve_async(config, socks, on_ready, hup_pending))
     else:
-        uvloop.run(serve_async(config, sock, on_ready, hup_pending))
+        uvloop.run(serve_async(config, socks, on_ready, hup_pending))
 
 
 def serve(config: Config) -> int:
     if config.workers <= 1:
         setup_logging(config.log_level, config.secrets)
         try:
-            _run_one(config, _socket(config.host, config.port, False), print_ready)
+            _run_one(config, _sockets(config, config.port, config.internal_port, False), print_ready)
         except Exception:  # noqa: BLE001 - e.g. the store cannot be opened: one log line, exit 1
             log.exception("failed to start")
             return 1
@@ -144,13 +198,14 @@ def _serve_workers(config: Config) -> int:
     from gateway.ops import metrics
 
     setup_logging(config.log_level, config.secrets)
-    # Bind once to learn the port (port 0 = pick one), then every worker binds it too.
-    probe = _socket(config.host, config.port, True)
-    port = probe.getsockname()[1]
+    # Bind once to learn the ports (0 = pick one), then every worker binds them too.
+    probe = _sockets(config, config.port, config.internal_port, True)
+    port, internal_port = (sock.getsockname()[1] for sock in probe)
+    urls = (_url(probe[0]), _url(probe[1]))
     ready_r, ready_w = os.pipe()  # a worker writes one byte here once it serves
     stopping = False
 
-    def spawn(index: int, sock: socket.socket | None = None) -> int:
+    def spawn(index: int, socks: Sockets | None = None) -> int:
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -159,7 +214,8 @@ def _serve_workers(config: Config) -> int:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             os.close(ready_r)
             try:
-                _run_one(config, sock or _socket(config.host, port, True), lambda url: os.write(ready_w, b"."))
+                _run_one(config, socks or _sockets(config, port, internal_port, True),
+                         lambda url, internal_url: os.write(ready_w, b"."))
             except BaseException:  # noqa: BLE001 - a worker reports and exits, never returns to the parent's loop
                 log.exception("worker failed")
                 code = 1
@@ -181,10 +237,12 @@ def _serve_workers(config: Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     children[spawn(0, probe)] = 0
-    probe.close()
+    for sock in probe:
+        sock.close()
     for index in range(1, config.workers):
         children[spawn(index)] = index
-    log.info("workers started", extra={"workers": sorted(children), "metrics_dir": metrics_dir, "port": port})
+    log.info("workers started", extra={"workers": sorted(children), "metrics_dir": metrics_dir, "port": port,
+                                       "internal_port": internal_port})
     status = 0
     try:
         failed = _wait_ready(ready_r, config.workers, lambda: stopping)
@@ -194,7 +252,7 @@ def _serve_workers(config: Config) -> int:
             forward(signal.SIGTERM, None)
             status = 1
         elif not stopping:
-            print_ready(f"http://{config.host}:{port}")
+            print_ready(*urls)
         while children:
             try:
                 pid, code = os.wait()

@@ -32,7 +32,9 @@ def hub88(hub88_keys):
 def platform_config(store_url: str, **overrides) -> dict:
     config = {
         "version": 1,
-        "server": {"host": "127.0.0.1", "port": 0, "max_body_bytes": 16384, "drain_seconds": 5},
+        # No shutdown grace: nothing routes by /readyz here (tests/test_rollout.py has one).
+        "server": {"host": "127.0.0.1", "port": 0, "max_body_bytes": 16384, "drain_seconds": 5,
+                   "shutdown_grace_seconds": 0},
         "store": {"url": store_url},
         "security": {"signature_window_seconds": 300},
         "partners": [

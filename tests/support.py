@@ -69,7 +69,10 @@ def decimal_json(response: requests.Response):
 
 
 class GatewayProcess:
-    """``python -m gateway serve`` as a real process; stderr (the JSON log) goes to a file."""
+    """``python -m gateway serve`` as a real process; stderr (the JSON log) goes to a file.
+
+    ``url`` is the public port (the iGSP API, legacy callbacks), ``internal_url`` the
+    internal one (``/metrics``, ``/admin/``); both answer ``/healthz`` and ``/readyz``."""
 
     def __init__(self, config: dict | Path, workdir: Path, env: dict | None = None, extra_args=()):
         self.workdir = Path(workdir)
@@ -82,7 +85,7 @@ class GatewayProcess:
         self.extra_args = list(extra_args)
         self.log_path = self.workdir / f"gateway-{next(_counter)}.log"
         self.proc: subprocess.Popen | None = None
-        self.url = ""
+        self.url = self.internal_url = ""
 
     def start(self, timeout: float = 20) -> GatewayProcess:
         self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -94,7 +97,9 @@ class GatewayProcess:
         if not line.startswith("READY "):
             self.stop()
             raise RuntimeError(f"gateway did not start: {line!r}\n{self.log_text()}")
-        self.url = line.split(" ", 1)[1].strip()
+        fields = line.split()
+        self.url = fields[1]
+        self.internal_url = next(f.split("=", 1)[1] for f in fields if f.startswith("internal="))
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:

@@ -164,7 +164,7 @@ def live(tmp_path_factory, hub88_keys):
         assert acme.hook({**bet("w-1", 5, "p1"), "action": "win", "type": "win"}).status_code == 504
         gw.config_path.write_text("version: 1\npartners: [")
         gw.proc.send_signal(signal.SIGHUP)
-        scrape = wait_for(lambda: (m := Metrics.scrape(gw.url)).value("igsp_config_last_reload_successful") == 0
+        scrape = wait_for(lambda: (m := Metrics.scrape(gw.internal_url)).value("igsp_config_last_reload_successful") == 0
                           and m.value("igsp_queue_dead_letters") == 1 and m,
                           what="the refused reload and the dead letter in the gauges")
         yield scrape, gw

@@ -167,7 +167,7 @@ def gateway(wallet, hub88_keys, tmp_path_factory):
 
 
 def uncorrelated(gateway: GatewayProcess, operation: str) -> float:
-    return Metrics.scrape(gateway.url).value("igsp_upstream_errors_total", mapping="hub88-wallet",
+    return Metrics.scrape(gateway.internal_url).value("igsp_upstream_errors_total", mapping="hub88-wallet",
                                              operation=operation, kind="uncorrelated")
 
 
@@ -245,7 +245,7 @@ def test_an_error_answer_for_another_request_is_not_stored(gateway, wallet):
 def test_a_win_answered_for_another_player_is_not_stored(gateway, wallet):
     client = gateway.client
     wallet.player("winner", "100.00")
-    before = Metrics.scrape(gateway.url)
+    before = Metrics.scrape(gateway.internal_url)
     wallet.tamper(WIN_PATH, lambda a: {**a, "user": "someone-else", "balance": 123400000})
     r = client.hook(win("w-mismatch", "5.00", player="winner"))
     assert_error(r, 502, "upstream_bad_response")
@@ -253,7 +253,7 @@ def test_a_win_answered_for_another_player_is_not_stored(gateway, wallet):
     # Paid or not, nobody knows, and this wallet pays a resend again: not resent, but
     # dead-lettered for an operator; a retry is told it is in progress, never the stale 200.
     assert_error(client.hook(win("w-mismatch", "5.00", player="winner")), 503, "transaction_in_progress")
-    after = Metrics.scrape(gateway.url)
+    after = Metrics.scrape(gateway.internal_url)
     assert after.value("igsp_dead_letters_total", route="wallet") == \
         before.value("igsp_dead_letters_total", route="wallet") + 1
     assert after.value("igsp_upstream_errors_total", operation="win", kind="uncorrelated") == 1

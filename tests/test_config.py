@@ -9,7 +9,7 @@ from tests.support import GatewayProcess
 
 
 def test_empty_partner_list_starts_but_is_not_ready(tmp_path):
-    config = {"version": 1, "server": {"host": "127.0.0.1", "port": 0},
+    config = {"version": 1, "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 0},
               "store": {"url": "sqlite:///state/gw.db"}, "partners": []}
     gateway = GatewayProcess(config, tmp_path).start()
     try:

@@ -35,7 +35,7 @@ class Setup:
     def gateway(self, wallet: Simulator, mapping=SHIPPED, private_key: str | None = None, **config) -> GatewayProcess:
         partners = [{"id": p["id"], "face": "platform", "mapping": str(mapping), "api_key": p["api_key"],
                      "secrets": [p["secret"]]} for p in (ACME, BETA)]
-        document = {"version": 1, "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 2},
+        document = {"version": 1, "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 0, "drain_seconds": 2},
                     "store": {"url": f"sqlite:///{self.tmp_path}/hub88-{len(self.gateways)}.db"},
                     "partners": partners, **config}
         env = {"HUB88_WALLET_URL": wallet.url, "HUB88_PRIVATE_KEY": private_key or self.keys[0]}

@@ -1,7 +1,9 @@
 """Process life cycle: graceful shutdown on SIGTERM and pre-forked workers (--workers).
 
-A SIGTERM lets the request in flight and the queue delivery in progress finish, refuses
-new connections, and exits 0. With two workers, /metrics adds both processes up — any
+A SIGTERM first turns /readyz to 503 "draining" while the gateway keeps serving for the
+grace (a second SIGTERM, or SIGINT, ends it); then it lets the request in flight and the
+queue delivery in progress finish, refuses new connections, and exits 0 (a rolling
+restart behind a load balancer: tests/test_rollout.py). With two workers, /metrics adds both processes up — any
 worker answers the scrape — and a worker that dies is replaced without losing counts.
 """
 
@@ -18,6 +20,7 @@ from decimal import Decimal
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 import yaml
 
 from tests.conftest import ACME, platform_config
@@ -68,6 +71,48 @@ def test_sigterm_finishes_the_request_in_flight_and_refuses_new_connections(gate
     assert draining["inflight"] == 1
     assert [line for line in lines if line["msg"] == "request"][-1]["status"] == 200
     assert lines[-1]["msg"] == "stopped"
+
+
+def test_sigterm_turns_readyz_to_draining_and_keeps_serving_for_the_grace(gateway_factory, hub88, tmp_path):
+    config = platform_config(f"sqlite:///{tmp_path}/gateway.db", server={"shutdown_grace_seconds": 60})
+    gw = gateway_factory(config)
+    acme = IgspClient(gw.url, ACME["api_key"], ACME["secret"])  # one keep-alive connection
+    hub88.player("p1", "100.00")
+    assert acme.hook(balance()).status_code == 200
+    for base in (gw.url, gw.internal_url):
+        assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
+    gw.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: requests.get(f"{gw.url}/readyz", timeout=5).status_code == 503, what="readyz to fail")
+    for base in (gw.url, gw.internal_url):
+        r = requests.get(f"{base}/readyz", timeout=5)
+        assert (r.status_code, r.json()["status"], r.json()["checks"]) == (503, "draining", {"shutdown": "draining"})
+        assert requests.get(f"{base}/healthz", timeout=5).json() == {"status": "ok"}  # alive: no restart
+    # Still serving, on the connection opened before the signal and on new ones; every
+    # answer now closes its connection, so keep-alive clients come back through the balancer.
+    r = acme.hook(bet("tx-grace"))
+    assert r.status_code == 200, r.text
+    assert r.headers["Connection"] == "close"
+    assert IgspClient(gw.url, ACME["api_key"], ACME["secret"]).hook(balance()).status_code == 200
+    assert hub88.balance("p1") == Decimal("90.00")
+    assert Metrics.scrape(gw.internal_url).value("igsp_requests_total", outcome="ok") == 3
+    assert not refused(gw.url)
+    # A second SIGTERM skips what is left of the grace (60 s: longer than this wait).
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(timeout=30) == 0
+    lines = gw.log_lines()
+    assert [line["msg"] for line in lines if line["msg"] in ("draining", "stopping", "stopped")] == [
+        "draining", "stopping", "stopped"]
+    draining = next(line for line in lines if line["msg"] == "draining")
+    assert (draining["shutdown_grace_seconds"], draining["drain_seconds"]) == (60, 5)
+
+
+def test_sigint_drains_at_once(gateway_factory, hub88, tmp_path):
+    """Ctrl-C in a terminal: nobody routes by /readyz there, so no grace."""
+    gw = gateway_factory(platform_config(f"sqlite:///{tmp_path}/gateway.db", server={"shutdown_grace_seconds": 60}))
+    gw.proc.send_signal(signal.SIGINT)
+    assert gw.proc.wait(timeout=30) == 0
+    draining = next(line for line in gw.log_lines() if line["msg"] == "draining")
+    assert draining["shutdown_grace_seconds"] == 0
 
 
 def test_sigterm_still_records_a_bet_whose_client_reset_the_connection(gateway_factory, hub88, tmp_path):
@@ -153,7 +198,7 @@ def test_two_workers_add_up_on_scrape(hub88, two_workers):
                       >= sent and pids, what="every access line")
     assert len(served) == sent and len(set(served)) == 2 and set(served) == worker_pids(gw)
     for _ in range(4):  # whichever worker answers the scrape, the total is the same
-        m = Metrics.scrape(gw.url)
+        m = Metrics.scrape(gw.internal_url)
         assert m.value("igsp_requests_total", partner="acme-games", operation="balance", outcome="ok") == sent
         assert m.value("igsp_request_duration_seconds_count", operation="balance") == sent
         assert m.value("igsp_upstream_duration_seconds_count", mapping="hub88-wallet", operation="balance") == sent
@@ -161,10 +206,10 @@ def test_two_workers_add_up_on_scrape(hub88, two_workers):
     # Gauges are not summed over workers: both see the same store, one value is exported.
     hub88.fault("delay", endpoint="bet", seconds=2.5)
     assert acme.hook(bet("tx-lost")).status_code == 504
-    m = wait_for(lambda: (m := Metrics.scrape(gw.url)).value("igsp_queue_depth") == 1 and m,
+    m = wait_for(lambda: (m := Metrics.scrape(gw.internal_url)).value("igsp_queue_depth") == 1 and m,
                  what="the queued rollback in the gauge")
     assert len(m.series("igsp_queue_depth")) == 1
-    wait_for(lambda: Metrics.scrape(gw.url).value("igsp_queue_attempts_total", outcome="delivered") == 1,
+    wait_for(lambda: Metrics.scrape(gw.internal_url).value("igsp_queue_attempts_total", outcome="delivered") == 1,
              what="the rollback delivered by either worker")
 
 
@@ -188,7 +233,7 @@ def test_a_dead_worker_is_replaced_and_its_counts_kept(hub88, two_workers):
     assert (gw.metrics_dir / f"counter_{victim}.db").exists()
     for _ in range(20):
         assert acme.hook(balance(), headers={"Connection": "close"}).status_code == 200
-    assert Metrics.scrape(gw.url).value("igsp_requests_total", outcome="ok") == 40
+    assert Metrics.scrape(gw.internal_url).value("igsp_requests_total", outcome="ok") == 40
     assert len(replaced - first) == 1
     assert gw.stop() == 0
 
@@ -197,7 +242,7 @@ def test_the_metrics_directory_made_for_workers_is_removed_at_exit(gateway_facto
     gw = gateway_factory(platform_config(f"sqlite:///{tmp_path}/gateway.db"), extra_args=["--workers", "2"])
     made = next(line["metrics_dir"] for line in gw.log_lines() if line["msg"] == "workers started")
     assert os.path.isdir(made)
-    assert Metrics.scrape(gw.url).value("igsp_signature_failures_total") == 0
+    assert Metrics.scrape(gw.internal_url).value("igsp_signature_failures_total") == 0
     assert gw.stop() == 0
     assert not os.path.exists(made)
 
@@ -205,7 +250,7 @@ def test_the_metrics_directory_made_for_workers_is_removed_at_exit(gateway_facto
 def test_sighup_to_the_parent_reloads_every_worker(hub88, two_workers):
     gw = two_workers
     gw.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: Metrics.scrape(gw.url).value("igsp_config_reloads_total", outcome="applied") == 2,
+    wait_for(lambda: Metrics.scrape(gw.internal_url).value("igsp_config_reloads_total", outcome="applied") == 2,
              what="both workers to reload")
     # The counter moves just before the log line is written: poll the log too.
     reloaded = wait_for(lambda: len(pids := {line["pid"] for line in gw.log_lines()
@@ -249,7 +294,7 @@ def test_workers_keep_every_process_metric(hub88, two_workers):
     assert len(workers) == 2
     expected = workers | {gw.proc.pid}  # the parent counts too: it is part of the pod's memory
     for _ in range(4):
-        found = process_metrics_by_pid(Metrics.scrape(gw.url))
+        found = process_metrics_by_pid(Metrics.scrape(gw.internal_url))
         assert {name: set(pids) for name, pids in found.items()} == {name: expected for name in PROCESS_METRICS}
         assert all(v > 0 for v in found["process_resident_memory_bytes"].values())
         assert all(found["process_open_fds"][pid] < found["process_max_fds"][pid] for pid in expected)
@@ -258,6 +303,6 @@ def test_workers_keep_every_process_metric(hub88, two_workers):
     os.kill(victim, signal.SIGKILL)
     replaced = wait_for(lambda: len(pids := worker_pids(gw)) == 3 and pids, what="a replacement worker")
     now = (replaced - {victim}) | {gw.proc.pid}
-    wait_for(lambda: set(process_metrics_by_pid(Metrics.scrape(gw.url))["process_cpu_seconds_total"]) == now,
+    wait_for(lambda: set(process_metrics_by_pid(Metrics.scrape(gw.internal_url))["process_cpu_seconds_total"]) == now,
              what="the dead worker's process metrics to go and its replacement's to come")
     assert gw.stop() == 0

@@ -98,13 +98,13 @@ def test_no_secret_or_signature_in_any_log_line(gateway_factory, hub88, hub88_ke
 
     # Reloads: one applied, one refused because the new key is neither PEM nor a file.
     gw.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: Metrics.scrape(gw.url).value("igsp_config_reloads_total", outcome="applied") == 1)
+    wait_for(lambda: Metrics.scrape(gw.internal_url).value("igsp_config_reloads_total", outcome="applied") == 1)
     leaky_key = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC-not-a-pem-" + "x" * 40
     write_mapping(by_file, name="file-key-wallet", timeout=1.0,
                   edit=lambda d: d["signer"].update(private_key=leaky_key))
     gw.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: Metrics.scrape(gw.url).value("igsp_config_reloads_total", outcome="refused") == 1)
-    wait_for(lambda: Metrics.scrape(gw.url).value("igsp_queue_attempts_total", outcome="delivered") >= 1,
+    wait_for(lambda: Metrics.scrape(gw.internal_url).value("igsp_config_reloads_total", outcome="refused") == 1)
+    wait_for(lambda: Metrics.scrape(gw.internal_url).value("igsp_queue_attempts_total", outcome="delivered") >= 1,
              what="the compensating rollback")
     assert gw.stop() == 0
 

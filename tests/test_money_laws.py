@@ -179,7 +179,7 @@ def pending_count(store_url: str, txid: str) -> int:
 
 
 def orphans_settled(gw) -> float:
-    text = requests.get(gw.url + "/metrics", timeout=5).text
+    text = requests.get(gw.internal_url + "/metrics", timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("igsp_ledger_orphans_settled_total{"))
 
@@ -212,5 +212,5 @@ def test_a_transaction_left_pending_by_kill_9_is_settled_with_no_retry(hub88, ga
         assert hub88.balance("p1") == Decimal("110.00") and len(hub88.ledger("win")) == 1
         assert_error(client(second).hook(hook), 503, "transaction_in_progress")
     assert orphans_settled(second) == 1
-    wait_for(lambda: "igsp_ledger_oldest_pending_seconds 0.0" in requests.get(second.url + "/metrics", timeout=5).text,
+    wait_for(lambda: "igsp_ledger_oldest_pending_seconds 0.0" in requests.get(second.internal_url + "/metrics", timeout=5).text,
              what="the gauge back at 0 after the next sweep")

@@ -126,7 +126,7 @@ def bet(txid: str, amount: str, player="p1") -> dict:
 
 def admin(gw: GatewayProcess, method: str, path: str, token: str | None = ADMIN_TOKEN) -> requests.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return requests.request(method, gw.url + path, headers=headers, timeout=10)
+    return requests.request(method, gw.internal_url + path, headers=headers, timeout=10)
 
 
 def queue_stats(gw: GatewayProcess) -> dict:
@@ -137,7 +137,7 @@ def queue_stats(gw: GatewayProcess) -> dict:
 
 def queue_attempts(gw: GatewayProcess, outcome: str) -> float:
     """igsp_queue_attempts_total{outcome=…} from the gateway's /metrics."""
-    text = requests.get(gw.url + "/metrics", timeout=10).text
+    text = requests.get(gw.internal_url + "/metrics", timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("igsp_queue_attempts_total{") and f'outcome="{outcome}"' in line)
 
@@ -175,7 +175,7 @@ def dlq_cli(config_path, *args, env: dict | None = None) -> subprocess.Completed
 
 
 def resolve_admin(gw: GatewayProcess, entry_id: str, body) -> requests.Response:
-    return requests.post(f"{gw.url}/admin/dlq/{entry_id}/resolve", data=body if isinstance(body, bytes) else
+    return requests.post(f"{gw.internal_url}/admin/dlq/{entry_id}/resolve", data=body if isinstance(body, bytes) else
                          json.dumps(body), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
 
 
@@ -360,7 +360,7 @@ def test_dead_letters_listed_replayed_and_purged(wallet, gateways, store_url, tm
     for txid in ("d-1", "d-2", "d-3"):
         assert_error(client.hook(win(txid, "4.00")), 503, "upstream_unavailable")
     wait_for(lambda: queue_stats(gw)["dead"] == 3, what="three dead letters")
-    wait_for(lambda: "igsp_queue_dead_letters 3.0" in requests.get(gw.url + "/metrics", timeout=10).text,
+    wait_for(lambda: "igsp_queue_dead_letters 3.0" in requests.get(gw.internal_url + "/metrics", timeout=10).text,
              what="the dead-letter gauge")
     assert queue_attempts(gw, "dead") == 3
 

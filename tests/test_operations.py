@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -87,10 +89,10 @@ def scripted_traffic(hub88, gw) -> None:
 def test_metrics_count_scripted_traffic_exactly(hub88, ops_gateway):
     scripted_traffic(hub88, ops_gateway)
     # The rollback waits in the queue a few seconds (a late answer may still come), then goes.
-    queued = wait_for(lambda: (m := Metrics.scrape(ops_gateway.url)).value("igsp_queue_depth") == 1 and m,
+    queued = wait_for(lambda: (m := Metrics.scrape(ops_gateway.internal_url)).value("igsp_queue_depth") == 1 and m,
                       what="the compensating rollback in the queue")
     assert queued.value("igsp_queue_oldest_age_seconds") >= 0
-    m = wait_for(lambda: (m := Metrics.scrape(ops_gateway.url)).value(
+    m = wait_for(lambda: (m := Metrics.scrape(ops_gateway.internal_url)).value(
         "igsp_queue_attempts_total", route="wallet", outcome="delivered") == 1 and m, what="the rollback delivered")
 
     requests_total = {(s["partner"], s["operation"], s["outcome"]): m.value("igsp_requests_total", **s)
@@ -147,7 +149,7 @@ def test_metrics_count_scripted_traffic_exactly(hub88, ops_gateway):
 
     assert m.value("igsp_dead_letters_total", route="wallet") == 1
     assert m.value("igsp_queue_attempts_total", route="wallet", outcome="retry") == 0
-    m = wait_for(lambda: (m := Metrics.scrape(ops_gateway.url)).value("igsp_queue_depth") == 0 and m,
+    m = wait_for(lambda: (m := Metrics.scrape(ops_gateway.internal_url)).value("igsp_queue_depth") == 0 and m,
                  what="the queue gauge to drop")
     assert m.value("igsp_queue_dead_letters") == 1
     assert m.value("igsp_catalogue_cache_total", result="hit") == 0  # no provider-face partner here
@@ -164,7 +166,7 @@ def test_a_fresh_gateway_exports_its_series_with_a_bucket_at_every_timeout(gatew
     slow = write_mapping(tmp_path / "slow-wallet.yaml", name="slow-wallet", timeout=1.7)
     config = platform_config(f"sqlite:///{tmp_path}/gateway.db")
     config["partners"][1]["mapping"] = str(slow)
-    m = Metrics.scrape(gateway_factory(config).url)
+    m = Metrics.scrape(gateway_factory(config).internal_url)
     assert {v for n, _, v in m.samples if n.startswith("igsp_") and n.endswith(("_total", "_count"))} == {0}
     for partner in ("acme-games", "beta-games"):
         found = {(s["operation"], s["outcome"]) for s in m.series("igsp_requests_total") if s["partner"] == partner}
@@ -190,10 +192,10 @@ def test_a_refused_reload_shows_until_one_is_applied(gateway_factory, tmp_path):
     gamma = {**config["partners"][1], "id": "gamma-games", "api_key": "gamma-key-0003"}
     config["partners"] = config["partners"][:1]
     gw = gateway_factory(config)
-    assert Metrics.scrape(gw.url).value("igsp_config_last_reload_successful") == 1
+    assert Metrics.scrape(gw.internal_url).value("igsp_config_last_reload_successful") == 1
     gw.config_path.write_text("version: 1\npartners: [")  # broken YAML
     gw.proc.send_signal(signal.SIGHUP)
-    m = wait_for(lambda: (m := Metrics.scrape(gw.url)).value("igsp_config_reloads_total", outcome="refused") == 1
+    m = wait_for(lambda: (m := Metrics.scrape(gw.internal_url)).value("igsp_config_reloads_total", outcome="refused") == 1
                  and m, what="the refused reload")
     assert m.value("igsp_config_last_reload_successful") == 0
     assert not [s for s in m.series("igsp_requests_total") if s["partner"] == "gamma-games"]
@@ -201,7 +203,7 @@ def test_a_refused_reload_shows_until_one_is_applied(gateway_factory, tmp_path):
     config["partners"].append(gamma)
     gw.config_path.write_text(yaml.safe_dump(config))
     gw.proc.send_signal(signal.SIGHUP)
-    m = wait_for(lambda: (m := Metrics.scrape(gw.url)).value("igsp_config_reloads_total", outcome="applied") == 1
+    m = wait_for(lambda: (m := Metrics.scrape(gw.internal_url)).value("igsp_config_reloads_total", outcome="applied") == 1
                  and m, what="the applied reload")
     assert m.value("igsp_config_last_reload_successful") == 1
     assert {s["operation"] for s in m.series("igsp_request_duration_seconds_count")
@@ -211,11 +213,11 @@ def test_a_refused_reload_shows_until_one_is_applied(gateway_factory, tmp_path):
 def test_store_up_follows_the_store(gateway_factory, redis_server):
     """igsp_store_up, which the IgspStoreUnavailable alert watches, drops while Redis is away."""
     gw = gateway_factory(platform_config(redis_server.url))
-    assert Metrics.scrape(gw.url).value("igsp_store_up") == 1
+    assert Metrics.scrape(gw.internal_url).value("igsp_store_up") == 1
     redis_server.stop()
-    wait_for(lambda: Metrics.scrape(gw.url).value("igsp_store_up") == 0, what="the store gauge to drop")
+    wait_for(lambda: Metrics.scrape(gw.internal_url).value("igsp_store_up") == 0, what="the store gauge to drop")
     redis_server.start()
-    wait_for(lambda: Metrics.scrape(gw.url).value("igsp_store_up") == 1, what="the store gauge to come back")
+    wait_for(lambda: Metrics.scrape(gw.internal_url).value("igsp_store_up") == 1, what="the store gauge to come back")
 
 
 def dashboard_metric_names() -> set[str]:
@@ -236,7 +238,7 @@ def test_dashboard_queries_only_metrics_the_gateway_exposes(hub88, ops_gateway):
     names = dashboard_metric_names()
     assert len(names) >= 12, names
     scripted_traffic(hub88, ops_gateway)
-    exposed = Metrics.scrape(ops_gateway.url).names
+    exposed = Metrics.scrape(ops_gateway.internal_url).names
     missing = names - exposed
     assert not missing, f"dashboard queries metrics /metrics does not expose: {sorted(missing)}"
     # And the other way round: every family the gateway defines has a panel.
@@ -345,3 +347,50 @@ def test_every_metric_is_documented_in_the_readme():
     assert len(defined) >= 13
     for kind, name in defined:
         assert f"`{name}_total`" in readme if kind == "Counter" else f"`{name}`" in readme, name
+
+
+def test_metrics_and_admin_live_on_the_internal_port_only(gateway_factory, hub88, tmp_path):
+    token = "admin-token-0123456789abcdef"
+    gw = gateway_factory(platform_config(f"sqlite:///{tmp_path}/gateway.db", admin={"token": token}))
+    assert gw.url != gw.internal_url
+    auth = {"Authorization": f"Bearer {token}"}
+    hub88.player("p1", "100.00")
+    acme = IgspClient(gw.url, ACME["api_key"], ACME["secret"])
+    assert acme.hook(balance()).status_code == 200
+    # The public port: the API and the probes; /metrics and /admin/ do not exist there,
+    # whatever the method or token (a 404 exactly like an unknown path's, never a 405).
+    unknown = requests.get(f"{gw.url}/no-such-path", timeout=5)
+    for method, path in (("GET", "/metrics"), ("POST", "/metrics"), ("GET", "/admin/queue"), ("GET", "/admin/dlq"),
+                         ("DELETE", "/admin/dlq"), ("POST", "/admin/dlq/x/replay"), ("GET", "/admin"),
+                         ("GET", "/admin/"), ("PUT", "/admin/queue")):
+        r = requests.request(method, gw.url + path, headers=auth, timeout=5)
+        assert (r.status_code, r.json()["error"]) == (404, "not_found"), (method, path, r.text)
+        assert r.json()["message"] == unknown.json()["message"]
+    # The internal port: /metrics and /admin/, never the API (not even a signed request).
+    assert "igsp_requests_total" in requests.get(f"{gw.internal_url}/metrics", timeout=5).text
+    assert requests.get(f"{gw.internal_url}/admin/queue", headers=auth, timeout=5).json()["dead"] == 0
+    internal = IgspClient(gw.internal_url, ACME["api_key"], ACME["secret"])
+    r = internal.hook(balance())
+    assert (r.status_code, r.json()["error"]) == (404, "not_found")
+    assert requests.get(f"{gw.internal_url}/platforms/game-provider/hooks", timeout=5).status_code == 404
+    assert requests.get(f"{gw.internal_url}/legacy/hub88-wallet/x", timeout=5).status_code == 404
+    # Both answer the probes.
+    for base in (gw.url, gw.internal_url):
+        assert requests.get(f"{base}/healthz", timeout=5).json() == {"status": "ok"}
+        assert requests.get(f"{base}/readyz", timeout=5).json()["status"] == "ready"
+    # Only the API call counted; the refused requests are not partner traffic.
+    m = Metrics.scrape(gw.internal_url)
+    assert m.value("igsp_requests_total") == 1
+
+
+def test_the_public_and_internal_ports_must_differ(tmp_path, hub88, hub88_keys):
+    config = platform_config(f"sqlite:///{tmp_path}/gateway.db", server={"port": 18080, "internal_port": 18080})
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HUB88_WALLET_URL": hub88.url,
+           "HUB88_PRIVATE_KEY": hub88_keys[0]}
+    result = subprocess.run([sys.executable, "-m", "gateway", "validate", str(path)], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert "server.internal_port: got 18080: the public port and the internal port (/metrics, /admin/) must differ" \
+        in result.stderr

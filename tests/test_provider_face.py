@@ -45,7 +45,7 @@ class World:
             igsp_platform.State(), api_key=PARTNER["api_key"], secret=PARTNER["secret"]))
         config = {
             "version": 1,
-            "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 2},
+            "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 0, "drain_seconds": 2},
             "store": {"url": f"sqlite:///{tmp_path}/gateway.db"},
             "partners": [{"id": PARTNER["id"], "face": "provider", "mapping": str(ROOT / "mappings" / f"{MAPPING}.yaml"),
                           "api_key": PARTNER["api_key"], "secrets": [PARTNER["secret"]],
@@ -176,7 +176,7 @@ def test_games_page_without_gaps_or_duplicates_and_a_second_sync_is_cached(world
     again = [g for page in sync(world, "/games", 200) for g in page["data"]]
     assert again == games
     assert state(world.provider.url)["calls"]["games"] == calls == 1
-    scrape = requests.get(world.gateway.url + "/metrics", timeout=5).text
+    scrape = requests.get(world.gateway.internal_url + "/metrics", timeout=5).text
     hits = [line for line in scrape.splitlines() if line.startswith('igsp_catalogue_cache_total{result="hit"}')]
     assert hits and float(hits[0].split()[-1]) >= 5
 
@@ -229,7 +229,7 @@ def test_bad_limits_and_tampered_cursors_are_400(world):
     # A path a caller made up never becomes a metric label (unbounded series).
     for made_up in ("/nothing", "/x-1", "/x-2"):
         assert_error(checked(world.igsp.get(made_up)), 404, "not_found")
-    scrape = requests.get(world.gateway.url + "/metrics", timeout=5).text
+    scrape = requests.get(world.gateway.internal_url + "/metrics", timeout=5).text
     assert 'operation="nothing"' not in scrape and 'operation="x-1"' not in scrape
 
 
@@ -371,7 +371,7 @@ def test_legacy_answers_count_by_their_code_not_their_status(world):
     """A legacy-format refusal is answered 200: the metrics read its code, so an insufficient
     balance is a decline and a platform outage an upstream error, neither an ok."""
     def counts() -> dict[str, float]:
-        m = Metrics.scrape(world.gateway.url)
+        m = Metrics.scrape(world.gateway.internal_url)
         return {outcome: m.value("igsp_requests_total", partner=PARTNER["id"], face="legacy", operation="bet",
                                  outcome=outcome) for outcome in ("ok", "declined", "upstream_error")}
 

@@ -43,7 +43,7 @@ def versioned(tmp_path, version: str, **kwargs):
 
 
 def reloads(gw, outcome: str) -> float:
-    return Metrics.scrape(gw.url).value("igsp_config_reloads_total", outcome=outcome)
+    return Metrics.scrape(gw.internal_url).value("igsp_config_reloads_total", outcome=outcome)
 
 
 class Load:
@@ -199,7 +199,7 @@ def test_the_provider_face_is_rebuilt_on_reload_and_keeps_serving(tmp_path):
         assert played["ok"] is True, played
         assert world.balance("zed") == Decimal("53.00")
         assert world.launch("sess-zed-2", "zed").status_code == 201
-        m = Metrics.scrape(world.gateway.url)
+        m = Metrics.scrape(world.gateway.internal_url)
         assert m.value("igsp_catalogue_cache_total", result="miss") >= 1
         assert m.value("igsp_catalogue_cache_total", result="hit") >= 1
         assert m.value("igsp_requests_total", partner="casino-one", face="provider", operation="games",
@@ -214,7 +214,7 @@ def test_a_reload_rotates_the_admin_token(gateway_factory, hub88, tmp_path):
     gw = gateway_factory(config)
 
     def queue_status(token: str) -> int:
-        return requests.get(f"{gw.url}/admin/queue", headers={"Authorization": f"Bearer {token}"},
+        return requests.get(f"{gw.internal_url}/admin/queue", headers={"Authorization": f"Bearer {token}"},
                             timeout=5).status_code
 
     assert queue_status("admin-token-old-0001") == 200

@@ -65,7 +65,7 @@ def test_rate_limit_answers_429_with_retry_after_per_partner(hub88, gateway_fact
     assert hub88.balance("p1") == Decimal("99.00") and len(hub88.ledger("bet")) == 1
     for i in range(5):
         assert beta.hook(BALANCE).status_code == 200, i
-    metrics = requests.get(gw.url + "/metrics", timeout=5).text
+    metrics = requests.get(gw.internal_url + "/metrics", timeout=5).text
     assert 'igsp_rate_limited_total{partner="acme-games"} 1.0' in metrics
 
 
@@ -302,7 +302,7 @@ def test_self_signed_upstream_is_refused_by_default(tls_wallet, gateway_factory,
     wallet = requests.get(f"{server.url}/_control/state", verify=str(cert_file), timeout=5).json()
     assert wallet["ledger"] == [] and wallet["calls"] == {}  # the handshake failed: nothing was sent
     kinds = {line.get("kind") for line in gw.log_lines()}
-    metrics = requests.get(gw.url + "/metrics", timeout=5).text
+    metrics = requests.get(gw.internal_url + "/metrics", timeout=5).text
     assert 'kind="tls"' in metrics, kinds
 
 
@@ -347,8 +347,9 @@ ADMIN_ROUTES = [("GET", "/admin/queue"), ("GET", "/admin/dlq"), ("GET", "/admin/
 
 def test_admin_api_is_off_without_a_token(hub88, platform_gateway):
     for method, path in ADMIN_ROUTES:
-        r = requests.request(method, platform_gateway.url + path, headers={"Authorization": "Bearer x"}, timeout=5)
-        assert r.status_code in (404, 405), (method, path, r.status_code)
+        for base in (platform_gateway.url, platform_gateway.internal_url):
+            r = requests.request(method, base + path, headers={"Authorization": "Bearer x"}, timeout=5)
+            assert_error_response(r, 404, "not_found")
 
 
 def test_admin_api_refuses_everything_but_its_own_token(hub88, gateway_factory, tmp_path):
@@ -365,9 +366,15 @@ def test_admin_api_refuses_everything_but_its_own_token(hub88, gateway_factory, 
                 {"X-Admin-Token": ADMIN_TOKEN}]
     for method, path in ADMIN_ROUTES:
         for headers in attempts:
-            r = requests.request(method, gw.url + path, headers=headers, timeout=5)
+            r = requests.request(method, gw.internal_url + path, headers=headers, timeout=5)
             assert_error_response(r, 401, "unauthorized")
-    ok = requests.get(gw.url + "/admin/dlq", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5)
+    ok = requests.get(gw.internal_url + "/admin/dlq", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5)
     assert ok.status_code == 200 and ok.json()["count"] == 1  # nothing was purged or resolved by the refused calls
+    # The public port has no admin API, whatever the token.
+    for method, path in ADMIN_ROUTES:
+        r = requests.request(method, gw.url + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5)
+        assert_error_response(r, 404, "not_found")
+    ok = requests.get(gw.internal_url + "/admin/dlq", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5)
+    assert ok.json()["count"] == 1
     gw.stop()
     assert ADMIN_TOKEN not in gw.log_text()

@@ -30,7 +30,7 @@ def soap():
 def start_gateway(tmp_path, wallet_url: str, password: str = PASSWORD) -> GatewayProcess:
     config = {
         "version": 1,
-        "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 2},
+        "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 0, "drain_seconds": 2},
         "store": {"url": f"sqlite:///{tmp_path}/soap.db"},
         "partners": [{"id": ACME["id"], "face": "platform", "mapping": str(ROOT / "mappings" / "soap-wallet.yaml"),
                       "api_key": ACME["api_key"], "secrets": [ACME["secret"]]}],

@@ -182,7 +182,7 @@ def strict(tmp_path_factory):
         partners.append({"id": name, "face": "platform", "mapping": f"{name}.yaml", "api_key": f"{name}-key-0001",
                          "secrets": [f"{name}-secret-0123456789abcdef"]})
     db = workdir / "gateway.db"
-    config = {"version": 1, "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 2},
+    config = {"version": 1, "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 0, "drain_seconds": 2},
               "store": {"url": f"sqlite:///{db}"}, "currencies": {"BTC": 8}, "partners": partners}
     gateway = GatewayProcess(config, workdir, env={"STRICT_WALLET_URL": wallet.url}).start()
     clients = {name: IgspClient(gateway.url, f"{name}-key-0001", f"{name}-secret-0123456789abcdef")

@@ -78,7 +78,7 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
 
 def queue_attempts(gateway: GatewayProcess, outcome: str) -> float:
     """``igsp_queue_attempts_total`` for one outcome (delivered / retry / dead) from /metrics."""
-    text = requests.get(gateway.url + "/metrics", timeout=5).text
+    text = requests.get(gateway.internal_url + "/metrics", timeout=5).text
     pattern = r'igsp_queue_attempts_total\{[^}]*outcome="' + re.escape(outcome) + r'"[^}]*\} ([0-9.]+)'
     found = re.search(pattern, text)
     return float(found.group(1)) if found else 0.0

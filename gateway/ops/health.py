@@ -1,6 +1,9 @@
 """``/healthz`` (the process answers), ``/readyz`` (it can do its job) and ``/metrics``.
 
-Readiness means: the store answers, mappings are loaded, and — when
+``/healthz`` and ``/readyz`` answer on both ports, ``/metrics`` on the internal one only
+(gateway/app.py). Readiness means: not shutting down (from SIGTERM on, ``/readyz`` answers
+503 ``draining`` while the gateway still serves, so load balancers stop sending it traffic
+before it stops accepting), the store answers, mappings are loaded, and — when
 ``server.probe_upstreams`` is on — every legacy API accepts a TCP connection. Upstream
 probes are cached a few seconds so a tight probe interval (or several probers) does not
 turn into a connection storm against the legacy side. Checks name mappings, never URLs.
@@ -14,7 +17,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from gateway.context import RUNTIME, STORE
+from gateway.context import LIFECYCLE, RUNTIME, STORE
 from gateway.ops import metrics
 
 
@@ -51,6 +54,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
     gen = app[RUNTIME].current
+    if app[LIFECYCLE].draining:
+        return web.json_response({"status": "draining", "generation": gen.number,
+                                  "checks": {"shutdown": "draining"}}, status=503)
     checks = {"mappings": "ok" if gen.config.partners else "none loaded"}
     try:
         await asyncio.wait_for(app[STORE].ping(), 2.0)

@@ -69,6 +69,7 @@ def print_running(stack: DemoStack, report: Report, info_path: str | None) -> No
     say()
     say("Everything keeps running (Ctrl-C stops it):")
     say(f"  gateway             {stack.gateway_url}   log: {stack.log_path}")
+    say(f"  metrics             {stack.internal_url}/metrics   (the internal port, with /admin/)")
     say(f"  platform face       POST {stack.hooks_url}")
     say(f"                      api_key {p.api_key}  secret {p.secret}")
     if stack.provider_face:

@@ -62,6 +62,7 @@ class DemoStack:
     game_server: RunningServer | None = None
     platform: RunningServer | None = None
     gateway_url: str = ""
+    internal_url: str = ""  # /metrics
     _proc: subprocess.Popen | None = None
     _log: object = None
 
@@ -110,7 +111,7 @@ class DemoStack:
                              "mapping": str(mappings / PROVIDER_MAPPING), "api_key": self.platform_partner.api_key,
                              "secrets": [self.platform_partner.secret], "hooks_url": self.platform.url + HOOKS_PATH})
         return {"version": 1,
-                "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 1},
+                "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 1, "shutdown_grace_seconds": 0},
                 "store": {"url": self.store_url or f"sqlite:///{self.dir / 'gateway.db'}"},
                 "partners": partners}
 
@@ -137,7 +138,9 @@ class DemoStack:
             line = ""
         if not line.startswith("READY "):
             raise RuntimeError(f"the gateway did not start (log: {self.log_path}):\n{self.log_tail()}")
-        self.gateway_url = line.split(" ", 1)[1]
+        fields = line.split()  # READY <public url> internal=<internal url>
+        self.gateway_url = fields[1]
+        self.internal_url = next((f.split("=", 1)[1] for f in fields if f.startswith("internal=")), "")
 
     def log_tail(self, lines: int = 20) -> str:
         try:
