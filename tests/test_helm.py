@@ -257,17 +257,25 @@ def test_production_render_objects(production_manifests: list[dict]) -> None:
     assert json.loads(dashboard["data"]["igsp-gateway.json"])["panels"]
 
 
-def test_service_monitor_scrapes_the_service(production_manifests: list[dict]) -> None:
+def test_service_monitor_scrapes_the_internal_service(production_manifests: list[dict]) -> None:
     """ServiceMonitor is a CRD kubernetes-validate has no schema for: check its shape here."""
     monitor = find(production_manifests, "ServiceMonitor")
-    service = find(production_manifests, "Service")
+    internal = find(production_manifests, "Service", f"{FULLNAME}-internal")
+    public = find(production_manifests, "Service", FULLNAME)
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     selector = monitor["spec"]["selector"]["matchLabels"]
-    assert selector.items() <= service["metadata"]["labels"].items()
+    assert selector.items() <= internal["metadata"]["labels"].items()
+    assert not selector.items() <= public["metadata"]["labels"].items()  # /metrics is not on the public port
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["path"] == "/metrics" and endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics" and endpoint["port"] == "internal"
+    assert [p["name"] for p in internal["spec"]["ports"]] == ["internal"]
+    # The series keep job=<fullname> (the public Service's name), which the alerts select on.
+    assert internal["metadata"]["labels"][monitor["spec"]["jobLabel"]] == FULLNAME
+    rules = [rule for group in find(production_manifests, "PrometheusRule")["spec"]["groups"]
+             for rule in group["rules"]]
+    assert rules and all(f'job="{FULLNAME}"' in rule["expr"] for rule in rules)
 
 
 def test_prometheus_rule_alerts_on_metrics_the_gateway_exports(production_manifests: list[dict]) -> None:
@@ -290,10 +298,12 @@ def test_prometheus_rule_alerts_on_metrics_the_gateway_exports(production_manife
         for metric in re.findall(r"([a-z_:]+)\{", alert["expr"]):
             family = re.sub(r"_(total|bucket|count|sum)$", "", metric)
             assert metric == "up" or family in defined, f"{name} reads {metric}, which the gateway does not define"
-    # The job the rules select is the one a ServiceMonitor gives: the name of the Service it scrapes.
-    monitor, service = find(production_manifests, "ServiceMonitor"), find(production_manifests, "Service")
+    # The job the rules select is the one the ServiceMonitor gives: the value of its jobLabel
+    # on the (internal) Service it scrapes, the public Service's name.
+    monitor = find(production_manifests, "ServiceMonitor")
+    service = find(production_manifests, "Service", f"{FULLNAME}-internal")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert service["metadata"]["name"] == FULLNAME
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == FULLNAME
     assert not any(m["kind"] == "PrometheusRule" for m in render_chart())  # off by default
 
 
@@ -439,17 +449,21 @@ def test_container_command_probes_and_port(default_manifests: list[dict]) -> Non
         "--config",
         "/etc/igsp-gateway/gateway.yaml",
     ]
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                                  {"name": "internal", "containerPort": 8081, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["envFrom"] == [{"secretRef": {"name": FULLNAME}}]
 
 
-@pytest.mark.parametrize("drain", [0, 20, 45])
-def test_termination_grace_is_drain_plus_margin(drain: int) -> None:
-    manifests = render_chart({"gateway": {"drainSeconds": drain}})
-    assert pod_spec(manifests)["terminationGracePeriodSeconds"] == drain + GRACE_MARGIN
-    assert gateway_config(manifests)["server"]["drain_seconds"] == drain
+@pytest.mark.parametrize(("grace", "drain"), [(0, 0), (5, 20), (15, 45)])
+def test_termination_grace_is_grace_plus_drain_plus_margin(grace: int, drain: int) -> None:
+    manifests = render_chart({"gateway": {"shutdownGraceSeconds": grace, "drainSeconds": drain}})
+    assert pod_spec(manifests)["terminationGracePeriodSeconds"] == grace + drain + GRACE_MARGIN
+    server = gateway_config(manifests)["server"]
+    assert (server["shutdown_grace_seconds"], server["drain_seconds"]) == (grace, drain)
+    (container,) = pod_spec(manifests)["containers"]
+    assert "lifecycle" not in container  # the gateway's grace is the preStop sleep
 
 
 def test_in_chart_redis() -> None:
@@ -458,7 +472,12 @@ def test_in_chart_redis() -> None:
     service = find(manifests, "Service", f"{FULLNAME}-redis")
     pod = redis["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert "--appendonly yes" in " ".join(container["command"])
+    conf = find(manifests, "ConfigMap", f"{FULLNAME}-redis")["data"]["redis.conf"]
+    settings = dict(line.split(" ", 1) for line in conf.splitlines() if line and not line.startswith("#"))
+    assert settings == {"dir": "/data", "appendonly": "yes", "maxmemory": str(128 * 2**20),  # 50 % of 256Mi
+                        "maxmemory-policy": "noeviction", "include": "/run/redis/auth.conf"}
+    assert container["command"][-1].splitlines()[-1] == "exec redis-server /etc/redis/redis.conf"
+    assert "checksum/config" in redis["spec"]["template"]["metadata"]["annotations"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     (claim,) = redis["spec"]["volumeClaimTemplates"]
@@ -484,8 +503,10 @@ def test_gateway_yaml_sections(default_manifests: list[dict]) -> None:
     assert config["server"] == {
         "host": "0.0.0.0",
         "port": 8080,
+        "internal_port": 8081,
         "workers": 1,
         "max_body_bytes": 65536,
+        "shutdown_grace_seconds": 5,
         "drain_seconds": 20,
     }
     assert config["store"] == {"url": "sqlite:////var/lib/igsp-gateway/gateway.db", "retention_days": 30}
@@ -596,3 +617,301 @@ def test_dashboard_uses_the_gateway_metrics() -> None:
         "igsp_dead_letters_total",
     ):
         assert metric in exprs
+
+
+# ----------------------------------------------------------------------------- ports and exposure
+
+
+def test_public_and_internal_services() -> None:
+    manifests = render_chart(load_values(TEST_VALUES_DIR / "everything-on.yaml"))  # service.type LoadBalancer
+    public = find(manifests, "Service", FULLNAME)
+    internal = find(manifests, "Service", f"{FULLNAME}-internal")
+    assert public["spec"]["type"] == "LoadBalancer"
+    assert [(p["name"], p["targetPort"]) for p in public["spec"]["ports"]] == [("http", "http")]
+    assert internal["spec"]["type"] == "ClusterIP"  # /metrics and /admin/ never get a load balancer
+    assert [(p["name"], p["port"], p["targetPort"]) for p in internal["spec"]["ports"]] == [
+        ("internal", 8081, "internal")]
+    assert internal["spec"]["selector"] == public["spec"]["selector"]
+    (container,) = pod_spec(manifests)["containers"]
+    assert {p["name"] for p in container["ports"]} == {"http", "internal"}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
+
+
+def test_ports_render_into_gateway_yaml_and_must_differ() -> None:
+    manifests = render_chart({"gateway": {"port": 9000, "internalPort": 9100}})
+    server = gateway_config(manifests)["server"]
+    assert (server["port"], server["internal_port"]) == (9000, 9100)
+    (container,) = pod_spec(manifests)["containers"]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("http", 9000), ("internal", 9100)]
+    with pytest.raises(helm_python.HelmRenderError, match="gateway.port and gateway.internalPort are both 8080"):
+        render_chart({"gateway": {"internalPort": 8080}})
+
+
+def ingress_paths(manifests: list[dict]) -> list[tuple[str, str]]:
+    (rule,) = find(manifests, "Ingress")["spec"]["rules"]
+    paths = rule["http"]["paths"]
+    assert {p["backend"]["service"]["port"]["name"] for p in paths} == {"http"}
+    assert {p["backend"]["service"]["name"] for p in paths} == {FULLNAME}
+    return [(p["path"], p["pathType"]) for p in paths]
+
+
+PROVIDER = {"id": "casino-one", "face": "provider", "mapping": "pragmatic-provider.yaml", "apiKey": "casino-api-key",
+            "secret": "casino-signing-secret-1", "hooksUrl": "https://casino.example/igsp/hooks"}
+
+
+@pytest.mark.parametrize(
+    ("faces", "expected"),
+    [
+        ([], [("/platforms/game-provider/hooks", "Exact"), ("/igsp/v1", "Prefix"), ("/legacy", "Prefix")]),
+        (["platform"], [("/platforms/game-provider/hooks", "Exact")]),
+        (["provider"], [("/igsp/v1", "Prefix"), ("/legacy", "Prefix")]),
+        (["platform", "provider"],
+         [("/platforms/game-provider/hooks", "Exact"), ("/igsp/v1", "Prefix"), ("/legacy", "Prefix")]),
+    ],
+)
+def test_ingress_routes_only_the_public_paths_of_the_configured_faces(faces, expected) -> None:
+    values = {"ingress": {"enabled": True}}
+    if "platform" in faces:
+        values = with_partner(values)
+    if "provider" in faces:
+        values.setdefault("partners", []).append(PROVIDER)
+    manifests = render_chart(values)
+    assert ingress_paths(manifests) == expected
+    notes = render_notes(values)
+    for path, path_type in expected:
+        assert f"http://igsp-gateway.example.com{path} ({path_type})" in notes
+
+
+def test_ingress_paths_follow_the_configured_mount_and_hooks_path() -> None:
+    values = {"ingress": {"enabled": True}, "gateway": {"platformFace": {"hooksPath": "/wallet/hooks"},
+                                                        "providerFace": {"mount": "/igsp/v2"}}}
+    assert ingress_paths(render_chart(values)) == [("/wallet/hooks", "Exact"), ("/igsp/v2", "Prefix"),
+                                                   ("/legacy", "Prefix")]
+    explicit = {"ingress": {"enabled": True, "hosts": [{"host": "a.example", "paths": [{"path": "/igsp/v1"}]}]}}
+    assert ingress_paths(render_chart(explicit)) == [("/igsp/v1", "Prefix")]
+
+
+def test_production_ingress_includes_the_legacy_callbacks(production_manifests: list[dict]) -> None:
+    assert ingress_paths(production_manifests) == [
+        ("/platforms/game-provider/hooks", "Exact"), ("/igsp/v1", "Prefix"), ("/legacy", "Prefix")]
+
+
+def test_network_policy_opens_the_internal_port_to_internal_from_only(production_manifests: list[dict]) -> None:
+    policy = find(production_manifests, "NetworkPolicy", FULLNAME)
+    public, internal = policy["spec"]["ingress"]
+    assert public["ports"] == [{"port": "http", "protocol": "TCP"}] and "from" not in public  # allowExternal
+    assert internal["ports"] == [{"port": "internal", "protocol": "TCP"}]
+    assert internal["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    # Without internalFrom nobody reaches the internal port (and NOTES says why a scrape fails).
+    values = load_values(CI_DIR / "production-values.yaml")
+    del values["networkPolicy"]["internalFrom"]
+    (rule,) = find(render_chart(values), "NetworkPolicy", FULLNAME)["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert "networkPolicy.internalFrom is empty" in render_notes(values)
+
+
+def test_the_helm_test_pod_is_selected_by_nothing_of_the_gateway() -> None:
+    manifests = render_chart(load_values(TEST_VALUES_DIR / "everything-on.yaml"))
+    test_pod = find(manifests, "Pod")
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    labels = test_pod["metadata"]["labels"]
+    selectors = {
+        "Service": find(manifests, "Service", FULLNAME)["spec"]["selector"],
+        "internal Service": find(manifests, "Service", f"{FULLNAME}-internal")["spec"]["selector"],
+        "PodDisruptionBudget": find(manifests, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        "NetworkPolicy": find(manifests, "NetworkPolicy", FULLNAME)["spec"]["podSelector"]["matchLabels"],
+    }
+    for kind, selector in selectors.items():
+        assert not selector.items() <= labels.items(), kind
+    # It still gets through the gateway's NetworkPolicy (allowExternal=false): a pod of the release.
+    public = find(manifests, "NetworkPolicy", FULLNAME)["spec"]["ingress"][0]
+    release_peer = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": RELEASE}}}
+    assert release_peer in public["from"] and labels["app.kubernetes.io/instance"] == RELEASE
+    (container,) = test_pod["spec"]["containers"]
+    assert container["args"][-1] == f"http://{FULLNAME}:80/readyz"
+
+
+# ----------------------------------------------------------------------------- disruption and scaling
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"podDisruptionBudget": {"minAvailable": 1}},
+         "podDisruptionBudget.minAvailable=1 keeps all 1 pods (replicaCount=1): no eviction would ever be allowed"),
+        ({"replicaCount": 3, "redis": {"url": "redis://r:6379/0"}, "podDisruptionBudget": {"minAvailable": "100%"}},
+         "podDisruptionBudget.minAvailable=100% keeps all 3 pods (replicaCount=3)"),
+        ({"podDisruptionBudget": {"minAvailable": "50%"}},  # rounded up: 1 of 1
+         "podDisruptionBudget.minAvailable=50% keeps all 1 pods"),
+        ({"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5}, "redis": {"url": "redis://r:6379/0"},
+          "podDisruptionBudget": {"minAvailable": 2}},
+         "keeps all 2 pods (autoscaling.minReplicas=2): no eviction would ever be allowed and every node drain "
+         "would block. Set minAvailable below the replica count, raise autoscaling.minReplicas"),
+        ({"podDisruptionBudget": {"maxUnavailable": 0}},
+         "podDisruptionBudget.maxUnavailable=0 allows no pod to be evicted (replicaCount=1)"),
+        ({"podDisruptionBudget": {"maxUnavailable": "0%"}}, "podDisruptionBudget.maxUnavailable=0% allows no pod"),
+    ],
+)
+def test_a_disruption_budget_that_blocks_every_drain_fails_the_render(values: dict, message: str) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match=re.escape(message)):
+        render_chart(values)
+
+
+@pytest.mark.parametrize(
+    ("values", "spec"),
+    [
+        ({}, {"maxUnavailable": 1}),
+        ({"replicaCount": 3, "redis": {"url": "redis://r:6379/0"}, "podDisruptionBudget": {"minAvailable": 2}},
+         {"minAvailable": 2}),
+        ({"replicaCount": 3, "redis": {"url": "redis://r:6379/0"}, "podDisruptionBudget": {"minAvailable": "50%"}},
+         {"minAvailable": "50%"}),
+        ({"podDisruptionBudget": {"maxUnavailable": "10%"}}, {"maxUnavailable": "10%"}),  # rounded up: 1
+    ],
+)
+def test_a_disruption_budget_that_allows_an_eviction_renders(values: dict, spec: dict) -> None:
+    pdb = find(render_chart(values), "PodDisruptionBudget")["spec"]
+    assert {k: v for k, v in pdb.items() if k != "selector"} == spec
+
+
+@pytest.fixture(scope="module")
+def probe_chart(tmp_path_factory) -> Path:
+    """A copy of the chart with one more template, rendering ``.Values.probe`` as a template
+    expression: what the chart's named templates return for given arguments."""
+    chart_dir = tmp_path_factory.mktemp("probe") / "igsp-gateway"
+    shutil.copytree(CHART_DIR, chart_dir)
+    (chart_dir / "values.schema.json").unlink()  # .Values.probe is not a chart value
+    (chart_dir / "templates" / "zz-probe.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\ndata:\n"
+        "  value: {{ tpl .Values.probe . | quote }}\n", encoding="utf-8")
+    return chart_dir
+
+
+def render_helper(chart_dir: Path, expression: str) -> str:
+    manifests = render_chart({"probe": "{{ " + expression + " }}"}, chart_dir=chart_dir)
+    return find(manifests, "ConfigMap", "probe")["data"]["value"]
+
+
+def test_enabling_the_hpa_keeps_the_running_replica_count(probe_chart: Path) -> None:
+    """Under the HPA the Deployment carries the count it runs with (looked up in the cluster),
+    never below minReplicas; with nothing to look up (first install, offline render) none."""
+
+    def replicas(live: str) -> str:
+        return render_helper(probe_chart, f'include "igsp-gateway.replicasUnderHpa" (dict "live" {live} "min" 3)')
+
+    assert replicas('(dict "spec" (dict "replicas" 5))') == "5"  # what the HPA or replicaCount had set
+    assert replicas('(dict "spec" (dict "replicas" 1))') == "3"
+    assert replicas("(dict)") == ""  # lookup finds nothing
+    hpa = {"autoscaling": {"enabled": True}, "redis": {"url": "redis://r:6379/0"}}
+    assert "replicas" not in find(render_chart(hpa), "Deployment")["spec"]
+
+
+@pytest.mark.parametrize(
+    ("quantity", "expected"),
+    [("256Mi", 268435456), ("1Gi", 1073741824), ("512M", 512000000),
+                                                     ("1000", 1000), ("1.5Gi", 1610612736)])
+def test_memory_quantities(probe_chart: Path, quantity: str, expected: int) -> None:
+    assert render_helper(probe_chart, f'include "igsp-gateway.bytes" "{quantity}"') == str(expected)
+
+
+def test_in_chart_redis_maxmemory_follows_the_limit() -> None:
+    values = load_values(CI_DIR / "internal-redis-values.yaml")
+    values["redis"]["internal"].update(maxmemoryPercent=60, resources={"limits": {"memory": "1Gi"}})
+    conf = find(render_chart(values), "ConfigMap", f"{FULLNAME}-redis")["data"]["redis.conf"]
+    assert f"\nmaxmemory {int(2**30 * 0.6)}\n" in conf and "maxmemory-policy noeviction" in conf
+    with pytest.raises(helm_python.HelmValuesError, match="maxmemoryPercent"):
+        render_chart({"redis": {**values["redis"], "internal": {"enabled": True, "maxmemoryPercent": 95}}})
+
+
+def test_in_chart_redis_password_is_never_on_a_command_line_or_in_the_environment() -> None:
+    manifests = render_chart(load_values(CI_DIR / "internal-redis-values.yaml"))
+    pod = find(manifests, "StatefulSet")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    script = container["command"][-1]
+    assert "REDIS_PASSWORD" not in script and "requirepass" in script and "--requirepass" not in script
+    assert "env" not in container
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["password"]["secret"] == {"secretName": FULLNAME, "defaultMode": 0o440,
+                                             "items": [{"key": "REDIS_PASSWORD", "path": "password"}]}
+    assert volumes["run"]["emptyDir"]["medium"] == "Memory"
+    probe = " ".join(container["readinessProbe"]["exec"]["command"])
+    assert 'REDISCLI_AUTH="$(cat /run/secrets/redis/password)"' in probe
+    resources = container["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]  # not the first evicted
+
+
+def test_in_chart_redis_without_auth() -> None:
+    manifests = render_chart({"replicaCount": 2, "redis": {"internal": {"enabled": True, "auth": False}}})
+    conf = find(manifests, "ConfigMap", f"{FULLNAME}-redis")["data"]["redis.conf"]
+    assert "protected-mode no" in conf and "include" not in conf
+    pod = find(manifests, "StatefulSet")["spec"]["template"]["spec"]
+    assert "password" not in {v["name"] for v in pod["volumes"]}
+    assert "requirepass" not in pod["containers"][0]["command"][-1]
+
+
+def test_default_topology_spread_gets_the_gateway_selector() -> None:
+    manifests = render_chart()
+    selector = find(manifests, "Deployment")["spec"]["selector"]["matchLabels"]
+    constraints = pod_spec(manifests)["topologySpreadConstraints"]
+    assert [(c["topologyKey"], c["whenUnsatisfiable"], c["maxSkew"]) for c in constraints] == [
+        ("kubernetes.io/hostname", "ScheduleAnyway", 1), ("topology.kubernetes.io/zone", "ScheduleAnyway", 1)]
+    assert all(c["labelSelector"] == {"matchLabels": selector} for c in constraints)
+    own = {"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule",
+           "labelSelector": {"matchLabels": {"team": "x"}}}
+    assert pod_spec(render_chart({"topologySpreadConstraints": [own]}))["topologySpreadConstraints"] == [own]
+    assert "topologySpreadConstraints" not in pod_spec(render_chart({"topologySpreadConstraints": []}))
+
+
+# ----------------------------------------------------------------------------- keys the mappings need
+
+
+def required_env(mapping_text: str) -> set[str]:
+    """``${VAR}`` references without a default, comment lines left out (what the gateway requires)."""
+    text = "\n".join(line for line in mapping_text.splitlines() if not line.lstrip().startswith("#"))
+    return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text))
+
+
+def notes_keys(notes: str) -> list[str]:
+    return re.findall(r"^  - ([A-Z0-9_]+)\b", notes, re.M)
+
+
+def test_notes_list_every_variable_the_configured_mappings_need() -> None:
+    values = load_values(CI_DIR / "production-values.yaml")
+    notes = render_notes(values)
+    used = {p["mapping"] for p in values["partners"]}
+    needed = set().union(*(required_env((CHART_DIR / "files" / "mappings" / m).read_text()) for m in used))
+    assert {"HUB88_PRIVATE_KEY", "PP_SECRET_KEY", "PP_SECURE_LOGIN"} <= needed
+    from_extra_env = {e["name"] for e in values["extraEnv"]}
+    listed = notes_keys(notes)
+    assert needed - from_extra_env <= set(listed)
+    assert not from_extra_env & set(listed)  # HUB88_WALLET_URL, PP_API_URL come from extraEnv
+    assert "PP_IMAGE_BASE_URL" not in listed  # ${PP_IMAGE_BASE_URL:-…} has a default
+    assert "  - HUB88_PRIVATE_KEY  (referenced by hub88-wallet.yaml)\n" in notes
+    assert "  - PP_SECRET_KEY  (referenced by pragmatic-provider.yaml)\n" in notes
+
+
+def test_notes_warn_about_mapping_keys_nothing_provides() -> None:
+    values = with_partner(mapping="hub88-wallet.yaml")
+    notes = render_notes(values)
+    assert "WARNING: these variables are needed but set nowhere" in notes
+    assert "  - HUB88_PRIVATE_KEY  (referenced by hub88-wallet.yaml)\n" in notes
+    assert "  - HUB88_WALLET_URL  (referenced by hub88-wallet.yaml)\n" in notes
+    values.update(secretEnv={"HUB88_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----\n..."},
+                  extraEnv=[{"name": "HUB88_WALLET_URL", "value": "https://wallet.example"}])
+    notes = render_notes(values)
+    assert "set nowhere" not in notes
+    secret = find(render_chart(values), "Secret")
+    assert base64.b64decode(secret["data"]["HUB88_PRIVATE_KEY"]).decode().startswith("-----BEGIN")
+    assert checksum(render_chart(values)) == checksum(render_chart(with_partner(mapping="hub88-wallet.yaml")))
+
+
+def test_validate_runs_as_an_init_container_with_the_gateway_environment(default_manifests: list[dict]) -> None:
+    pod = pod_spec(default_manifests)
+    (init,) = pod["initContainers"]
+    (container,) = pod["containers"]
+    assert init["name"] == "validate" and init["image"] == container["image"]
+    assert init["command"] + init["args"] == ["igsp-gateway", "validate", "/etc/igsp-gateway/gateway.yaml"]
+    assert (init["envFrom"], init["env"]) == (container["envFrom"], container["env"])
+    assert init["securityContext"] == container["securityContext"]
+    assert {"name": "config", "mountPath": "/etc/igsp-gateway", "readOnly": True} in init["volumeMounts"]
+    assert "initContainers" not in pod_spec(render_chart({"validateConfig": False}))

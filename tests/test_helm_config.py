@@ -15,7 +15,7 @@ import yaml
 
 from gateway.tools.simulators.hub88_wallet import generate_keypair
 from tests.support import ROOT
-from tests.test_helm import CHART_DIR, find, gateway_config, render_chart, write_config_tree
+from tests.test_helm import CHART_DIR, find, gateway_config, notes_keys, render_chart, render_notes, write_config_tree
 
 
 def _values(name: str) -> dict:
@@ -33,8 +33,12 @@ def _pod_env(manifests) -> dict:
 
 
 def _validate(manifests, tmp_path, env: dict) -> subprocess.CompletedProcess:
+    """What the pod's ``validate`` init container runs, on the config laid out as mounted."""
     path = write_config_tree(manifests, tmp_path)
-    return subprocess.run([sys.executable, "-m", "gateway", "validate", str(path)], capture_output=True, text=True,
+    (init,) = find(manifests, "Deployment")["spec"]["template"]["spec"]["initContainers"]
+    command = init["command"] + init["args"]
+    assert command[:2] == ["igsp-gateway", "validate"] and command[-1] == "/etc/igsp-gateway/gateway.yaml"
+    return subprocess.run([sys.executable, "-m", "gateway", *command[1:-1], str(path)], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env}, timeout=60)
 
 
@@ -61,3 +65,21 @@ def test_single_node_config_with_chart_secret_validates(tmp_path):
     manifests = render_chart(_values("single-node-values.yaml"))
     result = _validate(manifests, tmp_path, _pod_env(manifests))
     assert result.returncode == 0, result.stderr
+
+
+def test_the_keys_notes_lists_are_all_the_production_config_needs(tmp_path):
+    """Fill the existing Secret with exactly the keys NOTES.txt lists: the config validates.
+    Leave out any one of the mappings' keys: the init container names it."""
+    values = _values("production-values.yaml")
+    manifests = render_chart(values)
+    listed = notes_keys(render_notes(values))
+    samples = {"HUB88_PRIVATE_KEY": generate_keypair()[0]}
+    secret = {key: samples.get(key, f"{key.lower()}-0123456789abcdef") for key in listed}
+    secret.pop("IGSP_ADMIN_TOKEN")  # optional
+    result = _validate(manifests, tmp_path, {**_pod_env(manifests), **secret})
+    assert result.returncode == 0, result.stderr
+    for key in ("HUB88_PRIVATE_KEY", "PP_SECURE_LOGIN"):
+        result = _validate(manifests, tmp_path / key, {**_pod_env(manifests), **{k: v for k, v in secret.items()
+                                                                               if k != key}})
+        assert result.returncode == 1
+        assert f"environment variable {key} is not set" in result.stderr

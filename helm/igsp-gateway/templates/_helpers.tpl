@@ -168,7 +168,7 @@ is optional (${IGSP_ADMIN_TOKEN:-} is empty when the Secret has no such key).
 {{- end }}
 {{- $cfg := dict
   "version" 1
-  "server" (dict "host" "0.0.0.0" "port" (int $g.port) "workers" (int $g.workers) "max_body_bytes" (int64 $g.maxBodyBytes) "drain_seconds" (int $g.drainSeconds))
+  "server" (dict "host" "0.0.0.0" "port" (int $g.port) "internal_port" (int $g.internalPort) "workers" (int $g.workers) "max_body_bytes" (int64 $g.maxBodyBytes) "shutdown_grace_seconds" (int $g.shutdownGraceSeconds) "drain_seconds" (int $g.drainSeconds))
   "store" (dict "url" (include "igsp-gateway.storeUrl" .) "retention_days" (int $g.store.retentionDays))
   "security" (dict "signature_window_seconds" (int $g.security.signatureWindowSeconds) "replay_protection" $g.security.replayProtection)
   "logging" (dict "level" $g.logLevel)
@@ -208,7 +208,8 @@ Call with (dict "map" $m "order" $keys).
 
 {{/*
 Keys the Secret (chart-made or existing) must provide, as a list of environment variable
-names (IGSP_ADMIN_TOKEN is optional and not listed).
+names (IGSP_ADMIN_TOKEN is optional and not listed): the Redis password, the partners'
+keys, then every ${VAR} the partners' mappings require that extraEnv does not set.
 */}}
 {{- define "igsp-gateway.secretKeys" -}}
 {{- $keys := list }}
@@ -223,5 +224,134 @@ names (IGSP_ADMIN_TOKEN is optional and not listed).
 {{- $keys = append $keys (printf "%s_SECRET_PREVIOUS" $env) }}
 {{- end }}
 {{- end }}
+{{- $extra := include "igsp-gateway.extraEnvNames" . | fromYamlArray }}
+{{- range $var, $_ := include "igsp-gateway.mappingEnv" . | fromYaml }}
+{{- if not (or (has $var $extra) (has $var $keys)) }}
+{{- $keys = append $keys $var }}
+{{- end }}
+{{- end }}
 {{- toYaml $keys }}
+{{- end }}
+
+{{/*
+Labels of the `helm test` pod: the release's, but not the gateway's selector labels, so
+neither the Services, the PodDisruptionBudget nor the NetworkPolicy select it.
+*/}}
+{{- define "igsp-gateway.testLabels" -}}
+helm.sh/chart: {{ include "igsp-gateway.chart" . }}
+app.kubernetes.io/name: {{ include "igsp-gateway.name" . | trunc 58 | trimSuffix "-" }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+app.kubernetes.io/part-of: {{ include "igsp-gateway.name" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+The public paths the Ingress routes when a host lists none, as a YAML list of
+{path, pathType}: the hooks path for platform-face partners, the iGSP mount and the legacy
+callbacks (/legacy/<mapping>/…) for provider-face partners; all of them with no partner.
+/metrics and /admin/ are on the internal port, which no Ingress reaches.
+*/}}
+{{- define "igsp-gateway.publicPaths" -}}
+{{- $faces := dict }}
+{{- range .Values.partners }}{{ $_ := set $faces .face true }}{{ end }}
+{{- $all := not .Values.partners }}
+{{- $paths := list }}
+{{- if or $all $faces.platform }}
+{{- $paths = append $paths (dict "path" .Values.gateway.platformFace.hooksPath "pathType" "Exact") }}
+{{- end }}
+{{- if or $all $faces.provider }}
+{{- $paths = append $paths (dict "path" .Values.gateway.providerFace.mount "pathType" "Prefix") }}
+{{- $paths = append $paths (dict "path" "/legacy" "pathType" "Prefix") }}
+{{- end }}
+{{- toYaml $paths }}
+{{- end }}
+
+{{/*
+The Deployment's replica count while the HPA is on: the count the Deployment runs with now
+(read from the cluster), never below autoscaling.minReplicas, so a `helm upgrade` neither
+resets what the HPA chose nor, when the HPA is first enabled, drops `spec.replicas` (which
+Kubernetes would default to 1, scaling the release down until the HPA reacts). Empty when
+there is no such Deployment yet (first install, `helm template`): the HPA sets the count.
+Call with (dict "live" <Deployment or empty dict> "min" <minReplicas>).
+*/}}
+{{- define "igsp-gateway.replicasUnderHpa" -}}
+{{- $live := .live | default dict }}
+{{- $spec := $live.spec | default dict }}
+{{- if hasKey $spec "replicas" }}
+{{- max (int $spec.replicas) (int .min) }}
+{{- end }}
+{{- end }}
+
+{{/*
+A Kubernetes memory quantity ("256Mi", "1Gi", "512M", "1000000") in bytes, as an integer.
+*/}}
+{{- define "igsp-gateway.bytes" -}}
+{{- $q := toString . }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $unit := trimPrefix $number $q }}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 }}
+{{- if not (and $number (hasKey $units $unit)) }}
+{{- fail (printf "cannot read the memory quantity %q: use e.g. 256Mi or 1Gi" $q) }}
+{{- end }}
+{{- mulf (float64 $number) (get $units $unit) | int64 }}
+{{- end }}
+
+{{/*
+The required ${VAR} references of the mapping files the partners use, as a YAML map
+VAR -> [mapping files], comment lines left out. ${VAR:-default} is optional and not listed.
+*/}}
+{{- define "igsp-gateway.mappingEnv" -}}
+{{- $files := include "igsp-gateway.mappingFiles" . | fromYaml }}
+{{- $used := dict }}
+{{- range .Values.partners }}{{ $_ := set $used .mapping true }}{{ end }}
+{{- $env := dict }}
+{{- range $name := keys $used | sortAlpha }}
+{{- $text := regexReplaceAll "(?m)^\\s*#.*$" (get $files $name | default "" | toString) "" }}
+{{- range regexFindAll "\\$\\{[A-Za-z_][A-Za-z0-9_]*\\}" $text -1 }}
+{{- $var := trimSuffix "}" (trimPrefix "${" .) }}
+{{- $_ := set $env $var (append (get $env $var | default list) $name | uniq) }}
+{{- end }}
+{{- end }}
+{{- toYaml $env }}
+{{- end }}
+
+{{/*
+Names extraEnv sets (value or valueFrom): mapping variables it provides need no Secret key.
+*/}}
+{{- define "igsp-gateway.extraEnvNames" -}}
+{{- $names := list }}
+{{- range .Values.extraEnv }}{{ $names = append $names .name }}{{ end }}
+{{- toYaml $names }}
+{{- end }}
+
+{{/*
+envFrom and env of the gateway container (and of the validate init container).
+*/}}
+{{- define "igsp-gateway.containerEnv" -}}
+envFrom:
+  - secretRef:
+      name: {{ include "igsp-gateway.secretName" . }}
+  {{- with .Values.extraEnvFrom }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+env:
+  - name: PYTHONDONTWRITEBYTECODE
+    value: "1"
+  {{- with .Values.extraEnv }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{/*
+A PodDisruptionBudget number or percentage of "total" pods, rounded up as Kubernetes does.
+Call with (dict "value" <int or "N%"> "total" <replicas>).
+*/}}
+{{- define "igsp-gateway.scaled" -}}
+{{- $v := toString .value }}
+{{- if hasSuffix "%" $v }}
+{{- ceil (divf (mulf (trimSuffix "%" $v | float64) .total) 100) | int }}
+{{- else }}
+{{- $v | int }}
+{{- end }}
 {{- end }}

@@ -27,8 +27,23 @@ Included from deployment.yaml so every install and upgrade runs them.
 {{- fail "redis.internal.auth=true needs a password: set redis.password (or existingSecret with key REDIS_PASSWORD), or set redis.internal.auth=false" }}
 {{- end }}
 {{- end }}
-{{- if and .Values.podDisruptionBudget.enabled (not .Values.podDisruptionBudget.minAvailable) (not .Values.podDisruptionBudget.maxUnavailable) }}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- if and $pdb.enabled (not $pdb.minAvailable) (eq (toString $pdb.maxUnavailable) "") }}
 {{- fail "podDisruptionBudget.enabled=true needs podDisruptionBudget.minAvailable or podDisruptionBudget.maxUnavailable" }}
+{{- end }}
+{{- if $pdb.enabled }}
+{{- /* A budget that never allows an eviction blocks every node drain and cluster upgrade. */ -}}
+{{- $replicas := ternary (int .Values.autoscaling.minReplicas) (int .Values.replicaCount) .Values.autoscaling.enabled }}
+{{- $count := ternary (printf "autoscaling.minReplicas=%d" $replicas) (printf "replicaCount=%d" $replicas) .Values.autoscaling.enabled }}
+{{- if and $pdb.minAvailable (gt $replicas 0) (ge (include "igsp-gateway.scaled" (dict "value" $pdb.minAvailable "total" $replicas) | int) $replicas) }}
+{{- fail (printf "podDisruptionBudget.minAvailable=%v keeps all %d pods (%s): no eviction would ever be allowed and every node drain would block. Set minAvailable below the replica count, raise %s, or use podDisruptionBudget.maxUnavailable" $pdb.minAvailable $replicas $count (ternary "autoscaling.minReplicas" "replicaCount" .Values.autoscaling.enabled)) }}
+{{- end }}
+{{- if and (not $pdb.minAvailable) (gt $replicas 0) (lt (include "igsp-gateway.scaled" (dict "value" $pdb.maxUnavailable "total" $replicas) | int) 1) }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable=%v allows no pod to be evicted (%s): every node drain would block. Set it to at least 1" $pdb.maxUnavailable $count) }}
+{{- end }}
+{{- end }}
+{{- if eq (int .Values.gateway.port) (int .Values.gateway.internalPort) }}
+{{- fail (printf "gateway.port and gateway.internalPort are both %d: /metrics and /admin/ must not share the public port; give gateway.internalPort another port" (int .Values.gateway.port)) }}
 {{- end }}
 {{- $mappings := include "igsp-gateway.mappingFiles" . | fromYaml }}
 {{- if hasKey $mappings "gateway.yaml" }}
