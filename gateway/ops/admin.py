@@ -1,7 +1,9 @@
 """The admin API under ``/admin/``: the dead-letter queue and queue health, for operators.
 
 Mounted only when ``admin.token`` is configured (otherwise ``/admin/…`` is a plain 404),
-and every call needs ``Authorization: Bearer <admin.token>`` (compared in constant time).
+served on the internal port only (``server.internal_port``; the public port answers 404, see
+gateway/app.py), and every call needs ``Authorization: Bearer <admin.token>`` (compared in
+constant time).
 
     GET    /admin/queue              {"depth", "oldest_age", "dead"}
     GET    /admin/dlq?limit=100      {"entries": [entry, …], "count": n}
