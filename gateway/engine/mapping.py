@@ -9,6 +9,7 @@ field path. The request path then only renders and searches.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,15 +19,17 @@ from typing import Any
 import jmespath
 import jmespath.exceptions
 import jmespath.functions
+import jmespath.lexer
 
 from gateway import money
 from gateway.adapter_api import Adapter
 from gateway.engine import jmespath_fast
 from gateway.engine.adapters import make_adapter
 from gateway.engine.echo import Echo
+from gateway.engine.inputs import provider_inputs, wallet_inputs
 from gateway.engine.mapping_schema import MAPPING_SCHEMA, PLATFORM_OPERATIONS
 from gateway.engine.provider_mapping import compile_provider
-from gateway.engine.templating import TemplateError, Templates
+from gateway.engine.templating import TemplateError, Templates, diagnose
 from gateway.engine.yamlload import dotted, env_and_schema_problems, line_of, load_yaml
 from gateway.errors import ConfigError, IgspError, Problem
 from gateway.ops.redaction import scrub, secret_values
@@ -71,6 +74,19 @@ class Operation:
     inputs: frozenset[str] = frozenset()
     #: Fields of the answer that must echo the request (gateway/engine/echo.py).
     echo: tuple[Echo, ...] = ()
+    #: ``(field, line, renderer)`` of every request template leaf, to name the one that
+    #: needs a variable a call lacks (``templating.diagnose``, on the error path only).
+    leaves: tuple = ()
+
+    def missing(self, context: dict) -> tuple[str, int | None, str] | None:
+        """``(field, line, "'x' is undefined")`` when this operation's request (or an echo)
+        needs a variable ``context`` lacks; None otherwise."""
+        for leaves in (self.leaves, *(echo.leaves for echo in self.echo)):
+            found = diagnose([((field, line), render) for field, line, render in leaves], context)
+            if found is not None:
+                (field, line), why = found
+                return field, line, why
+        return None
 
 
 @dataclass(frozen=True)
@@ -202,26 +218,120 @@ def _function_names(node: Any) -> set[str]:
     return found
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: An unquoted key with a dash, or starting with a digit, outside quotes and backticks.
+_BARE_KEY = re.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`(?:[^`\\]|\\.)*`)"""
+                       r"|(?<![\w\-])((?:[A-Za-z_][\w]*-[\w\-]*\w)|(?:\d+[A-Za-z_][\w\-]*))")
+_SYNTAX = "JMESPath: keys plain (data.balance) or double-quoted (data.\"game-id\"), texts single-quoted ('RS_OK'), " \
+          "numbers in backticks (`0`); see https://jmespath.org/specification.html"
+
+
+def _quote_bare_keys(expression: str) -> str:
+    """``data.game-id`` -> ``data."game-id"`` (quoted parts left alone)."""
+    return _BARE_KEY.sub(lambda m: m.group(1) or f'"{m.group(2)}"', expression)
+
+
+def jmespath_hint(expression: str, exc: Exception) -> str:
+    """A hint for a JMESPath parse error, specific to the usual mistakes."""
+    near, kind = getattr(exc, "token_value", None), str(getattr(exc, "token_type", "") or "")
+    stripped = expression.strip()
+    if stripped.startswith("$"):
+        if ".." in stripped:
+            return ("JMESPath has no '$' root and no '..' (a JSONPath habit): name the whole path from the "
+                    "top of the answer, e.g. data.wallet.balance, or project with data.*.balance")
+        fixed = stripped[1:].lstrip(".") or "@"
+        return f"JMESPath has no '$' root (a JSONPath habit): write {fixed!r} for {stripped!r}"
+    quoted = _quote_bare_keys(expression)
+    if quoted != expression and (near == "-" or kind == "NUMBER"):
+        return f"a key with '-' or starting with a digit is double-quoted in JMESPath: {quoted}"
+    if kind == "LITERAL":
+        fixed = re.sub(r"(?:\.|\[)\s*'((?:[^'\\]|\\.)*)'\s*\]?", r'."\1"', expression)
+        return (f"'{near}' (single quotes) is a text in JMESPath, not a key: write "
+                + (fixed if fixed != expression else f'a key plain or in double quotes, e.g. "{near}"'))
+    if kind == "QUOTED_IDENTIFIER" and "[" in expression:
+        fixed = re.sub(r'\[\s*("(?:[^"\\]|\\.)*")\s*\]', r".\1", expression)
+        return f"brackets take an index ([0]), a filter ([?…]) or a slice, not a key: write {fixed}"
+    if near == "=":
+        return "compare with == (and !=), not ="
+    if kind == "UNQUOTED_IDENTIFIER" and str(near).lower() in ("and", "or", "not"):
+        return "JMESPath writes and / or / not as && / || / !"
+    if exc.__class__.__name__ == "IncompleteExpressionError":
+        return "the expression ends too early: a bracket, a quote or an operator is not closed"
+    return _SYNTAX
+
+
+def jmespath_smells(expression: str, parsed: dict, reads: bool) -> list[tuple[str, str]]:
+    """Expressions that parse but cannot mean what was written: ``status == "RS_OK"``
+    compares with a *key* named RS_OK (double quotes name keys), and a ``response`` field
+    ``'balance'`` is the text "balance"."""
+    found = []
+    if reads and parsed.get("type") == "literal":
+        value = parsed.get("value")
+        found.append((f"{expression!r} is a constant ({value!r}), not a read of the answer",
+                      f"a key is written plain or in double quotes: {value}" if isinstance(value, str)
+                      and _IDENTIFIER.fullmatch(value) else _SYNTAX))
+    try:
+        tokens = list(jmespath.lexer.Lexer().tokenize(expression))
+    except jmespath.exceptions.JMESPathError:
+        return found
+    comparators = {"eq", "ne", "lt", "gt", "lte", "gte"}
+    for i, token in enumerate(tokens):
+        value = str(token["value"])
+        if token["type"] != "quoted_identifier" or not (_IDENTIFIER.fullmatch(value) or value.isdigit()):
+            continue  # "game-id" == x: a key that needs its quotes
+        def kind(at: int) -> str | None:
+            return tokens[at]["type"] if 0 <= at < len(tokens) else None
+
+        # The other operand of the comparison: a literal there means the key is meant.
+        other = kind(i - 2) if kind(i - 1) in comparators else kind(i + 2) if kind(i + 1) in comparators else None
+        if other is not None and other != "literal":
+            found.append((f'compares with "{value}", which in JMESPath is the key {value} (double quotes name '
+                          f"a key), not the text {value!r}",
+                          f"write the text in single quotes: '{value}'" + (f" (the number: `{value}`)"
+                                                                            if value.isdigit() else "")))
+    return found
+
+
+def _leaves(tree: Any, path: tuple = ()):
+    """``(path, leaf)`` of every leaf of a YAML tree of templates."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, path + (key,))
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield from _leaves(value, path + (index,))
+    elif tree is not None:
+        yield path, tree
+
+
 class _Compiler:
     """Collects every problem of one file while compiling it."""
 
     def __init__(self, file: str, data: Any):
         self.file, self.data, self.problems = file, data, []
         self.functions: frozenset = _BUILTIN_JMESPATH
+        secrets = data.get("secrets") if isinstance(data, dict) else None
+        self.secrets: frozenset[str] = frozenset(map(str, secrets)) if isinstance(secrets, dict) else frozenset()
 
     def problem(self, path: tuple, message: str, hint: str | None = None) -> None:
         self.problems.append(Problem(self.file, line_of(self.data, path), dotted(path), message, hint))
 
-    def jmes(self, expression: Any, path: tuple) -> Any:
+    def jmes(self, expression: Any, path: tuple, *, reads: bool = False) -> Any:
+        """Compile a JMESPath expression at ``path``, with a hint specific to each mistake
+        (``jmespath_hint``). ``reads``: the expression must read the answer (a ``response``
+        field, an echo): a constant there, such as ``'balance'``, is a mistake."""
+        text = str(expression)
         try:
-            compiled = jmespath.compile(str(expression))
+            compiled = jmespath.compile(text)
         except jmespath.exceptions.JMESPathError as exc:
             column = getattr(exc, "lex_position", None)
             near = getattr(exc, "token_value", None)
             where = f" at column {column}" if column is not None else ""
             self.problem(path, f"JMESPath parse error{where}" + (f" near {near!r}" if near else "") + f": {expression!r}",
-                         hint="quote keys that contain '-' or start with a digit, e.g. \"game-id\"")
+                         hint=jmespath_hint(text, exc))
             return None
+        for message, hint in jmespath_smells(text, compiled.parsed, reads):
+            self.problem(path, message, hint)
         unknown = sorted(_function_names(compiled.parsed) - self.functions)
         if unknown:
             extra = sorted(self.functions - _BUILTIN_JMESPATH)
@@ -238,18 +348,35 @@ class _Compiler:
             self.problem(path, str(exc))
             return None
 
-    def template_tree(self, templates: Templates, tree: Any, path: tuple) -> Callable | None:
+    def template_tree(self, templates: Templates, tree: Any, path: tuple, inputs: frozenset[str] | None = None,
+                      scope: str = "", leaves: list | None = None) -> Callable | None:
+        """Compile a tree of templates at ``path``, checking each leaf (``Templates.check``): its
+        filters and tests, its variables against ``inputs`` (None: not checked; ``scope`` says
+        whose they are), its ``secrets.NAME``. ``leaves`` receives ``(field, line, renderer)``
+        of each leaf, for naming the one that fails at run time (``templating.diagnose``)."""
         if tree is None:
             return None
+        flagged: set[tuple] = set()
+        for sub, leaf in _leaves(tree):
+            for message, hint in templates.check(leaf, inputs, self.secrets, scope):
+                self.problem(path + sub, message, hint)
+                flagged.add(sub)
 
         def on_error(sub: tuple, exc: Exception) -> None:
+            if sub in flagged:
+                return  # already explained (Jinja would say "No filter named …" again)
             line = getattr(exc, "lineno", None)
             extra = f" (template line {line})" if line and line > 1 else ""
             self.problem(path + sub, f"template error{extra}: {getattr(exc, 'message', None) or exc}")
 
-        return templates.compile_tree(tree, on_error)
+        found: list = []
+        render = templates.compile_tree(tree, on_error, leaves=found)
+        if leaves is not None:
+            leaves.extend((dotted(path + sub), line_of(self.data, path + sub), leaf) for sub, leaf in found)
+        return render
 
-    def echo(self, templates: Templates, spec: Any, path: tuple, base: tuple[Echo, ...] = ()) -> tuple[Echo, ...]:
+    def echo(self, templates: Templates, spec: Any, path: tuple, base: tuple[Echo, ...] = (),
+             inputs: frozenset[str] | None = None, scope: str = "") -> tuple[Echo, ...]:
         """``echo:`` (answer JMESPath -> template of the expected value), merged over ``base``:
         an entry replaces the inherited one of the same expression, ``null`` removes it."""
         entries = {echo.path: echo for echo in base}
@@ -258,11 +385,29 @@ class _Compiler:
             if template is None:
                 entries.pop(text, None)
                 continue
-            expression = self.jmes(text, where)
-            expected = self.template_tree(templates, template, where)
+            expression = self.jmes(text, where, reads=True)
+            leaves: list = []
+            expected = self.template_tree(templates, template, where, inputs, scope, leaves)
             if expression is not None:
-                entries[text] = Echo(text, expression, expected)
+                entries[text] = Echo(text, expression, expected, tuple(leaves))
         return tuple(entries.values())
+
+    def inherited_echo(self, templates: Templates, echoes: tuple[Echo, ...], inputs: frozenset[str] | None,
+                       scope: str, own: Any) -> None:
+        """Check the file-level echoes an operation inherits against that operation's inputs
+        (reported at the file's ``echo`` entry, once per entry and variable)."""
+        if inputs is None:
+            return
+        for echo in echoes:
+            if isinstance(own, dict) and echo.path in own:
+                continue  # replaced or removed by the operation's own entry
+            template = (self.data.get("echo") or {}).get(echo.path)
+            for sub, leaf in _leaves(template):
+                for message, hint in templates.check(leaf, inputs, None, scope, names=False):
+                    problem = Problem(self.file, line_of(self.data, ("echo", echo.path) + sub),
+                                      dotted(("echo", echo.path) + sub), f"{message} in {scope}", hint)
+                    if problem not in self.problems:
+                        self.problems.append(problem)
 
     def rule(self, spec: Any) -> ErrorRule:
         if isinstance(spec, str):
@@ -340,23 +485,38 @@ def compile_mapping(data: dict, file: str) -> Mapping:
         c.problem(("amounts", "unit"), "unit 'scaled' needs amounts.scale (e.g. 100000 for 1/100000 units)")
 
     result = c.result(data.get("result"), ("result",))
-    echo = c.echo(templates, data.get("echo"), ("echo",))
+    echo = c.echo(templates, data.get("echo"), ("echo",))  # its variables: checked per operation below
+    extra = frozenset(map(str, data.get("extra_inputs") or ()))
+    launch_inputs: frozenset | None = None
+    if data["face"] == "platform":
+        known = {name: wallet_inputs(name, extra) for name in data["operations"]}
+    else:
+        known, launch_inputs = provider_inputs(data, extra)
     operations = {}
     for name, spec in data["operations"].items():
         where = ("operations", name)
+        inputs, scope = known.get(name), f"operation {name!r}"
+        leaves: list = []
+
+        def tree(key: str, inputs=inputs, scope=scope, leaves=leaves, spec=spec, where=where):
+            return c.template_tree(templates, spec.get(key), where + (key,), inputs, scope, leaves)
+
         operations[name] = Operation(
             name=name,
             method=spec.get("method", "POST"),
-            path=c.template_tree(templates, spec["path"], where + ("path",)),
-            query=c.template_tree(templates, spec.get("query"), where + ("query",)),
-            headers=c.template_tree(templates, spec.get("headers"), where + ("headers",)),
-            body=c.template_tree(templates, spec.get("body"), where + ("body",)),
-            response={k: c.jmes(v, where + ("response", k)) for k, v in (spec.get("response") or {}).items()},
+            path=tree("path"),
+            query=tree("query"),
+            headers=tree("headers"),
+            body=tree("body"),
+            response={k: c.jmes(v, where + ("response", k), reads=True)
+                      for k, v in (spec.get("response") or {}).items()},
             result=c.result(spec.get("result"), where + ("result",), result),
             timeout=spec.get("timeout"),
             inputs=templates.variables([spec["path"], spec.get("query"), spec.get("headers"), spec.get("body")]),
-            echo=c.echo(templates, spec.get("echo"), where + ("echo",), echo),
+            echo=c.echo(templates, spec.get("echo"), where + ("echo",), echo, inputs, scope),
+            leaves=tuple(leaves),
         )
+        c.inherited_echo(templates, echo, inputs, scope, spec.get("echo"))
     if data["face"] == "platform":
         for name in PLATFORM_OPERATIONS:
             if name not in operations:
@@ -366,7 +526,8 @@ def compile_mapping(data: dict, file: str) -> Mapping:
                 c.problem(("operations", name, "response"), "missing 'balance': JMESPath to the balance after the call")
     provider = None
     if data["face"] == "provider":
-        provider = compile_provider(c, data, templates, operations, _jmespath_options(functions), codec, signer)
+        provider = compile_provider(c, data, templates, operations, _jmespath_options(functions), codec, signer,
+                                    launch_inputs)
     if c.problems:
         raise ConfigError(c.problems)
 

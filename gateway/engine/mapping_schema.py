@@ -129,6 +129,11 @@ MAPPING_SCHEMA: dict = {
             },
         },
         "secrets": {"type": "object", "additionalProperties": {"type": "string"}},
+        "extra_inputs": {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                         "uniqueItems": True,
+                         "description": "Fields callers send beyond the iGSP spec's (hook or launch extras) that "
+                                        "templates read; always optional at run time. Every other variable a "
+                                        "template reads must be one the gateway gives it."},
         "result": RESULT,
         "echo": ECHO,
         "operations": {"type": "object", "additionalProperties": OPERATION, "minProperties": 1},

@@ -9,6 +9,9 @@ answer's HTTP status and body are judged here:
     HTTP 503 without a readable answer       -> upstream_unavailable, applied=False
     read timeout, reset, other 5xx, garbage,
     a redirect, an oversized answer          -> upstream_timeout / _unavailable / _bad_response, applied=None
+    a template needing a variable the call
+      lacks (the request cannot be built)    -> upstream_error, applied=False (kind "mapping"): the
+                                                mapping's problem, never a final 4xx (build_error)
     a mapped legacy business error           -> its iGSP code (IgspError), nothing applied
     an answer (success or business error)
       that does not echo the request         -> upstream_bad_response, applied=None (kind "uncorrelated");
@@ -154,10 +157,11 @@ class LegacyClient:
                 else:
                     m.signer.sign(req)
             _finish(req)
-        except IgspError:
-            raise
         except Exception as exc:  # noqa: BLE001 - a template that fails on this input
-            raise IgspError("invalid_request", f"cannot build the legacy request: {type(exc).__name__}") from exc
+            error = self.build_error(name, context, exc)
+            if error is exc:
+                raise
+            raise error from exc
         started = time.perf_counter()
         kind = "ok"
         try:
@@ -181,6 +185,34 @@ class LegacyClient:
         finally:
             if self.observer is not None:
                 self.observer(m.name, name, kind, time.perf_counter() - started)
+
+    def build_error(self, name: str, context: dict, exc: Exception, *, where: bool = False) -> IgspError:
+        """The error for a request of operation ``name`` that could not be built from ``context``.
+
+        A template needing a variable this call lacks (an optional hook field the hook left
+        out, an extra field, a step's output) is the mapping's problem, not the caller's: a
+        retriable ``502 upstream_error`` that sent nothing (``applied=False``), so a bet is
+        forgotten and a win or refund queued until the mapping is fixed — never a final 4xx in
+        the ledger. The message names the variable and the field (``where``: also the mapping
+        file and line, for ``try``; the log always has them). Any other failure (a filter
+        refusing this input) is the request's: ``400 invalid_request``, and an IgspError an
+        adapter raised stays what it is. Runs on the error path only: it renders again.
+        """
+        m = self.mapping
+        op = m.operations.get(name)
+        missing = op.missing(context) if op is not None else None
+        if missing is None:
+            if isinstance(exc, IgspError):
+                return exc
+            return IgspError("invalid_request", f"cannot build the legacy request: {type(exc).__name__}")
+        field, line, why = missing
+        at = f"{m.file}:{line}: " if line else f"{m.file}: "
+        if not where:
+            log.error("mapping cannot build a legacy request", extra={
+                "mapping": m.name, "operation": name, "field": field, "at": at.rstrip(": "), "reason": why})
+        return UpstreamError("upstream_error", f"mapping {m.name} cannot build the legacy {name} request: "
+                             f"{at if where else ''}{field}: {why} for this call; nothing was sent",
+                             kind="mapping", applied=False)
 
     async def send(self, req: LegacyRequest, timeout: float | None = None) -> Answer:
         """Send a built request and read its whole answer (status, content type, body);

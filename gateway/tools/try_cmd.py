@@ -217,10 +217,13 @@ async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: 
         try:
             req = client.build(operation, context)
             expected = client.expect(operation, context)
-        except IgspError:
-            raise
         except Exception as exc:  # noqa: BLE001 - shown to the mapping author, who needs the reason
-            raise IgspError("invalid_request", f"cannot build the legacy request: {type(exc).__name__}: {exc}") from exc
+            error = client.build_error(operation, context, exc, where=True)
+            if error is exc:
+                raise
+            if error.code == "invalid_request":
+                error = IgspError("invalid_request", f"cannot build the legacy request: {type(exc).__name__}: {exc}")
+            raise error from exc
         url = loaded.show_url(req.url) + (("?" + urlencode(req.params)) if req.params else "")
         headers = dict(req.headers)
         if loaded.unsigned:
