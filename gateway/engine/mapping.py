@@ -31,8 +31,12 @@ from gateway.engine.mapping_schema import MAPPING_SCHEMA, PLATFORM_OPERATIONS
 from gateway.engine.provider_mapping import compile_provider
 from gateway.engine.templating import TemplateError, Templates, diagnose
 from gateway.engine.yamlload import dotted, env_and_schema_problems, line_of, load_yaml
-from gateway.errors import ConfigError, IgspError, Problem
+from gateway.errors import ERROR_CODES, ConfigError, IgspError, Problem
 from gateway.ops.redaction import scrub, secret_values
+
+#: What a mapped legacy error says about the money: nothing was applied (the default), or
+#: the legacy side does not know (``outcome: unknown``: retriable, and the rollback path).
+OUTCOMES = ("not_applied", "unknown")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class ErrorRule:
     code: str
     message: str | None = None
     status: int | None = None
+    outcome: str = "not_applied"
 
     def error(self, legacy_code: Any, legacy_message: Any) -> IgspError:
         detail = f": {legacy_message}" if legacy_message and str(legacy_message) != str(legacy_code) else ""
@@ -57,6 +62,9 @@ class ResultRules:
     success_codes: frozenset = frozenset()
     errors: dict = field(default_factory=dict)  # str(legacy code) -> ErrorRule
     default_error: ErrorRule = ErrorRule("upstream_error")
+    #: str(success code) -> the echoes that prove an "already done" answer is this
+    #: transaction's (``success_codes: [{code, proves}]``); a code without is taken as is.
+    proofs: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,8 @@ class Operation:
     def missing(self, context: dict) -> tuple[str, int | None, str] | None:
         """``(field, line, "'x' is undefined")`` when this operation's request (or an echo)
         needs a variable ``context`` lacks; None otherwise."""
-        for leaves in (self.leaves, *(echo.leaves for echo in self.echo)):
+        proofs = [echo.leaves for echoes in self.result.proofs.values() for echo in echoes]
+        for leaves in (self.leaves, *(echo.leaves for echo in self.echo), *proofs):
             found = diagnose([((field, line), render) for field, line, render in leaves], context)
             if found is not None:
                 (field, line), why = found
@@ -402,29 +411,68 @@ class _Compiler:
             if isinstance(own, dict) and echo.path in own:
                 continue  # replaced or removed by the operation's own entry
             template = (self.data.get("echo") or {}).get(echo.path)
-            for sub, leaf in _leaves(template):
-                for message, hint in templates.check(leaf, inputs, None, scope, names=False):
-                    problem = Problem(self.file, line_of(self.data, ("echo", echo.path) + sub),
-                                      dotted(("echo", echo.path) + sub), f"{message} in {scope}", hint)
-                    if problem not in self.problems:
-                        self.problems.append(problem)
+            self.inherited_leaves(templates, template, ("echo", echo.path), inputs, scope)
 
-    def rule(self, spec: Any) -> ErrorRule:
+    def rule(self, spec: Any, path: tuple) -> ErrorRule:
         if isinstance(spec, str):
             return ErrorRule(spec)
-        return ErrorRule(spec["error"], spec.get("message"), spec.get("status"))
+        rule = ErrorRule(spec["error"], spec.get("message"), spec.get("status"), spec.get("outcome", "not_applied"))
+        if rule.outcome == "unknown" and (rule.status or ERROR_CODES.get(rule.code, 500)) < 500:
+            self.problem(path + ("outcome",), f"an unknown outcome is retriable, but {rule.code!r} is a "
+                         f"{rule.status or ERROR_CODES.get(rule.code)}",
+                         hint="name a 5xx code (upstream_error, upstream_timeout, upstream_unavailable) or give "
+                              "a status of 500 or more")
+        return rule
 
-    def result(self, spec: dict, path: tuple, base: ResultRules | None = None) -> ResultRules:
+    def result(self, spec: dict, path: tuple, base: ResultRules | None = None, templates: Templates | None = None,
+               inputs: frozenset[str] | None = None, scope: str = "") -> ResultRules:
         base = base or ResultRules()
         spec = spec or {}
+        codes, proofs = base.success_codes, base.proofs
+        if "success_codes" in spec:
+            codes, proofs = set(), {}
+            for index, entry in enumerate(spec["success_codes"] or ()):
+                if not isinstance(entry, dict):
+                    codes.add(str(entry))
+                    continue
+                code = str(entry.get("code"))
+                codes.add(code)
+                if entry.get("proves") and templates is not None:
+                    proofs[code] = self.echo(templates, entry["proves"], path + ("success_codes", index, "proves"),
+                                             (), inputs, scope)
+            codes = frozenset(codes)
         return ResultRules(
             success=self.jmes(spec["success"], path + ("success",)) if "success" in spec else base.success,
             code=self.jmes(spec["code"], path + ("code",)) if "code" in spec else base.code,
             message=self.jmes(spec["message"], path + ("message",)) if "message" in spec else base.message,
-            success_codes=frozenset(map(str, spec["success_codes"])) if "success_codes" in spec else base.success_codes,
-            errors={**base.errors, **{str(k): self.rule(v) for k, v in (spec.get("errors") or {}).items()}},
-            default_error=self.rule(spec["default_error"]) if "default_error" in spec else base.default_error,
+            success_codes=codes,
+            errors={**base.errors, **{str(k): self.rule(v, path + ("errors", k))
+                                      for k, v in (spec.get("errors") or {}).items()}},
+            default_error=self.rule(spec["default_error"], path + ("default_error",)) if "default_error" in spec
+            else base.default_error,
+            proofs=proofs,
         )
+
+    def inherited_proofs(self, templates: Templates, inputs: frozenset[str] | None, scope: str, own: Any) -> None:
+        """Check the file-level ``success_codes`` proofs an operation inherits against its inputs."""
+        if inputs is None or (isinstance(own, dict) and "success_codes" in own):
+            return
+        for index, entry in enumerate((self.data.get("result") or {}).get("success_codes") or ()):
+            if not isinstance(entry, dict) or not isinstance(entry.get("proves"), dict):
+                continue
+            for key, template in entry["proves"].items():
+                where = ("result", "success_codes", index, "proves", key)
+                self.inherited_leaves(templates, template, where, inputs, scope)
+
+    def inherited_leaves(self, templates: Templates, template: Any, where: tuple, inputs: frozenset[str],
+                         scope: str) -> None:
+        """Report the variables of file-level ``template`` (at ``where``) that ``scope`` lacks."""
+        for sub, leaf in _leaves(template):
+            for message, hint in templates.check(leaf, inputs, None, scope, names=False):
+                problem = Problem(self.file, line_of(self.data, where + sub), dotted(where + sub),
+                                  f"{message} in {scope}", hint)
+                if problem not in self.problems:
+                    self.problems.append(problem)
 
 
 def _legacy_max(c: _Compiler, spec: dict) -> int | Decimal | None:
@@ -484,7 +532,7 @@ def compile_mapping(data: dict, file: str) -> Mapping:
     if amounts.unit == "scaled" and not amounts.scale:
         c.problem(("amounts", "unit"), "unit 'scaled' needs amounts.scale (e.g. 100000 for 1/100000 units)")
 
-    result = c.result(data.get("result"), ("result",))
+    result = c.result(data.get("result"), ("result",), None, templates)  # proofs: checked per operation below
     echo = c.echo(templates, data.get("echo"), ("echo",))  # its variables: checked per operation below
     extra = frozenset(map(str, data.get("extra_inputs") or ()))
     launch_inputs: frozenset | None = None
@@ -510,13 +558,14 @@ def compile_mapping(data: dict, file: str) -> Mapping:
             body=tree("body"),
             response={k: c.jmes(v, where + ("response", k), reads=True)
                       for k, v in (spec.get("response") or {}).items()},
-            result=c.result(spec.get("result"), where + ("result",), result),
+            result=c.result(spec.get("result"), where + ("result",), result, templates, inputs, scope),
             timeout=spec.get("timeout"),
             inputs=templates.variables([spec["path"], spec.get("query"), spec.get("headers"), spec.get("body")]),
             echo=c.echo(templates, spec.get("echo"), where + ("echo",), echo, inputs, scope),
             leaves=tuple(leaves),
         )
         c.inherited_echo(templates, echo, inputs, scope, spec.get("echo"))
+        c.inherited_proofs(templates, inputs, scope, spec.get("result"))
     if data["face"] == "platform":
         for name in PLATFORM_OPERATIONS:
             if name not in operations:

@@ -30,6 +30,29 @@ ERROR_RULE = {
                 "error": {"type": "string", "enum": sorted(ERROR_CODES)},
                 "message": {"type": "string"},
                 "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                "outcome": {"enum": ["not_applied", "unknown"], "default": "not_applied",
+                            "description": "not_applied: the legacy side says nothing was applied. unknown: it "
+                                           "does not know (retriable; a bet is rolled back, a win or refund "
+                                           "queued or dead-lettered). Needs a 5xx error."},
+            },
+        },
+    ]
+}
+
+SUCCESS_CODE = {
+    "oneOf": [
+        {"type": ["string", "integer"]},
+        {
+            "type": "object",
+            "required": ["code", "proves"],
+            "additionalProperties": False,
+            "patternProperties": _ANNOTATIONS,
+            "properties": {
+                "code": {"type": ["string", "integer"]},
+                "proves": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"},
+                           "description": "JMESPath on the answer -> template of the value it must carry (as in "
+                                          "echo): every one must match, or the answer does not prove the earlier "
+                                          "attempt was this transaction and the outcome is unknown."},
             },
         },
     ]
@@ -44,8 +67,10 @@ RESULT = {
         "success": {"type": "string", "description": "JMESPath, truthy on success. Default: HTTP 2xx."},
         "code": {"type": "string", "description": "JMESPath to the legacy error code."},
         "message": {"type": "string", "description": "JMESPath to the legacy error text."},
-        "success_codes": {"type": "array", "items": {"type": ["string", "integer"]},
-                          "description": "Legacy codes that also mean success for this operation."},
+        "success_codes": {"type": "array", "items": SUCCESS_CODE,
+                          "description": "Legacy codes that also mean success for this operation (\"already "
+                                         "done\"), each taken as is or only with proof that it is this "
+                                         "transaction ({code, proves})."},
         "errors": {"type": "object", "additionalProperties": ERROR_RULE,
                    "description": "Legacy code -> iGSP error code (or {error, message, status})."},
         "default_error": ERROR_RULE,

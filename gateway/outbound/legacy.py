@@ -16,6 +16,9 @@ answer's HTTP status and body are judged here:
     an answer (success or business error)
       that does not echo the request         -> upstream_bad_response, applied=None (kind "uncorrelated");
                                                 its connection is closed (gateway/engine/echo.py)
+    a mapped code with ``outcome: unknown``  -> its iGSP code (5xx), applied=None (kind "unknown")
+    an "already done" success code whose
+      ``proves`` echoes do not match         -> upstream_bad_response, applied=None (kind "unproven")
 """
 
 from __future__ import annotations
@@ -220,10 +223,16 @@ class LegacyClient:
         return await self.outbound.request(req.method, req.url, params=req.params or None, data=req.body or None,
                                            headers=req.headers, timeout=timeout or self.mapping.timeout)
 
-    def expect(self, name: str, context: dict) -> dict | None:
-        """What the answer to operation ``name`` must echo for ``context`` (None: nothing declared)."""
+    def expect(self, name: str, context: dict) -> Expected | None:
+        """What the answer to operation ``name`` must echo for ``context``, and what an "already
+        done" answer must carry to prove it is this transaction's (``proofs``); None: nothing
+        declared."""
         op: Operation = self.mapping.operations[name]
-        return echo.expect(op.echo, context) if op.echo else None
+        if not op.echo and not op.result.proofs:
+            return None
+        found = Expected(echo.expect(op.echo, context) if op.echo else {})
+        found.proofs = {code: echo.expect(proofs, context) for code, proofs in op.result.proofs.items()}
+        return found
 
     def read(self, name: str, status: int, content_type: str, raw: bytes,
              expected: dict | None = None) -> tuple[dict, Any]:
@@ -280,8 +289,9 @@ class LegacyClient:
                 raise _http_failure(status, f"legacy API answered HTTP {status}") from exc
             raise UpstreamError("upstream_bad_response", "legacy answer has an unexpected shape",
                                 kind="bad_body", applied=None) from exc
+        proving = None
         if not ok and code is not None and str(code) in rules.success_codes:
-            ok = True
+            ok, proving = True, rules.proofs.get(str(code))
         if not ok:
             if status >= 500 and (code is None or str(code) not in rules.errors):
                 raise _http_failure(status, f"legacy API answered HTTP {status}")
@@ -294,11 +304,16 @@ class LegacyClient:
                 message = None
             rule = rules.errors.get(str(code), rules.default_error)
             error = rule.error(code, message)
+            if rule.outcome == "unknown":
+                # The wallet says it does not know: money may have moved (a bet is rolled back).
+                raise UpstreamError(error.code, error.message, kind="unknown", applied=None, status=error.status)
             if error.status >= 500:
                 # A legacy "internal error, retry" code: retriable, and nothing was applied.
                 raise UpstreamError(error.code, error.message, kind="business", applied=False, status=error.status)
             raise error
         self._correlate(op, data, expected)
+        if proving is not None:
+            self._prove(str(code), proving, data, expected)
         try:
             return {name: m.search(expr, data) for name, expr in op.response.items()}
         except Exception as exc:  # noqa: BLE001 - JMESPath type errors on odd bodies
@@ -314,6 +329,28 @@ class LegacyClient:
         if why is not None:
             raise UpstreamError("upstream_bad_response", f"legacy answer is not this request's ({why}); "
                                 "outcome unknown", kind="uncorrelated", applied=None)
+
+
+    def _prove(self, code: str, proofs: tuple, data: Any, expected: dict | None) -> None:
+        """An "already done" answer (``code``) counts as success only if it proves the earlier
+        attempt was this transaction: each of its ``proves`` echoes matches (at least one is
+        checked). Otherwise it may be another transaction's under the same id, or say nothing of
+        whose: the outcome is unknown, never a success."""
+        wanted = (getattr(expected, "proofs", None) or {}).get(code) or {}
+        rows = echo.compare(proofs, wanted, self.mapping.search, data)
+        failed = next((row for row in rows if not row[3]), None)
+        if rows and failed is None:
+            return
+        why = "nothing to check" if not rows else f"{failed[0]} {'is missing' if failed[2] is None else 'differs'}"
+        raise UpstreamError("upstream_bad_response", f"legacy answer {code} says already done, but does not prove it "
+                            f"was this transaction ({why}); outcome unknown", kind="unproven", applied=None)
+
+
+class Expected(dict):
+    """Echo path -> expected value (``echo.expect``), with ``proofs``: success code -> the same
+    for the answer that proves an "already done" is this transaction's."""
+
+    proofs: dict = {}  # noqa: RUF012 - replaced per instance by LegacyClient.expect
 
 
 _UNREADABLE = object()

@@ -211,7 +211,7 @@ async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: 
                   if a is not None and type(a).run is not Adapter.run],
         "context": {k: (format(v, "f") if isinstance(v, Decimal) else v) for k, v in context.items()
                     if k in payload or k == "legacy_amount"},
-        "request": None, "response": None, "echo": None, "fields": None, "answer": None,
+        "request": None, "response": None, "echo": None, "proves": None, "fields": None, "answer": None,
     }
     try:
         try:
@@ -242,6 +242,7 @@ async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: 
         report["response"] = {"status": got_status, "content_type": got_type, "body": redact(_text(raw)),
                               "source": source}
         report["echo"] = _echo_report(mapping, operation, expected, got_type, raw, redact)
+        report["proves"] = _proof_report(mapping, operation, expected, got_type, raw, redact)
         fields, _ = client.read(operation, got_status, got_type, raw, expected)
         report["fields"] = {k: (format(v, "f") if isinstance(v, Decimal) else v) for k, v in fields.items()}
         body = igsp_answer(mapping, operation, payload, fields)
@@ -271,6 +272,32 @@ def _echo_report(mapping: Mapping, operation: str, expected: dict | None, conten
 
     rows = echo.compare(mapping.operations[operation].echo, expected, mapping.search, data)
     return [{"field": path, "expected": shown(want), "got": shown(got), "ok": ok} for path, want, got, ok in rows]
+
+
+def _proof_report(mapping: Mapping, operation: str, expected: dict | None, content_type: str, raw: bytes,
+                  redact: Redactor) -> dict | None:
+    """For an "already done" answer whose code needs proof (``success_codes: [{code, proves}]``):
+    the code and each proof with the value expected and the one the answer carries."""
+    from gateway.engine import echo
+
+    rules = mapping.operations[operation].result
+    if not rules.proofs or rules.code is None:
+        return None
+    try:
+        data = mapping.codec.decode(raw, content_type) if raw else None
+        code = mapping.search(rules.code, data)
+    except Exception:  # noqa: BLE001 - read() reports the unreadable body
+        return None
+    if code is None or str(code) not in rules.proofs:
+        return None
+    wanted = (getattr(expected, "proofs", None) or {}).get(str(code)) or {}
+
+    def shown(value: Any) -> Any:
+        return value if value is None or isinstance(value, (bool, int)) else redact(str(value))
+
+    rows = echo.compare(rules.proofs[str(code)], wanted, mapping.search, data)
+    return {"code": str(code), "rows": [{"field": path, "expected": shown(want), "got": shown(got), "ok": ok}
+                                        for path, want, got, ok in rows]}
 
 
 def _json_default(value: Any) -> Any:
@@ -313,6 +340,20 @@ def format_text(report: dict) -> str:
         if not all(row["ok"] for row in report["echo"]):
             lines.append("           another request's answer to the gateway (a pasted answer must echo --input "
                          "and --request-id)")
+    if report.get("proves"):
+        proof = report["proves"]
+        lines.append("")
+        for row in proof["rows"]:
+            if row["ok"]:
+                lines.append(f"proves:    {row['field']} = {row['got']!r}, this transaction's")
+            elif row["got"] is None:
+                lines.append(f"proves:    {row['field']} is missing; this transaction's is {row['expected']!r}")
+            else:
+                lines.append(f"proves:    {row['field']} = {row['got']!r}, but this transaction's is "
+                             f"{row['expected']!r}")
+        ok = proof["rows"] and all(row["ok"] for row in proof["rows"])
+        lines.append(f"           {proof['code']} (already done) is {'' if ok else 'NOT '}proven to be this "
+                     "transaction" + ("" if ok else ": the outcome is unknown"))
     if report["fields"] is not None:
         lines += ["", "read:      " + ", ".join(f"{k} = {v!r}" for k, v in report["fields"].items())]
     answer = report["answer"]
