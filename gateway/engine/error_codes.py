@@ -44,10 +44,10 @@ MEANINGS: dict[str, str] = {
     "rate_limited": "too many requests for this credential",
     "internal_error": "the gateway failed",
     "upstream_error": "the legacy side (or the mapping speaking to it) failed: a legacy \"retry\" code, a request "
-                      "the mapping cannot build (a variable the call lacks), an adapter's bug; nothing was applied "
-                      "unless the answer says the outcome is unknown",
-    "upstream_bad_response": "the legacy answer is unreadable, of another shape, or another request's (`echo`): "
-                             "the outcome is unknown",
+                      "the mapping cannot build (a variable the call lacks), an adapter's bug; nothing was applied, "
+                      "unless a rule says `outcome: unknown`",
+    "upstream_bad_response": "the legacy answer is unreadable, of another shape, another request's (`echo`), or an "
+                             "\"already done\" it does not prove (`proves`): the outcome is unknown",
     "upstream_unavailable": "the legacy side could not be reached, or answered an HTTP 5xx",
     "service_unavailable": "the gateway's store is unavailable",
     "transaction_in_progress": "the first copy of this transaction is still running, or it is queued for "
