@@ -98,6 +98,8 @@ def provider_inputs(data: dict, extra: frozenset[str] = frozenset()) -> tuple[di
     for step in steps if isinstance(steps, list) else ():
         add(step, launch)
         spec = operations.get(step) if isinstance(step, str) else None
+        if isinstance(spec, dict) and isinstance(spec.get("steps"), list) and spec["steps"]:
+            spec = spec["steps"][-1] if isinstance(spec["steps"][-1], dict) else None  # answers its last call's
         if isinstance(spec, dict) and isinstance(spec.get("response"), dict):
             launch = launch | frozenset(map(str, spec["response"]))  # each step's fields join the context
     return found, launch

@@ -85,6 +85,13 @@ class Operation:
     #: ``(field, line, renderer)`` of every request template leaf, to name the one that
     #: needs a variable a call lacks (``templating.diagnose``, on the error path only).
     leaves: tuple = ()
+    #: A multi-step operation's calls, in order (each an Operation named ``<op>.<step>``);
+    #: empty for one call.
+    steps: tuple = ()
+    #: This call's name as a step (``steps.NAME`` in later steps' templates), else None.
+    step: str | None = None
+    #: False: this step changes nothing on the legacy side (a token, a lookup).
+    moves_money: bool = True
 
     def missing(self, context: dict) -> tuple[str, int | None, str] | None:
         """``(field, line, "'x' is undefined")`` when this operation's request (or an echo)
@@ -358,7 +365,7 @@ class _Compiler:
             return None
 
     def template_tree(self, templates: Templates, tree: Any, path: tuple, inputs: frozenset[str] | None = None,
-                      scope: str = "", leaves: list | None = None) -> Callable | None:
+                      scope: str = "", leaves: list | None = None, steps: dict | None = None) -> Callable | None:
         """Compile a tree of templates at ``path``, checking each leaf (``Templates.check``): its
         filters and tests, its variables against ``inputs`` (None: not checked; ``scope`` says
         whose they are), its ``secrets.NAME``. ``leaves`` receives ``(field, line, renderer)``
@@ -367,7 +374,7 @@ class _Compiler:
             return None
         flagged: set[tuple] = set()
         for sub, leaf in _leaves(tree):
-            for message, hint in templates.check(leaf, inputs, self.secrets, scope):
+            for message, hint in templates.check(leaf, inputs, self.secrets, scope, steps=steps):
                 self.problem(path + sub, message, hint)
                 flagged.add(sub)
 
@@ -475,6 +482,104 @@ class _Compiler:
                     self.problems.append(problem)
 
 
+#: What a multi-step operation may say for all its steps (each step merges over it).
+_STEP_DEFAULTS = ("result", "echo")
+#: Variables whose value differs on every run: an id built from one changes on a rerun.
+_VOLATILE = frozenset({"now", "now_ms"})
+#: Operations whose steps may move money, and the ids a wallet can dedupe them by.
+_MONEY_IDS = {"bet": ("transaction_id",), "win": ("transaction_id",), "refund": ("transaction_id",
+                                                                                  "bet_transaction_id"),
+              "rollback": ("transaction_id", "bet_transaction_id")}
+
+
+def _call(c: _Compiler, templates: Templates, name: str, spec: dict, where: tuple, inputs: frozenset[str] | None,
+          scope: str, result: ResultRules, echo: tuple[Echo, ...], step: str | None = None,
+          earlier: dict | None = None) -> Operation:
+    """One legacy call (an operation's, or one step's of a multi-step operation)."""
+    leaves: list = []
+
+    def tree(key: str) -> Callable | None:
+        return c.template_tree(templates, spec.get(key), where + (key,), inputs, scope, leaves, steps=earlier)
+
+    return Operation(
+        name=name,
+        method=spec.get("method", "POST"),
+        path=tree("path"),
+        query=tree("query"),
+        headers=tree("headers"),
+        body=tree("body"),
+        response={k: c.jmes(v, where + ("response", k), reads=True) for k, v in (spec.get("response") or {}).items()},
+        result=c.result(spec.get("result"), where + ("result",), result, templates, inputs, scope),
+        timeout=spec.get("timeout"),
+        inputs=templates.variables([spec.get("path"), spec.get("query"), spec.get("headers"), spec.get("body")]),
+        echo=c.echo(templates, spec.get("echo"), where + ("echo",), echo, inputs, scope),
+        leaves=tuple(leaves),
+        step=step,
+        moves_money=bool(spec.get("moves_money", True)),
+    )
+
+
+def _stepped(c: _Compiler, templates: Templates, name: str, spec: dict, where: tuple, inputs: frozenset[str] | None,
+             scope: str, result: ResultRules, echo: tuple[Echo, ...], default_timeout: float) -> Operation:
+    """A multi-step operation: its ``steps`` run in order, each reading the fields of the steps
+    before it as ``steps.NAME.FIELD``; its answer is the last step's."""
+    for key in spec:
+        if key not in ("steps", *_STEP_DEFAULTS) and not str(key).startswith("x-"):
+            c.problem(where + (key,), f"an operation with steps says {key!r} in each step; at its own level only "
+                      f"{', '.join(_STEP_DEFAULTS)} (defaults for every step)")
+    base_result = c.result(spec.get("result"), where + ("result",), result, templates, inputs, scope)
+    base_echo = c.echo(templates, spec.get("echo"), where + ("echo",), echo, inputs, scope)
+    steps: list[Operation] = []
+    earlier: dict[str, frozenset[str]] = {}
+    for index, step_spec in enumerate(spec["steps"]):
+        at = where + ("steps", index)
+        label = str(step_spec.get("name"))
+        if label in earlier:
+            c.problem(at + ("name",), f"step name {label!r} is already used by an earlier step")
+        step_inputs = inputs | {"steps"} if inputs is not None else None
+        step = _call(c, templates, f"{name}.{label}", step_spec, at, step_inputs, f"step {label!r} of {scope}",
+                     base_result, base_echo, label, dict(earlier))
+        _rerun_problems(c, templates, name, step, step_spec, at)
+        steps.append(step)
+        earlier[label] = frozenset(map(str, step_spec.get("response") or {}))
+    last = steps[-1]
+    return Operation(
+        name=name, method=last.method, path=None, query=None, headers=None, body=None,
+        response=last.response, result=base_result,
+        # The longest a run can take, for whoever waits for one (a concurrent copy, the queue's lease).
+        timeout=sum(step.timeout or default_timeout for step in steps),
+        inputs=frozenset().union(*(step.inputs for step in steps)), echo=(), steps=tuple(steps),
+    )
+
+
+def _rerun_problems(c: _Compiler, templates: Templates, operation: str, step: Operation, spec: dict,
+                    where: tuple) -> None:
+    """A redelivery reruns every step from the first: a step that may move money must send an
+    id its wallet can dedupe by, the same on every run, and may take "already done" as its
+    success only with proof that it is this transaction's."""
+    ids = _MONEY_IDS.get(operation)
+    if ids is None or not step.moves_money:
+        return
+    reads = [templates.variables(leaf) for _, leaf in _leaves([spec.get("path"), spec.get("query"),
+                                                              spec.get("headers"), spec.get("body")])]
+    with_ids = [names for names in reads if set(ids) & names]
+    hint = ("a redelivery, a retry after a timeout or a queued delivery reruns every step from the first; "
+            "send an id built from the transaction (e.g. \"{{ partner }}:{{ transaction_id }}:" + str(step.step)
+            + "\") that the wallet dedupes by, or say moves_money: false for a call that changes nothing")
+    if any(names & _VOLATILE for names in with_ids):
+        c.problem(where, f"step {step.step!r} of {operation} is not safe to rerun: its transaction id changes on "
+                  "every run (it reads now/now_ms)", hint)
+    elif not with_ids:
+        c.problem(where, f"step {step.step!r} of {operation} is not safe to rerun: it sends nothing the wallet can "
+                  f"dedupe it by ({' or '.join(ids)})", hint)
+    plain = sorted(step.result.success_codes - set(step.result.proofs))
+    if plain and operation in ("bet", "win"):
+        c.problem(where + ("result", "success_codes"),
+                  f"step {step.step!r} of {operation} takes {', '.join(plain)} as success without proof: on a rerun "
+                  "that answer may be an earlier attempt's or another transaction's",
+                  "list it as {code: …, proves: {…}} with the fields of the answer that prove it is this transaction")
+
+
 def _legacy_max(c: _Compiler, spec: dict) -> int | Decimal | None:
     """``amounts.max``: a whole number of legacy units for ``minor``/``scaled``, a decimal otherwise."""
     value = spec.get("max")
@@ -540,34 +645,26 @@ def compile_mapping(data: dict, file: str) -> Mapping:
         known = {name: wallet_inputs(name, extra) for name in data["operations"]}
     else:
         known, launch_inputs = provider_inputs(data, extra)
-    operations = {}
+    operations: dict[str, Operation] = {}
+    broken: set[str] = set()  # reported already: not "missing" too
     for name, spec in data["operations"].items():
         where = ("operations", name)
         inputs, scope = known.get(name), f"operation {name!r}"
-        leaves: list = []
-
-        def tree(key: str, inputs=inputs, scope=scope, leaves=leaves, spec=spec, where=where):
-            return c.template_tree(templates, spec.get(key), where + (key,), inputs, scope, leaves)
-
-        operations[name] = Operation(
-            name=name,
-            method=spec.get("method", "POST"),
-            path=tree("path"),
-            query=tree("query"),
-            headers=tree("headers"),
-            body=tree("body"),
-            response={k: c.jmes(v, where + ("response", k), reads=True)
-                      for k, v in (spec.get("response") or {}).items()},
-            result=c.result(spec.get("result"), where + ("result",), result, templates, inputs, scope),
-            timeout=spec.get("timeout"),
-            inputs=templates.variables([spec["path"], spec.get("query"), spec.get("headers"), spec.get("body")]),
-            echo=c.echo(templates, spec.get("echo"), where + ("echo",), echo, inputs, scope),
-            leaves=tuple(leaves),
-        )
+        if "steps" in spec:
+            operations[name] = _stepped(c, templates, name, spec, where, inputs, scope, result, echo,
+                                        float(data["upstream"].get("timeout", 2.0)))
+        elif "path" not in spec:
+            c.problem(where, "give 'path' (one legacy call) or 'steps' (several, in order)")
+            broken.add(name)
+            continue
+        else:
+            operations[name] = _call(c, templates, name, spec, where, inputs, scope, result, echo)
         c.inherited_echo(templates, echo, inputs, scope, spec.get("echo"))
         c.inherited_proofs(templates, inputs, scope, spec.get("result"))
     if data["face"] == "platform":
         for name in PLATFORM_OPERATIONS:
+            if name in broken:
+                continue
             if name not in operations:
                 c.problem(("operations",), f"missing operation {name!r}; a platform wallet mapping needs "
                           f"{', '.join(PLATFORM_OPERATIONS)}")

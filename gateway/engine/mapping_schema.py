@@ -85,7 +85,7 @@ ECHO = {
     "additionalProperties": {"type": ["string", "null"]},
 }
 
-OPERATION = {
+CALL = {
     "type": "object",
     "additionalProperties": False,
     "patternProperties": _ANNOTATIONS,
@@ -102,6 +102,33 @@ OPERATION = {
         "echo": {**ECHO, "description": "This operation's echoes, merged over the file's echo: an entry "
                                         "replaces the file's one of the same expression, null removes it."},
         "timeout": {"type": "number", "exclusiveMinimum": 0},
+    },
+}
+
+#: One step of a multi-step operation: a call, named, that later steps read as ``steps.NAME``.
+STEP = {
+    **CALL,
+    "required": ["name", "path"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                 "description": "The step's name: later steps read its response fields as steps.NAME.FIELD."},
+        **CALL["properties"],
+        "moves_money": {"type": "boolean", "default": True,
+                        "description": "false: this call changes nothing on the legacy side (a token, a lookup), "
+                                       "so it is safe to rerun whatever it sends."},
+    },
+}
+
+#: An operation: one call (``path`` …), or several in order (``steps``).
+OPERATION = {
+    **CALL,
+    "required": [],
+    "properties": {
+        **CALL["properties"],
+        "steps": {"type": "array", "minItems": 1, "items": STEP,
+                  "description": "Several legacy calls in order, each with its own request, response and "
+                                 "result; the operation answers the last one's fields. A redelivery reruns them "
+                                 "all from the first. Beside steps, only result and echo (defaults for each)."},
     },
 }
 

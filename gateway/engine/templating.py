@@ -193,13 +193,14 @@ class Templates:
 
     # -- static checks (at load: gateway/engine/mapping.py) ---------------------------------------
     def check(self, value: Any, inputs: frozenset[str] | None = None, secrets: frozenset[str] | None = None,
-              scope: str = "", *, names: bool = True) -> list[tuple[str, str | None]]:
+              scope: str = "", *, names: bool = True, steps: dict | None = None) -> list[tuple[str, str | None]]:
         """What is wrong in template ``value`` that Jinja would only say when it runs:
         ``[(message, hint)]`` for each unknown filter or test, each variable not among
         ``inputs`` (None: not checked) and each ``secrets.NAME`` not among ``secrets``, in any
         form (``{{ x }}``, ``{% if x %}``, a filter's arguments). ``scope`` names what the
-        inputs are (for hints); ``names=False`` reports variables only. A leaf that does not
-        parse is left to ``compile_value``."""
+        inputs are (for hints); ``names=False`` reports variables only. ``steps`` (a step of a
+        multi-step operation: earlier step -> its response fields) checks ``steps.NAME.FIELD``.
+        A leaf that does not parse is left to ``compile_value``."""
         if not isinstance(value, str) or "{" not in value:
             return []
         try:
@@ -223,6 +224,8 @@ class Templates:
             undeclared = meta.find_undeclared_variables(stubs.parse(value)) - inputs - set(self.env.globals)
             for name in sorted(undeclared):
                 found.append((f"{name!r} is undefined", _did_you_mean(name, inputs, scope)))
+        if steps is not None:
+            found += _step_problems(ast, steps)
         if secrets is not None and (inputs is None or "secrets" in inputs):
             for name in sorted(_secret_names(ast) - secrets):
                 known = ", ".join(sorted(secrets)) or "none"
@@ -244,6 +247,33 @@ class Templates:
         else:
             text += f"tests available here: {', '.join(sorted(table))}"
         return text
+
+
+def _step_problems(ast: nodes.Template, steps: dict) -> list[tuple[str, str | None]]:
+    """``steps.NAME`` must be an earlier step, ``steps.NAME.FIELD`` one of its response fields."""
+    found = []
+    earlier = "; ".join(f"{name} ({', '.join(sorted(fields)) or 'no response fields'})"
+                        for name, fields in steps.items()) or "none: this is the first step"
+    seen = set()
+    for node in ast.find_all(nodes.Getattr):
+        if not (isinstance(node.node, nodes.Name) and node.node.name == "steps") or node.attr in seen:
+            continue
+        seen.add(node.attr)
+        if node.attr not in steps:
+            close = difflib.get_close_matches(node.attr, list(steps), n=1, cutoff=0.75)
+            found.append((f"'steps.{node.attr}' is undefined",
+                          (f"did you mean 'steps.{close[0]}'? " if close else "")
+                          + f"the steps before this one: {earlier}"))
+    for node in ast.find_all(nodes.Getattr):
+        inner = node.node
+        if (isinstance(inner, nodes.Getattr) and isinstance(inner.node, nodes.Name) and inner.node.name == "steps"
+                and inner.attr in steps and node.attr not in steps[inner.attr]):
+            fields = sorted(steps[inner.attr])
+            close = difflib.get_close_matches(node.attr, fields, n=1, cutoff=0.75)
+            found.append((f"'steps.{inner.attr}.{node.attr}' is undefined",
+                          (f"did you mean 'steps.{inner.attr}.{close[0]}'? " if close else "")
+                          + f"step {inner.attr!r} reads: {', '.join(fields) or 'nothing (no response)'}"))
+    return found
 
 
 def _stub(*args: Any, **kwargs: Any) -> None:

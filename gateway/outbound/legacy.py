@@ -68,6 +68,9 @@ class LegacyClient:
                             if a is not None and type(a).run is not Adapter.run)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsigned: list[tuple[LegacyRequest, asyncio.Future]] = []  # see _signed
+        # Every call by name: the operations, and the steps of multi-step ones ("win.open").
+        self.calls: dict[str, Operation] = {**mapping.operations, **{
+            step.name: step for op in mapping.operations.values() for step in op.steps}}
 
     @property
     def session(self):
@@ -87,7 +90,9 @@ class LegacyClient:
     def _build(self, name: str, context: dict) -> LegacyRequest:
         """The legacy request for ``name``, rendered and encoded, not yet signed (then ``_finish``)."""
         m = self.mapping
-        op: Operation = m.operations[name]
+        op: Operation = self.calls[name]
+        if op.steps:
+            raise IgspError("internal_error", f"operation {name!r} has steps: build each ({op.steps[0].name}, …)")
         req = LegacyRequest(
             operation=name,
             method=op.method,
@@ -146,11 +151,13 @@ class LegacyClient:
         return await self.step(name, context)
 
     async def step(self, name: str, context: dict) -> LegacyReply:
-        """One legacy call exactly as the mapping declares operation ``name``."""
+        """Operation ``name`` exactly as the mapping declares it: one legacy call, or its steps."""
         m = self.mapping
-        if name not in m.operations:
+        op: Operation | None = self.calls.get(name)
+        if op is None:
             raise IgspError("internal_error", f"mapping {m.name!r} has no operation {name!r}")
-        op: Operation = m.operations[name]
+        if op.steps:
+            return await self._steps(op, context)
         try:
             req = self._build(name, context)
             expected = self.expect(name, context)
@@ -202,7 +209,7 @@ class LegacyClient:
         adapter raised stays what it is. Runs on the error path only: it renders again.
         """
         m = self.mapping
-        op = m.operations.get(name)
+        op = self.calls.get(name)
         missing = op.missing(context) if op is not None else None
         if missing is None:
             if isinstance(exc, IgspError):
@@ -217,6 +224,22 @@ class LegacyClient:
                              f"{at if where else ''}{field}: {why} for this call; nothing was sent",
                              kind="mapping", applied=False)
 
+    async def _steps(self, op: Operation, context: dict) -> LegacyReply:
+        """The steps of ``op`` in order, each seeing the earlier ones' fields as ``steps.NAME``;
+        the last one's answer is the operation's. A failing step fails the operation (named in
+        the message): certainly not applied only if no earlier step may have moved money."""
+        done: dict[str, dict] = {}
+        ctx = {**context, "steps": done}
+        started, moved, reply = time.perf_counter(), False, None
+        for index, step in enumerate(op.steps, 1):
+            try:
+                reply = await self.step(step.name, ctx)
+            except IgspError as exc:
+                raise in_step(exc, step, index, len(op.steps), moved) from exc
+            done[step.step] = reply.fields
+            moved = moved or step.moves_money
+        return LegacyReply(reply.fields, reply.data, reply.status, time.perf_counter() - started)
+
     async def send(self, req: LegacyRequest, timeout: float | None = None) -> Answer:
         """Send a built request and read its whole answer (status, content type, body);
         transport failures translated."""
@@ -227,7 +250,7 @@ class LegacyClient:
         """What the answer to operation ``name`` must echo for ``context``, and what an "already
         done" answer must carry to prove it is this transaction's (``proofs``); None: nothing
         declared."""
-        op: Operation = self.mapping.operations[name]
+        op: Operation = self.calls[name]
         if not op.echo and not op.result.proofs:
             return None
         found = Expected(echo.expect(op.echo, context) if op.echo else {})
@@ -241,7 +264,7 @@ class LegacyClient:
         Raises the mapped IgspError, or an UpstreamError for an unreadable or failed answer,
         or for one that does not echo ``expected`` (``expect``): another request's answer.
         """
-        op: Operation = self.mapping.operations[name]
+        op: Operation = self.calls[name]
         try:
             data = self.mapping.codec.decode(raw, content_type) if raw else None
         except Exception:  # noqa: BLE001 - any codec failure is a bad body
@@ -354,6 +377,16 @@ class Expected(dict):
 
 
 _UNREADABLE = object()
+
+
+def in_step(exc: IgspError, step: Operation, index: int, count: int, moved: bool) -> IgspError:
+    """``exc`` of step ``index`` of ``count`` as the operation's error. ``moved``: an earlier
+    step may have moved money, so "certainly not applied" no longer holds for the whole."""
+    message = f"step {index}/{count} {step.step}: {exc.message}"
+    if isinstance(exc, UpstreamError):
+        applied = None if moved and exc.applied is False else exc.applied
+        return UpstreamError(exc.code, message, kind=exc.kind, applied=applied, status=exc.status)
+    return IgspError(exc.code, message, exc.status)
 
 
 def _http_failure(status: int, message: str) -> UpstreamError:
