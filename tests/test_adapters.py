@@ -341,7 +341,9 @@ def test_unknown_jmespath_function_and_filter_fail_at_load(tmp_path, test_adapte
     with pytest.raises(ConfigError) as info:
         load_mapping(path)
     text = str(info.value)
-    assert f"{path}:9: operations.bet.body.cents: template error: No filter named 'cents'" in text
+    assert f"{path}:9: operations.bet.body.cents: unknown filter 'cents' Hint: filters available here: " in text
+    assert "(the gateway's and its adapters'), and Jinja2's: abs, " in text
+    assert "No filter named" not in text  # said once, not again in Jinja's words
     assert f"{path}:10: operations.bet.response.balance: unknown JMESPath function from_cents()" in text
     assert "add the adapter that provides it to 'extensions'" in text
 
@@ -520,6 +522,7 @@ async def test_run_flow_chains_mapping_operations(tmp_path, test_adapters, token
         face: platform
         upstream: {{base_url: "{url}"}}
         extensions: [token_flow]
+        extra_inputs: [legacy_token]   # what the flow adds to the bet's context
         result: {{success: ok, code: code, errors: {{BAD_TOKEN: session_not_found}}}}
         operations:
           token: {{path: /token, body: {{user: "{{{{ player_id }}}}"}}, response: {{token: token}}, result: {{success: token}}}}

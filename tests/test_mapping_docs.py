@@ -14,9 +14,11 @@ import tomllib
 import jsonschema
 import pytest
 
+from gateway.engine import error_codes
 from gateway.engine.adapters import ENTRY_POINT_GROUP
 from gateway.engine.mapping_schema import MAPPING_SCHEMA, schema_json
 from gateway.engine.templating import BUILTIN_FILTERS
+from gateway.errors import ERROR_CODES
 from gateway.tools.simulators import hub88_wallet
 from tests.support import ROOT
 
@@ -108,3 +110,19 @@ def test_every_shipped_mapping_validates(mapping_env):
                             env={**os.environ, "PYTHONPATH": str(ROOT), **mapping_env}, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"{f}: ok" for f in files]
+
+
+def test_the_error_code_table_is_generated_from_the_codes():
+    """mappings/README.md documents every iGSP error code with the status gateway/errors.py
+    gives it: regenerate with ``python -m gateway.engine.error_codes`` when a code changes."""
+    assert set(error_codes.MEANINGS) == set(ERROR_CODES), "describe each code in gateway/engine/error_codes.py"
+    begin, end = "<!-- error-codes:begin -->\n", "<!-- error-codes:end -->"
+    assert README.count(begin) == 1 and README.count(end) == 1
+    documented = README.split(begin)[1].split(end)[0]
+    assert documented == error_codes.table()
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[2:4] for line in documented.splitlines()[2:]}
+    assert {code: int(status) for code, (status, _) in rows.items()} == ERROR_CODES
+    assert all((retriable.strip() == "yes") == (ERROR_CODES[code] >= 500) for code, (_, retriable) in rows.items())
+    printed = subprocess.run([sys.executable, "-m", "gateway.engine.error_codes"], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert printed.returncode == 0 and printed.stdout == documented

@@ -147,18 +147,21 @@ def test_every_hub88_status(status):
     assert (answer["body"].get("error") if http >= 400 else None) == code
 
 
-@pytest.mark.parametrize(
-    ("operation", "status", "answer"),
-    [
-        ("win", "RS_ERROR_DUPLICATE_TRANSACTION", {"balance": 1, "transaction_id": "rq"}),  # already paid
-        ("refund", "RS_ERROR_TRANSACTION_DOES_NOT_EXIST", {"balance": 1, "transaction_id": "rq"}),  # nothing to undo
-    ],
-)
-def test_hub88_per_operation_success_codes(operation, status, answer):
-    body = json.dumps({"user": "p1", "status": status, "request_uuid": "rq", "currency": "EUR", "balance": 100000})
-    payload = {**BET, "bet_transaction_id": "tx-0"} if operation == "refund" else {**BET, "type": "win"}
-    report = try_in_process(HUB88, operation, payload, body.encode())
-    assert report["answer"]["status"] == 200 and report["answer"]["body"] == answer
+def test_hub88_per_operation_success_codes():
+    """A rollback of a transaction the wallet never saw: nothing to undo, acknowledged."""
+    body = json.dumps({"user": "p1", "status": "RS_ERROR_TRANSACTION_DOES_NOT_EXIST", "request_uuid": "rq",
+                       "currency": "EUR", "balance": 100000})
+    report = try_in_process(HUB88, "refund", {**BET, "bet_transaction_id": "tx-0"}, body.encode())
+    assert report["answer"]["status"] == 200 and report["answer"]["body"] == {"balance": 1, "transaction_id": "rq"}
+
+
+def test_hub88_duplicate_win_is_not_taken_as_paid():
+    """RS_ERROR_DUPLICATE_TRANSACTION on a win says "already done" but carries nothing of the
+    transaction it collided with: an unknown outcome, never a paid win."""
+    body = json.dumps({"user": "p1", "status": "RS_ERROR_DUPLICATE_TRANSACTION", "request_uuid": "rq",
+                       "currency": "EUR", "balance": 100000})
+    answer = try_in_process(HUB88, "win", {**BET, "type": "win"}, body.encode())["answer"]
+    assert (answer["status"], answer["body"]["error"], answer["applied"]) == (502, "upstream_error", "unknown")
 
 
 def test_soap_request_escapes_and_redacts():

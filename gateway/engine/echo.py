@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from jinja2 import Undefined
+
 
 @dataclass(frozen=True)
 class Echo:
@@ -43,15 +45,20 @@ class Echo:
     path: str
     expression: Any  # compiled JMESPath
     expected: Callable[[dict], Any]  # compiled template
+    #: ``(field, line, renderer)`` of the template's leaves, to name a missing variable.
+    leaves: tuple = ()
 
 
 def expect(echoes: tuple[Echo, ...], context: dict) -> dict[str, Any]:
     """The expected value of each echo for this call (rendered before it is sent);
-    echoes whose value renders null are left out."""
+    echoes whose value renders null are left out. A variable the context lacks raises
+    ``UndefinedError`` (the request cannot be built), never an echo that cannot match."""
     values = {}
     for echo in echoes:
         value = echo.expected(context)
         if value is not None:
+            if isinstance(value, Undefined):
+                value._fail_with_undefined_error()
             values[echo.path] = value
     return values
 

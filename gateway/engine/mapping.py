@@ -9,6 +9,7 @@ field path. The request path then only renders and searches.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,18 +19,24 @@ from typing import Any
 import jmespath
 import jmespath.exceptions
 import jmespath.functions
+import jmespath.lexer
 
 from gateway import money
 from gateway.adapter_api import Adapter
 from gateway.engine import jmespath_fast
 from gateway.engine.adapters import make_adapter
 from gateway.engine.echo import Echo
+from gateway.engine.inputs import provider_inputs, wallet_inputs
 from gateway.engine.mapping_schema import MAPPING_SCHEMA, PLATFORM_OPERATIONS
 from gateway.engine.provider_mapping import compile_provider
-from gateway.engine.templating import TemplateError, Templates
+from gateway.engine.templating import TemplateError, Templates, diagnose
 from gateway.engine.yamlload import dotted, env_and_schema_problems, line_of, load_yaml
-from gateway.errors import ConfigError, IgspError, Problem
+from gateway.errors import ERROR_CODES, ConfigError, IgspError, Problem
 from gateway.ops.redaction import scrub, secret_values
+
+#: What a mapped legacy error says about the money: nothing was applied (the default), or
+#: the legacy side does not know (``outcome: unknown``: retriable, and the rollback path).
+OUTCOMES = ("not_applied", "unknown")
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class ErrorRule:
     code: str
     message: str | None = None
     status: int | None = None
+    outcome: str = "not_applied"
 
     def error(self, legacy_code: Any, legacy_message: Any) -> IgspError:
         detail = f": {legacy_message}" if legacy_message and str(legacy_message) != str(legacy_code) else ""
@@ -54,6 +62,9 @@ class ResultRules:
     success_codes: frozenset = frozenset()
     errors: dict = field(default_factory=dict)  # str(legacy code) -> ErrorRule
     default_error: ErrorRule = ErrorRule("upstream_error")
+    #: str(success code) -> the echoes that prove an "already done" answer is this
+    #: transaction's (``success_codes: [{code, proves}]``); a code without is taken as is.
+    proofs: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,27 @@ class Operation:
     inputs: frozenset[str] = frozenset()
     #: Fields of the answer that must echo the request (gateway/engine/echo.py).
     echo: tuple[Echo, ...] = ()
+    #: ``(field, line, renderer)`` of every request template leaf, to name the one that
+    #: needs a variable a call lacks (``templating.diagnose``, on the error path only).
+    leaves: tuple = ()
+    #: A multi-step operation's calls, in order (each an Operation named ``<op>.<step>``);
+    #: empty for one call.
+    steps: tuple = ()
+    #: This call's name as a step (``steps.NAME`` in later steps' templates), else None.
+    step: str | None = None
+    #: False: this step changes nothing on the legacy side (a token, a lookup).
+    moves_money: bool = True
+
+    def missing(self, context: dict) -> tuple[str, int | None, str] | None:
+        """``(field, line, "'x' is undefined")`` when this operation's request (or an echo)
+        needs a variable ``context`` lacks; None otherwise."""
+        proofs = [echo.leaves for echoes in self.result.proofs.values() for echo in echoes]
+        for leaves in (self.leaves, *(echo.leaves for echo in self.echo), *proofs):
+            found = diagnose([((field, line), render) for field, line, render in leaves], context)
+            if found is not None:
+                (field, line), why = found
+                return field, line, why
+        return None
 
 
 @dataclass(frozen=True)
@@ -202,26 +234,120 @@ def _function_names(node: Any) -> set[str]:
     return found
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: An unquoted key with a dash, or starting with a digit, outside quotes and backticks.
+_BARE_KEY = re.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`(?:[^`\\]|\\.)*`)"""
+                       r"|(?<![\w\-])((?:[A-Za-z_][\w]*-[\w\-]*\w)|(?:\d+[A-Za-z_][\w\-]*))")
+_SYNTAX = "JMESPath: keys plain (data.balance) or double-quoted (data.\"game-id\"), texts single-quoted ('RS_OK'), " \
+          "numbers in backticks (`0`); see https://jmespath.org/specification.html"
+
+
+def _quote_bare_keys(expression: str) -> str:
+    """``data.game-id`` -> ``data."game-id"`` (quoted parts left alone)."""
+    return _BARE_KEY.sub(lambda m: m.group(1) or f'"{m.group(2)}"', expression)
+
+
+def jmespath_hint(expression: str, exc: Exception) -> str:
+    """A hint for a JMESPath parse error, specific to the usual mistakes."""
+    near, kind = getattr(exc, "token_value", None), str(getattr(exc, "token_type", "") or "")
+    stripped = expression.strip()
+    if stripped.startswith("$"):
+        if ".." in stripped:
+            return ("JMESPath has no '$' root and no '..' (a JSONPath habit): name the whole path from the "
+                    "top of the answer, e.g. data.wallet.balance, or project with data.*.balance")
+        fixed = stripped[1:].lstrip(".") or "@"
+        return f"JMESPath has no '$' root (a JSONPath habit): write {fixed!r} for {stripped!r}"
+    quoted = _quote_bare_keys(expression)
+    if quoted != expression and (near == "-" or kind == "NUMBER"):
+        return f"a key with '-' or starting with a digit is double-quoted in JMESPath: {quoted}"
+    if kind == "LITERAL":
+        fixed = re.sub(r"(?:\.|\[)\s*'((?:[^'\\]|\\.)*)'\s*\]?", r'."\1"', expression)
+        return (f"'{near}' (single quotes) is a text in JMESPath, not a key: write "
+                + (fixed if fixed != expression else f'a key plain or in double quotes, e.g. "{near}"'))
+    if kind == "QUOTED_IDENTIFIER" and "[" in expression:
+        fixed = re.sub(r'\[\s*("(?:[^"\\]|\\.)*")\s*\]', r".\1", expression)
+        return f"brackets take an index ([0]), a filter ([?…]) or a slice, not a key: write {fixed}"
+    if near == "=":
+        return "compare with == (and !=), not ="
+    if kind == "UNQUOTED_IDENTIFIER" and str(near).lower() in ("and", "or", "not"):
+        return "JMESPath writes and / or / not as && / || / !"
+    if exc.__class__.__name__ == "IncompleteExpressionError":
+        return "the expression ends too early: a bracket, a quote or an operator is not closed"
+    return _SYNTAX
+
+
+def jmespath_smells(expression: str, parsed: dict, reads: bool) -> list[tuple[str, str]]:
+    """Expressions that parse but cannot mean what was written: ``status == "RS_OK"``
+    compares with a *key* named RS_OK (double quotes name keys), and a ``response`` field
+    ``'balance'`` is the text "balance"."""
+    found = []
+    if reads and parsed.get("type") == "literal":
+        value = parsed.get("value")
+        found.append((f"{expression!r} is a constant ({value!r}), not a read of the answer",
+                      f"a key is written plain or in double quotes: {value}" if isinstance(value, str)
+                      and _IDENTIFIER.fullmatch(value) else _SYNTAX))
+    try:
+        tokens = list(jmespath.lexer.Lexer().tokenize(expression))
+    except jmespath.exceptions.JMESPathError:
+        return found
+    comparators = {"eq", "ne", "lt", "gt", "lte", "gte"}
+    for i, token in enumerate(tokens):
+        value = str(token["value"])
+        if token["type"] != "quoted_identifier" or not (_IDENTIFIER.fullmatch(value) or value.isdigit()):
+            continue  # "game-id" == x: a key that needs its quotes
+        def kind(at: int) -> str | None:
+            return tokens[at]["type"] if 0 <= at < len(tokens) else None
+
+        # The other operand of the comparison: a literal there means the key is meant.
+        other = kind(i - 2) if kind(i - 1) in comparators else kind(i + 2) if kind(i + 1) in comparators else None
+        if other is not None and other != "literal":
+            found.append((f'compares with "{value}", which in JMESPath is the key {value} (double quotes name '
+                          f"a key), not the text {value!r}",
+                          f"write the text in single quotes: '{value}'" + (f" (the number: `{value}`)"
+                                                                            if value.isdigit() else "")))
+    return found
+
+
+def _leaves(tree: Any, path: tuple = ()):
+    """``(path, leaf)`` of every leaf of a YAML tree of templates."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, path + (key,))
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield from _leaves(value, path + (index,))
+    elif tree is not None:
+        yield path, tree
+
+
 class _Compiler:
     """Collects every problem of one file while compiling it."""
 
     def __init__(self, file: str, data: Any):
         self.file, self.data, self.problems = file, data, []
         self.functions: frozenset = _BUILTIN_JMESPATH
+        secrets = data.get("secrets") if isinstance(data, dict) else None
+        self.secrets: frozenset[str] = frozenset(map(str, secrets)) if isinstance(secrets, dict) else frozenset()
 
     def problem(self, path: tuple, message: str, hint: str | None = None) -> None:
         self.problems.append(Problem(self.file, line_of(self.data, path), dotted(path), message, hint))
 
-    def jmes(self, expression: Any, path: tuple) -> Any:
+    def jmes(self, expression: Any, path: tuple, *, reads: bool = False) -> Any:
+        """Compile a JMESPath expression at ``path``, with a hint specific to each mistake
+        (``jmespath_hint``). ``reads``: the expression must read the answer (a ``response``
+        field, an echo): a constant there, such as ``'balance'``, is a mistake."""
+        text = str(expression)
         try:
-            compiled = jmespath.compile(str(expression))
+            compiled = jmespath.compile(text)
         except jmespath.exceptions.JMESPathError as exc:
             column = getattr(exc, "lex_position", None)
             near = getattr(exc, "token_value", None)
             where = f" at column {column}" if column is not None else ""
             self.problem(path, f"JMESPath parse error{where}" + (f" near {near!r}" if near else "") + f": {expression!r}",
-                         hint="quote keys that contain '-' or start with a digit, e.g. \"game-id\"")
+                         hint=jmespath_hint(text, exc))
             return None
+        for message, hint in jmespath_smells(text, compiled.parsed, reads):
+            self.problem(path, message, hint)
         unknown = sorted(_function_names(compiled.parsed) - self.functions)
         if unknown:
             extra = sorted(self.functions - _BUILTIN_JMESPATH)
@@ -238,18 +364,35 @@ class _Compiler:
             self.problem(path, str(exc))
             return None
 
-    def template_tree(self, templates: Templates, tree: Any, path: tuple) -> Callable | None:
+    def template_tree(self, templates: Templates, tree: Any, path: tuple, inputs: frozenset[str] | None = None,
+                      scope: str = "", leaves: list | None = None, steps: dict | None = None) -> Callable | None:
+        """Compile a tree of templates at ``path``, checking each leaf (``Templates.check``): its
+        filters and tests, its variables against ``inputs`` (None: not checked; ``scope`` says
+        whose they are), its ``secrets.NAME``. ``leaves`` receives ``(field, line, renderer)``
+        of each leaf, for naming the one that fails at run time (``templating.diagnose``)."""
         if tree is None:
             return None
+        flagged: set[tuple] = set()
+        for sub, leaf in _leaves(tree):
+            for message, hint in templates.check(leaf, inputs, self.secrets, scope, steps=steps):
+                self.problem(path + sub, message, hint)
+                flagged.add(sub)
 
         def on_error(sub: tuple, exc: Exception) -> None:
+            if sub in flagged:
+                return  # already explained (Jinja would say "No filter named …" again)
             line = getattr(exc, "lineno", None)
             extra = f" (template line {line})" if line and line > 1 else ""
             self.problem(path + sub, f"template error{extra}: {getattr(exc, 'message', None) or exc}")
 
-        return templates.compile_tree(tree, on_error)
+        found: list = []
+        render = templates.compile_tree(tree, on_error, leaves=found)
+        if leaves is not None:
+            leaves.extend((dotted(path + sub), line_of(self.data, path + sub), leaf) for sub, leaf in found)
+        return render
 
-    def echo(self, templates: Templates, spec: Any, path: tuple, base: tuple[Echo, ...] = ()) -> tuple[Echo, ...]:
+    def echo(self, templates: Templates, spec: Any, path: tuple, base: tuple[Echo, ...] = (),
+             inputs: frozenset[str] | None = None, scope: str = "") -> tuple[Echo, ...]:
         """``echo:`` (answer JMESPath -> template of the expected value), merged over ``base``:
         an entry replaces the inherited one of the same expression, ``null`` removes it."""
         entries = {echo.path: echo for echo in base}
@@ -258,28 +401,183 @@ class _Compiler:
             if template is None:
                 entries.pop(text, None)
                 continue
-            expression = self.jmes(text, where)
-            expected = self.template_tree(templates, template, where)
+            expression = self.jmes(text, where, reads=True)
+            leaves: list = []
+            expected = self.template_tree(templates, template, where, inputs, scope, leaves)
             if expression is not None:
-                entries[text] = Echo(text, expression, expected)
+                entries[text] = Echo(text, expression, expected, tuple(leaves))
         return tuple(entries.values())
 
-    def rule(self, spec: Any) -> ErrorRule:
+    def inherited_echo(self, templates: Templates, echoes: tuple[Echo, ...], inputs: frozenset[str] | None,
+                       scope: str, own: Any) -> None:
+        """Check the file-level echoes an operation inherits against that operation's inputs
+        (reported at the file's ``echo`` entry, once per entry and variable)."""
+        if inputs is None:
+            return
+        for echo in echoes:
+            if isinstance(own, dict) and echo.path in own:
+                continue  # replaced or removed by the operation's own entry
+            template = (self.data.get("echo") or {}).get(echo.path)
+            self.inherited_leaves(templates, template, ("echo", echo.path), inputs, scope)
+
+    def rule(self, spec: Any, path: tuple) -> ErrorRule:
         if isinstance(spec, str):
             return ErrorRule(spec)
-        return ErrorRule(spec["error"], spec.get("message"), spec.get("status"))
+        rule = ErrorRule(spec["error"], spec.get("message"), spec.get("status"), spec.get("outcome", "not_applied"))
+        if rule.outcome == "unknown" and (rule.status or ERROR_CODES.get(rule.code, 500)) < 500:
+            self.problem(path + ("outcome",), f"an unknown outcome is retriable, but {rule.code!r} is a "
+                         f"{rule.status or ERROR_CODES.get(rule.code)}",
+                         hint="name a 5xx code (upstream_error, upstream_timeout, upstream_unavailable) or give "
+                              "a status of 500 or more")
+        return rule
 
-    def result(self, spec: dict, path: tuple, base: ResultRules | None = None) -> ResultRules:
+    def result(self, spec: dict, path: tuple, base: ResultRules | None = None, templates: Templates | None = None,
+               inputs: frozenset[str] | None = None, scope: str = "") -> ResultRules:
         base = base or ResultRules()
         spec = spec or {}
+        codes, proofs = base.success_codes, base.proofs
+        if "success_codes" in spec:
+            codes, proofs = set(), {}
+            for index, entry in enumerate(spec["success_codes"] or ()):
+                if not isinstance(entry, dict):
+                    codes.add(str(entry))
+                    continue
+                code = str(entry.get("code"))
+                codes.add(code)
+                if entry.get("proves") and templates is not None:
+                    proofs[code] = self.echo(templates, entry["proves"], path + ("success_codes", index, "proves"),
+                                             (), inputs, scope)
+            codes = frozenset(codes)
         return ResultRules(
             success=self.jmes(spec["success"], path + ("success",)) if "success" in spec else base.success,
             code=self.jmes(spec["code"], path + ("code",)) if "code" in spec else base.code,
             message=self.jmes(spec["message"], path + ("message",)) if "message" in spec else base.message,
-            success_codes=frozenset(map(str, spec["success_codes"])) if "success_codes" in spec else base.success_codes,
-            errors={**base.errors, **{str(k): self.rule(v) for k, v in (spec.get("errors") or {}).items()}},
-            default_error=self.rule(spec["default_error"]) if "default_error" in spec else base.default_error,
+            success_codes=codes,
+            errors={**base.errors, **{str(k): self.rule(v, path + ("errors", k))
+                                      for k, v in (spec.get("errors") or {}).items()}},
+            default_error=self.rule(spec["default_error"], path + ("default_error",)) if "default_error" in spec
+            else base.default_error,
+            proofs=proofs,
         )
+
+    def inherited_proofs(self, templates: Templates, inputs: frozenset[str] | None, scope: str, own: Any) -> None:
+        """Check the file-level ``success_codes`` proofs an operation inherits against its inputs."""
+        if inputs is None or (isinstance(own, dict) and "success_codes" in own):
+            return
+        for index, entry in enumerate((self.data.get("result") or {}).get("success_codes") or ()):
+            if not isinstance(entry, dict) or not isinstance(entry.get("proves"), dict):
+                continue
+            for key, template in entry["proves"].items():
+                where = ("result", "success_codes", index, "proves", key)
+                self.inherited_leaves(templates, template, where, inputs, scope)
+
+    def inherited_leaves(self, templates: Templates, template: Any, where: tuple, inputs: frozenset[str],
+                         scope: str) -> None:
+        """Report the variables of file-level ``template`` (at ``where``) that ``scope`` lacks."""
+        for sub, leaf in _leaves(template):
+            for message, hint in templates.check(leaf, inputs, None, scope, names=False):
+                problem = Problem(self.file, line_of(self.data, where + sub), dotted(where + sub),
+                                  f"{message} in {scope}", hint)
+                if problem not in self.problems:
+                    self.problems.append(problem)
+
+
+#: What a multi-step operation may say for all its steps (each step merges over it).
+_STEP_DEFAULTS = ("result", "echo")
+#: Variables whose value differs on every run: an id built from one changes on a rerun.
+_VOLATILE = frozenset({"now", "now_ms"})
+#: Operations whose steps may move money, and the ids a wallet can dedupe them by.
+_MONEY_IDS = {"bet": ("transaction_id",), "win": ("transaction_id",), "refund": ("transaction_id",
+                                                                                  "bet_transaction_id"),
+              "rollback": ("transaction_id", "bet_transaction_id")}
+
+
+def _call(c: _Compiler, templates: Templates, name: str, spec: dict, where: tuple, inputs: frozenset[str] | None,
+          scope: str, result: ResultRules, echo: tuple[Echo, ...], step: str | None = None,
+          earlier: dict | None = None) -> Operation:
+    """One legacy call (an operation's, or one step's of a multi-step operation)."""
+    leaves: list = []
+
+    def tree(key: str) -> Callable | None:
+        return c.template_tree(templates, spec.get(key), where + (key,), inputs, scope, leaves, steps=earlier)
+
+    return Operation(
+        name=name,
+        method=spec.get("method", "POST"),
+        path=tree("path"),
+        query=tree("query"),
+        headers=tree("headers"),
+        body=tree("body"),
+        response={k: c.jmes(v, where + ("response", k), reads=True) for k, v in (spec.get("response") or {}).items()},
+        result=c.result(spec.get("result"), where + ("result",), result, templates, inputs, scope),
+        timeout=spec.get("timeout"),
+        inputs=templates.variables([spec.get("path"), spec.get("query"), spec.get("headers"), spec.get("body")]),
+        echo=c.echo(templates, spec.get("echo"), where + ("echo",), echo, inputs, scope),
+        leaves=tuple(leaves),
+        step=step,
+        moves_money=bool(spec.get("moves_money", True)),
+    )
+
+
+def _stepped(c: _Compiler, templates: Templates, name: str, spec: dict, where: tuple, inputs: frozenset[str] | None,
+             scope: str, result: ResultRules, echo: tuple[Echo, ...], default_timeout: float) -> Operation:
+    """A multi-step operation: its ``steps`` run in order, each reading the fields of the steps
+    before it as ``steps.NAME.FIELD``; its answer is the last step's."""
+    for key in spec:
+        if key not in ("steps", *_STEP_DEFAULTS) and not str(key).startswith("x-"):
+            c.problem(where + (key,), f"an operation with steps says {key!r} in each step; at its own level only "
+                      f"{', '.join(_STEP_DEFAULTS)} (defaults for every step)")
+    base_result = c.result(spec.get("result"), where + ("result",), result, templates, inputs, scope)
+    base_echo = c.echo(templates, spec.get("echo"), where + ("echo",), echo, inputs, scope)
+    steps: list[Operation] = []
+    earlier: dict[str, frozenset[str]] = {}
+    for index, step_spec in enumerate(spec["steps"]):
+        at = where + ("steps", index)
+        label = str(step_spec.get("name"))
+        if label in earlier:
+            c.problem(at + ("name",), f"step name {label!r} is already used by an earlier step")
+        step_inputs = inputs | {"steps"} if inputs is not None else None
+        step = _call(c, templates, f"{name}.{label}", step_spec, at, step_inputs, f"step {label!r} of {scope}",
+                     base_result, base_echo, label, dict(earlier))
+        _rerun_problems(c, templates, name, step, step_spec, at)
+        steps.append(step)
+        earlier[label] = frozenset(map(str, step_spec.get("response") or {}))
+    last = steps[-1]
+    return Operation(
+        name=name, method=last.method, path=None, query=None, headers=None, body=None,
+        response=last.response, result=base_result,
+        # The longest a run can take, for whoever waits for one (a concurrent copy, the queue's lease).
+        timeout=sum(step.timeout or default_timeout for step in steps),
+        inputs=frozenset().union(*(step.inputs for step in steps)), echo=(), steps=tuple(steps),
+    )
+
+
+def _rerun_problems(c: _Compiler, templates: Templates, operation: str, step: Operation, spec: dict,
+                    where: tuple) -> None:
+    """A redelivery reruns every step from the first: a step that may move money must send an
+    id its wallet can dedupe by, the same on every run, and may take "already done" as its
+    success only with proof that it is this transaction's."""
+    ids = _MONEY_IDS.get(operation)
+    if ids is None or not step.moves_money:
+        return
+    reads = [templates.variables(leaf) for _, leaf in _leaves([spec.get("path"), spec.get("query"),
+                                                              spec.get("headers"), spec.get("body")])]
+    with_ids = [names for names in reads if set(ids) & names]
+    hint = ("a redelivery, a retry after a timeout or a queued delivery reruns every step from the first; "
+            "send an id built from the transaction (e.g. \"{{ partner }}:{{ transaction_id }}:" + str(step.step)
+            + "\") that the wallet dedupes by, or say moves_money: false for a call that changes nothing")
+    if any(names & _VOLATILE for names in with_ids):
+        c.problem(where, f"step {step.step!r} of {operation} is not safe to rerun: its transaction id changes on "
+                  "every run (it reads now/now_ms)", hint)
+    elif not with_ids:
+        c.problem(where, f"step {step.step!r} of {operation} is not safe to rerun: it sends nothing the wallet can "
+                  f"dedupe it by ({' or '.join(ids)})", hint)
+    plain = sorted(step.result.success_codes - set(step.result.proofs))
+    if plain and operation in ("bet", "win"):
+        c.problem(where + ("result", "success_codes"),
+                  f"step {step.step!r} of {operation} takes {', '.join(plain)} as success without proof: on a rerun "
+                  "that answer may be an earlier attempt's or another transaction's",
+                  "list it as {code: …, proves: {…}} with the fields of the answer that prove it is this transaction")
 
 
 def _legacy_max(c: _Compiler, spec: dict) -> int | Decimal | None:
@@ -339,26 +637,34 @@ def compile_mapping(data: dict, file: str) -> Mapping:
     if amounts.unit == "scaled" and not amounts.scale:
         c.problem(("amounts", "unit"), "unit 'scaled' needs amounts.scale (e.g. 100000 for 1/100000 units)")
 
-    result = c.result(data.get("result"), ("result",))
-    echo = c.echo(templates, data.get("echo"), ("echo",))
-    operations = {}
+    result = c.result(data.get("result"), ("result",), None, templates)  # proofs: checked per operation below
+    echo = c.echo(templates, data.get("echo"), ("echo",))  # its variables: checked per operation below
+    extra = frozenset(map(str, data.get("extra_inputs") or ()))
+    launch_inputs: frozenset | None = None
+    if data["face"] == "platform":
+        known = {name: wallet_inputs(name, extra) for name in data["operations"]}
+    else:
+        known, launch_inputs = provider_inputs(data, extra)
+    operations: dict[str, Operation] = {}
+    broken: set[str] = set()  # reported already: not "missing" too
     for name, spec in data["operations"].items():
         where = ("operations", name)
-        operations[name] = Operation(
-            name=name,
-            method=spec.get("method", "POST"),
-            path=c.template_tree(templates, spec["path"], where + ("path",)),
-            query=c.template_tree(templates, spec.get("query"), where + ("query",)),
-            headers=c.template_tree(templates, spec.get("headers"), where + ("headers",)),
-            body=c.template_tree(templates, spec.get("body"), where + ("body",)),
-            response={k: c.jmes(v, where + ("response", k)) for k, v in (spec.get("response") or {}).items()},
-            result=c.result(spec.get("result"), where + ("result",), result),
-            timeout=spec.get("timeout"),
-            inputs=templates.variables([spec["path"], spec.get("query"), spec.get("headers"), spec.get("body")]),
-            echo=c.echo(templates, spec.get("echo"), where + ("echo",), echo),
-        )
+        inputs, scope = known.get(name), f"operation {name!r}"
+        if "steps" in spec:
+            operations[name] = _stepped(c, templates, name, spec, where, inputs, scope, result, echo,
+                                        float(data["upstream"].get("timeout", 2.0)))
+        elif "path" not in spec:
+            c.problem(where, "give 'path' (one legacy call) or 'steps' (several, in order)")
+            broken.add(name)
+            continue
+        else:
+            operations[name] = _call(c, templates, name, spec, where, inputs, scope, result, echo)
+        c.inherited_echo(templates, echo, inputs, scope, spec.get("echo"))
+        c.inherited_proofs(templates, inputs, scope, spec.get("result"))
     if data["face"] == "platform":
         for name in PLATFORM_OPERATIONS:
+            if name in broken:
+                continue
             if name not in operations:
                 c.problem(("operations",), f"missing operation {name!r}; a platform wallet mapping needs "
                           f"{', '.join(PLATFORM_OPERATIONS)}")
@@ -366,7 +672,8 @@ def compile_mapping(data: dict, file: str) -> Mapping:
                 c.problem(("operations", name, "response"), "missing 'balance': JMESPath to the balance after the call")
     provider = None
     if data["face"] == "provider":
-        provider = compile_provider(c, data, templates, operations, _jmespath_options(functions), codec, signer)
+        provider = compile_provider(c, data, templates, operations, _jmespath_options(functions), codec, signer,
+                                    launch_inputs)
     if c.problems:
         raise ConfigError(c.problems)
 

@@ -30,6 +30,29 @@ ERROR_RULE = {
                 "error": {"type": "string", "enum": sorted(ERROR_CODES)},
                 "message": {"type": "string"},
                 "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                "outcome": {"enum": ["not_applied", "unknown"], "default": "not_applied",
+                            "description": "not_applied: the legacy side says nothing was applied. unknown: it "
+                                           "does not know (retriable; a bet is rolled back, a win or refund "
+                                           "queued or dead-lettered). Needs a 5xx error."},
+            },
+        },
+    ]
+}
+
+SUCCESS_CODE = {
+    "oneOf": [
+        {"type": ["string", "integer"]},
+        {
+            "type": "object",
+            "required": ["code", "proves"],
+            "additionalProperties": False,
+            "patternProperties": _ANNOTATIONS,
+            "properties": {
+                "code": {"type": ["string", "integer"]},
+                "proves": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"},
+                           "description": "JMESPath on the answer -> template of the value it must carry (as in "
+                                          "echo): every one must match, or the answer does not prove the earlier "
+                                          "attempt was this transaction and the outcome is unknown."},
             },
         },
     ]
@@ -44,8 +67,10 @@ RESULT = {
         "success": {"type": "string", "description": "JMESPath, truthy on success. Default: HTTP 2xx."},
         "code": {"type": "string", "description": "JMESPath to the legacy error code."},
         "message": {"type": "string", "description": "JMESPath to the legacy error text."},
-        "success_codes": {"type": "array", "items": {"type": ["string", "integer"]},
-                          "description": "Legacy codes that also mean success for this operation."},
+        "success_codes": {"type": "array", "items": SUCCESS_CODE,
+                          "description": "Legacy codes that also mean success for this operation (\"already "
+                                         "done\"), each taken as is or only with proof that it is this "
+                                         "transaction ({code, proves})."},
         "errors": {"type": "object", "additionalProperties": ERROR_RULE,
                    "description": "Legacy code -> iGSP error code (or {error, message, status})."},
         "default_error": ERROR_RULE,
@@ -60,7 +85,7 @@ ECHO = {
     "additionalProperties": {"type": ["string", "null"]},
 }
 
-OPERATION = {
+CALL = {
     "type": "object",
     "additionalProperties": False,
     "patternProperties": _ANNOTATIONS,
@@ -77,6 +102,33 @@ OPERATION = {
         "echo": {**ECHO, "description": "This operation's echoes, merged over the file's echo: an entry "
                                         "replaces the file's one of the same expression, null removes it."},
         "timeout": {"type": "number", "exclusiveMinimum": 0},
+    },
+}
+
+#: One step of a multi-step operation: a call, named, that later steps read as ``steps.NAME``.
+STEP = {
+    **CALL,
+    "required": ["name", "path"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                 "description": "The step's name: later steps read its response fields as steps.NAME.FIELD."},
+        **CALL["properties"],
+        "moves_money": {"type": "boolean", "default": True,
+                        "description": "false: this call changes nothing on the legacy side (a token, a lookup), "
+                                       "so it is safe to rerun whatever it sends."},
+    },
+}
+
+#: An operation: one call (``path`` …), or several in order (``steps``).
+OPERATION = {
+    **CALL,
+    "required": [],
+    "properties": {
+        **CALL["properties"],
+        "steps": {"type": "array", "minItems": 1, "items": STEP,
+                  "description": "Several legacy calls in order, each with its own request, response and "
+                                 "result; the operation answers the last one's fields. A redelivery reruns them "
+                                 "all from the first. Beside steps, only result and echo (defaults for each)."},
     },
 }
 
@@ -129,6 +181,11 @@ MAPPING_SCHEMA: dict = {
             },
         },
         "secrets": {"type": "object", "additionalProperties": {"type": "string"}},
+        "extra_inputs": {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                         "uniqueItems": True,
+                         "description": "Fields callers send beyond the iGSP spec's (hook or launch extras) that "
+                                        "templates read; always optional at run time. Every other variable a "
+                                        "template reads must be one the gateway gives it."},
         "result": RESULT,
         "echo": ECHO,
         "operations": {"type": "object", "additionalProperties": OPERATION, "minProperties": 1},

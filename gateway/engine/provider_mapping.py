@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.adapter_api import Adapter, implements
+from gateway.engine.inputs import CALLBACK_CONTEXT, CATALOGUE_ITEM_CONTEXT, ERROR_REPLY_CONTEXT, REPLY_CONTEXT
 
 HOOK_TYPES = {"balance": None, "bet": "bet", "win": "win", "refund": "bet"}
 #: Hook fields each callback hook must be told how to read (the session gives the rest).
@@ -149,22 +150,26 @@ class ProviderSpec:
 
 
 def compile_provider(c: Any, data: dict, templates: Any, operations: dict, options: Any,
-                     codec: Adapter | None, signer: Adapter | None) -> ProviderSpec | None:
-    """Compile the three sections; ``c`` is the mapping's problem-collecting compiler."""
+                     codec: Adapter | None, signer: Adapter | None,
+                     launch_inputs: frozenset[str] | None = None) -> ProviderSpec | None:
+    """Compile the three sections; ``c`` is the mapping's problem-collecting compiler.
+    ``launch_inputs``: the variables of ``launch.url`` and ``launch.token``
+    (gateway/engine/inputs.py); every other template's are fixed by its section."""
     for section in ("catalogue", "launch"):
         if section not in data:
             c.problem((), f"a provider mapping needs a '{section}' section")
     if "catalogue" not in data or "launch" not in data:
         return None
     catalogue = _catalogue(c, data["catalogue"], templates, operations, options, data["name"])
-    launch = _launch(c, data["launch"], templates, operations)
+    launch = _launch(c, data["launch"], templates, operations, launch_inputs)
     callbacks = None
     if "callbacks" in data:
         callbacks = _callbacks(c, data["callbacks"], templates, options, codec, signer)
     return ProviderSpec(catalogue, launch, callbacks)
 
 
-def _field(c: Any, spec: Any, path: tuple, templates: Any, options: Any) -> Field:
+def _field(c: Any, spec: Any, path: tuple, templates: Any, options: Any,
+           inputs: tuple[frozenset[str], str] = (CATALOGUE_ITEM_CONTEXT, "a catalogue field")) -> Field:
     if isinstance(spec, str):
         return Field(path=c.jmes(spec, path), options=options)
     given = [key for key in ("path", "template", "value") if key in spec]
@@ -177,8 +182,8 @@ def _field(c: Any, spec: Any, path: tuple, templates: Any, options: Any) -> Fiel
     if "path" in spec:
         return Field(path=c.jmes(spec["path"], path + ("path",)), table=table, default=default, options=options)
     if "template" in spec:
-        return Field(template=c.template_tree(templates, spec["template"], path + ("template",)), table=table,
-                     default=default, options=options)
+        return Field(template=c.template_tree(templates, spec["template"], path + ("template",), *inputs),
+                     table=table, default=default, options=options)
     return Field(value=plain(spec["value"]), table=table, default=default, options=options)
 
 
@@ -229,7 +234,7 @@ def _catalogue(c: Any, spec: dict, templates: Any, operations: dict, options: An
     )
 
 
-def _launch(c: Any, spec: dict, templates: Any, operations: dict) -> LaunchSpec:
+def _launch(c: Any, spec: dict, templates: Any, operations: dict, inputs: frozenset[str] | None) -> LaunchSpec:
     where = ("launch",)
     steps = tuple(spec.get("steps") or ())
     for index, step in enumerate(steps):
@@ -237,8 +242,14 @@ def _launch(c: Any, spec: dict, templates: Any, operations: dict) -> LaunchSpec:
             c.problem(where + ("steps", index), f"unknown operation {step!r}; defined: {', '.join(operations)}")
     return LaunchSpec(
         steps=steps,
-        url=c.template_tree(templates, spec.get("url", "{{ url }}"), where + ("url",)),
-        token=c.template_tree(templates, spec["token"], where + ("token",)) if "token" in spec else None,
+        # The default URL is checked only when steps are there to give it its ``url``
+        # (a mapping whose launch has no steps serves the catalogue alone).
+        url=c.template_tree(templates, spec.get("url", "{{ url }}"), where + ("url",),
+                            inputs if "url" in spec or steps else None,
+                            "launch.url" if "url" in spec else "launch.url (default '{{ url }}': a step's response "
+                            "field url)"),
+        token=c.template_tree(templates, spec["token"], where + ("token",), inputs, "launch.token")
+        if "token" in spec else None,
         session_ttl=float(spec.get("session_ttl", 86400)),
         check_currency=bool(spec.get("check_currency", True)),
     )
@@ -252,6 +263,9 @@ def _callbacks(c: Any, spec: dict, templates: Any, options: Any, codec: Adapter 
                signer: Adapter | None) -> CallbacksSpec:
     where = ("callbacks",)
     default_reply = spec.get("reply")
+    # Compiled (and checked) once, where it is written, not again for each endpoint using it.
+    default_reply_tree = c.template_tree(templates, default_reply, where + ("reply",), REPLY_CONTEXT,
+                                         "a callback reply")
     endpoints: dict = {}
     for name, ep in spec["endpoints"].items():
         at = where + ("endpoints", name)
@@ -271,8 +285,10 @@ def _callbacks(c: Any, spec: dict, templates: Any, options: Any, codec: Adapter 
             method=ep.get("method", "POST"),
             hook=hook,
             type=ep.get("type", HOOK_TYPES[hook]),
-            fields={k: _field(c, f, at + ("fields", k), templates, options) for k, f in fields.items()},
-            reply=c.template_tree(templates, ep.get("reply", default_reply), at + ("reply",)),
+            fields={k: _field(c, f, at + ("fields", k), templates, options, (CALLBACK_CONTEXT, "a callback field"))
+                    for k, f in fields.items()},
+            reply=c.template_tree(templates, ep["reply"], at + ("reply",), REPLY_CONTEXT, "a callback reply")
+            if "reply" in ep else default_reply_tree,
             succeed_on=frozenset(ep.get("succeed_on") or ()),
             queued=bool(ep.get("queued", False)),
         )
@@ -294,7 +310,8 @@ def _callbacks(c: Any, spec: dict, templates: Any, options: Any, codec: Adapter 
         player=c.jmes(spec["player"], where + ("player",)) if "player" in spec else None,
         hook_timeout=float(spec.get("hook_timeout", 3.0)),
         reply_status=int(spec.get("reply_status", 200)),
-        error_reply=c.template_tree(templates, spec["error_reply"], where + ("error_reply",)),
+        error_reply=c.template_tree(templates, spec["error_reply"], where + ("error_reply",), ERROR_REPLY_CONTEXT,
+                                    "callbacks.error_reply"),
         errors={str(k): _legacy_code(v) for k, v in (spec.get("errors") or {}).items()},
         default_error=_legacy_code(spec["default_error"]),
         retriable_error=_legacy_code(spec["retriable_error"]),

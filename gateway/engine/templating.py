@@ -19,6 +19,7 @@ functions), skipping Jinja's per-call context set-up; everything else runs in Ji
 from __future__ import annotations
 
 import base64
+import difflib
 import hashlib
 import hmac
 import operator
@@ -29,7 +30,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, meta, nodes
+from jinja2 import StrictUndefined, TemplateError, Undefined, UndefinedError, meta, nodes
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -171,19 +172,154 @@ class Templates:
         except TemplateError:
             return frozenset()
 
-    def compile_tree(self, tree: Any, on_error: Callable[[tuple, Exception], None], path: tuple = ()) -> Callable[[dict], Any]:
-        """Compile every leaf of a dict/list tree; report each broken one through ``on_error``."""
+    def compile_tree(self, tree: Any, on_error: Callable[[tuple, Exception], None], path: tuple = (),
+                     leaves: list | None = None) -> Callable[[dict], Any]:
+        """Compile every leaf of a dict/list tree; report each broken one through ``on_error``.
+        ``leaves``, when given, receives ``(path, renderer)`` of every leaf (for ``diagnose``)."""
         if isinstance(tree, dict):
-            parts = [(key, self.compile_tree(value, on_error, path + (key,))) for key, value in tree.items()]
+            parts = [(key, self.compile_tree(value, on_error, path + (key,), leaves)) for key, value in tree.items()]
             return lambda ctx: {key: render(ctx) for key, render in parts}
         if isinstance(tree, list):
-            items = [self.compile_tree(value, on_error, path + (i,)) for i, value in enumerate(tree)]
+            items = [self.compile_tree(value, on_error, path + (i,), leaves) for i, value in enumerate(tree)]
             return lambda ctx: [render(ctx) for render in items]
         try:
-            return self.compile_value(tree)
+            render = self.compile_value(tree)
         except TemplateError as exc:
             on_error(path, exc)
-            return lambda ctx: None
+            render = lambda ctx: None  # noqa: E731
+        if leaves is not None:
+            leaves.append((path, render))
+        return render
+
+    # -- static checks (at load: gateway/engine/mapping.py) ---------------------------------------
+    def check(self, value: Any, inputs: frozenset[str] | None = None, secrets: frozenset[str] | None = None,
+              scope: str = "", *, names: bool = True, steps: dict | None = None) -> list[tuple[str, str | None]]:
+        """What is wrong in template ``value`` that Jinja would only say when it runs:
+        ``[(message, hint)]`` for each unknown filter or test, each variable not among
+        ``inputs`` (None: not checked) and each ``secrets.NAME`` not among ``secrets``, in any
+        form (``{{ x }}``, ``{% if x %}``, a filter's arguments). ``scope`` names what the
+        inputs are (for hints); ``names=False`` reports variables only. ``steps`` (a step of a
+        multi-step operation: earlier step -> its response fields) checks ``steps.NAME.FIELD``.
+        A leaf that does not parse is left to ``compile_value``."""
+        if not isinstance(value, str) or "{" not in value:
+            return []
+        try:
+            ast = self.env.parse(value)
+        except TemplateError:
+            return []
+        found: list[tuple[str, str | None]] = []
+        stubs = self.env.overlay()
+        stubs.filters, stubs.tests = dict(self.env.filters), dict(self.env.tests)  # an overlay shares them
+        for kind, node_type, table, stub_table in (("filter", nodes.Filter, self.env.filters, stubs.filters),
+                                                   ("test", nodes.Test, self.env.tests, stubs.tests)):
+            for node in ast.find_all(node_type):
+                if node.name in table or node.name in stub_table:
+                    continue
+                stub_table[node.name] = _stub
+                if names:
+                    found.append((f"unknown {kind} {node.name!r}", self._available(kind, node.name, table)))
+        if inputs is not None:
+            # Unknown filters and tests stubbed: Jinja's own analysis refuses them, scoping
+            # (``{% set %}``, ``{% for %}``) is its to judge.
+            undeclared = meta.find_undeclared_variables(stubs.parse(value)) - inputs - set(self.env.globals)
+            for name in sorted(undeclared):
+                found.append((f"{name!r} is undefined", _did_you_mean(name, inputs, scope)))
+        if steps is not None:
+            found += _step_problems(ast, steps)
+        if secrets is not None and (inputs is None or "secrets" in inputs):
+            for name in sorted(_secret_names(ast) - secrets):
+                known = ", ".join(sorted(secrets)) or "none"
+                close = difflib.get_close_matches(name, sorted(secrets), n=1, cutoff=0.75)
+                found.append((f"'secrets.{name}' is undefined",
+                              (f"did you mean 'secrets.{close[0]}'? " if close else "")
+                              + f"the file's secrets: {known}"))
+        return found
+
+    def _available(self, kind: str, name: str, table: dict) -> str:
+        ours = sorted(set(table) - set(_JINJA_DEFAULTS[kind]))
+        # The gateway's own first, and more leniently (md6 -> md5), then Jinja2's.
+        close = (difflib.get_close_matches(name, ours, n=1, cutoff=0.6)
+                 or difflib.get_close_matches(name, sorted(table), n=1, cutoff=0.75))
+        text = f"did you mean {close[0]!r}? " if close else ""
+        if kind == "filter":
+            text += (f"filters available here: {', '.join(ours)} (the gateway's and its adapters'), and Jinja2's: "
+                     f"{', '.join(sorted(_JINJA_DEFAULTS[kind]))}; an adapter's filters need it in 'extensions'")
+        else:
+            text += f"tests available here: {', '.join(sorted(table))}"
+        return text
 
 
-__all__ = ["BUILTIN_FILTERS", "IGSP_NAMESPACE", "Templates", "TemplateError"]
+def _step_problems(ast: nodes.Template, steps: dict) -> list[tuple[str, str | None]]:
+    """``steps.NAME`` must be an earlier step, ``steps.NAME.FIELD`` one of its response fields."""
+    found = []
+    earlier = "; ".join(f"{name} ({', '.join(sorted(fields)) or 'no response fields'})"
+                        for name, fields in steps.items()) or "none: this is the first step"
+    seen = set()
+    for node in ast.find_all(nodes.Getattr):
+        if not (isinstance(node.node, nodes.Name) and node.node.name == "steps") or node.attr in seen:
+            continue
+        seen.add(node.attr)
+        if node.attr not in steps:
+            close = difflib.get_close_matches(node.attr, list(steps), n=1, cutoff=0.75)
+            found.append((f"'steps.{node.attr}' is undefined",
+                          (f"did you mean 'steps.{close[0]}'? " if close else "")
+                          + f"the steps before this one: {earlier}"))
+    for node in ast.find_all(nodes.Getattr):
+        inner = node.node
+        if (isinstance(inner, nodes.Getattr) and isinstance(inner.node, nodes.Name) and inner.node.name == "steps"
+                and inner.attr in steps and node.attr not in steps[inner.attr]):
+            fields = sorted(steps[inner.attr])
+            close = difflib.get_close_matches(node.attr, fields, n=1, cutoff=0.75)
+            found.append((f"'steps.{inner.attr}.{node.attr}' is undefined",
+                          (f"did you mean 'steps.{inner.attr}.{close[0]}'? " if close else "")
+                          + f"step {inner.attr!r} reads: {', '.join(fields) or 'nothing (no response)'}"))
+    return found
+
+
+def _stub(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _secret_names(ast: nodes.Template) -> set[str]:
+    """``NAME`` of every ``secrets.NAME`` / ``secrets['NAME']`` in a parsed template."""
+    names = set()
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        if not (isinstance(node.node, nodes.Name) and node.node.name == "secrets"):
+            continue
+        if isinstance(node, nodes.Getattr):
+            names.add(node.attr)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            names.add(node.arg.value)
+    return names
+
+
+#: Where a mapping declares variables beyond the gateway's (gateway/engine/inputs.py).
+EXTRA_INPUTS_HINT = "fields callers send beyond iGSP's, or that a run flow adds, are declared in extra_inputs"
+
+
+def _did_you_mean(name: str, inputs: frozenset[str], scope: str) -> str:
+    close = difflib.get_close_matches(name, sorted(inputs), n=1, cutoff=0.75)
+    text = f"did you mean {close[0]!r}? " if close else ""
+    text += f"{scope or 'these templates'} can read: {', '.join(sorted(inputs))}"
+    return text + ("; " + EXTRA_INPUTS_HINT if scope.startswith(("operation", "launch")) else "")
+
+
+def diagnose(leaves: list | tuple, context: dict) -> tuple[Any, str] | None:
+    """``(where, "'x' is undefined")`` of the first of ``leaves`` (``(where, renderer)`` pairs)
+    that needs a variable ``context`` lacks, or None. For error paths only: it renders again."""
+    for where, render in leaves:
+        try:
+            value = render(context)
+        except UndefinedError as exc:
+            return where, str(exc.message or exc)
+        except Exception:  # noqa: BLE001, S112 - another failure: not a missing variable
+            continue
+        if isinstance(value, Undefined):  # a single expression hands the Undefined itself on
+            return where, value._undefined_message
+    return None
+
+
+_JINJA_DEFAULTS = {"filter": ImmutableSandboxedEnvironment().filters, "test": ImmutableSandboxedEnvironment().tests}
+
+
+__all__ = ["BUILTIN_FILTERS", "IGSP_NAMESPACE", "Templates", "TemplateError", "diagnose"]

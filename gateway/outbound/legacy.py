@@ -9,10 +9,16 @@ answer's HTTP status and body are judged here:
     HTTP 503 without a readable answer       -> upstream_unavailable, applied=False
     read timeout, reset, other 5xx, garbage,
     a redirect, an oversized answer          -> upstream_timeout / _unavailable / _bad_response, applied=None
+    a template needing a variable the call
+      lacks (the request cannot be built)    -> upstream_error, applied=False (kind "mapping"): the
+                                                mapping's problem, never a final 4xx (build_error)
     a mapped legacy business error           -> its iGSP code (IgspError), nothing applied
     an answer (success or business error)
       that does not echo the request         -> upstream_bad_response, applied=None (kind "uncorrelated");
                                                 its connection is closed (gateway/engine/echo.py)
+    a mapped code with ``outcome: unknown``  -> its iGSP code (5xx), applied=None (kind "unknown")
+    an "already done" success code whose
+      ``proves`` echoes do not match         -> upstream_bad_response, applied=None (kind "unproven")
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ class LegacyClient:
                             if a is not None and type(a).run is not Adapter.run)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsigned: list[tuple[LegacyRequest, asyncio.Future]] = []  # see _signed
+        # Every call by name: the operations, and the steps of multi-step ones ("win.open").
+        self.calls: dict[str, Operation] = {**mapping.operations, **{
+            step.name: step for op in mapping.operations.values() for step in op.steps}}
 
     @property
     def session(self):
@@ -81,7 +90,9 @@ class LegacyClient:
     def _build(self, name: str, context: dict) -> LegacyRequest:
         """The legacy request for ``name``, rendered and encoded, not yet signed (then ``_finish``)."""
         m = self.mapping
-        op: Operation = m.operations[name]
+        op: Operation = self.calls[name]
+        if op.steps:
+            raise IgspError("internal_error", f"operation {name!r} has steps: build each ({op.steps[0].name}, …)")
         req = LegacyRequest(
             operation=name,
             method=op.method,
@@ -140,11 +151,13 @@ class LegacyClient:
         return await self.step(name, context)
 
     async def step(self, name: str, context: dict) -> LegacyReply:
-        """One legacy call exactly as the mapping declares operation ``name``."""
+        """Operation ``name`` exactly as the mapping declares it: one legacy call, or its steps."""
         m = self.mapping
-        if name not in m.operations:
+        op: Operation | None = self.calls.get(name)
+        if op is None:
             raise IgspError("internal_error", f"mapping {m.name!r} has no operation {name!r}")
-        op: Operation = m.operations[name]
+        if op.steps:
+            return await self._steps(op, context)
         try:
             req = self._build(name, context)
             expected = self.expect(name, context)
@@ -154,10 +167,11 @@ class LegacyClient:
                 else:
                     m.signer.sign(req)
             _finish(req)
-        except IgspError:
-            raise
         except Exception as exc:  # noqa: BLE001 - a template that fails on this input
-            raise IgspError("invalid_request", f"cannot build the legacy request: {type(exc).__name__}") from exc
+            error = self.build_error(name, context, exc)
+            if error is exc:
+                raise
+            raise error from exc
         started = time.perf_counter()
         kind = "ok"
         try:
@@ -182,16 +196,66 @@ class LegacyClient:
             if self.observer is not None:
                 self.observer(m.name, name, kind, time.perf_counter() - started)
 
+    def build_error(self, name: str, context: dict, exc: Exception, *, where: bool = False) -> IgspError:
+        """The error for a request of operation ``name`` that could not be built from ``context``.
+
+        A template needing a variable this call lacks (an optional hook field the hook left
+        out, an extra field, a step's output) is the mapping's problem, not the caller's: a
+        retriable ``502 upstream_error`` that sent nothing (``applied=False``), so a bet is
+        forgotten and a win or refund queued until the mapping is fixed — never a final 4xx in
+        the ledger. The message names the variable and the field (``where``: also the mapping
+        file and line, for ``try``; the log always has them). Any other failure (a filter
+        refusing this input) is the request's: ``400 invalid_request``, and an IgspError an
+        adapter raised stays what it is. Runs on the error path only: it renders again.
+        """
+        m = self.mapping
+        op = self.calls.get(name)
+        missing = op.missing(context) if op is not None else None
+        if missing is None:
+            if isinstance(exc, IgspError):
+                return exc
+            return IgspError("invalid_request", f"cannot build the legacy request: {type(exc).__name__}")
+        field, line, why = missing
+        at = f"{m.file}:{line}: " if line else f"{m.file}: "
+        if not where:
+            log.error("mapping cannot build a legacy request", extra={
+                "mapping": m.name, "operation": name, "field": field, "at": at.rstrip(": "), "reason": why})
+        return UpstreamError("upstream_error", f"mapping {m.name} cannot build the legacy {name} request: "
+                             f"{at if where else ''}{field}: {why} for this call; nothing was sent",
+                             kind="mapping", applied=False)
+
+    async def _steps(self, op: Operation, context: dict) -> LegacyReply:
+        """The steps of ``op`` in order, each seeing the earlier ones' fields as ``steps.NAME``;
+        the last one's answer is the operation's. A failing step fails the operation (named in
+        the message): certainly not applied only if no earlier step may have moved money."""
+        done: dict[str, dict] = {}
+        ctx = {**context, "steps": done}
+        started, moved, reply = time.perf_counter(), False, None
+        for index, step in enumerate(op.steps, 1):
+            try:
+                reply = await self.step(step.name, ctx)
+            except IgspError as exc:
+                raise in_step(exc, step, index, len(op.steps), moved) from exc
+            done[step.step] = reply.fields
+            moved = moved or step.moves_money
+        return LegacyReply(reply.fields, reply.data, reply.status, time.perf_counter() - started)
+
     async def send(self, req: LegacyRequest, timeout: float | None = None) -> Answer:
         """Send a built request and read its whole answer (status, content type, body);
         transport failures translated."""
         return await self.outbound.request(req.method, req.url, params=req.params or None, data=req.body or None,
                                            headers=req.headers, timeout=timeout or self.mapping.timeout)
 
-    def expect(self, name: str, context: dict) -> dict | None:
-        """What the answer to operation ``name`` must echo for ``context`` (None: nothing declared)."""
-        op: Operation = self.mapping.operations[name]
-        return echo.expect(op.echo, context) if op.echo else None
+    def expect(self, name: str, context: dict) -> Expected | None:
+        """What the answer to operation ``name`` must echo for ``context``, and what an "already
+        done" answer must carry to prove it is this transaction's (``proofs``); None: nothing
+        declared."""
+        op: Operation = self.calls[name]
+        if not op.echo and not op.result.proofs:
+            return None
+        found = Expected(echo.expect(op.echo, context) if op.echo else {})
+        found.proofs = {code: echo.expect(proofs, context) for code, proofs in op.result.proofs.items()}
+        return found
 
     def read(self, name: str, status: int, content_type: str, raw: bytes,
              expected: dict | None = None) -> tuple[dict, Any]:
@@ -200,7 +264,7 @@ class LegacyClient:
         Raises the mapped IgspError, or an UpstreamError for an unreadable or failed answer,
         or for one that does not echo ``expected`` (``expect``): another request's answer.
         """
-        op: Operation = self.mapping.operations[name]
+        op: Operation = self.calls[name]
         try:
             data = self.mapping.codec.decode(raw, content_type) if raw else None
         except Exception:  # noqa: BLE001 - any codec failure is a bad body
@@ -248,8 +312,9 @@ class LegacyClient:
                 raise _http_failure(status, f"legacy API answered HTTP {status}") from exc
             raise UpstreamError("upstream_bad_response", "legacy answer has an unexpected shape",
                                 kind="bad_body", applied=None) from exc
+        proving = None
         if not ok and code is not None and str(code) in rules.success_codes:
-            ok = True
+            ok, proving = True, rules.proofs.get(str(code))
         if not ok:
             if status >= 500 and (code is None or str(code) not in rules.errors):
                 raise _http_failure(status, f"legacy API answered HTTP {status}")
@@ -262,11 +327,16 @@ class LegacyClient:
                 message = None
             rule = rules.errors.get(str(code), rules.default_error)
             error = rule.error(code, message)
+            if rule.outcome == "unknown":
+                # The wallet says it does not know: money may have moved (a bet is rolled back).
+                raise UpstreamError(error.code, error.message, kind="unknown", applied=None, status=error.status)
             if error.status >= 500:
                 # A legacy "internal error, retry" code: retriable, and nothing was applied.
                 raise UpstreamError(error.code, error.message, kind="business", applied=False, status=error.status)
             raise error
         self._correlate(op, data, expected)
+        if proving is not None:
+            self._prove(str(code), proving, data, expected)
         try:
             return {name: m.search(expr, data) for name, expr in op.response.items()}
         except Exception as exc:  # noqa: BLE001 - JMESPath type errors on odd bodies
@@ -284,7 +354,39 @@ class LegacyClient:
                                 "outcome unknown", kind="uncorrelated", applied=None)
 
 
+    def _prove(self, code: str, proofs: tuple, data: Any, expected: dict | None) -> None:
+        """An "already done" answer (``code``) counts as success only if it proves the earlier
+        attempt was this transaction: each of its ``proves`` echoes matches (at least one is
+        checked). Otherwise it may be another transaction's under the same id, or say nothing of
+        whose: the outcome is unknown, never a success."""
+        wanted = (getattr(expected, "proofs", None) or {}).get(code) or {}
+        rows = echo.compare(proofs, wanted, self.mapping.search, data)
+        failed = next((row for row in rows if not row[3]), None)
+        if rows and failed is None:
+            return
+        why = "nothing to check" if not rows else f"{failed[0]} {'is missing' if failed[2] is None else 'differs'}"
+        raise UpstreamError("upstream_bad_response", f"legacy answer {code} says already done, but does not prove it "
+                            f"was this transaction ({why}); outcome unknown", kind="unproven", applied=None)
+
+
+class Expected(dict):
+    """Echo path -> expected value (``echo.expect``), with ``proofs``: success code -> the same
+    for the answer that proves an "already done" is this transaction's."""
+
+    proofs: dict = {}  # noqa: RUF012 - replaced per instance by LegacyClient.expect
+
+
 _UNREADABLE = object()
+
+
+def in_step(exc: IgspError, step: Operation, index: int, count: int, moved: bool) -> IgspError:
+    """``exc`` of step ``index`` of ``count`` as the operation's error. ``moved``: an earlier
+    step may have moved money, so "certainly not applied" no longer holds for the whole."""
+    message = f"step {index}/{count} {step.step}: {exc.message}"
+    if isinstance(exc, UpstreamError):
+        applied = None if moved and exc.applied is False else exc.applied
+        return UpstreamError(exc.code, message, kind=exc.kind, applied=applied, status=exc.status)
+    return IgspError(exc.code, message, exc.status)
 
 
 def _http_failure(status: int, message: str) -> UpstreamError:

@@ -192,16 +192,24 @@ def _guess_content_type(body: bytes) -> str:
 
 
 async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: str, partner: str,
-                  response: bytes | None, status: int, content_type: str | None, live: bool) -> dict:
-    """Everything ``try`` shows, as plain data (``--json`` prints it as is)."""
+                  response: bytes | list[bytes] | None, status: int | list[int], content_type: str | None,
+                  live: bool) -> dict:
+    """Everything ``try`` shows, as plain data (``--json`` prints it as is).
+
+    A multi-step operation shows each step (``steps``: its request, the answer given for it —
+    ``response`` and ``status`` are then lists, one per step, in order — and what was read),
+    up to the first step without an answer or the first that fails."""
     from gateway.faces.wallet import Wallet
-    from gateway.outbound.legacy import LegacyClient
+    from gateway.outbound.legacy import LegacyClient, in_step
 
     mapping = loaded.mapping
     redact = Redactor(_secret_values(mapping))
     client = LegacyClient(mapping)
     wallet = Wallet(partner, client, store=None, retention=0)
     context = wallet.context(payload, request_id)
+    responses = response if isinstance(response, list) else ([] if response is None else [response])
+    statuses = status if isinstance(status, list) else [status]
+    op = mapping.operations[operation]
     report: dict[str, Any] = {
         "mapping": {"file": mapping.file, "name": mapping.name, "face": mapping.face},
         "operation": operation,
@@ -211,36 +219,38 @@ async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: 
                   if a is not None and type(a).run is not Adapter.run],
         "context": {k: (format(v, "f") if isinstance(v, Decimal) else v) for k, v in context.items()
                     if k in payload or k == "legacy_amount"},
-        "request": None, "response": None, "echo": None, "fields": None, "answer": None,
+        "request": None, "response": None, "echo": None, "proves": None, "fields": None, "answer": None,
     }
+    if op.steps:
+        report["steps"] = []
     try:
-        try:
-            req = client.build(operation, context)
-            expected = client.expect(operation, context)
-        except IgspError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - shown to the mapping author, who needs the reason
-            raise IgspError("invalid_request", f"cannot build the legacy request: {type(exc).__name__}: {exc}") from exc
-        url = loaded.show_url(req.url) + (("?" + urlencode(req.params)) if req.params else "")
-        headers = dict(req.headers)
-        if loaded.unsigned:
-            headers["(signature)"] = f"<not signed: {', '.join(loaded.unsigned)} unset>"
-        report["request"] = {"method": req.method, "url": redact(url),
-                             "headers": {k: redact(str(v)) for k, v in headers.items()},
-                             "body": redact(_text(req.body))}
-        if live:
-            answer = await client.send(req, mapping.operations[operation].timeout)
-            got_status, got_type, raw = answer.status, answer.content_type, answer.body
-            source = "live"
-        elif response is not None:
-            got_status, got_type, raw, source = status, content_type or _guess_content_type(response), response, "given"
+        if not op.steps:
+            raw = responses[0] if responses else None
+            fields = await _one_call(client, loaded, operation, context, report, raw, statuses[0], content_type, live,
+                                     redact)
         else:
+            done: dict[str, dict] = {}
+            moved, fields = False, None
+            for index, step in enumerate(op.steps, 1):
+                shown: dict[str, Any] = {"step": step.step, "index": index, "of": len(op.steps),
+                                         "moves_money": step.moves_money, "request": None, "response": None,
+                                         "echo": None, "proves": None, "fields": None, "outcome": None}
+                report["steps"].append(shown)
+                raw = responses[index - 1] if index <= len(responses) else None
+                got = statuses[min(index - 1, len(statuses) - 1)]
+                try:
+                    fields = await _one_call(client, loaded, step.name, {**context, "steps": done}, shown, raw, got,
+                                             content_type, live, redact)
+                except IgspError as exc:
+                    shown["outcome"] = _error_report(exc)
+                    raise in_step(exc, step, index, len(op.steps), moved) from exc
+                if fields is None:
+                    break  # no answer given for this step: the rest cannot be rendered
+                shown["outcome"] = {"status": 200, "ok": True}
+                done[step.step] = fields
+                moved = moved or step.moves_money
+        if fields is None:
             return report
-        report["response"] = {"status": got_status, "content_type": got_type, "body": redact(_text(raw)),
-                              "source": source}
-        report["echo"] = _echo_report(mapping, operation, expected, got_type, raw, redact)
-        fields, _ = client.read(operation, got_status, got_type, raw, expected)
-        report["fields"] = {k: (format(v, "f") if isinstance(v, Decimal) else v) for k, v in fields.items()}
         body = igsp_answer(mapping, operation, payload, fields)
         report["answer"] = {"status": 200, "body": json.loads(body, parse_float=Decimal), "raw": body.decode()}
     except IgspError as exc:
@@ -250,9 +260,48 @@ async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: 
     return report
 
 
-def _echo_report(mapping: Mapping, operation: str, expected: dict | None, content_type: str, raw: bytes,
+async def _one_call(client: Any, loaded: Loaded, name: str, context: dict, shown: dict, response: bytes | None,
+                    status: int, content_type: str | None, live: bool, redact: Redactor) -> dict | None:
+    """One legacy call of ``try`` (an operation's, or a step's): fills ``shown`` with its request,
+    the answer and what was read; returns the fields read, None when no answer was given."""
+    mapping = loaded.mapping
+    call = client.calls[name]
+    try:
+        req = client.build(name, context)
+        expected = client.expect(name, context)
+    except Exception as exc:  # noqa: BLE001 - shown to the mapping author, who needs the reason
+        error = client.build_error(name, context, exc, where=True)
+        if error is exc:
+            raise
+        if error.code == "invalid_request":
+            error = IgspError("invalid_request", f"cannot build the legacy request: {type(exc).__name__}: {exc}")
+        raise error from exc
+    url = loaded.show_url(req.url) + (("?" + urlencode(req.params)) if req.params else "")
+    headers = dict(req.headers)
+    if loaded.unsigned:
+        headers["(signature)"] = f"<not signed: {', '.join(loaded.unsigned)} unset>"
+    shown["request"] = {"method": req.method, "url": redact(url),
+                        "headers": {k: redact(str(v)) for k, v in headers.items()},
+                        "body": redact(_text(req.body))}
+    if live:
+        answer = await client.send(req, call.timeout)
+        got_status, got_type, raw = answer.status, answer.content_type, answer.body
+        source = "live"
+    elif response is not None:
+        got_status, got_type, raw, source = status, content_type or _guess_content_type(response), response, "given"
+    else:
+        return None
+    shown["response"] = {"status": got_status, "content_type": got_type, "body": redact(_text(raw)), "source": source}
+    shown["echo"] = _echo_report(mapping, call, expected, got_type, raw, redact)
+    shown["proves"] = _proof_report(mapping, call, expected, got_type, raw, redact)
+    fields, _ = client.read(name, got_status, got_type, raw, expected)
+    shown["fields"] = {k: (format(v, "f") if isinstance(v, Decimal) else v) for k, v in fields.items()}
+    return fields
+
+
+def _echo_report(mapping: Mapping, operation: Any, expected: dict | None, content_type: str, raw: bytes,
                  redact: Redactor) -> list[dict] | None:
-    """Each declared echo of ``operation`` with the value expected and the one the answer
+    """Each declared echo of ``operation`` (an Operation) with the value expected and the one the answer
     carries (None when nothing is declared or the answer cannot be decoded)."""
     from gateway.engine import echo
 
@@ -266,8 +315,34 @@ def _echo_report(mapping: Mapping, operation: str, expected: dict | None, conten
     def shown(value: Any) -> Any:
         return value if value is None or isinstance(value, (bool, int)) else redact(str(value))
 
-    rows = echo.compare(mapping.operations[operation].echo, expected, mapping.search, data)
+    rows = echo.compare(operation.echo, expected, mapping.search, data)
     return [{"field": path, "expected": shown(want), "got": shown(got), "ok": ok} for path, want, got, ok in rows]
+
+
+def _proof_report(mapping: Mapping, operation: Any, expected: dict | None, content_type: str, raw: bytes,
+                  redact: Redactor) -> dict | None:
+    """For an "already done" answer whose code needs proof (``success_codes: [{code, proves}]``):
+    the code and each proof with the value expected and the one the answer carries."""
+    from gateway.engine import echo
+
+    rules = operation.result
+    if not rules.proofs or rules.code is None:
+        return None
+    try:
+        data = mapping.codec.decode(raw, content_type) if raw else None
+        code = mapping.search(rules.code, data)
+    except Exception:  # noqa: BLE001 - read() reports the unreadable body
+        return None
+    if code is None or str(code) not in rules.proofs:
+        return None
+    wanted = (getattr(expected, "proofs", None) or {}).get(str(code)) or {}
+
+    def shown(value: Any) -> Any:
+        return value if value is None or isinstance(value, (bool, int)) else redact(str(value))
+
+    rows = echo.compare(rules.proofs[str(code)], wanted, mapping.search, data)
+    return {"code": str(code), "rows": [{"field": path, "expected": shown(want), "got": shown(got), "ok": ok}
+                                        for path, want, got, ok in rows]}
 
 
 def _json_default(value: Any) -> Any:
@@ -276,19 +351,9 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def format_text(report: dict) -> str:
-    """A readable rendering of ``run_try``'s report."""
-    m = report["mapping"]
-    lines = [f"mapping:   {m['file']} ({m['name']}, {m['face']} face)", f"operation: {report['operation']}"]
-    if report["unset"]:
-        lines.append(f"unset:     {', '.join(report['unset'])} (placeholders used; pass --env NAME=VALUE)")
-    if report["unsigned"]:
-        lines.append(f"unsigned:  the signer needs {', '.join(report['unsigned'])}")
-    if report["flows"]:
-        lines.append(f"note:      {', '.join(report['flows'])} define a multi-step flow (run); "
-                     "this shows the mapping's own step")
-    if report["context"].get("legacy_amount") is not None:
-        lines.append(f"amount:    {report['context'].get('amount')} -> legacy_amount {report['context']['legacy_amount']}")
+def _call_text(report: dict) -> list[str]:
+    """One call of ``try``'s report: request, answer, echoes, proofs, fields read."""
+    lines: list[str] = []
     req = report["request"]
     if req is not None:
         lines += ["", "--> legacy request", f"{req['method']} {req['url']}"]
@@ -310,8 +375,56 @@ def format_text(report: dict) -> str:
         if not all(row["ok"] for row in report["echo"]):
             lines.append("           another request's answer to the gateway (a pasted answer must echo --input "
                          "and --request-id)")
+    if report.get("proves"):
+        proof = report["proves"]
+        lines.append("")
+        for row in proof["rows"]:
+            if row["ok"]:
+                lines.append(f"proves:    {row['field']} = {row['got']!r}, this transaction's")
+            elif row["got"] is None:
+                lines.append(f"proves:    {row['field']} is missing; this transaction's is {row['expected']!r}")
+            else:
+                lines.append(f"proves:    {row['field']} = {row['got']!r}, but this transaction's is "
+                             f"{row['expected']!r}")
+        ok = proof["rows"] and all(row["ok"] for row in proof["rows"])
+        lines.append(f"           {proof['code']} (already done) is {'' if ok else 'NOT '}proven to be this "
+                     "transaction" + ("" if ok else ": the outcome is unknown"))
     if report["fields"] is not None:
         lines += ["", "read:      " + ", ".join(f"{k} = {v!r}" for k, v in report["fields"].items())]
+    return lines
+
+
+def format_text(report: dict) -> str:
+    """A readable rendering of ``run_try``'s report."""
+    m = report["mapping"]
+    lines = [f"mapping:   {m['file']} ({m['name']}, {m['face']} face)", f"operation: {report['operation']}"]
+    if report["unset"]:
+        lines.append(f"unset:     {', '.join(report['unset'])} (placeholders used; pass --env NAME=VALUE)")
+    if report["unsigned"]:
+        lines.append(f"unsigned:  the signer needs {', '.join(report['unsigned'])}")
+    if report["flows"]:
+        lines.append(f"note:      {', '.join(report['flows'])} define a multi-step flow (run); "
+                     "this shows the mapping's own step")
+    if report["context"].get("legacy_amount") is not None:
+        lines.append(f"amount:    {report['context'].get('amount')} -> legacy_amount {report['context']['legacy_amount']}")
+    if "steps" in report:
+        for step in report["steps"]:
+            money = "" if step["moves_money"] else ", moves no money"
+            lines += ["", f"=== step {step['index']}/{step['of']}: {step['step']}{money}"]
+            lines += _call_text(step)
+            outcome = step["outcome"]
+            if outcome is None and step["request"] is not None:
+                lines += ["", f"(give a --response for step {step['index']} to see the rest: one per step, in order)"]
+            elif outcome is not None and outcome["status"] >= 400:
+                lines += ["", f"--- step {step['step']} failed: HTTP {outcome['status']} {outcome['body']['error']}"]
+            elif outcome is not None:
+                lines += ["", f"--- step {step['step']} succeeded"]
+        lines.append("")
+        lines.append("A redelivery (queue, or a retry after a timeout) runs every step again from step 1.")
+    else:
+        lines += _call_text(report)
+    resp = report["response"] if "steps" not in report else (report["steps"][-1]["response"]
+                                                             if report["steps"] else None)
     answer = report["answer"]
     if answer is not None:
         if answer["status"] < 400 and m["face"] == "platform" and report["operation"] in HOOK_ACTIONS:
@@ -334,10 +447,7 @@ def cmd_try(args: argparse.Namespace) -> int:
     try:
         overrides = parse_env(args.env)
         raw_input = _file_or_text(args.input).encode()
-        response = None
-        if args.response is not None:
-            response = (Path(args.response[1:]).read_bytes() if args.response.startswith("@")
-                        else args.response.encode())
+        responses = [Path(r[1:]).read_bytes() if r.startswith("@") else r.encode() for r in args.response or ()]
     except (OSError, ValueError) as exc:
         print(f"try: {exc}", file=sys.stderr)
         return 2
@@ -359,8 +469,12 @@ def cmd_try(args: argparse.Namespace) -> int:
     except IgspError as exc:
         print(f"try: the input would be refused: {exc.code}: {exc.message}", file=sys.stderr)
         return 2
+    if len(responses) > max(1, len(mapping.operations[args.operation].steps)):
+        print(f"try: {len(responses)} --response given, but {args.operation} makes "
+              f"{max(1, len(mapping.operations[args.operation].steps))} legacy call(s)", file=sys.stderr)
+        return 2
     report = asyncio.run(run_try(loaded, args.operation, payload, request_id=args.request_id or uuid.uuid4().hex,
-                                 partner=args.partner, response=response, status=args.status,
+                                 partner=args.partner, response=responses or None, status=args.status or [200],
                                  content_type=args.content_type, live=args.live))
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=_json_default).decode())
@@ -374,8 +488,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("mapping", help="mapping file")
     p.add_argument("operation", help="operation name in the mapping (balance, bet, win, refund, ...)")
     p.add_argument("--input", required=True, help="iGSP input as JSON, or @file (a hook body for a wallet)")
-    p.add_argument("--response", help="a legacy response body, or @file, to read as the legacy answer")
-    p.add_argument("--status", type=int, default=200, help="HTTP status of --response (default 200)")
+    p.add_argument("--response", action="append",
+                   help="a legacy response body, or @file, to read as the legacy answer; for an operation with "
+                        "steps, one per step, in order")
+    p.add_argument("--status", type=int, action="append",
+                   help="HTTP status of --response (default 200); one per --response, or one for all")
     p.add_argument("--content-type", help="Content-Type of --response (default: guessed from the body)")
     p.add_argument("--live", action="store_true", help="send the request to the real upstream")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
