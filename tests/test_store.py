@@ -219,6 +219,52 @@ async def test_kv_only_new_and_ttl(store):
     assert await store.kv_get("map", "k2") == b"b"  # no TTL: kept
 
 
+# -- shared rate limits -----------------------------------------------------------------
+async def test_rate_take_grants_the_burst_then_says_how_long_to_wait(store):
+    answers = [await store.rate_take("acme", 0.5, 3) for _ in range(5)]
+    assert answers[:3] == [0.0, 0.0, 0.0]
+    # Empty: the next request may go in about 1 / rate = 2 s (nothing was taken by asking).
+    assert all(1.5 < wait <= 2.0 for wait in answers[3:]), answers
+    assert await store.rate_take("beta", 0.5, 3) == 0.0  # one bucket per key
+    assert 1.5 < await store.rate_take("acme", 0.5, 3) <= 2.0
+
+
+async def test_rate_take_of_a_large_burst_at_once_grants_exactly_the_burst(store):
+    answers = await asyncio.gather(*(store.rate_take("acme", 0.01, 25) for _ in range(40)))
+    assert answers.count(0.0) == 25 and all(w > 90 for w in answers if w)
+
+
+async def test_a_rate_bucket_refills_at_its_rate(store):
+    assert await store.rate_take("acme", 20, 1) == 0.0
+    wait = await store.rate_take("acme", 20, 1)
+    assert 0 < wait <= 0.05
+    await asyncio.sleep(wait + 0.02)  # what the store said to wait, and a little more
+    assert await store.rate_take("acme", 20, 1) == 0.0
+
+
+async def test_processes_on_one_store_take_from_one_rate_bucket(store_spec):
+    """Six threads, each with its own store connection (as six gateway processes), share the
+    bucket: together they are granted the burst, not six times it."""
+    n, results, barrier = 6, [], threading.Barrier(6)
+
+    def taker():
+        async def go():
+            s = await reopen(store_spec)
+            try:
+                barrier.wait(5)
+                results.extend([await s.rate_take("acme", 0.01, 10) for _ in range(5)])
+            finally:
+                await s.close()
+        asyncio.run(go())
+
+    threads = [threading.Thread(target=taker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(results) == 30 and results.count(0.0) == 10
+
+
 # -- queue ------------------------------------------------------------------------------
 async def test_put_claim_ack(store):
     e = entry({"partner": "acme", "op": "win", "hook": {"amount": "10.50", "nested": [1, "x"]}}, max_attempts=5)

@@ -28,6 +28,9 @@ several gateways, or test runs, can share one Redis::
                                        ledger, for the retention TTL
     {ns}:q:cursor              string  where the next XAUTOCLAIM scan of pending entries starts
     {ns}:memo:{token}          string  one call's answer, kept 10 minutes (see below)
+    {ns}:rl:{key}              string  a shared rate limit's bucket (RATE_TAKE): when it is full
+                                       again, Unix microseconds; expires then
+    {ns}:rl:{key}:seen         zset    tokens of the requests it granted in the last minute
 
 A claim moves due delayed entries into the stream, takes over entries another consumer
 has held longer than the lease (XAUTOCLAIM: a crashed process's work is finished by a live
@@ -334,6 +337,14 @@ class RedisStore(Store):
     @_guarded
     async def tx_unvoid(self, partner: str, bet_txid: str, by_txid: str) -> None:
         await self._run("TX_UNVOID", [self._tx_key(partner, bet_txid)], [by_txid])
+
+    # -- shared rate limits ------------------------------------------------------------
+    @_guarded
+    async def rate_take(self, key: str, rate: float, capacity: float) -> float:
+        bucket = f"{self.ns}:rl:{key}"
+        wait_ms = await self._run("RATE_TAKE", [bucket, bucket + ":seen"],
+                                  [new_id(), repr(1e6 / rate), repr(float(capacity)), lua.RATE_SEEN_MS])
+        return wait_ms / 1000
 
     # -- kv ----------------------------------------------------------------------------
     @_guarded
