@@ -14,12 +14,13 @@ from gateway.engine.mapping import Mapping, load_mapping
 from gateway.engine.yamlload import env_and_schema_problems, interpolate_env, line_of, load_yaml, schema_problems
 from gateway.errors import ConfigError, Problem
 from gateway.ops.redaction import scrub, secret_values
-from gateway.ratelimit import RateLimit
+from gateway.ratelimit import LOCAL, ON_STORE_ERROR, RateLimit
 from gateway.store import STORE_SCHEMES
 
 _SECRET = {"type": "string", "minLength": 16}
 _RATE_LIMIT = {
-    "description": "Token bucket per partner and per process: requests_per_second, burst; null = no limit.",
+    "description": "Token bucket per partner (per process, or shared: rate_limits.shared): requests_per_second, "
+                   "burst; null = no limit.",
     "oneOf": [
         {"type": "null"},
         {"type": "object", "additionalProperties": False, "required": ["requests_per_second"],
@@ -92,6 +93,18 @@ CONFIG_SCHEMA: dict = {
                                    "is accepted once on balance hooks and launches. Money hooks are never "
                                    "refused as replays (the ledger answers them)."},
                 "rate_limit": _RATE_LIMIT,
+            },
+        },
+        "rate_limits": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "shared": {"type": "boolean", "default": False,
+                           "description": "Every process on the store takes from one bucket per partner, so "
+                                          "N replicas together allow the configured rate (not N times it)."},
+                "on_store_error": {"enum": list(ON_STORE_ERROR), "default": LOCAL,
+                                   "description": "A shared limit while the store cannot answer: local (this "
+                                                  "process's own bucket), allow (no limit) or refuse (503)."},
             },
         },
         "admin": {
@@ -191,6 +204,9 @@ class Config:
     store_namespace: str = "igsp"
     queue_lease_seconds: float = 30.0
     queue_poll_seconds: float = 0.5
+    #: ``rate_limits``: limits shared through the store, and what they do when it is out.
+    rate_limits_shared: bool = False
+    rate_limits_on_store_error: str = LOCAL
 
     @property
     def secrets(self) -> list[str]:
@@ -303,6 +319,8 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         store_namespace=store.get("namespace", "igsp"),
         queue_lease_seconds=float((data.get("queue") or {}).get("lease_seconds", 30)),
         queue_poll_seconds=float((data.get("queue") or {}).get("poll_seconds", 0.5)),
+        rate_limits_shared=(data.get("rate_limits") or {}).get("shared", False),
+        rate_limits_on_store_error=(data.get("rate_limits") or {}).get("on_store_error", LOCAL),
     )
 
 

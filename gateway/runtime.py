@@ -81,7 +81,7 @@ class Runtime:
         self._closing: set[asyncio.Task] = set()
 
     def build(self, config: Config, number: int, previous: Generation | None) -> Generation:
-        limiter = _limiter(config, previous.limiter if previous is not None else None)
+        limiter = _limiter(config, previous.limiter if previous is not None else None, self.store)
         clients: dict[str, LegacyClient] = {}
         for partner in config.partners:
             if partner.mapping.name not in clients:
@@ -169,10 +169,13 @@ class Runtime:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
 
-def _limiter(config: Config, previous: Limiter | None) -> Limiter:
-    """The rate limiter of a generation; a partner whose limit did not change keeps its bucket."""
+def _limiter(config: Config, previous: Limiter | None, store: Store) -> Limiter:
+    """The rate limiter of a generation; a partner whose limit did not change keeps its bucket
+    (with ``rate_limits.shared`` the store's bucket, whatever changed)."""
     limiter = Limiter({p.id: p.rate_limit for p in config.partners},
-                      on_limited=lambda pid: metrics.RATE_LIMITED.labels(pid).inc())
+                      on_limited=lambda pid: metrics.RATE_LIMITED.labels(pid).inc(),
+                      store=store if config.rate_limits_shared else None,
+                      on_store_error=config.rate_limits_on_store_error)
     for partner, bucket in (previous.buckets if previous is not None else {}).items():
         fresh = limiter.buckets.get(partner)
         if fresh is not None and (fresh.rate, fresh.capacity) == (bucket.rate, bucket.capacity):
