@@ -155,7 +155,7 @@ if tat < now then tat = now end
 local early = tat - now - (capacity - 1) * interval
 if early > 1 then return math.ceil(early / 1000) end
 tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000))
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.max(1, math.ceil((tat - now) / 1000)))
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]) * 1000)
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
