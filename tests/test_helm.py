@@ -461,6 +461,13 @@ def test_gateway_yaml_store_url(default_manifests: list[dict], production_manife
     assert gateway_config(production_manifests)["store"]["url"].startswith("redis://")
 
 
+def test_gateway_yaml_shared_rate_limits(production_manifests: list[dict]) -> None:
+    config = gateway_config(production_manifests)
+    assert config["rate_limits"] == {"shared": True, "on_store_error": "local"}
+    assert config["security"]["rate_limit"] == {"requests_per_second": 500, "burst": 1000}
+    assert config["security"]["signature_window_seconds"] == 300  # extraConfig merged, not replaced
+
+
 def test_gateway_yaml_sections(default_manifests: list[dict]) -> None:
     config = gateway_config(default_manifests)
     assert config["version"] == 1
@@ -473,6 +480,7 @@ def test_gateway_yaml_sections(default_manifests: list[dict]) -> None:
     }
     assert config["store"] == {"url": "sqlite:////var/lib/igsp-gateway/gateway.db", "retention_days": 30}
     assert config["security"] == {"signature_window_seconds": 300, "replay_protection": False}
+    assert config["rate_limits"] == {"shared": False, "on_store_error": "local"}
     assert config["logging"] == {"level": "info"}
     assert config["platform_face"] == {"hooks_path": "/platforms/game-provider/hooks"}
     assert config["provider_face"] == {"mount": "/igsp/v1"}
