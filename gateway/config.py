@@ -6,6 +6,7 @@ Every problem in the config and in every mapping it names is reported at once.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -65,7 +66,7 @@ CONFIG_SCHEMA: dict = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "url": {"type": "string", "pattern": f"^({'|'.join(STORE_SCHEMES)})://.*$"},
+                "url": {"type": "string", "pattern": f"^({'|'.join(map(re.escape, STORE_SCHEMES))})://.*$"},
                 "retention_days": {"type": "number", "exclusiveMinimum": 0, "default": 30},
                 "namespace": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$", "default": "igsp",
                               "description": "Redis key prefix: gateways sharing a Redis with the same "

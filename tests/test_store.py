@@ -1,7 +1,9 @@
-"""One contract, two stores: SQLite (a temp file) and Redis (a private redis-server).
+"""One contract, two stores: SQLite (a temp file) and Redis — a private redis-server, and a
+private Sentinel set (a master, a replica and three sentinels; ``redis+sentinel://``).
 
-Every test runs against both; the Redis-only tests at the end cover what only a shared
+Every test runs against all three; the Redis-only tests at the end cover what only a shared
 server has: restarts from the append-only file, namespaces, and takeover by a live worker.
+Failover under Sentinel is tested in test_redis_sentinel.py.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gateway.store.base import (
     TransactionBusy,
     TransactionOpen,
 )
+from tests.sentinel_support import SentinelSet
 from tests.support import RedisServer
 
 
@@ -38,12 +41,20 @@ def shared_redis():
     server.cleanup()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(scope="module")
+def shared_sentinels():
+    sentinels = SentinelSet().start()
+    yield sentinels
+    sentinels.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "redis", "sentinel"])
 def store_spec(request, tmp_path):
     """(url, namespace) of a fresh, empty store."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/store.db", "igsp"
-    return request.getfixturevalue("shared_redis").url, f"t-{uuid.uuid4().hex[:12]}"
+    server = request.getfixturevalue("shared_redis" if request.param == "redis" else "shared_sentinels")
+    return server.url, f"t-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
