@@ -55,7 +55,8 @@ can take it with it when a replica is promoted. With ``wait_replicas`` every wri
 store (scripts and SETs; not the rate limit's) is followed, in the same pipeline, by ``WAIT N
 T``: a write that fewer than N replicas acknowledged within T ms fails with StoreUnavailable
 (it may still stand on the master; the caller handles it like any lost reply). N replicas must
-then be up for the store to take writes. See SECURITY.md for what it does and does not cover.
+then be up for the store's scripts to be answered. SECURITY.md says what it does and does not
+cover.
 
 Pool settings, measured with ``python -m bench.redis_store``: a ``BlockingConnectionPool``
 (a burst above ``max_connections`` waits for a connection; a plain ``ConnectionPool``, about
