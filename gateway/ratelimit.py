@@ -22,6 +22,14 @@ second, not one per request):
 * ``allow``: no limit while the store is out;
 * ``refuse``: ``503 service_unavailable`` (retriable) for every request of a limited partner.
 
+Concurrency limits (``concurrency``) shed load instead of queueing it: a partner with
+``max_concurrent`` requests in progress in this process, or a legacy API (a mapping) with
+``per_upstream`` requests in progress for its partners, gets ``503 service_unavailable``
+with ``Retry-After`` for the next one at once — after the signature check, before the rate
+limit takes a token, and before any ledger or legacy work (nothing was done: the retry is a
+first attempt). A request holds its slots until its answer is ready (``HELD``, set for each
+request by the app's middleware, and ``release_slots``).
+
     >>> bucket = TokenBucket(RateLimit(2, burst=2), now=0.0)
     >>> bucket.take(0.0), bucket.take(0.0), bucket.take(0.0), bucket.take(0.5)
     (0.0, 0.0, 0.5, 0.0)
@@ -33,6 +41,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from gateway.errors import IgspError
@@ -73,6 +82,57 @@ class RateLimited(IgspError):
         self.partner = partner  # authenticated: logs and metrics may name it
 
 
+class Overloaded(IgspError):
+    """503 ``service_unavailable`` with ``Retry-After``: too many requests in progress."""
+
+    def __init__(self, retry_after: int, partner: str, what: str):
+        super().__init__("service_unavailable", f"too many requests in progress for this {what}; retry later")
+        self.retry_after = retry_after
+        self.partner = partner  # authenticated: logs and metrics may name it
+
+
+#: The concurrency slots the current request holds: (counts, key) pairs, released by
+#: ``release_slots`` once its answer is ready. None outside a request: nothing is counted.
+HELD: ContextVar[list | None] = ContextVar("igsp_concurrency_held", default=None)
+
+
+def release_slots(held: list) -> None:
+    for counts, key in held:
+        counts[key] -= 1
+    held.clear()
+
+
+class Concurrency:
+    """Requests in progress per partner and per upstream (mapping), in this process.
+
+    ``counts`` is shared with the previous config generation's (a reload must not forget the
+    requests still running); limits of 0 or None are no limit.
+    """
+
+    def __init__(self, partner_limits: dict[str, int | None], upstream_of: dict[str, str],
+                 upstream_limits: dict[str, int | None], retry_after: int = 1, counts: dict | None = None):
+        self.slots = {}  # partner -> [(key, limit, what), ...]
+        for partner, upstream in upstream_of.items():
+            wanted = [(("partner", partner), partner_limits.get(partner), "partner"),
+                      (("upstream", upstream), upstream_limits.get(upstream), "upstream")]
+            self.slots[partner] = [slot for slot in wanted if slot[1]]
+        self.retry_after = retry_after
+        self.counts: dict = counts if counts is not None else {}
+
+    def enter(self, partner_id: str) -> None:
+        held = HELD.get()
+        slots = self.slots.get(partner_id)
+        if held is None or not slots:
+            return
+        counts = self.counts
+        for key, limit, what in slots:
+            if counts.get(key, 0) >= limit:
+                raise Overloaded(self.retry_after, partner_id, what)
+        for key, _, _ in slots:
+            counts[key] = counts.get(key, 0) + 1
+            held.append((counts, key))
+
+
 class TokenBucket:
     def __init__(self, limit: RateLimit, now: float | None = None):
         self.rate = limit.requests_per_second
@@ -99,7 +159,7 @@ class Limiter:
     """
 
     def __init__(self, limits: dict[str, RateLimit | None], on_limited: Callable[[str], None] | None = None,
-                 *, store: Store | None = None, on_store_error: str = LOCAL):
+                 *, store: Store | None = None, on_store_error: str = LOCAL, concurrency: Concurrency | None = None):
         if on_store_error not in ON_STORE_ERROR:
             raise ValueError(f"on_store_error must be one of {', '.join(ON_STORE_ERROR)}")
         self.buckets = {partner: TokenBucket(limit) for partner, limit in limits.items() if limit is not None}
@@ -107,12 +167,16 @@ class Limiter:
         self.store = store
         self.on_store_error = on_store_error
         self.store_down_until = 0.0  # time.monotonic() before which the store is not asked
+        self.concurrency = concurrency
 
     @property
     def shared(self) -> bool:
         return self.store is not None
 
     async def check(self, partner_id: str) -> None:
+        """Admit one request of ``partner_id``: its concurrency slots, then its rate limit."""
+        if self.concurrency is not None:
+            self.concurrency.enter(partner_id)
         bucket = self.buckets.get(partner_id)
         if bucket is None:
             return
@@ -143,4 +207,5 @@ class Limiter:
         return bucket.take()
 
 
-__all__ = ["ALLOW", "LOCAL", "REFUSE", "Limiter", "RateLimit", "RateLimited", "TokenBucket"]
+__all__ = ["ALLOW", "HELD", "LOCAL", "REFUSE", "Concurrency", "Limiter", "Overloaded", "RateLimit", "RateLimited",
+           "TokenBucket", "release_slots"]
