@@ -33,7 +33,7 @@ from gateway.ops import metrics
 from gateway.ops.admin import setup_admin
 from gateway.ops.health import PROBE, UpstreamProbe, healthz, metrics_endpoint, readyz
 from gateway.ops.logs import REQUEST_ID
-from gateway.ratelimit import RateLimited
+from gateway.ratelimit import HELD, Overloaded, RateLimited, release_slots
 from gateway.retry_queue import DeliveryWorker
 from gateway.runtime import Generation, Runtime
 from gateway.store import QueueEntry, open_store
@@ -47,7 +47,7 @@ FACE_TYPES: tuple[type[Face], ...] = (PlatformFace, ProviderFace)
 def _error_response(error: IgspError, request_id: str) -> web.Response:
     status, body = error_body(error)
     headers = {"X-Request-ID": request_id}
-    if isinstance(error, RateLimited):
+    if isinstance(error, (RateLimited, Overloaded)):
         headers["Retry-After"] = str(error.retry_after)
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
@@ -99,9 +99,13 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     inflight["n"] += 1
     logged = REQUEST_ID.set(request_id)  # every log line of this request carries its id
     gen = request["generation"] = runtime.acquire()
+    held = []  # the concurrency slots this request takes (gateway/ratelimit.py)
+    holding = HELD.set(held)
     try:
         response = await _answer(request, handler, request_id)
     finally:
+        release_slots(held)
+        HELD.reset(holding)
         runtime.release(gen)
         inflight["n"] -= 1
         REQUEST_ID.reset(logged)
@@ -169,7 +173,7 @@ async def _answer(request: web.Request, handler, request_id: str) -> web.StreamR
         request["error"] = exc.code
         if isinstance(exc, AuthFailure):
             request["auth_failure"] = exc.reason
-        elif isinstance(exc, RateLimited) and exc.partner:
+        elif isinstance(exc, (RateLimited, Overloaded)) and exc.partner:
             request["partner"] = exc.partner
         elif isinstance(exc, UpstreamError):
             request["upstream_failure"] = exc.kind

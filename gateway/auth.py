@@ -49,13 +49,14 @@ class Verifier:
 
     async def verify(self, headers, body: bytes, face: str) -> Partner:
         """Check the request and claim its signature (see ``check``)."""
-        partner, once = self.check(headers, body, face)
+        partner, once = await self.check(headers, body, face)
         if once is not None:
             await self.claim(once)
         return partner
 
-    def check(self, headers, body: bytes, face: str) -> tuple[Partner, OnceKey | None]:
-        """Who is calling, and did they sign these bytes now; no store access.
+    async def check(self, headers, body: bytes, face: str) -> tuple[Partner, OnceKey | None]:
+        """Who is calling, and did they sign these bytes now; the store is only asked for a
+        shared rate limit (gateway/ratelimit.py).
 
         Returns the partner and, for a partner in strict mode, the signature's once-only
         key: the caller claims it (``claim()``) before acting on a request it protects.
@@ -75,7 +76,7 @@ class Verifier:
         if not signing.verify(partner.secrets, body, timestamp, signature):
             raise self._fail("invalid_signature", "bad_signature")
         if self.limiter is not None:
-            self.limiter.check(partner.id)
+            await self.limiter.check(partner.id)
         if self.store is None or not partner.replay_protection:
             return partner, None
         # Strict mode: a valid signature is accepted once, a captured request replayed

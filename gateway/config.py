@@ -6,6 +6,7 @@ Every problem in the config and in every mapping it names is reported at once.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,12 +15,13 @@ from gateway.engine.mapping import Mapping, load_mapping
 from gateway.engine.yamlload import env_and_schema_problems, interpolate_env, line_of, load_yaml, schema_problems
 from gateway.errors import ConfigError, Problem
 from gateway.ops.redaction import scrub, secret_values
-from gateway.ratelimit import RateLimit
+from gateway.ratelimit import LOCAL, ON_STORE_ERROR, RateLimit
 from gateway.store import STORE_SCHEMES
 
 _SECRET = {"type": "string", "minLength": 16}
 _RATE_LIMIT = {
-    "description": "Token bucket per partner and per process: requests_per_second, burst; null = no limit.",
+    "description": "Token bucket per partner (per process, or shared: rate_limits.shared): requests_per_second, "
+                   "burst; null = no limit.",
     "oneOf": [
         {"type": "null"},
         {"type": "object", "additionalProperties": False, "required": ["requests_per_second"],
@@ -74,7 +76,7 @@ CONFIG_SCHEMA: dict = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "url": {"type": "string", "pattern": f"^({'|'.join(STORE_SCHEMES)})://.*$"},
+                "url": {"type": "string", "pattern": f"^({'|'.join(map(re.escape, STORE_SCHEMES))})://.*$"},
                 "retention_days": {"type": "number", "exclusiveMinimum": 0, "default": 30},
                 "namespace": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$", "default": "igsp",
                               "description": "Redis key prefix: gateways sharing a Redis with the same "
@@ -102,6 +104,34 @@ CONFIG_SCHEMA: dict = {
                                    "is accepted once on balance hooks and launches. Money hooks are never "
                                    "refused as replays (the ledger answers them)."},
                 "rate_limit": _RATE_LIMIT,
+            },
+        },
+        "rate_limits": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "shared": {"type": "boolean", "default": False,
+                           "description": "Every process on the store takes from one bucket per partner, so "
+                                          "N replicas together allow the configured rate (not N times it)."},
+                "on_store_error": {"enum": list(ON_STORE_ERROR), "default": LOCAL,
+                                   "description": "A shared limit while the store cannot answer: local (this "
+                                                  "process's own bucket), allow (no limit) or refuse (503)."},
+            },
+        },
+        "concurrency": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Shed load early: requests in progress per partner and per legacy API (mapping), "
+                           "per process; one more is answered 503 with Retry-After before any ledger or "
+                           "legacy work.",
+            "properties": {
+                "per_partner": {"type": ["integer", "null"], "minimum": 1,
+                                "description": "Default for every partner (partners[].max_concurrent); null: none."},
+                "per_upstream": {"type": ["integer", "null"], "minimum": 1,
+                                 "description": "Default for every legacy API (mapping name); null: none."},
+                "upstreams": {"type": "object", "additionalProperties": {"type": ["integer", "null"], "minimum": 1},
+                              "description": "A mapping name's own limit (null: none)."},
+                "retry_after_seconds": {"type": "integer", "minimum": 1, "maximum": 3600, "default": 1},
             },
         },
         "admin": {
@@ -146,6 +176,9 @@ CONFIG_SCHEMA: dict = {
                     "secrets": {"type": "array", "minItems": 1, "maxItems": 2, "items": _SECRET},
                     "hooks_url": {"type": "string", "pattern": "^https?://.*$"},
                     "rate_limit": _RATE_LIMIT,
+                    "max_concurrent": {"type": ["integer", "null"], "minimum": 1,
+                                       "description": "Requests of this partner in progress per process "
+                                                      "(concurrency.per_partner); null: none."},
                     "replay_protection": {"type": "boolean",
                                           "description": "This partner's strict mode (security.replay_protection)."},
                     "partial_refunds": {"type": "boolean", "default": False,
@@ -172,6 +205,7 @@ class Partner:
     #: Strict mode: a signature is accepted once on non-money requests (balance, launch).
     replay_protection: bool = False
     partial_refunds: bool = False
+    max_concurrent: int | None = None  # requests in progress per process; None: no limit
 
 
 @dataclass(frozen=True)
@@ -203,6 +237,13 @@ class Config:
     store_namespace: str = "igsp"
     queue_lease_seconds: float = 30.0
     queue_poll_seconds: float = 0.5
+    #: ``rate_limits``: limits shared through the store, and what they do when it is out.
+    rate_limits_shared: bool = False
+    rate_limits_on_store_error: str = LOCAL
+    #: ``concurrency``: a mapping name's limit of requests in progress (None: none), and the
+    #: Retry-After of a request shed for it or for its partner's (``Partner.max_concurrent``).
+    upstream_concurrency: dict = field(default_factory=dict)
+    concurrency_retry_after: int = 1
 
     @property
     def secrets(self) -> list[str]:
@@ -246,6 +287,7 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
 
     base = Path(file).resolve().parent
     default_limit = (data.get("security") or {}).get("rate_limit")
+    concurrency = data.get("concurrency") or {}
     default_strict = (data.get("security") or {}).get("replay_protection", False)
     partners, seen_ids, seen_keys, loaded = [], set(), set(), {}
     for index, spec in enumerate(data["partners"]):
@@ -279,9 +321,14 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         partners.append(Partner(spec["id"], spec["face"], spec["api_key"],
                                 tuple(s.encode() for s in spec["secrets"]), mapping, spec.get("hooks_url"),
                                 RateLimit.parse(spec["rate_limit"] if "rate_limit" in spec else default_limit),
-                                spec.get("replay_protection", default_strict), spec.get("partial_refunds", False)))
+                                spec.get("replay_protection", default_strict), spec.get("partial_refunds", False),
+                                spec.get("max_concurrent", concurrency.get("per_partner"))))
     problems.extend(_lease_problems(data, file, partners))
     problems.extend(_port_problems(data, file))
+    for name in (concurrency.get("upstreams") or {}).keys() - {p.mapping.name for p in partners}:
+        problems.append(Problem(file, line_of(data, ("concurrency", "upstreams", name)), f"concurrency.upstreams.{name}",
+                                "no partner uses a mapping of that name",
+                                hint=f"mappings in use: {', '.join(sorted({p.mapping.name for p in partners})) or 'none'}"))
     if problems:
         raise scrub(ConfigError(problems), secret_values(data))
 
@@ -318,6 +365,11 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         store_namespace=store.get("namespace", "igsp"),
         queue_lease_seconds=float((data.get("queue") or {}).get("lease_seconds", 30)),
         queue_poll_seconds=float((data.get("queue") or {}).get("poll_seconds", 0.5)),
+        rate_limits_shared=(data.get("rate_limits") or {}).get("shared", False),
+        rate_limits_on_store_error=(data.get("rate_limits") or {}).get("on_store_error", LOCAL),
+        upstream_concurrency={p.mapping.name: (concurrency.get("upstreams") or {}).get(
+            p.mapping.name, concurrency.get("per_upstream")) for p in partners},
+        concurrency_retry_after=concurrency.get("retry_after_seconds", 1),
     )
 
 

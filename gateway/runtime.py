@@ -35,7 +35,7 @@ from gateway.errors import ConfigError
 from gateway.ops import metrics
 from gateway.ops.logs import update_logging
 from gateway.outbound.legacy import LegacyClient
-from gateway.ratelimit import Limiter
+from gateway.ratelimit import Concurrency, Limiter
 from gateway.store import Store
 
 log = logging.getLogger("igsp.runtime")
@@ -82,7 +82,7 @@ class Runtime:
         self._closing: set[asyncio.Task] = set()
 
     def build(self, config: Config, number: int, previous: Generation | None) -> Generation:
-        limiter = _limiter(config, previous.limiter if previous is not None else None)
+        limiter = _limiter(config, previous.limiter if previous is not None else None, self.store)
         clients: dict[str, LegacyClient] = {}
         for partner in config.partners:
             if partner.mapping.name not in clients:
@@ -174,10 +174,18 @@ class Runtime:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
 
-def _limiter(config: Config, previous: Limiter | None) -> Limiter:
-    """The rate limiter of a generation; a partner whose limit did not change keeps its bucket."""
+def _limiter(config: Config, previous: Limiter | None, store: Store) -> Limiter:
+    """The rate limiter of a generation; a partner whose limit did not change keeps its bucket
+    (with ``rate_limits.shared`` the store's bucket, whatever changed)."""
+    concurrency = Concurrency({p.id: p.max_concurrent for p in config.partners},
+                              {p.id: p.mapping.name for p in config.partners}, config.upstream_concurrency,
+                              config.concurrency_retry_after,
+                              # Requests still running under the previous generation hold their slots.
+                              counts=previous.concurrency.counts if previous and previous.concurrency else None)
     limiter = Limiter({p.id: p.rate_limit for p in config.partners},
-                      on_limited=lambda pid: metrics.RATE_LIMITED.labels(pid).inc())
+                      on_limited=lambda pid: metrics.RATE_LIMITED.labels(pid).inc(),
+                      store=store if config.rate_limits_shared else None,
+                      on_store_error=config.rate_limits_on_store_error, concurrency=concurrency)
     for partner, bucket in (previous.buckets if previous is not None else {}).items():
         fresh = limiter.buckets.get(partner)
         if fresh is not None and (fresh.rate, fresh.capacity) == (bucket.rate, bucket.capacity):

@@ -388,6 +388,7 @@ def test_schema_rejects_wrong_values(values: dict, message: str) -> None:
             "redis.url and redis.internal.enabled=true are both set",
         ),
         ({"redis": {"url": "redis://:hunter2@r:6379/0"}}, "redis.url contains a literal password"),
+        ({"redis": {"url": "redis+sentinel://:hunter2@s0:26379,s1:26379/mymaster"}}, "redis.url contains a literal password"),
         (
             {"redis": {"url": "redis://:${REDIS_PASSWORD}@r:6379/0"}},
             "redis.url references ${REDIS_PASSWORD} but redis.password is empty",
@@ -408,6 +409,16 @@ def test_schema_rejects_wrong_values(values: dict, message: str) -> None:
 def test_render_fails_with_the_value_and_the_fix(values: dict, message: str) -> None:
     with pytest.raises(helm_python.HelmRenderError, match=re.escape(message)):
         render_chart(values)
+
+
+def test_replicas_with_redis_behind_sentinel_render() -> None:
+    url = "redis+sentinel://:${REDIS_PASSWORD}@s0:26379,s1:26379,s2:26379/mymaster?db=1&wait_replicas=1"
+    manifests = render_chart({"replicaCount": 3, "redis": {"url": url, "password": "p" * 16},
+                              "gateway": {"rateLimits": {"shared": True}}})
+    assert find(manifests, "Deployment")["spec"]["replicas"] == 3
+    assert gateway_config(manifests)["store"]["url"] == url
+    assert gateway_config(manifests)["rate_limits"]["shared"] is True
+    assert "PersistentVolumeClaim" not in kinds(manifests)
 
 
 def test_replicas_with_redis_render() -> None:
@@ -497,6 +508,13 @@ def test_gateway_yaml_store_url(default_manifests: list[dict], production_manife
     assert gateway_config(production_manifests)["store"]["url"].startswith("redis://")
 
 
+def test_gateway_yaml_shared_rate_limits(production_manifests: list[dict]) -> None:
+    config = gateway_config(production_manifests)
+    assert config["rate_limits"] == {"shared": True, "on_store_error": "local"}
+    assert config["security"]["rate_limit"] == {"requests_per_second": 500, "burst": 1000}
+    assert config["security"]["signature_window_seconds"] == 300  # extraConfig merged, not replaced
+
+
 def test_gateway_yaml_sections(default_manifests: list[dict]) -> None:
     config = gateway_config(default_manifests)
     assert config["version"] == 1
@@ -511,6 +529,7 @@ def test_gateway_yaml_sections(default_manifests: list[dict]) -> None:
     }
     assert config["store"] == {"url": "sqlite:////var/lib/igsp-gateway/gateway.db", "retention_days": 30}
     assert config["security"] == {"signature_window_seconds": 300, "replay_protection": False}
+    assert config["rate_limits"] == {"shared": False, "on_store_error": "local"}
     assert config["logging"] == {"level": "info"}
     assert config["platform_face"] == {"hooks_path": "/platforms/game-provider/hooks"}
     assert config["provider_face"] == {"mount": "/igsp/v1"}

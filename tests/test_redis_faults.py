@@ -131,6 +131,10 @@ async def _begun_and_voided(store):
     await store.tx_void("acme", "b", "rf-1")
 
 
+async def _two_more_takes(store):
+    return [await store.rate_take("acme", 0.01, 2) for _ in range(2)]
+
+
 # script -> (setup, the armed call, what it answers, a read-back, what must hold of it).
 SCENARIOS = {
     "TX_BEGIN": (None, lambda s: s.tx_begin(rec("b"), 60), None,
@@ -147,6 +151,9 @@ SCENARIOS = {
               lambda s: s.claim(OnceKey("sig", "k", 60)), lambda again: again is False),
     "KV_PUT_NEW": (None, lambda s: s.kv_put("hookq", "k", b"1", ttl=60, only_new=True), True,
                    lambda s: s.kv_get("hookq", "k"), lambda v: v == b"1"),
+    # A bucket of two: the armed request counted once leaves exactly one more.
+    "RATE_TAKE": (None, lambda s: s.rate_take("acme", 0.01, 2), 0.0,
+                  _two_more_takes, lambda answers: answers[0] == 0.0 and answers[1] > 0),
 }
 
 

@@ -184,6 +184,29 @@ async def test_once_key_claims_twice(store):
     assert await store.kv_get("hookq", "acme:w-1") == b"1" and await store.kv_get("map", "k") == b"v"
 
 
+async def test_rate_take_twice_is_one_request(store):
+    """A granted request's token stays in the bucket's granted set: run again, it is granted
+    again and takes nothing more. A refused one changed nothing, so running it again is a
+    first run (its answer was never read)."""
+    assert await twice(store, lambda: store.rate_take("acme", 0.01, 2)) == 0.0
+    assert await store.rate_take("acme", 0.01, 2) == 0.0  # the second of two: counted once above
+    refused = []
+
+    async def spy(name, keys, args):
+        refused.append((name, keys, args))
+        return await run(name, keys, args)
+
+    run = store._run
+    store._run = spy
+    try:
+        assert await store.rate_take("acme", 0.01, 2) > 0
+    finally:
+        del store._run
+    before = await snapshot(store)
+    assert await run(*refused[0]) > 0
+    assert await snapshot(store) == before
+
+
 async def test_queue_scripts_twice(store):
     due, later = entry(max_attempts=3), entry(next_at=time.time() + 60)
     await twice(store, lambda: store.q_put(due))

@@ -1,7 +1,9 @@
-"""One contract, two stores: SQLite (a temp file) and Redis (a private redis-server).
+"""One contract, two stores: SQLite (a temp file) and Redis — a private redis-server, and a
+private Sentinel set (a master, a replica and three sentinels; ``redis+sentinel://``).
 
-Every test runs against both; the Redis-only tests at the end cover what only a shared
+Every test runs against all three; the Redis-only tests at the end cover what only a shared
 server has: restarts from the append-only file, namespaces, and takeover by a live worker.
+Failover under Sentinel is tested in test_redis_sentinel.py.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gateway.store.base import (
     TransactionBusy,
     TransactionOpen,
 )
+from tests.sentinel_support import SentinelSet
 from tests.support import RedisServer
 
 
@@ -38,12 +41,20 @@ def shared_redis():
     server.cleanup()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(scope="module")
+def shared_sentinels():
+    sentinels = SentinelSet().start()
+    yield sentinels
+    sentinels.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "redis", "sentinel"])
 def store_spec(request, tmp_path):
     """(url, namespace) of a fresh, empty store."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/store.db", "igsp"
-    return request.getfixturevalue("shared_redis").url, f"t-{uuid.uuid4().hex[:12]}"
+    server = request.getfixturevalue("shared_redis" if request.param == "redis" else "shared_sentinels")
+    return server.url, f"t-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
@@ -217,6 +228,52 @@ async def test_kv_only_new_and_ttl(store):
     assert await store.kv_get("sig", "k1") is None
     assert await store.kv_put("sig", "k1", b"3", ttl=5, only_new=True) is True
     assert await store.kv_get("map", "k2") == b"b"  # no TTL: kept
+
+
+# -- shared rate limits -----------------------------------------------------------------
+async def test_rate_take_grants_the_burst_then_says_how_long_to_wait(store):
+    answers = [await store.rate_take("acme", 0.5, 3) for _ in range(5)]
+    assert answers[:3] == [0.0, 0.0, 0.0]
+    # Empty: the next request may go in about 1 / rate = 2 s (nothing was taken by asking).
+    assert all(1.5 < wait <= 2.0 for wait in answers[3:]), answers
+    assert await store.rate_take("beta", 0.5, 3) == 0.0  # one bucket per key
+    assert 1.5 < await store.rate_take("acme", 0.5, 3) <= 2.0
+
+
+async def test_rate_take_of_a_large_burst_at_once_grants_exactly_the_burst(store):
+    answers = await asyncio.gather(*(store.rate_take("acme", 0.01, 25) for _ in range(40)))
+    assert answers.count(0.0) == 25 and all(w > 90 for w in answers if w)
+
+
+async def test_a_rate_bucket_refills_at_its_rate(store):
+    assert await store.rate_take("acme", 20, 1) == 0.0
+    wait = await store.rate_take("acme", 20, 1)
+    assert 0 < wait <= 0.05
+    await asyncio.sleep(wait + 0.02)  # what the store said to wait, and a little more
+    assert await store.rate_take("acme", 20, 1) == 0.0
+
+
+async def test_processes_on_one_store_take_from_one_rate_bucket(store_spec):
+    """Six threads, each with its own store connection (as six gateway processes), share the
+    bucket: together they are granted the burst, not six times it."""
+    n, results, barrier = 6, [], threading.Barrier(6)
+
+    def taker():
+        async def go():
+            s = await reopen(store_spec)
+            try:
+                barrier.wait(5)
+                results.extend([await s.rate_take("acme", 0.01, 10) for _ in range(5)])
+            finally:
+                await s.close()
+        asyncio.run(go())
+
+    threads = [threading.Thread(target=taker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(results) == 30 and results.count(0.0) == 10
 
 
 # -- queue ------------------------------------------------------------------------------

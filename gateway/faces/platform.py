@@ -90,7 +90,7 @@ def parse_hook(body: bytes, spec: SpecValidators) -> dict:
 async def handle_hook(request: web.Request) -> web.Response:
     face: PlatformObjects = generation(request).faces[PlatformFace.name]
     body = await request.read()
-    partner, once = face.verifier.check(request.headers, body, "platform")
+    partner, once = await face.verifier.check(request.headers, body, "platform")
     request["partner"] = partner.id
     payload = parse_hook(body, face.spec)
     request["operation"] = payload["action"]

@@ -1,7 +1,8 @@
 """Persistence behind one small interface; ``open_store(url)`` picks the implementation.
 
-``sqlite:///path/to/file.db`` (the embedded default, single node) or
-``redis://host:port/db`` (shared by several replicas).
+``sqlite:///path/to/file.db`` (the embedded default, single node), or shared by several
+replicas ``redis://host:port/db`` (``rediss://`` with TLS) or
+``redis+sentinel://host:port[,host:port…]/service-name[?db=N]`` (Redis behind Sentinel).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from gateway.store.base import OnceKey, QueueEntry, Store, TxRecord
 
 __all__ = ["OnceKey", "QueueEntry", "Store", "TxRecord", "open_store", "STORE_SCHEMES"]
 
-STORE_SCHEMES = ("sqlite", "redis", "rediss")
+STORE_SCHEMES = ("sqlite", "redis", "rediss", "redis+sentinel")
 
 
 def open_store(url: str, *, namespace: str = "igsp") -> Store:
@@ -20,7 +21,7 @@ def open_store(url: str, *, namespace: str = "igsp") -> Store:
         from gateway.store.sqlite import SqliteStore
 
         return SqliteStore(url)
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "redis+sentinel"):
         from gateway.store.redis import RedisStore
 
         return RedisStore(url, namespace=namespace)

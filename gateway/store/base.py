@@ -5,6 +5,7 @@ Ledger: one record per (partner, transaction_id), created *before* the legacy ca
 wallet twice. Key/value: sessions, id maps, replay cache, catalogue cache, with TTLs.
 Queue: durable deliveries with leases, backoff and a dead-letter list; an operator closes a
 dead letter for good with ``dlq_settle`` (resolved applied / not applied, or purged).
+Rate limits: one shared bucket per partner (``rate_take``) when ``rate_limits.shared`` is on.
 """
 
 from __future__ import annotations
@@ -177,6 +178,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def tx_unvoid(self, partner: str, bet_txid: str, by_txid: str) -> None:
         """Undo ``tx_void`` when the refund was definitely refused by the legacy side."""
+
+    # -- shared rate limits -------------------------------------------------------------
+    @abc.abstractmethod
+    async def rate_take(self, key: str, rate: float, capacity: float) -> float:
+        """Take one request from the bucket ``key`` shared by every process on this store.
+
+        The bucket (GCRA, the token bucket of gateway/ratelimit.py in one timestamp) holds
+        at most ``capacity`` requests and refills at ``rate`` per second; a bucket never
+        used is full. Returns 0.0 when granted, else the seconds until a request would be
+        (and takes nothing). The time is the store's own clock (Redis's ``TIME``, the host's
+        for SQLite), so the gateways' clocks do not need to agree.
+        """
 
     async def claim(self, once: OnceKey) -> bool:
         """Claim a once-only key on its own; False when it is already taken."""

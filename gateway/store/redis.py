@@ -1,7 +1,10 @@
-"""The shared store for several replicas: Redis (standalone or Sentinel-fronted, not Cluster).
+"""The shared store for several replicas: Redis, standalone or behind Sentinel (not Cluster).
 
-``redis://host:port/db`` (or ``rediss://``), one pooled redis-py asyncio client per process;
-replies are parsed by hiredis. Every read-modify-write is a Lua script (``redis_scripts.py``),
+``redis://host:port/db`` (or ``rediss://``), or
+``redis+sentinel://host:port[,host:port…]/service-name[?db=N]`` — the master of the Sentinel
+service ``service-name``, found and followed through failovers by redis-py's own asyncio
+Sentinel client (user and password in the URL are the Redis servers', not the sentinels').
+One pooled redis-py asyncio client per process; replies are parsed by hiredis. Every read-modify-write is a Lua script (``redis_scripts.py``),
 so concurrent replicas never race, and every ledger operation is one round trip (EVALSHA of
 a registered script). Key layout, all under ``{namespace}:`` (``igsp`` by default) so
 several gateways, or test runs, can share one Redis::
@@ -28,6 +31,9 @@ several gateways, or test runs, can share one Redis::
                                        ledger, for the retention TTL
     {ns}:q:cursor              string  where the next XAUTOCLAIM scan of pending entries starts
     {ns}:memo:{token}          string  one call's answer, kept 10 minutes (see below)
+    {ns}:rl:{key}              string  a shared rate limit's bucket (RATE_TAKE): when it is full
+                                       again, Unix microseconds; expires then
+    {ns}:rl:{key}:seen         zset    tokens of the requests it granted in the last minute
 
 A claim moves due delayed entries into the stream, takes over entries another consumer
 has held longer than the lease (XAUTOCLAIM: a crashed process's work is finished by a live
@@ -43,6 +49,15 @@ why, script by script: owner tokens, memos, tombstones), and the plain commands 
 or a SET of the same value. When Redis cannot serve, every method raises StoreUnavailable
 (a retriable ``503 service_unavailable``), never a redis-py exception.
 
+Replication (``?wait_replicas=N[&wait_timeout_ms=T]`` on either URL, default 0 and 1000):
+Redis acknowledges a write before its replicas have it, so a master lost right after a write
+can take it with it when a replica is promoted. With ``wait_replicas`` every write of the
+store (scripts and SETs; not the rate limit's) is followed, in the same pipeline, by ``WAIT N
+T``: a write that fewer than N replicas acknowledged within T ms fails with StoreUnavailable
+(it may still stand on the master; the caller handles it like any lost reply). N replicas must
+then be up for the store's scripts to be answered. SECURITY.md says what it does and does not
+cover.
+
 Pool settings, measured with ``python -m bench.redis_store``: a ``BlockingConnectionPool``
 (a burst above ``max_connections`` waits for a connection; a plain ``ConnectionPool``, about
 15 % less client CPU, fails it with "Too many connections"), no ``health_check_interval``
@@ -55,14 +70,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import math
 import os
 import time
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
@@ -81,6 +99,8 @@ from gateway.store.base import (
     TxRecord,
 )
 
+log = logging.getLogger("igsp.store")
+
 GROUP = "workers"
 #: How many times a command whose connection broke (or timed out) is sent again on a new
 #: connection. Every script is safe to run twice with the same arguments (redis_scripts.py).
@@ -92,6 +112,62 @@ _UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.InvalidResponse, rx.OutO
 _UNAVAILABLE_REPLIES = ("MISCONF", "NOAUTH", "NOREPLICAS", "LOADING", "MASTERDOWN")
 _PRUNE_EVERY = 600.0  # seconds between sweeps of consumers left behind by dead processes
 _PRUNE_IDLE_MS = 3600_000
+#: Scripts whose writes need no replica's acknowledgement (``wait_replicas``): a rate limit's
+#: bucket lost in a failover only lets a burst through again.
+_NOT_WAITED = frozenset({"RATE_TAKE"})
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """redis-py's Sentinel pool (a new connection asks the sentinels for the master, a
+    connection to a demoted master is dropped) with BlockingConnectionPool's checkout: a burst
+    above ``max_connections`` waits for a connection, as on a plain URL."""
+
+
+def parse_url(url: str) -> dict:
+    """Split a store URL into what ``RedisStore`` needs.
+
+    ``{"url": ..., "wait_replicas": int, "wait_timeout_ms": int}`` for ``redis://`` (the URL
+    without the store's own query options, for redis-py), plus ``sentinels`` [(host, port)],
+    ``service``, ``db``, ``username`` and ``password`` for ``redis+sentinel://``.
+
+    >>> parse_url("redis+sentinel://:pw@s1:26379,s2/mymaster?db=2&wait_replicas=1")["sentinels"]
+    [('s1', 26379), ('s2', 26379)]
+    """
+    parts = urlsplit(url)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    try:
+        out = {"wait_replicas": int(query.pop("wait_replicas", ["0"])[-1]),
+               "wait_timeout_ms": int(query.pop("wait_timeout_ms", ["1000"])[-1])}
+    except ValueError:
+        raise ValueError("wait_replicas and wait_timeout_ms must be whole numbers") from None
+    if out["wait_replicas"] < 0 or out["wait_timeout_ms"] < 1:
+        raise ValueError("wait_replicas must be 0 or more and wait_timeout_ms at least 1")
+    if parts.scheme != SENTINEL_SCHEME:
+        out["url"] = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+        return out
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    sentinels = []
+    for host in hosts.split(","):
+        name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        if not colon:
+            name, port = host, "26379"
+        name = name.strip("[]")
+        if not name or not port.isdigit():
+            raise ValueError(f"{SENTINEL_SCHEME}:// needs host:port[,host:port…], got {hosts!r}")
+        sentinels.append((name, int(port)))
+    service = unquote(parts.path.strip("/"))
+    if not service or "/" in service:
+        raise ValueError(f"{SENTINEL_SCHEME}://hosts/SERVICE-NAME: name the Sentinel service (its master)")
+    db = query.pop("db", ["0"])[-1]
+    if not db.isdigit():
+        raise ValueError(f"db must be a whole number, got {db!r}")
+    if query:
+        raise ValueError(f"unknown {SENTINEL_SCHEME}:// option(s): {', '.join(sorted(query))}")
+    out.update(sentinels=sentinels, service=service, db=int(db), username=unquote(username) or None,
+               password=unquote(password) or None)
+    return out
 
 
 def _ms(seconds: float) -> int:
@@ -147,6 +223,10 @@ class RedisStore(Store):
 
     def __init__(self, url: str, namespace: str = "igsp", *, max_connections: int = 64):
         self.url = url
+        self.options = parse_url(url)  # a malformed URL fails here, before anything connects
+        self.wait_replicas, self.wait_timeout_ms = self.options["wait_replicas"], self.options["wait_timeout_ms"]
+        self._sentinel: Sentinel | None = None
+        self._unreplicated_logged = 0.0
         self.ns = namespace
         self.max_connections = max_connections
         self._redis: aioredis.Redis | None = None
@@ -161,10 +241,8 @@ class RedisStore(Store):
 
     @_guarded
     async def open(self) -> None:
-        pool_class = aioredis.BlockingConnectionPool if self.blocking_pool else aioredis.ConnectionPool
-        options = {"timeout": self.socket_timeout} if self.blocking_pool else {}
-        pool = pool_class.from_url(
-            self.url, max_connections=self.max_connections, socket_timeout=self.socket_timeout,
+        options = dict(
+            max_connections=self.max_connections, socket_timeout=self.socket_timeout,
             socket_connect_timeout=self.connect_timeout, health_check_interval=self.health_check_interval,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=RESENDS),
             retry_on_error=[rx.ConnectionError, rx.TimeoutError],
@@ -172,12 +250,28 @@ class RedisStore(Store):
             # pool skips its check that a pooled connection has no unread data before handing
             # it out, so a reply nobody asked for (a late or doubled one) would be read as the
             # next command's answer. The store uses no RESP3 push messages.
-            maint_notifications_config=MaintNotificationsConfig(enabled=False), **options,
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
-        self._redis = aioredis.Redis(connection_pool=pool)
+        if self.blocking_pool:
+            options["timeout"] = self.socket_timeout
+        if "sentinels" in self.options:
+            o = self.options
+            self._sentinel = Sentinel(o["sentinels"], sentinel_kwargs={
+                "socket_timeout": self.socket_timeout, "socket_connect_timeout": self.connect_timeout})
+            self._redis = self._sentinel.master_for(
+                o["service"], connection_pool_class=_BlockingSentinelPool if self.blocking_pool else SentinelConnectionPool,
+                db=o["db"], username=o["username"], password=o["password"], **options)
+        else:
+            pool_class = aioredis.BlockingConnectionPool if self.blocking_pool else aioredis.ConnectionPool
+            self._redis = aioredis.Redis(connection_pool=pool_class.from_url(self.options["url"], **options))
         self._scripts = {name: self._redis.register_script(getattr(lua, name)) for name in lua.SCRIPTS}
         try:
             await self._ensure_group()
+            if self.wait_replicas:
+                replicas = (await self.r.info("replication")).get("connected_slaves", 0)
+                if replicas < self.wait_replicas:
+                    log.warning("store: fewer replicas connected than wait_replicas; writes fail until they are",
+                                extra={"connected_replicas": replicas, "wait_replicas": self.wait_replicas})
         except BaseException:
             await self.close()
             raise
@@ -188,6 +282,9 @@ class RedisStore(Store):
         if self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
             self._redis = None
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
+            self._sentinel = None
 
     @property
     def r(self) -> aioredis.Redis:
@@ -220,7 +317,8 @@ class RedisStore(Store):
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list) -> None:
-        if len(batch) == 1:
+        wait = self.wait_replicas > 0 and any(name not in _NOT_WAITED for name, *_ in batch)
+        if len(batch) == 1 and not wait:
             name, keys, args, done = batch[0]
             try:
                 result = await self._scripts[name](keys=keys, args=args, client=self.r)
@@ -235,6 +333,8 @@ class RedisStore(Store):
             pipe = self.r.pipeline(transaction=False)
             for name, keys, args, _ in batch:
                 pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            if wait:  # on the same connection, after the writes: their replication
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
             results = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # noqa: BLE001 - every caller of the batch learns it
             for *_, done in batch:
@@ -242,18 +342,44 @@ class RedisStore(Store):
             if not isinstance(exc, Exception):
                 raise
             return
+        unreplicated = wait and not self._replicated(results.pop())
+        missing = []
         for (name, keys, args, done), result in zip(batch, results, strict=True):
             if isinstance(result, rx.NoScriptError):
-                # Redis lost its script cache (a restart, SCRIPT FLUSH): this script did not
-                # run, so running it alone (redis-py loads it) is its first run.
-                self._send_batch_one(name, keys, args, done)
+                # Redis lost its script cache (a restart, SCRIPT FLUSH, a promoted replica):
+                # this script did not run, so running it once loaded is its first run.
+                missing.append((name, keys, args, done))
+            elif unreplicated and name not in _NOT_WAITED and not isinstance(result, Exception):
+                _settle(done, StoreUnavailable())
             else:
                 _settle(done, result)
+        if missing:
+            task = self._loop.create_task(self._load_and_send(missing))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
-    def _send_batch_one(self, name: str, keys: list, args: list, done: asyncio.Future) -> None:
-        task = self._loop.create_task(self._send([(name, keys, args, done)]))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+    async def _load_and_send(self, batch: list) -> None:
+        try:
+            for name in {name for name, *_ in batch}:
+                await self.r.script_load(getattr(lua, name))
+        except BaseException as exc:  # noqa: BLE001 - their callers learn it
+            for *_, done in batch:
+                _settle(done, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        await self._send(batch)
+
+    def _replicated(self, acknowledged: object) -> bool:
+        """Whether WAIT's answer covers ``wait_replicas``; a shortfall is logged (every 10 s at most)."""
+        if isinstance(acknowledged, int) and acknowledged >= self.wait_replicas:
+            return True
+        if time.monotonic() - self._unreplicated_logged > 10:
+            self._unreplicated_logged = time.monotonic()
+            log.warning("store: a write was not acknowledged by wait_replicas replicas in time; answered 503",
+                        extra={"acknowledged": acknowledged if isinstance(acknowledged, int) else repr(acknowledged),
+                               "wait_replicas": self.wait_replicas, "wait_timeout_ms": self.wait_timeout_ms})
+        return False
 
     async def _ensure_group(self) -> None:
         try:
@@ -335,6 +461,14 @@ class RedisStore(Store):
     async def tx_unvoid(self, partner: str, bet_txid: str, by_txid: str) -> None:
         await self._run("TX_UNVOID", [self._tx_key(partner, bet_txid)], [by_txid])
 
+    # -- shared rate limits ------------------------------------------------------------
+    @_guarded
+    async def rate_take(self, key: str, rate: float, capacity: float) -> float:
+        bucket = f"{self.ns}:rl:{key}"
+        wait_ms = await self._run("RATE_TAKE", [bucket, bucket + ":seen"],
+                                  [new_id(), repr(1e6 / rate), repr(float(capacity)), lua.RATE_SEEN_MS])
+        return wait_ms / 1000
+
     # -- kv ----------------------------------------------------------------------------
     @_guarded
     async def claim(self, once: OnceKey) -> bool:
@@ -348,7 +482,15 @@ class RedisStore(Store):
         if only_new:
             return bool(await self._run("KV_PUT_NEW", [key, self._memo()], [value, _ms(ttl) if ttl else "", lua.MEMO_MS]))
         # A plain SET sent twice writes the same value twice.
-        return bool(await self.r.set(key, value, px=_ms(ttl) if ttl else None))
+        if not self.wait_replicas:
+            return bool(await self.r.set(key, value, px=_ms(ttl) if ttl else None))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(key, value, px=_ms(ttl) if ttl else None)
+        pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        stored, acknowledged = await pipe.execute()
+        if not self._replicated(acknowledged):
+            raise StoreUnavailable()
+        return bool(stored)
 
     @_guarded
     async def kv_get(self, ns: str, key: str) -> bytes | None:

@@ -8,7 +8,8 @@ between. Each script says below why it does; the ways used are:
 
 * an **owner token** drawn by the store for each call (``new_id()``), kept in the data:
   a second run recognises its own work (TX_BEGIN's owner, TX_VOID's ``void_token``,
-  CLAIM's value, Q_RETRY/Q_DEAD's ``settled_by``, DLQ_REPLAY's ``replayed_by``);
+  CLAIM's value, Q_RETRY/Q_DEAD's ``settled_by``, DLQ_REPLAY's ``replayed_by``,
+  RATE_TAKE's entry in the bucket's set of granted tokens);
 * a **resolution** kept in a closed dead letter's tombstone (DLQ_SETTLE): asked again, the
   entry answers how it was first closed;
 * a **memo** ``{ns}:memo:{token}`` (KEYS, expiring after ``MEMO_MS``) holding the first
@@ -19,8 +20,9 @@ between. Each script says below why it does; the ways used are:
 * compare-before-write (TX_UNVOID, TX_FINISH never turning ``done`` back into ``queued``).
 
 ``MEMO_MS`` and ``BURIED_MS`` are far longer than the longest gap between a first run and
-its resend (4 sends x (connect 2 s + reply 5 s + backoff 0.5 s) = 30 s). Times are Unix
-seconds given by the caller; TTLs are milliseconds.
+its resend (4 sends x (connect 2 s + reply 5 s + backoff 0.5 s) = 30 s); ``RATE_SEEN_MS``
+is twice that gap. Times are Unix seconds given by the caller (RATE_TAKE alone reads Redis's
+own clock); TTLs are milliseconds.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from __future__ import annotations
 MEMO_MS = 600_000
 #: How long a delivered or purged entry's tombstone stays (ms).
 BURIED_MS = 3_600_000
+#: How long RATE_TAKE remembers a request it granted (ms): twice the longest resend gap.
+RATE_SEEN_MS = 60_000
 
 #: KEYS: record, pending index.  ARGV: owner, ttl_ms, action, fingerprint, state, created_at,
 #: payload, status, body, voided_by, index member.  Creates the record ('' fields are left
@@ -127,6 +131,35 @@ end
 if not stored then return 0 end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
 return 1
+"""
+
+#: KEYS: bucket, granted set.  ARGV: token, interval_us (1e6 / rate), capacity, seen_ms.
+#: A shared rate limit (Store.rate_take) as GCRA: the bucket is one number, the theoretical
+#: arrival time ``tat`` (Unix microseconds by Redis's ``TIME``, so the replicas' clocks do not
+#: matter) when the bucket would be full again; a request is granted while ``tat`` is at most
+#: ``capacity - 1`` intervals ahead of now (give or take a microsecond of rounding), and moves
+#: it one interval on. The bucket key
+#: expires when the bucket is full again (an idle partner costs nothing). Returns 0 when
+#: granted, else the milliseconds until a request would be (nothing changed). Twice: a granted
+#: call's token is kept in the granted set (a zset scored by the grant's time, pruned past
+#: ``seen_ms``), so a second run finds it and answers 0 again, taking nothing more; a refused
+#: run changed nothing, so a second run is a first one (its answer was never read). The set
+#: costs about 100 bytes per request granted in the last ``seen_ms``, per partner.
+RATE_TAKE = """
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, capacity = tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local early = tat - now - (capacity - 1) * interval
+if early > 1 then return math.ceil(early / 1000) end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.max(1, math.ceil((tat - now) / 1000)))
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]) * 1000)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 0
 """
 
 # A queue entry delivered or purged: its hash becomes a tombstone, so a second Q_PUT of
@@ -347,5 +380,5 @@ return redis.call('HMGET', KEYS[1], unpack(fields))
 """
 
 #: Every script above, registered by the store at open.
-SCRIPTS = ("TX_BEGIN", "TX_FINISH", "TX_VOID", "TX_UNVOID", "TX_FORGET", "CLAIM", "KV_PUT_NEW", "Q_PUT", "Q_CLAIM", "Q_ACK", "Q_RETRY", "Q_DEAD",
-           "DLQ_REPLAY", "DLQ_PURGE", "DLQ_SETTLE")
+SCRIPTS = ("TX_BEGIN", "TX_FINISH", "TX_VOID", "TX_UNVOID", "TX_FORGET", "CLAIM", "KV_PUT_NEW", "RATE_TAKE", "Q_PUT",
+           "Q_CLAIM", "Q_ACK", "Q_RETRY", "Q_DEAD", "DLQ_REPLAY", "DLQ_PURGE", "DLQ_SETTLE")

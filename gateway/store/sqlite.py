@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS dlq_settled (
     body BLOB, unvoid TEXT NOT NULL, settled_at REAL NOT NULL, ledger TEXT NOT NULL, expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dlq_settled_expiry ON dlq_settled (expires_at);
+CREATE TABLE IF NOT EXISTS rate_limits (key TEXT PRIMARY KEY, tat REAL NOT NULL) WITHOUT ROWID;
 """
 #: Run after ``_SCHEMA`` (a file written before ``payload`` existed gets it first).
 _INDEXES = """
@@ -93,6 +94,14 @@ _TX_COLUMNS = "action, fingerprint, state, status, body, voided_by, created_at, 
 
 def _record(partner: str, txid: str, row: tuple) -> TxRecord:
     return TxRecord(partner, txid, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
+
+
+def _gcra_early(tat: float, now: float, rate: float, capacity: float) -> float:
+    """How long before a request may take from a bucket full again at ``tat`` (0.0: now).
+
+    A microsecond of grace: Unix times carry about a quarter of one in rounding."""
+    early = max(tat, now) - now - (capacity - 1) / rate
+    return early if early > 1e-6 else 0.0
 
 
 def sqlite_path(url: str) -> str:
@@ -427,6 +436,32 @@ class SqliteStore(Store):
             self.db.execute,
             "UPDATE ledger SET voided_by=NULL WHERE partner=? AND txid=? AND voided_by=?", (partner, bet_txid, by_txid)
         )
+
+    # -- shared rate limits ------------------------------------------------------------
+    async def rate_take(self, key: str, rate: float, capacity: float) -> float:
+        """GCRA (see Store.rate_take) on the row ``key`` of ``rate_limits``, in the group
+        transaction: the processes sharing the file take turns holding its write lock.
+
+        A bucket's ``tat`` only ever grows, so a request that the committed row already refuses
+        is refused without the write lock (the flood a limit exists for costs one read each).
+        """
+        row = self.db.execute("SELECT tat FROM rate_limits WHERE key=?", (key,)).fetchone()
+        if row is not None:
+            early = _gcra_early(row[0], time.time(), rate, capacity)
+            if early > 0:
+                return early
+        return await self._write(self._rate_take, key, rate, capacity)
+
+    def _rate_take(self, key: str, rate: float, capacity: float) -> float:
+        now = time.time()
+        row = self.db.execute("SELECT tat FROM rate_limits WHERE key=?", (key,)).fetchone()
+        tat = now if row is None else max(row[0], now)
+        early = _gcra_early(tat, now, rate, capacity)
+        if early > 0:
+            return early
+        self.db.execute("INSERT INTO rate_limits (key, tat) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET tat=excluded.tat",
+                        (key, tat + 1.0 / rate))
+        return 0.0
 
     # -- kv ----------------------------------------------------------------------------
     async def kv_put(self, ns: str, key: str, value: bytes, ttl: float | None = None, *, only_new: bool = False) -> bool:

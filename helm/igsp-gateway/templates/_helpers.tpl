@@ -171,6 +171,7 @@ is optional (${IGSP_ADMIN_TOKEN:-} is empty when the Secret has no such key).
   "server" (dict "host" "0.0.0.0" "port" (int $g.port) "internal_port" (int $g.internalPort) "workers" (int $g.workers) "max_body_bytes" (int64 $g.maxBodyBytes) "shutdown_grace_seconds" (int $g.shutdownGraceSeconds) "drain_seconds" (int $g.drainSeconds))
   "store" (dict "url" (include "igsp-gateway.storeUrl" .) "retention_days" (int $g.store.retentionDays))
   "security" (dict "signature_window_seconds" (int $g.security.signatureWindowSeconds) "replay_protection" $g.security.replayProtection)
+  "rate_limits" (dict "shared" $g.rateLimits.shared "on_store_error" $g.rateLimits.onStoreError)
   "logging" (dict "level" $g.logLevel)
   "admin" (dict "token" "${IGSP_ADMIN_TOKEN:-}")
   "platform_face" (dict "hooks_path" $g.platformFace.hooksPath)
@@ -178,7 +179,7 @@ is optional (${IGSP_ADMIN_TOKEN:-} is empty when the Secret has no such key).
   "partners" $partners
 }}
 {{- $cfg = mergeOverwrite $cfg (deepCopy $g.extraConfig) }}
-{{- include "igsp-gateway.orderedYaml" (dict "map" $cfg "order" (list "version" "server" "store" "security" "logging" "admin" "platform_face" "provider_face" "partners")) }}
+{{- include "igsp-gateway.orderedYaml" (dict "map" $cfg "order" (list "version" "server" "store" "security" "rate_limits" "logging" "admin" "platform_face" "provider_face" "partners")) }}
 {{- end }}
 
 {{/*

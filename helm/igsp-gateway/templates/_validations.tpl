@@ -16,7 +16,7 @@ Included from deployment.yaml so every install and upgrade runs them.
 {{- if and .Values.redis.url .Values.redis.internal.enabled }}
 {{- fail "redis.url and redis.internal.enabled=true are both set: use one store (unset redis.url to use the in-chart Redis)" }}
 {{- end }}
-{{- if regexMatch "^rediss?://[^@/]*:[^$@/][^@/]*@" .Values.redis.url }}
+{{- if regexMatch "^(rediss?|redis\\+sentinel)://[^@/]*:[^$@/][^@/]*@" .Values.redis.url }}
 {{- fail "redis.url contains a literal password and would be stored in a ConfigMap: write ${REDIS_PASSWORD} in the URL and set redis.password (or the existingSecret key REDIS_PASSWORD)" }}
 {{- end }}
 {{- if not .Values.existingSecret }}
