@@ -83,6 +83,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
                 "status": response.status, "latency_ms": round(elapsed * 1000, 3),
                 "transaction_id": request.get("transaction_id"), "method": request.method, "path": request.path,
                 **({"auth_failure": request["auth_failure"]} if "auth_failure" in request else {}),
+                **({"client_ip": request["client_ip"]} if "client_ip" in request else {}),
                 **({"error": request["error"]} if "error" in request else {}),
             })
     return response
@@ -115,6 +116,8 @@ async def _answer(request: web.Request, handler, request_id: str) -> web.StreamR
         request["error"] = exc.code
         if isinstance(exc, AuthFailure):
             request["auth_failure"] = exc.reason
+            if exc.code == "forbidden":  # the refused address (None: an unreadable forwarded hop)
+                request["client_ip"] = str(exc.client) if exc.client is not None else None
         elif isinstance(exc, RateLimited) and exc.partner:
             request["partner"] = exc.partner
         elif isinstance(exc, UpstreamError):

@@ -10,14 +10,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from gateway.clientip import FORWARDED_HEADERS, Network, parse_network
 from gateway.engine.mapping import Mapping, load_mapping
-from gateway.engine.yamlload import env_and_schema_problems, interpolate_env, line_of, load_yaml, schema_problems
+from gateway.engine.yamlload import (
+    dotted,
+    env_and_schema_problems,
+    interpolate_env,
+    line_of,
+    load_yaml,
+    schema_problems,
+)
 from gateway.errors import ConfigError, Problem
 from gateway.ops.redaction import scrub, secret_values
 from gateway.ratelimit import RateLimit
 from gateway.store import STORE_SCHEMES
 
 _SECRET = {"type": "string", "minLength": 16}
+_NETWORKS = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
 _RATE_LIMIT = {
     "description": "Token bucket per partner and per process: requests_per_second, burst; null = no limit.",
     "oneOf": [
@@ -58,6 +67,14 @@ CONFIG_SCHEMA: dict = {
                                     "description": "/readyz also opens a TCP connection to every upstream."},
                 "watch_seconds": {"type": "number", "minimum": 0, "default": 0,
                                   "description": "Reload when the config or a mapping file changes (0: SIGHUP only)."},
+                "trusted_proxies": {**_NETWORKS, "minItems": 0,
+                                    "description": "Networks (CIDR) of the proxies in front of the gateway (an "
+                                                   "ingress controller, a load balancer): when the TCP peer is one "
+                                                   "of them, the client address is the rightmost untrusted hop of "
+                                                   "forwarded_header. Otherwise the header is never read."},
+                "forwarded_header": {"enum": list(FORWARDED_HEADERS), "default": "X-Forwarded-For",
+                                     "description": "The header the trusted proxies maintain (only that one is "
+                                                    "read): X-Forwarded-For, or RFC 7239 Forwarded."},
             },
         },
         "store": {
@@ -141,6 +158,10 @@ CONFIG_SCHEMA: dict = {
                     "partial_refunds": {"type": "boolean", "default": False,
                                         "description": "A refund may return less than its bet (never more); "
                                                        "otherwise its amount must equal the bet's."},
+                    "allowed_ips": {**_NETWORKS,
+                                    "description": "Addresses or CIDR networks (IPv4, IPv6) this partner may call "
+                                                   "from; any other gets 403 forbidden, before the signature is "
+                                                   "checked. Unset: any address."},
                 },
             },
         },
@@ -162,6 +183,8 @@ class Partner:
     #: Strict mode: a signature is accepted once on non-money requests (balance, launch).
     replay_protection: bool = False
     partial_refunds: bool = False
+    #: Networks this partner may call from (None: any address).
+    allowed_ips: tuple[Network, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +214,8 @@ class Config:
     store_namespace: str = "igsp"
     queue_lease_seconds: float = 30.0
     queue_poll_seconds: float = 0.5
+    trusted_proxies: tuple[Network, ...] = ()
+    forwarded_header: str = "X-Forwarded-For"
 
     @property
     def secrets(self) -> list[str]:
@@ -264,10 +289,14 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         if spec["face"] == "provider" and "hooks_url" not in spec:
             problems.append(Problem(file, line_of(data, where), f"partners[{index}]",
                                     "a provider-face partner needs hooks_url (the platform's iGSP hooks URL)"))
+        allowed_ips = (_networks(data, file, where + ("allowed_ips",), problems)
+                       if "allowed_ips" in spec else None)
         partners.append(Partner(spec["id"], spec["face"], spec["api_key"],
                                 tuple(s.encode() for s in spec["secrets"]), mapping, spec.get("hooks_url"),
                                 RateLimit.parse(spec["rate_limit"] if "rate_limit" in spec else default_limit),
-                                spec.get("replay_protection", default_strict), spec.get("partial_refunds", False)))
+                                spec.get("replay_protection", default_strict), spec.get("partial_refunds", False),
+                                allowed_ips))
+    trusted_proxies = _networks(data, file, ("server", "trusted_proxies"), problems, trusting=True)
     problems.extend(_lease_problems(data, file, partners))
     if problems:
         raise scrub(ConfigError(problems), secret_values(data))
@@ -303,7 +332,39 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         store_namespace=store.get("namespace", "igsp"),
         queue_lease_seconds=float((data.get("queue") or {}).get("lease_seconds", 30)),
         queue_poll_seconds=float((data.get("queue") or {}).get("poll_seconds", 0.5)),
+        trusted_proxies=trusted_proxies,
+        forwarded_header=server.get("forwarded_header", "X-Forwarded-For"),
     )
+
+
+def _networks(data: dict, file: str, where: tuple, problems: list[Problem], trusting: bool = False) -> tuple:
+    """The CIDR networks listed at ``where`` (a problem for each one that is not)."""
+    node: Any = data
+    for part in where:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return ()
+    found = []
+    for index, text in enumerate(node or []):
+        field_name = dotted(where + (index,))
+        line = line_of(data, where + (index,))
+        try:
+            network = parse_network(text)
+        except ValueError as exc:
+            problems.append(Problem(file, line, field_name, str(exc),
+                                    hint="write an address (203.0.113.7, 2001:db8::7) or a network "
+                                         "(203.0.113.0/24, 2001:db8::/32)"))
+            continue
+        if trusting and network.prefixlen == 0:
+            problems.append(Problem(file, line, field_name,
+                                    f"{network} trusts every address: any client could then choose its own "
+                                    "address by sending a forwarding header",
+                                    hint="list only your ingress controller's or load balancer's networks"))
+            continue
+        found.append(network)
+    return tuple(found)
+
 
 
 def _lease_problems(data: dict, file: str, partners: list[Partner]) -> list[Problem]:

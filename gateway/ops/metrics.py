@@ -13,6 +13,7 @@ while its counters keep counting.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -28,6 +29,8 @@ UPSTREAM_ERRORS = Counter("igsp_upstream_errors", "Legacy API failures by kind",
                           ["mapping", "operation", "kind"])
 SIGNATURE_FAILURES = Counter("igsp_signature_failures", "Rejected iGSP credentials or signatures", ["reason"])
 RATE_LIMITED = Counter("igsp_rate_limited", "Requests refused by a partner's rate limit", ["partner"])
+IP_REFUSED = Counter("igsp_ip_refused", "Requests refused 403 because the client address is not in the "
+                     "partner's allowed_ips", ["partner"])
 REPLAYS = Counter("igsp_idempotent_replays", "Duplicate transactions answered from the ledger",
                   ["partner", "action"])
 QUEUE_DEPTH = Gauge("igsp_queue_depth", "Deliveries waiting in the retry queue",
@@ -82,6 +85,15 @@ def init_series() -> None:
         ORPHANS_SETTLED.labels(action)
 
 
+def ip_refusals(partners) -> Callable[[str], None]:
+    """The Verifier's ``on_refused``: counts by partner id, each partner with an allowlist
+    exported at zero from the generation that configures it."""
+    for partner in partners:
+        if partner.allowed_ips is not None:
+            child(IP_REFUSED, partner.id)
+    return lambda partner_id: child(IP_REFUSED, partner_id).inc()
+
+
 def observe_upstream(mapping: str, operation: str, kind: str, seconds: float) -> None:
     """The LegacyClient observer: latency of every call, and a count of each failure kind."""
     child(UPSTREAM_SECONDS, mapping, operation).observe(seconds)
@@ -111,4 +123,4 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-__all__ = ["CONTENT_TYPE", "catalogue_lookup", "child", "init_series", "observe_upstream", "render"]
+__all__ = ["CONTENT_TYPE", "catalogue_lookup", "child", "init_series", "ip_refusals", "observe_upstream", "render"]
