@@ -331,6 +331,9 @@ def test_every_manifest_validates(values_file: Path | None, kube_version: str) -
         (with_partner(id="Acme_Games"), "/partners/0/id"),
         (with_partner(secret="short"), "/partners/0/secret"),
         (with_partner(face="provider"), "hooksUrl"),
+        (with_partner(allowedIps=["office network"]), "/partners/0/allowedIps/0"),
+        ({"gateway": {"trustedProxies": "10.0.0.0/8"}}, "/gateway/trustedProxies"),
+        ({"gateway": {"forwardedHeader": "X-Real-IP"}}, "/gateway/forwardedHeader"),
     ],
 )
 def test_schema_rejects_wrong_values(values: dict, message: str) -> None:
@@ -503,6 +506,23 @@ def test_partners_reference_secret_keys_not_values() -> None:
     # Every ${VAR} in gateway.yaml (except optional ones) is a key of the Secret.
     referenced = set(re.findall(r"\$\{([A-Z0-9_]+)\}", config_text))
     assert referenced <= decoded.keys()
+
+
+def test_allowlists_and_trusted_proxies_render() -> None:
+    values = load_values(CI_DIR / "production-values.yaml")
+    manifests = render_chart(values)
+    config = gateway_config(manifests)
+    assert config["server"]["trusted_proxies"] == ["10.244.0.0/16", "fd00:10:244::/56"]
+    assert config["server"]["forwarded_header"] == "X-Forwarded-For"
+    by_id = {p["id"]: p for p in config["partners"]}
+    assert by_id["casino-one"]["allowed_ips"] == ["198.51.100.0/24", "2001:db8:c1::/48"]
+    assert "allowed_ips" not in by_id["acme-games"]  # no list: any address
+    notes = render_notes(values)
+    assert "IP allowlists: casino-one" in notes and "WARNING: gateway.trustedProxies" not in notes
+    # Behind the ingress without trusted proxies every partner with a list would be refused: said so.
+    del values["gateway"]["trustedProxies"]
+    assert "trusted_proxies" not in gateway_config(render_chart(values))["server"]
+    assert "WARNING: gateway.trustedProxies is empty" in render_notes(values)
 
 
 def test_existing_secret_notes_list_the_keys() -> None:

@@ -163,6 +163,9 @@ is optional (${IGSP_ADMIN_TOKEN:-} is empty when the Secret has no such key).
 {{- if .hooksUrl }}
 {{- $_ := set $p "hooks_url" .hooksUrl }}
 {{- end }}
+{{- if .allowedIps }}
+{{- $_ := set $p "allowed_ips" .allowedIps }}
+{{- end }}
 {{- $p = mergeOverwrite $p (deepCopy (.extra | default dict)) }}
 {{- $partners = append $partners $p }}
 {{- end }}
@@ -177,6 +180,10 @@ is optional (${IGSP_ADMIN_TOKEN:-} is empty when the Secret has no such key).
   "provider_face" (dict "mount" $g.providerFace.mount)
   "partners" $partners
 }}
+{{- if $g.trustedProxies }}
+{{- $_ := set $cfg.server "trusted_proxies" $g.trustedProxies }}
+{{- $_ := set $cfg.server "forwarded_header" $g.forwardedHeader }}
+{{- end }}
 {{- $cfg = mergeOverwrite $cfg (deepCopy $g.extraConfig) }}
 {{- include "igsp-gateway.orderedYaml" (dict "map" $cfg "order" (list "version" "server" "store" "security" "logging" "admin" "platform_face" "provider_face" "partners")) }}
 {{- end }}
@@ -197,7 +204,7 @@ Call with (dict "map" $m "order" $keys).
 {{- if and (kindIs "slice" $v) $v (kindIs "map" (first $v)) }}
 {{ . }}:
 {{- range $v }}
-{{- $item := include "igsp-gateway.orderedYaml" (dict "map" . "order" (list "id" "face" "mapping" "api_key" "secrets" "hooks_url")) }}
+{{- $item := include "igsp-gateway.orderedYaml" (dict "map" . "order" (list "id" "face" "mapping" "api_key" "secrets" "hooks_url" "allowed_ips")) }}
 - {{ $item | trim | indent 2 | trimPrefix "  " }}
 {{- end }}
 {{- else }}
