@@ -16,6 +16,7 @@ import os
 import socket
 import time
 
+import orjson
 from aiohttp import web
 
 from gateway.auth import AuthFailure
@@ -28,7 +29,7 @@ from gateway.faces.provider import ProviderFace
 from gateway.faces.sweeper import Sweeper
 from gateway.faces.wallet import error_body
 from gateway.ids import new_id
-from gateway.ops import metrics
+from gateway.ops import metrics, tracing
 from gateway.ops.admin import setup_admin
 from gateway.ops.health import PROBE, UpstreamProbe, healthz, metrics_endpoint, readyz
 from gateway.ops.logs import REQUEST_ID
@@ -49,6 +50,50 @@ def _error_response(error: IgspError, request_id: str) -> web.Response:
     if isinstance(error, RateLimited):
         headers["Retry-After"] = str(error.retry_after)
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+#: Routes whose requests are counted, access-logged and traced (a SERVER span each).
+SERVED_FACES = ("platform", "provider", "legacy")
+
+
+@web.middleware
+async def tracing_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """A SERVER span around everything gateway_middleware does (its access-log line too).
+    Only in the middleware chain when tracing is configured (or installed by a test)."""
+    if not tracing.ENABLED or request.match_info.route.name not in SERVED_FACES:
+        return await handler(request)
+    with tracing.server_span(request, request.match_info.route.resource.canonical) as span:
+        response = await handler(request)
+        if span.is_recording():
+            _end_server_span(span, request, response)
+        return response
+
+
+def _end_server_span(span, request: web.Request, response: web.StreamResponse) -> None:
+    """What the request turned out to be (5xx: an error; a 4xx is an answer)."""
+    span.set_attribute("http.response.status_code", response.status)
+    span.set_attribute("igsp.face", request.match_info.route.name)
+    for key in ("request_id", "operation", "partner", "transaction_id", "auth_failure", "upstream_failure"):
+        value = request.get(key)
+        if value is not None:
+            span.set_attribute(f"igsp.{key}", str(value))
+    code = request.get("error") or _error_code(response)
+    if code:
+        span.set_attribute("igsp.error", code)
+    if response.status >= 500:
+        tracing.mark_error(span, code or str(response.status))
+
+
+def _error_code(response: web.StreamResponse) -> str | None:
+    """The code of an iGSP ErrorResponse a handler answered itself (a wallet's stored answer)."""
+    body = getattr(response, "body", None)
+    if response.status < 400 or not isinstance(body, bytes) or not body.startswith(b'{"error":'):
+        return None
+    try:
+        code = orjson.loads(body).get("error")
+    except orjson.JSONDecodeError:
+        return None
+    return code if isinstance(code, str) else None
 
 
 @web.middleware
@@ -141,10 +186,19 @@ async def _answer(request: web.Request, handler, request_id: str) -> web.StreamR
         return _error_response(IgspError("internal_error", "internal error"), request_id)
 
 
+async def _tracing_ctx(app: web.Application):
+    """Tracing for this process (each worker starts its own exporter), flushed at the end,
+    after the last delivery. A provider already installed (a test's) is left alone."""
+    started = tracing.start(app[CONFIG].tracing)
+    yield
+    if started:
+        await tracing.stop(timeout=5.0)
+
+
 async def _store_ctx(app: web.Application):
     store = open_store(app[CONFIG].store_url, namespace=app[CONFIG].store_namespace)
     await store.open()
-    app[STORE] = store
+    app[STORE] = tracing.traced_store(store, app[CONFIG].store_url)
     yield
     await store.close()
 
@@ -190,7 +244,8 @@ def _delivery(runtime: Runtime, face_name: str, deliver: Delivery):
         logged = REQUEST_ID.set(entry.payload.get("request_id") or None)
         gen = runtime.acquire()
         try:
-            await deliver(gen.faces[face_name], entry)
+            with tracing.delivery_span(entry):
+                await deliver(gen.faces[face_name], entry)
         finally:
             runtime.release(gen)
             REQUEST_ID.reset(logged)
@@ -224,13 +279,16 @@ def create_app(config: Config) -> web.Application:
     # aiohttp has no timeout for a request head of its own: its keep-alive timer, armed when a
     # connection opens and after each answer, closes a connection still waiting for a whole
     # head, so it is the head's read timeout (and the idle keep-alive timeout).
-    app = web.Application(middlewares=[gateway_middleware], client_max_size=config.max_body_bytes,
+    traced = config.tracing.enabled or tracing.ENABLED
+    app = web.Application(middlewares=[tracing_middleware, gateway_middleware] if traced else [gateway_middleware],
+                          client_max_size=config.max_body_bytes,
                           handler_args={"max_field_size": config.max_header_bytes,
                                         "max_line_size": config.max_header_bytes,
                                         "max_headers": config.max_header_fields,
                                         "keepalive_timeout": config.read_timeout})
     app[CONFIG] = config
     app[INFLIGHT] = {"n": 0}
+    app.cleanup_ctx.append(_tracing_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app[FACES] = {face.name: face for face in (face_type(app, config) for face_type in FACE_TYPES)}
     app.cleanup_ctx.append(_faces_ctx)

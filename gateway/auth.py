@@ -22,6 +22,7 @@ from gateway import signing
 from gateway.clientip import Address, ClientAddress, allowed
 from gateway.config import Config, Partner
 from gateway.errors import IgspError
+from gateway.ops import tracing
 from gateway.ratelimit import Limiter
 from gateway.store import OnceKey, Store
 
@@ -58,6 +59,7 @@ class Verifier:
     def _fail(self, code: str, reason: str) -> AuthFailure:
         if self.on_failure is not None:
             self.on_failure(reason)
+        tracing.current().set_attribute("igsp.auth_failure", reason)
         return AuthFailure(code, reason)
 
     async def verify(self, headers, body: bytes, face: str, peer: str | None = None) -> Partner:
@@ -71,9 +73,18 @@ class Verifier:
         """Who is calling, from where, and did they sign these bytes now; no store access.
 
         ``peer`` is the TCP peer's address (``request.remote``); the client address is
-        resolved from it only for a partner with ``allowed_ips``. Returns the partner and, for a partner in strict mode, the signature's once-only
-        key: the caller claims it (``claim()``) before acting on a request it protects.
+        resolved from it only for a partner with ``allowed_ips``. Returns the partner and,
+        for a partner in strict mode, the signature's once-only key: the caller claims it
+        (``claim()``) before acting on a request it protects. Traced as ``igsp.authenticate``.
         """
+        if not tracing.ENABLED:
+            return self._check(headers, body, face, peer)
+        with tracing.span("igsp.authenticate") as span:
+            partner, once = self._check(headers, body, face, peer)
+            span.set_attribute("igsp.partner", partner.id)
+            return partner, once
+
+    def _check(self, headers, body: bytes, face: str, peer: str | None) -> tuple[Partner, OnceKey | None]:
         auth = headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
             raise self._fail("unauthorized", "missing_credential")
@@ -85,6 +96,7 @@ class Verifier:
             if not allowed(client, partner.allowed_ips):
                 if self.on_refused is not None:
                     self.on_refused(partner.id)
+                tracing.current().set_attribute("igsp.auth_failure", "address_not_allowed")
                 raise AuthFailure("forbidden", "address_not_allowed", client)
         timestamp, signature = headers.get("X-Timestamp", ""), headers.get("X-Signature", "")
         if not timestamp or not signature:

@@ -6,6 +6,7 @@ Every problem in the config and in every mapping it names is reported at once.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,6 +23,8 @@ from gateway.engine.yamlload import (
 )
 from gateway.errors import ConfigError, Problem
 from gateway.ops.redaction import scrub, secret_values
+from gateway.ops.tracing import DEFAULT_SERVICE_NAME, EXPORTERS, PROTOCOLS, SAMPLERS, TracingSettings
+from gateway.ops.tracing import resolve as resolve_tracing
 from gateway.ratelimit import RateLimit
 from gateway.store import STORE_SCHEMES
 
@@ -121,6 +124,29 @@ CONFIG_SCHEMA: dict = {
             "additionalProperties": False,
             "properties": {"level": {"enum": ["debug", "info", "warning", "error"], "default": "info"}},
         },
+        "tracing": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "OpenTelemetry traces (off by default). What this section leaves unset comes from the "
+                           "standard OTEL_* environment variables.",
+            "properties": {
+                "enabled": {"type": "boolean",
+                            "description": "Unset: on when an exporter is named here or in OTEL_TRACES_EXPORTER. "
+                                           "OTEL_SDK_DISABLED=true always turns tracing off."},
+                "exporter": {"enum": list(EXPORTERS), "default": "otlp"},
+                "endpoint": {"type": "string", "pattern": "^https?://.*$",
+                             "description": "The collector's OTLP base URL (/v1/traces is appended for "
+                                            "http/protobuf), like OTEL_EXPORTER_OTLP_ENDPOINT."},
+                "protocol": {"enum": list(PROTOCOLS), "default": "http/protobuf"},
+                "service_name": {"type": "string", "minLength": 1, "default": DEFAULT_SERVICE_NAME},
+                "sampler": {"enum": list(SAMPLERS), "default": "parentbased_always_on"},
+                "sampler_arg": {"type": "number", "minimum": 0, "maximum": 1, "default": 1,
+                                "description": "The ratio of the traceidratio samplers."},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                            "description": "Headers sent to the collector (e.g. an auth token: use ${ENV}); "
+                                           "redacted from logs."},
+            },
+        },
         "currencies": {
             "type": "object",
             "description": "Extra currencies and their exponent, e.g. {BTC: 8}. A code is what a hook's "
@@ -216,6 +242,7 @@ class Config:
     queue_poll_seconds: float = 0.5
     trusted_proxies: tuple[Network, ...] = ()
     forwarded_header: str = "X-Forwarded-For"
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @property
     def secrets(self) -> list[str]:
@@ -230,6 +257,7 @@ class Config:
                   for v in secret_values(m.raw)]
         if self.admin_token:
             found.append(self.admin_token)
+        found += [value for _, value in self.tracing.headers]
         return [s for s in found if s]
 
     @property
@@ -297,6 +325,7 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
                                 spec.get("replay_protection", default_strict), spec.get("partial_refunds", False),
                                 allowed_ips))
     trusted_proxies = _networks(data, file, ("server", "trusted_proxies"), problems, trusting=True)
+    tracing_settings = _tracing(data, file, os.environ if env is None else env, problems)
     problems.extend(_lease_problems(data, file, partners))
     if problems:
         raise scrub(ConfigError(problems), secret_values(data))
@@ -334,7 +363,20 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         queue_poll_seconds=float((data.get("queue") or {}).get("poll_seconds", 0.5)),
         trusted_proxies=trusted_proxies,
         forwarded_header=server.get("forwarded_header", "X-Forwarded-For"),
+        tracing=tracing_settings,
     )
+
+
+def _tracing(data: dict, file: str, environ, problems: list[Problem]) -> TracingSettings:
+    """The ``tracing`` section completed from the ``OTEL_*`` variables (gateway/ops/tracing.py)."""
+    settings, found = resolve_tracing(data.get("tracing"), environ)
+    for problem in found:
+        if problem.from_env:
+            problems.append(Problem(file, None, "tracing", f"environment variable {problem.where}: {problem}"))
+        else:
+            where = problem.where.split(".")
+            problems.append(Problem(file, line_of(data, tuple(where)), problem.where, str(problem)))
+    return settings
 
 
 def _networks(data: dict, file: str, where: tuple, problems: list[Problem], trusting: bool = False) -> tuple:

@@ -29,6 +29,7 @@ from gateway.adapter_api import Adapter, LegacyRequest
 from gateway.engine import echo
 from gateway.engine.mapping import Mapping, Operation
 from gateway.errors import IgspError, UpstreamError
+from gateway.ops import tracing
 from gateway.outbound.http import Answer, Outbound
 
 log = logging.getLogger("igsp.upstream")
@@ -140,13 +141,29 @@ class LegacyClient:
         return await self.step(name, context)
 
     async def step(self, name: str, context: dict) -> LegacyReply:
-        """One legacy call exactly as the mapping declares operation ``name``."""
+        """One legacy call exactly as the mapping declares operation ``name``.
+
+        Traced as a CLIENT span ``legacy {operation}`` (mapping, operation, the legacy HTTP
+        status and the outcome kind; never the URL's path or query, nor a body), whose
+        ``traceparent`` goes out with the call unless ``upstream.propagate_trace`` is off.
+        """
         m = self.mapping
         if name not in m.operations:
             raise IgspError("internal_error", f"mapping {m.name!r} has no operation {name!r}")
+        if not tracing.ENABLED:
+            return await self._step(name, context, None)
+        with tracing.span(f"legacy {name}", tracing.CLIENT, {
+                "igsp.mapping": m.name, "igsp.operation": name, "server.address": tracing.host_of(m.base_url),
+                "http.request.method": m.operations[name].method}) as span:
+            return await self._step(name, context, span)
+
+    async def _step(self, name: str, context: dict, span) -> LegacyReply:
+        m = self.mapping
         op: Operation = m.operations[name]
         try:
             req = self._build(name, context)
+            if span is not None and m.propagate_trace:
+                tracing.inject(req.headers)
             expected = self.expect(name, context)
             if m.signer is not None:
                 if m.signer.sign_in_batches:
@@ -160,6 +177,7 @@ class LegacyClient:
             raise IgspError("invalid_request", f"cannot build the legacy request: {type(exc).__name__}") from exc
         started = time.perf_counter()
         kind = "ok"
+        answer = None
         try:
             answer = await self.send(req, op.timeout)
             try:
@@ -181,6 +199,10 @@ class LegacyClient:
         finally:
             if self.observer is not None:
                 self.observer(m.name, name, kind, time.perf_counter() - started)
+            if span is not None:
+                span.set_attribute("igsp.upstream.outcome", kind)
+                if answer is not None:
+                    span.set_attribute("http.response.status_code", answer.status)
 
     async def send(self, req: LegacyRequest, timeout: float | None = None) -> Answer:
         """Send a built request and read its whole answer (status, content type, body);
