@@ -334,6 +334,8 @@ def test_every_manifest_validates(values_file: Path | None, kube_version: str) -
         (with_partner(allowedIps=["office network"]), "/partners/0/allowedIps/0"),
         ({"gateway": {"trustedProxies": "10.0.0.0/8"}}, "/gateway/trustedProxies"),
         ({"gateway": {"forwardedHeader": "X-Real-IP"}}, "/gateway/forwardedHeader"),
+        ({"gateway": {"tracing": {"sampler": "sometimes"}}}, "/gateway/tracing/sampler"),
+        ({"gateway": {"tracing": {"endpoint": "otel-collector:4318"}}}, "/gateway/tracing/endpoint"),
     ],
 )
 def test_schema_rejects_wrong_values(values: dict, message: str) -> None:
@@ -523,6 +525,31 @@ def test_allowlists_and_trusted_proxies_render() -> None:
     del values["gateway"]["trustedProxies"]
     assert "trusted_proxies" not in gateway_config(render_chart(values))["server"]
     assert "WARNING: gateway.trustedProxies is empty" in render_notes(values)
+
+
+def test_tracing_renders_into_gateway_yaml() -> None:
+    assert "tracing" not in gateway_config(render_chart({}))  # off by default: no section at all
+    values = {"gateway": {"tracing": {"enabled": True, "endpoint": "http://otel-collector.observability:4318",
+                                      "samplerArg": 0.25, "serviceName": "igsp-eu"}}}
+    assert gateway_config(render_chart(values))["tracing"] == {
+        "enabled": True, "endpoint": "http://otel-collector.observability:4318", "protocol": "http/protobuf",
+        "sampler": "parentbased_traceidratio", "sampler_arg": 0.25, "service_name": "igsp-eu"}
+
+
+def test_notes_say_how_to_reach_metrics_traces_and_the_admin_api() -> None:
+    notes = render_notes({"adminToken": "test-admin-token"})
+    assert f"port-forward svc/{FULLNAME} 8080:8080" in notes and "curl -s http://127.0.0.1:8080/metrics" in notes
+    assert "Traces: off." in notes and "--set gateway.tracing.enabled=true" in notes
+    assert "curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:8080/admin/queue" in notes
+    assert f"get secret {FULLNAME} -o jsonpath='{{.data.IGSP_ADMIN_TOKEN}}'" in notes
+    values = load_values(CI_DIR / "production-values.yaml")
+    values["gateway"]["tracing"] = {"enabled": True, "endpoint": "http://otel-collector.observability:4318"}
+    notes = render_notes(values)
+    assert f'ServiceMonitor "{FULLNAME}"' in notes and f'ConfigMap "{FULLNAME}-dashboard"' in notes
+    assert "Traces: OTLP (http/protobuf) to http://otel-collector.observability:4318" in notes
+    assert "sampler parentbased_traceidratio (0.1 of new traces" in notes
+    assert "get secret igsp-gateway-keys" in notes and "Keep /admin/ off the ingress" in notes
+    assert "Admin API: off" in render_notes({})
 
 
 def test_existing_secret_notes_list_the_keys() -> None:

@@ -184,8 +184,14 @@ is optional (${IGSP_ADMIN_TOKEN:-} is empty when the Secret has no such key).
 {{- $_ := set $cfg.server "trusted_proxies" $g.trustedProxies }}
 {{- $_ := set $cfg.server "forwarded_header" $g.forwardedHeader }}
 {{- end }}
+{{- if $g.tracing.enabled }}
+{{- $t := dict "enabled" true "protocol" $g.tracing.protocol "sampler" $g.tracing.sampler "sampler_arg" $g.tracing.samplerArg }}
+{{- if $g.tracing.endpoint }}{{ $_ := set $t "endpoint" $g.tracing.endpoint }}{{ end }}
+{{- if $g.tracing.serviceName }}{{ $_ := set $t "service_name" $g.tracing.serviceName }}{{ end }}
+{{- $_ := set $cfg "tracing" $t }}
+{{- end }}
 {{- $cfg = mergeOverwrite $cfg (deepCopy $g.extraConfig) }}
-{{- include "igsp-gateway.orderedYaml" (dict "map" $cfg "order" (list "version" "server" "store" "security" "logging" "admin" "platform_face" "provider_face" "partners")) }}
+{{- include "igsp-gateway.orderedYaml" (dict "map" $cfg "order" (list "version" "server" "store" "security" "logging" "tracing" "admin" "platform_face" "provider_face" "partners")) }}
 {{- end }}
 
 {{/*
