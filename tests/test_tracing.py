@@ -529,3 +529,48 @@ def test_two_workers_export_otlp_http_each_its_own_and_flush_at_shutdown(receive
     lines = {line["request_id"]: line for line in gw.log_lines() if line["msg"] == "request"}
     assert all(lines[f"traced-{i}"]["trace_id"] == trace_id for i, trace_id in enumerate(traced))
     assert all(len(lines[rid]["trace_id"]) == 32 for rid in untraced)
+
+
+def test_provider_face_launch_and_a_played_round_exported_end_to_end(receiver, tmp_path, monkeypatch):
+    """The provider face in a real process: a launch (its legacy steps as CLIENT spans), then
+    a legacy game server's bet callback (a SERVER span) whose signed iGSP hook to the platform
+    is a CLIENT span with the callback's trace."""
+    from tests import test_provider_face as provider_face
+
+    otel = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    monkeypatch.setattr(provider_face, "GatewayProcess",
+                        lambda config, path, env: GatewayProcess(config, path, env={**env, **otel}))
+    world = provider_face.World(tmp_path)
+    try:
+        world.player("tina", "50.00", sessions=["sess-tina"])
+        launch = world.launch("sess-tina", "tina")
+        assert launch.status_code == 201, launch.text
+        token = provider_face.parse_qs(provider_face.urlparse(launch.json()["url"]).query)["token"][0]
+        played = world.play(token, [{"op": "bet", "amount": "3.00", "reference": "t-bet-1"}])
+        assert played["ok"] is True, played
+    finally:
+        world.stop()  # SIGTERM: the gateway flushes its spans
+    found = receiver.found()
+    named = by_name_dicts(found)
+    (launch_span,) = [s for s in named["POST /igsp/v1/{resource}"] if s["attributes"]["igsp.operation"] == "sessions"]
+    assert launch_span["attributes"]["igsp.partner"] == provider_face.PARTNER["id"]
+    launch_children = {s["name"] for s in found if s["parent_span_id"] == launch_span["span_id"]}
+    assert "igsp.authenticate" in launch_children and any(n.startswith("legacy ") for n in launch_children)
+    assert "ledger tx_begin" in launch_children and "store kv_put" in launch_children
+    callbacks = [s for s in named["POST /legacy/{mapping}/{endpoint}"] if s["attributes"].get("igsp.operation") == "bet"]
+    (callback,) = callbacks
+    assert callback["kind"] == 2 and callback["attributes"]["igsp.face"] == "legacy"
+    (hook,) = [s for s in found if s["name"] == "igsp.hook bet"]
+    assert hook["parent_span_id"] == callback["span_id"] and hook["trace_id"] == callback["trace_id"]
+    assert hook["kind"] == 3 and hook["attributes"]["http.response.status_code"] == 200
+    assert hook["attributes"]["igsp.partner"] == provider_face.PARTNER["id"]
+    texts = [str(v) for s in found for v in (s["name"], *s["attributes"].keys(), *s["attributes"].values())]
+    assert not any(token in t or provider_face.PARTNER["secret"] in t or "3.00" in t for t in texts)
+
+
+def by_name_dicts(found: list[dict]) -> dict:
+    named: dict = {}
+    for span in found:
+        named.setdefault(span["name"], []).append(span)
+    return named
