@@ -3,8 +3,9 @@
 401 ``unauthorized`` for a missing or unknown credential, 403 ``forbidden`` for a partner
 with ``allowed_ips`` called from another address (checked before the signature, see
 gateway/clientip.py), 403 ``invalid_signature`` for a bad signature or a timestamp outside
-the window. The caller only learns the status; the precise reason goes to logs and metrics. A verified partner over its rate limit gets 429
-before anything is written (gateway/ratelimit.py).
+the window. The caller only learns the status; the precise reason goes to logs and
+metrics. A verified partner over its rate limit gets 429 before anything is written
+(gateway/ratelimit.py).
 
 A valid signature sent again (a byte-identical retry) is **not** refused by default: a
 retry must get the first answer, and every write it could repeat is idempotent anyway
