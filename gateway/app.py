@@ -29,7 +29,7 @@ from gateway.faces.provider import ProviderFace
 from gateway.faces.sweeper import Sweeper
 from gateway.faces.wallet import error_body
 from gateway.ids import new_id
-from gateway.ops import metrics
+from gateway.ops import metrics, tracing
 from gateway.ops.admin import setup_admin
 from gateway.ops.health import PROBE, UpstreamProbe, healthz, metrics_endpoint, readyz
 from gateway.ops.logs import REQUEST_ID
@@ -82,6 +82,39 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound()
 
 
+#: Routes whose requests are counted, access-logged and traced (a SERVER span each).
+SERVED_FACES = ("platform", "provider", "legacy")
+
+
+@web.middleware
+async def tracing_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """A SERVER span around everything gateway_middleware does (its access-log line too).
+    Only in the middleware chain when tracing is configured (or installed by a test)."""
+    if not tracing.ENABLED or request.match_info.route.name not in SERVED_FACES \
+            or _on_internal_port(request, request.app[LIFECYCLE]):  # a 404 there: gateway_middleware
+        return await handler(request)
+    with tracing.server_span(request, request.match_info.route.resource.canonical) as span:
+        response = await handler(request)
+        if span.is_recording():
+            _end_server_span(span, request, response)
+        return response
+
+
+def _end_server_span(span, request: web.Request, response: web.StreamResponse) -> None:
+    """What the request turned out to be (5xx: an error; a 4xx is an answer)."""
+    span.set_attribute("http.response.status_code", response.status)
+    span.set_attribute("igsp.face", request.match_info.route.name)
+    for key in ("request_id", "operation", "partner", "transaction_id", "auth_failure", "upstream_failure"):
+        value = request.get(key)
+        if value is not None:
+            span.set_attribute(f"igsp.{key}", str(value))
+    code = _error_code(request, response) or request.get("error")
+    if code:
+        span.set_attribute("igsp.error", code)
+    if response.status >= 500:
+        tracing.mark_error(span, code or str(response.status))
+
+
 @web.middleware
 async def gateway_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Request id, one access-log line, metrics, and every error as an iGSP ErrorResponse."""
@@ -114,7 +147,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         # reconnects for its next request (to another replica, once this one is out of the
         # load balancer) instead of finding the connection closed under it.
         response.force_close()
-    if face in ("platform", "provider", "legacy"):
+    if face in SERVED_FACES:
         elapsed = time.perf_counter() - started
         operation = request.get("operation", "unknown")
         partner = request.get("partner", "unknown")  # set only once a configured partner is verified
@@ -127,6 +160,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
                 "status": response.status, "latency_ms": round(elapsed * 1000, 3),
                 "transaction_id": request.get("transaction_id"), "method": request.method, "path": request.path,
                 **({"auth_failure": request["auth_failure"]} if "auth_failure" in request else {}),
+                **({"client_ip": request["client_ip"]} if "client_ip" in request else {}),
                 **({"error": request["error"]} if "error" in request else {}),
             })
     return response
@@ -173,6 +207,8 @@ async def _answer(request: web.Request, handler, request_id: str) -> web.StreamR
         request["error"] = exc.code
         if isinstance(exc, AuthFailure):
             request["auth_failure"] = exc.reason
+            if exc.code == "forbidden":  # the refused address (None: an unreadable forwarded hop)
+                request["client_ip"] = str(exc.client) if exc.client is not None else None
         elif isinstance(exc, (RateLimited, Overloaded)) and exc.partner:
             request["partner"] = exc.partner
         elif isinstance(exc, UpstreamError):
@@ -196,10 +232,19 @@ async def _answer(request: web.Request, handler, request_id: str) -> web.StreamR
         return _error_response(IgspError("internal_error", "internal error"), request_id)
 
 
+async def _tracing_ctx(app: web.Application):
+    """Tracing for this process (each worker starts its own exporter), flushed at the end,
+    after the last delivery. A provider already installed (a test's) is left alone."""
+    started = tracing.start(app[CONFIG].tracing)
+    yield
+    if started:
+        await tracing.stop(timeout=5.0)
+
+
 async def _store_ctx(app: web.Application):
     store = open_store(app[CONFIG].store_url, namespace=app[CONFIG].store_namespace)
     await store.open()
-    app[STORE] = store
+    app[STORE] = tracing.traced_store(store, app[CONFIG].store_url)
     yield
     await store.close()
 
@@ -245,7 +290,8 @@ def _delivery(runtime: Runtime, face_name: str, deliver: Delivery):
         logged = REQUEST_ID.set(entry.payload.get("request_id") or None)
         gen = runtime.acquire()
         try:
-            await deliver(gen.faces[face_name], entry)
+            with tracing.delivery_span(entry):
+                await deliver(gen.faces[face_name], entry)
         finally:
             runtime.release(gen)
             REQUEST_ID.reset(logged)
@@ -289,7 +335,9 @@ def create_app(config: Config) -> web.Application:
     # aiohttp has no timeout for a request head of its own: its keep-alive timer, armed when a
     # connection opens and after each answer, closes a connection still waiting for a whole
     # head, so it is the head's read timeout (and the idle keep-alive timeout).
-    app = web.Application(middlewares=[gateway_middleware], client_max_size=config.max_body_bytes,
+    traced = config.tracing.enabled or tracing.ENABLED
+    app = web.Application(middlewares=[tracing_middleware, gateway_middleware] if traced else [gateway_middleware],
+                          client_max_size=config.max_body_bytes,
                           handler_args={"max_field_size": config.max_header_bytes,
                                         "max_line_size": config.max_header_bytes,
                                         "max_headers": config.max_header_fields,
@@ -297,6 +345,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[INFLIGHT] = {"n": 0}
     app[LIFECYCLE] = Lifecycle()
+    app.cleanup_ctx.append(_tracing_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app[FACES] = {face.name: face for face in (face_type(app, config) for face_type in FACE_TYPES)}
     app.cleanup_ctx.append(_faces_ctx)

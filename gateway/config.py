@@ -6,19 +6,31 @@ Every problem in the config and in every mapping it names is reported at once.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from gateway.clientip import FORWARDED_HEADERS, Network, parse_network
 from gateway.engine.mapping import Mapping, load_mapping
-from gateway.engine.yamlload import env_and_schema_problems, interpolate_env, line_of, load_yaml, schema_problems
+from gateway.engine.yamlload import (
+    dotted,
+    env_and_schema_problems,
+    interpolate_env,
+    line_of,
+    load_yaml,
+    schema_problems,
+)
 from gateway.errors import ConfigError, Problem
 from gateway.ops.redaction import scrub, secret_values
+from gateway.ops.tracing import DEFAULT_SERVICE_NAME, EXPORTERS, PROTOCOLS, SAMPLERS, TracingSettings
+from gateway.ops.tracing import resolve as resolve_tracing
 from gateway.ratelimit import LOCAL, ON_STORE_ERROR, RateLimit
 from gateway.store import STORE_SCHEMES
 
 _SECRET = {"type": "string", "minLength": 16}
+_NETWORKS = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
 _RATE_LIMIT = {
     "description": "Token bucket per partner (per process, or shared: rate_limits.shared): requests_per_second, "
                    "burst; null = no limit.",
@@ -70,6 +82,14 @@ CONFIG_SCHEMA: dict = {
                                     "description": "/readyz also opens a TCP connection to every upstream."},
                 "watch_seconds": {"type": "number", "minimum": 0, "default": 0,
                                   "description": "Reload when the config or a mapping file changes (0: SIGHUP only)."},
+                "trusted_proxies": {**_NETWORKS, "minItems": 0,
+                                    "description": "Networks (CIDR) of the proxies in front of the gateway (an "
+                                                   "ingress controller, a load balancer): when the TCP peer is one "
+                                                   "of them, the client address is the rightmost untrusted hop of "
+                                                   "forwarded_header. Otherwise the header is never read."},
+                "forwarded_header": {"enum": list(FORWARDED_HEADERS), "default": "X-Forwarded-For",
+                                     "description": "The header the trusted proxies maintain (only that one is "
+                                                    "read): X-Forwarded-For, or RFC 7239 Forwarded."},
             },
         },
         "store": {
@@ -144,6 +164,29 @@ CONFIG_SCHEMA: dict = {
             "additionalProperties": False,
             "properties": {"level": {"enum": ["debug", "info", "warning", "error"], "default": "info"}},
         },
+        "tracing": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "OpenTelemetry traces (off by default). What this section leaves unset comes from the "
+                           "standard OTEL_* environment variables.",
+            "properties": {
+                "enabled": {"type": "boolean",
+                            "description": "Unset: on when an exporter is named here or in OTEL_TRACES_EXPORTER. "
+                                           "OTEL_SDK_DISABLED=true always turns tracing off."},
+                "exporter": {"enum": list(EXPORTERS), "default": "otlp"},
+                "endpoint": {"type": "string", "pattern": "^https?://.*$",
+                             "description": "The collector's OTLP base URL (/v1/traces is appended for "
+                                            "http/protobuf), like OTEL_EXPORTER_OTLP_ENDPOINT."},
+                "protocol": {"enum": list(PROTOCOLS), "default": "http/protobuf"},
+                "service_name": {"type": "string", "minLength": 1, "default": DEFAULT_SERVICE_NAME},
+                "sampler": {"enum": list(SAMPLERS), "default": "parentbased_always_on"},
+                "sampler_arg": {"type": "number", "minimum": 0, "maximum": 1, "default": 1,
+                                "description": "The ratio of the traceidratio samplers."},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                            "description": "Headers sent to the collector (e.g. an auth token: use ${ENV}); "
+                                           "redacted from logs."},
+            },
+        },
         "currencies": {
             "type": "object",
             "description": "Extra currencies and their exponent, e.g. {BTC: 8}. A code is what a hook's "
@@ -184,6 +227,10 @@ CONFIG_SCHEMA: dict = {
                     "partial_refunds": {"type": "boolean", "default": False,
                                         "description": "A refund may return less than its bet (never more); "
                                                        "otherwise its amount must equal the bet's."},
+                    "allowed_ips": {**_NETWORKS,
+                                    "description": "Addresses or CIDR networks (IPv4, IPv6) this partner may call "
+                                                   "from; any other gets 403 forbidden, before the signature is "
+                                                   "checked. Unset: any address."},
                 },
             },
         },
@@ -206,6 +253,8 @@ class Partner:
     replay_protection: bool = False
     partial_refunds: bool = False
     max_concurrent: int | None = None  # requests in progress per process; None: no limit
+    #: Networks this partner may call from (None: any address).
+    allowed_ips: tuple[Network, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +293,9 @@ class Config:
     #: Retry-After of a request shed for it or for its partner's (``Partner.max_concurrent``).
     upstream_concurrency: dict = field(default_factory=dict)
     concurrency_retry_after: int = 1
+    trusted_proxies: tuple[Network, ...] = ()
+    forwarded_header: str = "X-Forwarded-For"
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @property
     def secrets(self) -> list[str]:
@@ -258,6 +310,7 @@ class Config:
                   for v in secret_values(m.raw)]
         if self.admin_token:
             found.append(self.admin_token)
+        found += [value for _, value in self.tracing.headers]
         return [s for s in found if s]
 
     @property
@@ -318,11 +371,15 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         if spec["face"] == "provider" and "hooks_url" not in spec:
             problems.append(Problem(file, line_of(data, where), f"partners[{index}]",
                                     "a provider-face partner needs hooks_url (the platform's iGSP hooks URL)"))
+        allowed_ips = (_networks(data, file, where + ("allowed_ips",), problems)
+                       if "allowed_ips" in spec else None)
         partners.append(Partner(spec["id"], spec["face"], spec["api_key"],
                                 tuple(s.encode() for s in spec["secrets"]), mapping, spec.get("hooks_url"),
                                 RateLimit.parse(spec["rate_limit"] if "rate_limit" in spec else default_limit),
                                 spec.get("replay_protection", default_strict), spec.get("partial_refunds", False),
-                                spec.get("max_concurrent", concurrency.get("per_partner"))))
+                                spec.get("max_concurrent", concurrency.get("per_partner")), allowed_ips))
+    trusted_proxies = _networks(data, file, ("server", "trusted_proxies"), problems, trusting=True)
+    tracing_settings = _tracing(data, file, os.environ if env is None else env, problems)
     problems.extend(_lease_problems(data, file, partners))
     problems.extend(_port_problems(data, file))
     for name in (concurrency.get("upstreams") or {}).keys() - {p.mapping.name for p in partners}:
@@ -370,6 +427,9 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         upstream_concurrency={p.mapping.name: (concurrency.get("upstreams") or {}).get(
             p.mapping.name, concurrency.get("per_upstream")) for p in partners},
         concurrency_retry_after=concurrency.get("retry_after_seconds", 1),
+        trusted_proxies=trusted_proxies,
+        forwarded_header=server.get("forwarded_header", "X-Forwarded-For"),
+        tracing=tracing_settings,
     )
 
 
@@ -383,6 +443,48 @@ def _port_problems(data: dict, file: str) -> list[Problem]:
                         f"got {port}: the public port and the internal port (/metrics, /admin/) must differ",
                         hint="give server.internal_port another port")]
     return []
+
+
+def _tracing(data: dict, file: str, environ, problems: list[Problem]) -> TracingSettings:
+    """The ``tracing`` section completed from the ``OTEL_*`` variables (gateway/ops/tracing.py)."""
+    settings, found = resolve_tracing(data.get("tracing"), environ)
+    for problem in found:
+        if problem.from_env:
+            problems.append(Problem(file, None, "tracing", f"environment variable {problem.where}: {problem}"))
+        else:
+            where = problem.where.split(".")
+            problems.append(Problem(file, line_of(data, tuple(where)), problem.where, str(problem)))
+    return settings
+
+
+def _networks(data: dict, file: str, where: tuple, problems: list[Problem], trusting: bool = False) -> tuple:
+    """The CIDR networks listed at ``where`` (a problem for each one that is not)."""
+    node: Any = data
+    for part in where:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return ()
+    found = []
+    for index, text in enumerate(node or []):
+        field_name = dotted(where + (index,))
+        line = line_of(data, where + (index,))
+        try:
+            network = parse_network(text)
+        except ValueError as exc:
+            problems.append(Problem(file, line, field_name, str(exc),
+                                    hint="write an address (203.0.113.7, 2001:db8::7) or a network "
+                                         "(203.0.113.0/24, 2001:db8::/32)"))
+            continue
+        if trusting and network.prefixlen == 0:
+            problems.append(Problem(file, line, field_name,
+                                    f"{network} trusts every address: any client could then choose its own "
+                                    "address by sending a forwarding header",
+                                    hint="list only your ingress controller's or load balancer's networks"))
+            continue
+        found.append(network)
+    return tuple(found)
+
 
 
 def _lease_problems(data: dict, file: str, partners: list[Partner]) -> list[Problem]:

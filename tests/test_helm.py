@@ -358,6 +358,11 @@ def test_every_manifest_validates(values_file: Path | None, kube_version: str) -
         (with_partner(id="Acme_Games"), "/partners/0/id"),
         (with_partner(secret="short"), "/partners/0/secret"),
         (with_partner(face="provider"), "hooksUrl"),
+        (with_partner(allowedIps=["office network"]), "/partners/0/allowedIps/0"),
+        ({"gateway": {"trustedProxies": "10.0.0.0/8"}}, "/gateway/trustedProxies"),
+        ({"gateway": {"forwardedHeader": "X-Real-IP"}}, "/gateway/forwardedHeader"),
+        ({"gateway": {"tracing": {"sampler": "sometimes"}}}, "/gateway/tracing/sampler"),
+        ({"gateway": {"tracing": {"endpoint": "otel-collector:4318"}}}, "/gateway/tracing/endpoint"),
     ],
 )
 def test_schema_rejects_wrong_values(values: dict, message: str) -> None:
@@ -560,6 +565,51 @@ def test_partners_reference_secret_keys_not_values() -> None:
     # Every ${VAR} in gateway.yaml (except optional ones) is a key of the Secret.
     referenced = set(re.findall(r"\$\{([A-Z0-9_]+)\}", config_text))
     assert referenced <= decoded.keys()
+
+
+def test_allowlists_and_trusted_proxies_render() -> None:
+    values = load_values(CI_DIR / "production-values.yaml")
+    manifests = render_chart(values)
+    config = gateway_config(manifests)
+    assert config["server"]["trusted_proxies"] == ["10.244.0.0/16", "fd00:10:244::/56"]
+    assert config["server"]["forwarded_header"] == "X-Forwarded-For"
+    by_id = {p["id"]: p for p in config["partners"]}
+    assert by_id["casino-one"]["allowed_ips"] == ["198.51.100.0/24", "2001:db8:c1::/48"]
+    assert "allowed_ips" not in by_id["acme-games"]  # no list: any address
+    notes = render_notes(values)
+    assert "IP allowlists: casino-one" in notes and "WARNING: gateway.trustedProxies" not in notes
+    # Behind the ingress without trusted proxies every partner with a list would be refused: said so.
+    del values["gateway"]["trustedProxies"]
+    assert "trusted_proxies" not in gateway_config(render_chart(values))["server"]
+    assert "WARNING: gateway.trustedProxies is empty" in render_notes(values)
+
+
+def test_tracing_renders_into_gateway_yaml() -> None:
+    assert "tracing" not in gateway_config(render_chart({}))  # off by default: no section at all
+    values = {"gateway": {"tracing": {"enabled": True, "endpoint": "http://otel-collector.observability:4318",
+                                      "samplerArg": 0.25, "serviceName": "igsp-eu"}}}
+    assert gateway_config(render_chart(values))["tracing"] == {
+        "enabled": True, "endpoint": "http://otel-collector.observability:4318", "protocol": "http/protobuf",
+        "sampler": "parentbased_traceidratio", "sampler_arg": 0.25, "service_name": "igsp-eu"}
+
+
+def test_notes_say_how_to_reach_metrics_traces_and_the_admin_api() -> None:
+    notes = render_notes({"adminToken": "test-admin-token"})
+    # /metrics and /admin/ are on the internal port, behind the internal Service.
+    assert f"port-forward svc/{FULLNAME}-internal 8081:8081" in notes
+    assert "curl -s http://127.0.0.1:8081/metrics" in notes and "127.0.0.1:8080/metrics" not in notes
+    assert "Traces: off." in notes and "--set gateway.tracing.enabled=true" in notes
+    assert "curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:8081/admin/queue" in notes
+    assert "127.0.0.1:8080/admin" not in notes
+    assert f"get secret {FULLNAME} -o jsonpath='{{.data.IGSP_ADMIN_TOKEN}}'" in notes
+    values = load_values(CI_DIR / "production-values.yaml")
+    values["gateway"]["tracing"] = {"enabled": True, "endpoint": "http://otel-collector.observability:4318"}
+    notes = render_notes(values)
+    assert f'ServiceMonitor "{FULLNAME}"' in notes and f'ConfigMap "{FULLNAME}-dashboard"' in notes
+    assert "Traces: OTLP (http/protobuf) to http://otel-collector.observability:4318" in notes
+    assert "sampler parentbased_traceidratio (0.1 of new traces" in notes
+    assert "get secret igsp-gateway-keys" in notes and "Keep /admin/ off the ingress" in notes
+    assert "Admin API: off" in render_notes({})
 
 
 def test_existing_secret_notes_list_the_keys() -> None:

@@ -83,3 +83,19 @@ def test_the_keys_notes_lists_are_all_the_production_config_needs(tmp_path):
                                                                                if k != key}})
         assert result.returncode == 1
         assert f"environment variable {key} is not set" in result.stderr
+
+
+def test_config_with_allowlists_and_tracing_validates(tmp_path):
+    """The production shape (allowlists, trusted proxies) with tracing on: accepted as rendered."""
+    values = _values("production-values.yaml")
+    values["gateway"]["tracing"] = {"enabled": True, "endpoint": "http://otel-collector.observability:4318"}
+    manifests = render_chart(values)
+    config = gateway_config(manifests)
+    assert config["tracing"]["enabled"] and config["partners"][1]["allowed_ips"]
+    existing = {"REDIS_PASSWORD": "pw", "HUB88_PRIVATE_KEY": generate_keypair()[0], "PP_SECRET_KEY": "pp-secret",
+                "PP_SECURE_LOGIN": "casino", "PARTNER_ACME_GAMES_API_KEY": "acme-key-0001",
+                "PARTNER_ACME_GAMES_SECRET": "a" * 32, "PARTNER_CASINO_ONE_API_KEY": "casino-key-0001",
+                "PARTNER_CASINO_ONE_SECRET": "c" * 32, "PARTNER_CASINO_ONE_SECRET_PREVIOUS": "d" * 32}
+    result = _validate(manifests, tmp_path, {**_pod_env(manifests), **existing})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("gateway.yaml: ok")

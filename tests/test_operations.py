@@ -49,6 +49,7 @@ def ops_gateway(gateway_factory, tmp_path):
     config = platform_config(f"sqlite:///{tmp_path}/gateway.db")
     config["partners"][1]["mapping"] = str(dead)
     config["partners"][1]["rate_limit"] = {"requests_per_second": 0.001, "burst": 1}
+    config["partners"][0]["allowed_ips"] = ["127.0.0.0/8", "::1"]  # every request passes the allowlist check
     return gateway_factory(config)
 
 
@@ -128,6 +129,8 @@ def test_metrics_count_scripted_traffic_exactly(hub88, ops_gateway):
     assert m.value("igsp_signature_failures_total") == 5
     assert m.value("igsp_rate_limited_total", partner="beta-games") == 1
     assert m.value("igsp_rate_limited_total") == 1
+    assert m.series("igsp_ip_refused_total") == [{"partner": "acme-games"}]  # exported at zero
+    assert m.value("igsp_ip_refused_total") == 0
     assert m.value("igsp_signature_failures_total", reason="replayed_signature") == 0  # exported at zero
 
     errors = {(s["mapping"], s["operation"], s["kind"]): m.value("igsp_upstream_errors_total", **s)

@@ -179,6 +179,7 @@ class Mapping:
     templates: Templates
     provider: Any = None  # provider face: a compiled gateway.engine.provider_mapping.ProviderSpec
     max_response_bytes: int = 1 << 20  # the largest decompressed legacy answer read (gateway/outbound/http.py)
+    propagate_trace: bool = True  # send traceparent with legacy calls and hooks (tracing on)
 
     def search(self, expression: Any, data: Any) -> Any:
         return jmespath_fast.search(expression, data, self.jmespath_options)
@@ -691,6 +692,7 @@ def compile_mapping(data: dict, file: str) -> Mapping:
         idempotent=bool(upstream.get("idempotent", False)),
         static_headers=dict(upstream.get("headers") or {}),
         max_response_bytes=int(upstream.get("max_response_bytes", 1 << 20)),
+        propagate_trace=bool(upstream.get("propagate_trace", True)),
         codec=codec,
         signer=signer,
         extensions=extensions,

@@ -163,6 +163,9 @@ MAPPING_SCHEMA: dict = {
                 "idempotent": {"type": "boolean", "default": False,
                                "description": "The legacy API dedupes by transaction id (redelivery is safe)."},
                 "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                "propagate_trace": {"type": "boolean", "default": True,
+                                    "description": "With tracing on, send the W3C traceparent header with every "
+                                                   "legacy call (and, provider face, every iGSP hook)."},
             },
         },
         "codec": ADAPTER_SPEC,

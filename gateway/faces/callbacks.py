@@ -33,6 +33,7 @@ from gateway.engine.provider_mapping import Endpoint, LegacyCode
 from gateway.errors import IgspError, UpstreamError
 from gateway.faces.catalogue import legacy_uuid
 from gateway.faces.sessions import PLAYER_NS, SESSION_NS
+from gateway.ops import tracing
 from gateway.outbound.hooks import HookClient
 from gateway.retry_queue import hook_from_queue, to_queue
 from gateway.spec import HOOK_SCHEMAS, SpecValidators
@@ -161,7 +162,8 @@ class Callbacks:
             if endpoint.hook == "refund":
                 await self._fill_refund(hook, partner)
             self.hook_spec.check(HOOK_SCHEMAS[endpoint.hook], hook)
-            answer = await self.hooks.send(partner, hook, timeout=self.spec.hook_timeout, request_id=request_id)
+            answer = await self.hooks.send(partner, hook, timeout=self.spec.hook_timeout, request_id=request_id,
+                                           propagate_trace=self.mapping.propagate_trace)
         except IgspError as exc:
             if exc.code not in endpoint.succeed_on or endpoint.hook == "balance":
                 raise
@@ -169,7 +171,7 @@ class Callbacks:
             balance_hook = {"action": "balance", "player_id": hook["player_id"], "currency": hook["currency"],
                             "session_id": hook["session_id"]}
             answer = await self.hooks.send(partner, balance_hook, timeout=self.spec.hook_timeout,
-                                           request_id=request_id)
+                                           request_id=request_id, propagate_trace=self.mapping.propagate_trace)
             answer = {"balance": answer["balance"], "transaction_id": hook.get("transaction_id")}
         if endpoint.hook == "bet":
             await self.store.kv_put(BET_NS, f"{self.mapping.name}:{partner.id}:{hook['transaction_id']}",
@@ -214,7 +216,7 @@ class Callbacks:
         await self.store.q_put(QueueEntry(
             id=uuid.uuid4().hex, route=HOOK_ROUTE, next_at=time.time() + wait,
             payload={"mapping": self.mapping.name, "partner": partner_id, "request_id": request_id,
-                     "hook": to_queue(hook)}))
+                     "hook": to_queue(hook), **tracing.carrier()}))
 
     async def deliver(self, partner_id: str, hook: dict, request_id: str) -> None:
         """Send one queued hook; a retriable failure raises (retried, then dead-lettered)."""
@@ -223,7 +225,8 @@ class Callbacks:
             raise IgspError("internal_error", f"partner {partner_id!r} is no longer configured")
         hook = hook_from_queue(hook)
         try:
-            await self.hooks.send(partner, hook, timeout=self.spec.hook_timeout, request_id=request_id)
+            await self.hooks.send(partner, hook, timeout=self.spec.hook_timeout, request_id=request_id,
+                                  propagate_trace=self.mapping.propagate_trace)
         except IgspError as exc:
             if exc.retriable:
                 raise

@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from aiohttp import web
 
-from gateway.auth import Verifier
+from gateway.auth import Verifier, client_address
 from gateway.config import Config
 from gateway.context import generation
 from gateway.errors import IgspError
@@ -51,7 +51,8 @@ class PlatformFace(Face):
         config, store = gen.config, runtime.store
         verifier = Verifier({p.api_key: p for p in config.partners}, config.signature_window, store,
                             on_failure=lambda reason: metrics.SIGNATURE_FAILURES.labels(reason).inc(),
-                            limiter=gen.limiter)
+                            limiter=gen.limiter, client_address=client_address(config),
+                            on_refused=metrics.ip_refusals(p for p in config.partners if p.face == "platform"))
         wallets = {
             partner.id: Wallet(
                 partner.id, gen.clients[partner.mapping.name], store, retention=config.retention_seconds,
@@ -90,7 +91,7 @@ def parse_hook(body: bytes, spec: SpecValidators) -> dict:
 async def handle_hook(request: web.Request) -> web.Response:
     face: PlatformObjects = generation(request).faces[PlatformFace.name]
     body = await request.read()
-    partner, once = await face.verifier.check(request.headers, body, "platform")
+    partner, once = await face.verifier.check(request.headers, body, "platform", request.remote)
     request["partner"] = partner.id
     payload = parse_hook(body, face.spec)
     request["operation"] = payload["action"]

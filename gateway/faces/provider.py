@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from adapters.codecs import dumps
-from gateway.auth import Verifier
+from gateway.auth import Verifier, client_address
 from gateway.config import Config
 from gateway.context import generation
 from gateway.errors import IgspError
@@ -74,13 +74,14 @@ class ProviderFace(Face):
         partners = [p for p in config.partners if p.face == "provider"]
         on_failure = lambda reason: metrics.SIGNATURE_FAILURES.labels(reason).inc()  # noqa: E731
         by_key = {p.api_key: p for p in partners}
+        addresses, on_refused = client_address(config), metrics.ip_refusals(partners)
         face = ProviderObjects(
             # Catalogue reads are idempotent and their query is unsigned anyway, so a GET
             # signature may be used more than once (a platform pages fast, timestamps in seconds).
             read_verifier=Verifier(by_key, config.signature_window, None, on_failure=on_failure,
-                                   limiter=gen.limiter),
+                                   limiter=gen.limiter, client_address=addresses, on_refused=on_refused),
             write_verifier=Verifier(by_key, config.signature_window, store, on_failure=on_failure,
-                                    limiter=gen.limiter),
+                                    limiter=gen.limiter, client_address=addresses, on_refused=on_refused),
             spec=provider_validators(),
         )
         for partner in partners:
@@ -153,7 +154,7 @@ async def handle_igsp(request: web.Request) -> web.Response:
         raise IgspError("method_not_allowed", f"{request.path} takes {allowed[resource]}")
     body = await request.read()
     verifier = face.read_verifier if request.method == "GET" else face.write_verifier
-    partner = await verifier.verify(request.headers, body, "provider")
+    partner = await verifier.verify(request.headers, body, "provider", request.remote)
     request["partner"] = partner.id
     name = partner.mapping.name
     if resource == "sessions":

@@ -49,7 +49,7 @@ from gateway.engine.templating import IGSP_NAMESPACE
 from gateway.errors import IgspError, UpstreamError
 from gateway.faces import ledger
 from gateway.ids import new_id
-from gateway.ops import metrics
+from gateway.ops import metrics, tracing
 from gateway.outbound.legacy import LegacyClient
 from gateway.retry_queue import DeadLetter, hook_from_queue, to_queue
 from gateway.store import QueueEntry, Store, TxRecord
@@ -279,7 +279,8 @@ class Wallet:
             # cut it short puts the same entry, which the store keeps once.
             id=uuid.uuid5(IGSP_NAMESPACE, f"{self.partner_id}:{op}:{payload['transaction_id']}").hex,
             route=WALLET_ROUTE,
-            payload={"partner": self.partner_id, "op": op, "request_id": request_id, "hook": to_queue(payload)},
+            payload={"partner": self.partner_id, "op": op, "request_id": request_id, "hook": to_queue(payload),
+                     **tracing.carrier()},  # the queued delivery's trace links to this one
             max_attempts=self.mapping.max_attempts,
             next_at=time.time() + delay,
             last_error=str(exc),

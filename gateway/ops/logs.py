@@ -13,6 +13,8 @@ partner by its id and never logs request headers.
 
 Every line written while a request (or a queued delivery) runs carries its
 ``request_id`` through a context variable, so one grep follows a request end to end.
+With tracing on (gateway/ops/tracing.py), a line written inside a span also carries its
+``trace_id`` and ``span_id`` (hex, as trace backends show them).
 
 Lines go through ``logging`` and are written synchronously by one StreamHandler: a line
 logged before a response is sent is in the stream (the file, the pipe) before the client
@@ -34,6 +36,8 @@ import time
 
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
+
+from gateway.ops import tracing
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 REDACTED = "[REDACTED]"
@@ -99,6 +103,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if "request_id" not in entry and (request_id := REQUEST_ID.get()) is not None:
             entry["request_id"] = request_id
+        if tracing.ENABLED and (ids := tracing.log_ids()) is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return self.redact(orjson.dumps(entry, default=str).decode())

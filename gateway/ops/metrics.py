@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811
 from prometheus_client import (
@@ -102,6 +102,8 @@ UPSTREAM_ERRORS = Counter("igsp_upstream_errors", "Legacy API failures by kind",
                           ["mapping", "operation", "kind"])
 SIGNATURE_FAILURES = Counter("igsp_signature_failures", "Rejected iGSP credentials or signatures", ["reason"])
 RATE_LIMITED = Counter("igsp_rate_limited", "Requests refused by a partner's rate limit", ["partner"])
+IP_REFUSED = Counter("igsp_ip_refused", "Requests refused 403 because the client address is not in the "
+                     "partner's allowed_ips", ["partner"])
 REPLAYS = Counter("igsp_idempotent_replays", "Duplicate transactions answered from the ledger",
                   ["partner", "action"])
 QUEUE_DEPTH = Gauge("igsp_queue_depth", "Deliveries waiting in the retry queue",
@@ -243,6 +245,15 @@ def _use_buckets(timeouts: Iterable[float]) -> None:
                                  ["mapping", "operation"], buckets=edges)
 
 
+def ip_refusals(partners) -> Callable[[str], None]:
+    """The Verifier's ``on_refused``: counts by partner id, each partner with an allowlist
+    exported at zero from the generation that configures it."""
+    for partner in partners:
+        if partner.allowed_ips is not None:
+            child(IP_REFUSED, partner.id)
+    return lambda partner_id: child(IP_REFUSED, partner_id).inc()
+
+
 def observe_upstream(mapping: str, operation: str, kind: str, seconds: float) -> None:
     """The LegacyClient observer: latency of every call, and a count of each failure kind."""
     child(UPSTREAM_SECONDS, mapping, operation).observe(seconds)
@@ -328,4 +339,4 @@ def mark_process_dead(pid: int) -> None:
 
 
 __all__ = ["CONTENT_TYPE", "OUTCOMES", "catalogue_lookup", "child", "init_config_series", "init_series",
-           "observe_upstream", "outcome", "render"]
+           "ip_refusals", "observe_upstream", "outcome", "render"]

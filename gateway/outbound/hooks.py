@@ -21,6 +21,7 @@ from typing import Any
 from adapters.codecs import dumps, loads
 from gateway import signing
 from gateway.errors import IgspError, UpstreamError
+from gateway.ops import tracing
 from gateway.outbound.http import Outbound
 
 
@@ -38,13 +39,30 @@ class HookClient:
     async def close(self) -> None:
         await self.outbound.close()
 
-    async def send(self, partner: Any, payload: dict, *, timeout: float, request_id: str = "") -> dict:
-        """POST one signed hook; return the platform's answer or raise IgspError/UpstreamError."""
+    async def send(self, partner: Any, payload: dict, *, timeout: float, request_id: str = "",
+                   propagate_trace: bool = True) -> dict:
+        """POST one signed hook; return the platform's answer or raise IgspError/UpstreamError.
+
+        Traced as a CLIENT span ``igsp.hook {action}`` (partner, action, HTTP status, outcome
+        kind), whose ``traceparent`` goes with the hook unless ``propagate_trace`` is False.
+        """
+        if not tracing.ENABLED:
+            return await self._send(partner, payload, timeout, request_id, None)
+        action = str(payload.get("action", "?"))
+        with tracing.span(f"igsp.hook {action}", tracing.CLIENT, {
+                "igsp.partner": partner.id, "igsp.hook.action": action, "http.request.method": "POST",
+                "server.address": tracing.host_of(partner.hooks_url or "")}) as span:
+            return await self._send(partner, payload, timeout, request_id, span, propagate_trace)
+
+    async def _send(self, partner: Any, payload: dict, timeout: float, request_id: str, span,
+                    propagate_trace: bool = False) -> dict:
         body = dumps(payload)
         headers = signing.signed_headers(partner.api_key, partner.secrets[0], body, hook_timestamp())
         if request_id:
             headers["X-Request-ID"] = request_id
-        started, kind = time.perf_counter(), "ok"
+        if span is not None and propagate_trace:
+            tracing.inject(headers)
+        started, kind, status = time.perf_counter(), "ok", None
         try:
             try:
                 reply = await self.outbound.request("POST", partner.hooks_url, data=body, headers=headers,
@@ -77,3 +95,7 @@ class HookClient:
         finally:
             if self.observer is not None:
                 self.observer(partner.id, payload.get("action", "?"), kind, time.perf_counter() - started)
+            if span is not None:
+                span.set_attribute("igsp.upstream.outcome", kind)
+                if status is not None:
+                    span.set_attribute("http.response.status_code", status)

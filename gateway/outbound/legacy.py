@@ -35,6 +35,7 @@ from gateway.adapter_api import Adapter, LegacyRequest
 from gateway.engine import echo
 from gateway.engine.mapping import Mapping, Operation
 from gateway.errors import IgspError, UpstreamError
+from gateway.ops import tracing
 from gateway.outbound.http import Answer, Outbound
 
 log = logging.getLogger("igsp.upstream")
@@ -151,15 +152,33 @@ class LegacyClient:
         return await self.step(name, context)
 
     async def step(self, name: str, context: dict) -> LegacyReply:
-        """Operation ``name`` exactly as the mapping declares it: one legacy call, or its steps."""
+        """Operation ``name`` exactly as the mapping declares it: one legacy call, or its steps.
+
+        A single call is traced as a CLIENT span ``legacy {operation}`` (mapping, operation,
+        the legacy HTTP status and the outcome kind; never the URL's path or query, nor a
+        body), whose ``traceparent`` goes out with the call unless ``upstream.propagate_trace``
+        is off. Each step of a multi-step operation is such a call, with a span of its own.
+        """
         m = self.mapping
         op: Operation | None = self.calls.get(name)
         if op is None:
             raise IgspError("internal_error", f"mapping {m.name!r} has no operation {name!r}")
         if op.steps:
             return await self._steps(op, context)
+        if not tracing.ENABLED:
+            return await self._step(name, op, context, None)
+        with tracing.span(f"legacy {name}", tracing.CLIENT, {
+                "igsp.mapping": m.name, "igsp.operation": name, "server.address": tracing.host_of(m.base_url),
+                "http.request.method": op.method}) as span:
+            return await self._step(name, op, context, span)
+
+    async def _step(self, name: str, op: Operation, context: dict, span) -> LegacyReply:
+        """One legacy call of operation ``op`` (``span``: its CLIENT span, None untraced)."""
+        m = self.mapping
         try:
             req = self._build(name, context)
+            if span is not None and m.propagate_trace:
+                tracing.inject(req.headers)
             expected = self.expect(name, context)
             if m.signer is not None:
                 if m.signer.sign_in_batches:
@@ -174,6 +193,7 @@ class LegacyClient:
             raise error from exc
         started = time.perf_counter()
         kind = "ok"
+        answer = None
         try:
             answer = await self.send(req, op.timeout)
             try:
@@ -195,6 +215,10 @@ class LegacyClient:
         finally:
             if self.observer is not None:
                 self.observer(m.name, name, kind, time.perf_counter() - started)
+            if span is not None:
+                span.set_attribute("igsp.upstream.outcome", kind)
+                if answer is not None:
+                    span.set_attribute("http.response.status_code", answer.status)
 
     def build_error(self, name: str, context: dict, exc: Exception, *, where: bool = False) -> IgspError:
         """The error for a request of operation ``name`` that could not be built from ``context``.

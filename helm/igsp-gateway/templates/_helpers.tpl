@@ -163,6 +163,9 @@ is optional (${IGSP_ADMIN_TOKEN:-} is empty when the Secret has no such key).
 {{- if .hooksUrl }}
 {{- $_ := set $p "hooks_url" .hooksUrl }}
 {{- end }}
+{{- if .allowedIps }}
+{{- $_ := set $p "allowed_ips" .allowedIps }}
+{{- end }}
 {{- $p = mergeOverwrite $p (deepCopy (.extra | default dict)) }}
 {{- $partners = append $partners $p }}
 {{- end }}
@@ -178,8 +181,18 @@ is optional (${IGSP_ADMIN_TOKEN:-} is empty when the Secret has no such key).
   "provider_face" (dict "mount" $g.providerFace.mount)
   "partners" $partners
 }}
+{{- if $g.trustedProxies }}
+{{- $_ := set $cfg.server "trusted_proxies" $g.trustedProxies }}
+{{- $_ := set $cfg.server "forwarded_header" $g.forwardedHeader }}
+{{- end }}
+{{- if $g.tracing.enabled }}
+{{- $t := dict "enabled" true "protocol" $g.tracing.protocol "sampler" $g.tracing.sampler "sampler_arg" $g.tracing.samplerArg }}
+{{- if $g.tracing.endpoint }}{{ $_ := set $t "endpoint" $g.tracing.endpoint }}{{ end }}
+{{- if $g.tracing.serviceName }}{{ $_ := set $t "service_name" $g.tracing.serviceName }}{{ end }}
+{{- $_ := set $cfg "tracing" $t }}
+{{- end }}
 {{- $cfg = mergeOverwrite $cfg (deepCopy $g.extraConfig) }}
-{{- include "igsp-gateway.orderedYaml" (dict "map" $cfg "order" (list "version" "server" "store" "security" "rate_limits" "logging" "admin" "platform_face" "provider_face" "partners")) }}
+{{- include "igsp-gateway.orderedYaml" (dict "map" $cfg "order" (list "version" "server" "store" "security" "rate_limits" "logging" "tracing" "admin" "platform_face" "provider_face" "partners")) }}
 {{- end }}
 
 {{/*
@@ -198,7 +211,7 @@ Call with (dict "map" $m "order" $keys).
 {{- if and (kindIs "slice" $v) $v (kindIs "map" (first $v)) }}
 {{ . }}:
 {{- range $v }}
-{{- $item := include "igsp-gateway.orderedYaml" (dict "map" . "order" (list "id" "face" "mapping" "api_key" "secrets" "hooks_url")) }}
+{{- $item := include "igsp-gateway.orderedYaml" (dict "map" . "order" (list "id" "face" "mapping" "api_key" "secrets" "hooks_url" "allowed_ips")) }}
 - {{ $item | trim | indent 2 | trimPrefix "  " }}
 {{- end }}
 {{- else }}
