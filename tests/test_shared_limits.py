@@ -176,7 +176,7 @@ def test_per_process_limits_are_unchanged_each_gateway_allows_the_rate(hub88, ga
 def gw_metrics(gw) -> str:
     import requests
 
-    return requests.get(gw.url + "/metrics", timeout=5).text
+    return requests.get(gw.internal_url + "/metrics", timeout=5).text
 
 
 @pytest.mark.parametrize("mode", [LOCAL, ALLOW, REFUSE])
