@@ -51,7 +51,7 @@ from gateway.faces import ledger
 from gateway.ids import new_id
 from gateway.ops import metrics, tracing
 from gateway.outbound.legacy import LegacyClient
-from gateway.retry_queue import DeadLetter, hook_from_queue, to_queue
+from gateway.retry_queue import DeadLetter, dumps_for_queue, hook_from_queue, to_queue
 from gateway.store import QueueEntry, Store, TxRecord
 from gateway.store.base import APPLIED, DONE, NOT_APPLIED, PENDING, QUEUED, Resolution
 
@@ -86,7 +86,7 @@ def fingerprint(payload: dict) -> str:
 
 def encode_hook(payload: dict) -> bytes:
     """A hook as the ledger keeps it (the queue's codec: amounts as exact text)."""
-    return orjson.dumps(to_queue(payload))
+    return dumps_for_queue(payload)
 
 
 def decode_hook(data: bytes) -> dict:
