@@ -33,7 +33,8 @@ Habits, on purpose:
   field). Nothing is applied then.
 - The faults of ``_common`` (HTML 500, apply-then-hang, reset, garbage, delay) on demand,
   by action name; ``POST /_control/clock {"offset": 60}`` moves its clock, so a test can
-  make the caller's timestamps stale without waiting.
+  make the caller's timestamps stale without waiting; ``POST /_control/internal_error
+  {"action": "bet"}`` makes the next call of an action answer ``INTERNAL_ERROR``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class State(BaseState):
     refusals: dict[str, int] = field(default_factory=dict)
     #: seconds added to the wallet's clock
     clock_offset: float = 0.0
+    #: actions whose next call answers INTERNAL_ERROR without applying anything
+    internal_errors: list = field(default_factory=list)
     #: the last well-formed call: {"fields", "headers"} as received
     last_request: dict[str, Any] = field(default_factory=dict)
     next_tx: int = 1
@@ -186,6 +189,9 @@ def make_app(state: State | None = None, *, key: str, merchant_id: str, window: 
         action = fields["action"]
         if action not in ACTIONS:
             raise Refused(1005, f"unknown action {action!r}")
+        if action in state.internal_errors:
+            state.internal_errors.remove(action)
+            return error("INTERNAL_ERROR", "internal error, try again")
         player = state.players.get(fields["player_id"])
         if player is None:
             return error("PLAYER_NOT_FOUND", "unknown player")
@@ -223,8 +229,13 @@ def make_app(state: State | None = None, *, key: str, merchant_id: str, window: 
         state.clock_offset = float(data.get("offset", 0))  # seconds, not money
         return web.json_response({"offset": state.clock_offset})
 
+    async def internal_error(request: web.Request) -> web.Response:
+        state.internal_errors.append(str(loads_exact(await request.read()).get("action")))
+        return web.json_response({"internal_errors": state.internal_errors})
+
     app.router.add_post("/wallet", wallet)
     app.router.add_post("/_control/clock", clock)
+    app.router.add_post("/_control/internal_error", internal_error)
     return app
 
 
