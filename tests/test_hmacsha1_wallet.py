@@ -9,8 +9,13 @@ so a request the gateway signed wrongly, or with a used nonce, is refused there.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from decimal import Decimal
+from types import SimpleNamespace
 from urllib.parse import urlencode
 
 import pytest
@@ -19,7 +24,7 @@ import requests
 from gateway.engine.mapping import load_mapping
 from gateway.errors import UpstreamError
 from gateway.outbound.legacy import LegacyClient
-from gateway.tools.simulators import hmacsha1_wallet, start_in_thread
+from gateway.tools.simulators import hmacsha1_wallet, spawn, start_in_thread
 from tests.conftest import ACME
 from tests.support import ROOT, GatewayProcess, IgspClient, decimal_json
 from tests.wallet_support import Simulator, assert_error, balance, bet, queue_attempts, refund, wait_for, win
@@ -291,3 +296,42 @@ def test_html_500_is_retriable(wallet, acme):
     wallet.fault("http_500_html", endpoint="balance")
     assert_error(acme.hook(balance()), 503, "upstream_unavailable")
     assert acme.hook(balance()).status_code == 200
+
+
+def _try(*args) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HMACSHA1_")}
+    return subprocess.run([sys.executable, "-m", "gateway", "try", str(MAPPING), *args], capture_output=True,
+                          text=True, env={**clean, "PYTHONPATH": str(ROOT)}, timeout=60)
+
+
+def test_try_never_prints_the_key_and_live_is_signed_as_the_wallet_checks(wallet):
+    wallet.player("p1", "100.00", token="s-1")
+    hook = json.dumps({**bet("tx-try", "12.34"), "amount": 12.34})
+    env = ["--env", f"HMACSHA1_WALLET_URL={wallet.url}", "--env", f"HMACSHA1_WALLET_KEY={KEY}",
+           "--env", f"HMACSHA1_WALLET_MERCHANT_ID={MERCHANT}"]
+    shown = _try("bet", "--input", hook, *env)
+    assert shown.returncode == 0, shown.stderr
+    assert "X-Nonce: " in shown.stdout and "X-Sign: " in shown.stdout and "amount=1234" in shown.stdout
+    live = _try("bet", "--input", hook, "--live", "--json", *env)
+    assert live.returncode == 0, live.stderr
+    report = json.loads(live.stdout)
+    assert report["response"]["source"] == "live" and report["response"]["status"] == 200, report["response"]
+    assert report["answer"]["body"] == {"balance": 87.66, "transaction_id": "T-1"}
+    assert wallet.balance("p1") == Decimal("87.66")  # --live moves money
+    for out in (shown, live):
+        assert KEY not in out.stdout + out.stderr
+
+
+def test_the_simulator_runs_as_a_process():
+    proc, url = spawn("hmacsha1_wallet", "--key", KEY, "--merchant-id", MERCHANT, "--player", "p9:3.50:EUR")
+    try:
+        sim = Wallet(SimpleNamespace(url=url))  # driven over HTTP only, like a thread-served one
+        r = sim.direct({"action": "balance", "player_id": "p9", "currency": "EUR"}, nonce="n-1")
+        assert r.status_code == 200 and r.json() == {"balance": 350}
+        again = sim.direct({"action": "balance", "player_id": "p9", "currency": "EUR"}, nonce="n-1")
+        assert again.status_code == 403 and again.json()["error"]["code"] == 1002
+        forged = sim.direct({"action": "balance", "player_id": "p9"}, nonce="n-2", key="guessed")
+        assert forged.status_code == 403 and forged.json()["error"]["code"] == 1003
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
