@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 from adapters.codecs import form_value
 from gateway.adapter_api import InboundRequest, LegacyRequest, Signer
+from gateway.errors import UpstreamError
 
 
 def md5_param_hash(params: dict, secret: str, exclude: str = "hash") -> str:
@@ -70,6 +71,12 @@ def sorted_params(params: dict, encoding: str = "urlencoded") -> str:
     if encoding == "urlencoded":
         return urlencode(pairs)
     return "&".join(f"{k}={v}" for k, v in pairs)
+
+
+def _mapping_error(text: str) -> UpstreamError:
+    """A request this mapping cannot sign: its mistake, not the caller's, so never a final 400
+    (a ValueError would be); a retriable error that sent nothing, with the reason kept."""
+    return UpstreamError("upstream_error", f"hmac_header: {text}", kind="adapter", applied=False)
 
 
 class HmacHeaderSigner(Signer):
@@ -135,12 +142,15 @@ class HmacHeaderSigner(Signer):
         if isinstance(fields, dict):
             values.update(fields)
         elif fields is not None:
-            raise RuntimeError("message: params needs a body of named fields (a form, query or flat JSON body)")
+            raise _mapping_error("message: params needs a body of named fields (a form, query or flat JSON body)")
         if any(isinstance(v, (dict, list)) for v in values.values()):
-            raise RuntimeError("message: params cannot sign nested fields; use message: body")
+            raise _mapping_error("message: params cannot sign nested fields; use message: body")
         lower = {k.lower(): v for k, v in headers.items()}
         for name in self.signed_headers:
-            values[name] = lower.get(name.lower())
+            if name.lower() not in lower:
+                raise _mapping_error(f"signed header {name!r} is not on the request: set it in the operation's "
+                                     "headers (upstream.headers are added after signing)")
+            values[name] = lower[name.lower()]
         return sorted_params(values, self.params_encoding).encode()
 
     def sign(self, req: LegacyRequest) -> None:
@@ -156,7 +166,7 @@ class HmacHeaderSigner(Signer):
         given = {k.lower(): v for k, v in inbound.headers.items()}.get(self.header.lower(), "")
         try:
             expected = self._mac(self._message(inbound.body, inbound.fields, inbound.params, inbound.headers))
-        except RuntimeError:
+        except UpstreamError:
             return False
         return hmac.compare_digest(expected, given)
 

@@ -17,7 +17,7 @@ import pytest
 from gateway.adapter_api import InboundRequest, LegacyRequest
 from gateway.engine.adapters import make_adapter
 from gateway.engine.mapping import load_mapping
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, UpstreamError
 from gateway.outbound.legacy import LegacyClient
 from tests.support import ROOT
 
@@ -128,3 +128,15 @@ def test_the_shipped_mapping_signs_each_built_request_afresh():
     for req in (one, two):
         assert req.headers["X-Merchant-Id"] == "m-1"
         assert req.headers["X-Sign"] == expected(req.fields, req.headers)
+
+
+def test_a_signed_header_the_request_lacks_is_the_mappings_mistake_never_a_final_answer():
+    req = request()
+    del req.headers["X-Merchant-Id"]
+    with pytest.raises(UpstreamError) as info:
+        signer().sign(req)
+    assert info.value.code == "upstream_error" and info.value.applied is False
+    assert "signed header 'X-Merchant-Id' is not on the request" in info.value.message
+    nested = request(fields={"action": "bet", "player": {"id": "p1"}})
+    with pytest.raises(UpstreamError, match="cannot sign nested fields"):
+        signer().sign(nested)
