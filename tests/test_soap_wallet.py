@@ -7,6 +7,9 @@ own balance and ledger.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
@@ -115,6 +118,12 @@ def test_code_2_invalid_session(soap, acme, case):
     assert soap.balance("p1") == Decimal("100.00") and soap.ledger() == []
 
 
+def dlq(gw: GatewayProcess, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``igsp-gateway dlq …`` against the gateway's store (``env``: its mappings' variables)."""
+    return subprocess.run([sys.executable, "-m", "gateway", "dlq", *args, "--config", str(gw.config_path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+
+
 def test_code_3_on_a_redelivered_win_is_not_taken_as_paid(soap, tmp_path):
     """A win whose answer is lost is redelivered; the wallet answers 3 ("duplicate", with a
     balance) but nothing of the transaction it found: unproven, so never recorded as paid.
@@ -139,6 +148,17 @@ def test_code_3_on_a_redelivered_win_is_not_taken_as_paid(soap, tmp_path):
         assert "already done, but not that it was this one" in gw.log_text()
         # The provider's retry is not told it was paid: an operator settles it (igsp-gateway dlq).
         assert_error(acme.hook(win("w-lost", "7.25")), 503, "transaction_in_progress")
+        listed = dlq(gw, "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        [entry] = json.loads(listed.stdout)
+        assert entry["payload"]["hook"]["transaction_id"] == "w-lost"
+        assert "already done, but not that it was this one" in entry["last_error"]
+        # Checked in the wallet's ledger: it was paid. The balance is read from the wallet now.
+        resolved = dlq(gw, "resolve", entry["id"], "--applied", env=gw.env)
+        assert resolved.returncode == 0, resolved.stderr
+        r = acme.hook(win("w-lost", "7.25"))
+        assert r.status_code == 200 and decimal_json(r)["balance"] == Decimal("107.25"), r.text
+        assert soap.calls("deposit") == 1 + 3  # nothing more was sent
     finally:
         gw.stop()
     assert soap.balance("p1") == Decimal("107.25") and len(soap.ledger("deposit")) == 1
