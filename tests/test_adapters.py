@@ -158,7 +158,7 @@ def test_rsa_header_signs_and_verifies(hub88_keys):
     [
         ({"adapter": "md5_params"}, "adapter 'md5_params': option 'secret' is required"),
         ({"adapter": "hmac_header", "header": "X", "secret": "k", "algorithm": "md4"},
-         "adapter 'hmac_header': option 'algorithm' must be sha1, sha256 or sha512"),
+         "adapter 'hmac_header': option 'algorithm' must be one of sha1, sha256, sha512, md5, not 'md4'"),
         ({"adapter": "rsa_sha256_header", "header": "X", "private_key": "not a key"},
          "adapter 'rsa_sha256_header': cannot load RSA key: key 'not a key' is neither PEM text nor a readable file"),
         ({"adapter": "soap", "namespace": 7}, "adapter 'soap': option 'namespace' must be str, got int"),

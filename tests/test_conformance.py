@@ -98,6 +98,36 @@ def test_platform_kit_passes_against_the_gateway_platform_face(hub88, gateway_fa
     assert len(hub88.ledger("win")) == 1
 
 
+def test_platform_kit_passes_against_the_hmacsha1_wallet_mapping(store_url, tmp_path):
+    """The shipped HMAC-SHA1 mapping, in front of its simulator (every call signed with a fresh
+    nonce, which the wallet refuses to see twice): the kit passes, and money adds up."""
+    from gateway.tools.simulators import hmacsha1_wallet
+    from tests.support import GatewayProcess
+    from tests.wallet_support import Simulator
+
+    key, merchant = "conf-merchant-key-0123", "conf-merchant"
+    wallet = start_in_thread(hmacsha1_wallet.make_app(hmacsha1_wallet.State(), key=key, merchant_id=merchant))
+    config = platform_config(store_url)
+    config["partners"] = [{**config["partners"][0], "mapping": str(ROOT / "mappings" / "hmacsha1-wallet.yaml")}]
+    gateway = GatewayProcess(config, tmp_path, env={"HMACSHA1_WALLET_URL": wallet.url, "HMACSHA1_WALLET_KEY": key,
+                                                    "HMACSHA1_WALLET_MERCHANT_ID": merchant}).start()
+    try:
+        sim = Simulator(wallet)
+        sim.player("p-conf", "100.00")
+        sim.player("q-conf", "50.00")
+        results = run_platform_kit(gateway.url + HOOKS, ACME["api_key"], ACME["secret"], player_id="p-conf",
+                                   other_player_id="q-conf", game_id="vs20olympgate")
+        assert_all_pass(results)
+        assert RETRY_AND_REFUND_CHECKS <= set(results)
+        assert sim.balance("p-conf") == Decimal("100.00") and sim.balance("q-conf") == Decimal("50.00")
+        state = sim.state()
+        assert state["refusals"] == {} and len(state["nonces"]) == sum(state["calls"].values())
+        assert len(sim.ledger("win")) == 1
+    finally:
+        gateway.stop()
+        wallet.stop()
+
+
 def test_platform_kit_without_the_money_flag_moves_nothing(hub88, platform_gateway):
     hub88.player("p-conf", "100.00")
     results = run_platform_kit(platform_gateway.url + HOOKS, ACME["api_key"], ACME["secret"], allow_money=False,

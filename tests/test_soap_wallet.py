@@ -7,9 +7,13 @@ own balance and ledger.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
+import requests
 
 from gateway.tools.simulators import soap_wallet, start_in_thread
 from tests.conftest import ACME
@@ -27,12 +31,12 @@ def soap():
     server.stop()
 
 
-def start_gateway(tmp_path, wallet_url: str, password: str = PASSWORD) -> GatewayProcess:
+def start_gateway(tmp_path, wallet_url: str, password: str = PASSWORD, mapping=None) -> GatewayProcess:
     config = {
         "version": 1,
         "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 0, "drain_seconds": 2},
         "store": {"url": f"sqlite:///{tmp_path}/soap.db"},
-        "partners": [{"id": ACME["id"], "face": "platform", "mapping": str(ROOT / "mappings" / "soap-wallet.yaml"),
+        "partners": [{"id": ACME["id"], "face": "platform", "mapping": str(mapping or ROOT / "mappings" / "soap-wallet.yaml"),
                       "api_key": ACME["api_key"], "secrets": [ACME["secret"]]}],
     }
     env = {"SOAP_WALLET_URL": wallet_url, "SOAP_WALLET_PASSWORD": password}
@@ -114,19 +118,70 @@ def test_code_2_invalid_session(soap, acme, case):
     assert soap.balance("p1") == Decimal("100.00") and soap.ledger() == []
 
 
-def test_code_3_duplicate_answers_the_original_outcome(soap, acme, gateway):
-    """A win whose answer is lost is redelivered; the wallet answers 3 with the original balance."""
+def dlq(gw: GatewayProcess, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``igsp-gateway dlq …`` against the gateway's store (``env``: its mappings' variables)."""
+    return subprocess.run([sys.executable, "-m", "gateway", "dlq", *args, "--config", str(gw.config_path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+
+
+def test_code_3_on_a_redelivered_win_is_not_taken_as_paid(soap, tmp_path):
+    """A win whose answer is lost is redelivered; the wallet answers 3 ("duplicate", with a
+    balance) but nothing of the transaction it found: unproven, so never recorded as paid.
+    It stays queued, then dead-lettered for an operator; the wallet paid it exactly once."""
+    # The shipped mapping with a short queue, so the dead letter comes within the test.
+    text = (ROOT / "mappings" / "soap-wallet.yaml").read_text()
+    assert "  max_attempts: 8\n  backoff_initial: 0.5\n" in text
+    mapping = tmp_path / "soap-wallet.yaml"
+    mapping.write_text(text.replace("  max_attempts: 8\n  backoff_initial: 0.5\n",
+                                    "  max_attempts: 3\n  backoff_initial: 0.05\n"))
     soap.player("p1", "100.00")
-    soap.fault("apply_then_hang", endpoint="deposit", seconds=5)
-    assert_error(acme.hook(win("w-lost", "7.25")), 504, "upstream_timeout")
-    assert soap.balance("p1") == Decimal("107.25")  # the wallet did apply it
-    # The wallet dedupes (idempotent: true), so the gateway redelivers from its queue.
-    wait_for(lambda: soap.calls("deposit") >= 2 and queue_attempts(gateway, "delivered") >= 1, timeout=15)
-    r = acme.hook(win("w-lost", "7.25"))  # the provider's retry gets the delivered outcome
-    assert r.status_code == 200, r.text
-    assert decimal_json(r) == {"balance": Decimal("107.25"), "transaction_id": "ext-1"}
-    assert soap.balance("p1") == Decimal("107.25")
-    assert len(soap.ledger("deposit")) == 1
+    gw = start_gateway(tmp_path, soap.url, mapping=mapping)
+    try:
+        acme = IgspClient(gw.url, ACME["api_key"], ACME["secret"])
+        soap.fault("apply_then_hang", endpoint="deposit", seconds=5)
+        assert_error(acme.hook(win("w-lost", "7.25")), 504, "upstream_timeout")
+        assert soap.balance("p1") == Decimal("107.25")  # the wallet did apply it
+        # The wallet dedupes (idempotent: true), so the gateway redelivers: code 3 each time.
+        wait_for(lambda: queue_attempts(gw, "dead") >= 1, timeout=20)
+        # The first call and the queue's three attempts, none of them taken as paid.
+        assert soap.calls("deposit") == 1 + 3 and queue_attempts(gw, "delivered") == 0
+        assert "already done, but not that it was this one" in gw.log_text()
+        # The provider's retry is not told it was paid: an operator settles it (igsp-gateway dlq).
+        assert_error(acme.hook(win("w-lost", "7.25")), 503, "transaction_in_progress")
+        listed = dlq(gw, "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        [entry] = json.loads(listed.stdout)
+        assert entry["payload"]["hook"]["transaction_id"] == "w-lost"
+        assert "already done, but not that it was this one" in entry["last_error"]
+        # Checked in the wallet's ledger: it was paid. The balance is read from the wallet now.
+        resolved = dlq(gw, "resolve", entry["id"], "--applied", env=gw.env)
+        assert resolved.returncode == 0, resolved.stderr
+        r = acme.hook(win("w-lost", "7.25"))
+        assert r.status_code == 200 and decimal_json(r)["balance"] == Decimal("107.25"), r.text
+        assert soap.calls("deposit") == 1 + 3  # nothing more was sent
+    finally:
+        gw.stop()
+    assert soap.balance("p1") == Decimal("107.25") and len(soap.ledger("deposit")) == 1
+
+
+def test_code_3_on_a_bet_voids_it_and_rolls_it_back(soap, acme, gateway):
+    """The wallet already holds a Withdraw under this transactionId: its 3 does not say whose,
+    so the bet's outcome is unknown; it is voided and rolled back, never debited twice."""
+    soap.player("p1", "100.00")
+    fields = "".join(f"<{k}>{v}</{k}>" for k, v in {
+        "sessionToken": "s-1", "playerId": "p1", "currency": "EUR", "amount": "4.00", "transactionId": "tx-dup",
+        "password": PASSWORD}.items())
+    envelope = (f'<soap:Envelope xmlns:soap="{soap_wallet.SOAP_NS}"><soap:Body><Withdraw xmlns="urn:legacy-wallet">'
+                f"{fields}</Withdraw></soap:Body></soap:Envelope>")
+    seeded = requests.post(f"{soap.url}/wallet", data=envelope.encode(), timeout=5,
+                           headers={"SOAPAction": "Withdraw", "Content-Type": "text/xml"})
+    assert seeded.status_code == 200 and "<code>0</code>" in seeded.text
+    assert_error(acme.hook(bet("tx-dup", "4.00")), 502, "upstream_error")
+    wait_for(lambda: queue_attempts(gateway, "delivered") >= 1, timeout=15)
+    assert soap.calls("rollback") == 1
+    assert_error(acme.hook(bet("tx-dup", "4.00")), 409, "transaction_voided")
+    assert soap.balance("p1") == Decimal("100.00")
+    assert [e["kind"] for e in soap.ledger()] == ["withdraw", "rollback"]
 
 
 def test_code_4_rollback_of_a_bet_the_wallet_never_saw_is_acknowledged(soap, acme):

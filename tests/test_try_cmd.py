@@ -180,7 +180,9 @@ def test_soap_request_escapes_and_redacts():
     ("operation", "response", "status", "expected"),
     [
         ("bet", SOAP_OK.format(op="Withdraw", code=0), 200, (200, {"balance": Decimal("87.66"), "transaction_id": "ext-9"})),
-        ("bet", SOAP_OK.format(op="Withdraw", code=3), 200, (200, {"balance": Decimal("87.66"), "transaction_id": "ext-9"})),
+        # "Duplicate": nothing in it proves it is this transaction, so the outcome is unknown.
+        ("bet", SOAP_OK.format(op="Withdraw", code=3), 200, (502, "upstream_error")),
+        ("win", SOAP_OK.format(op="Deposit", code=3), 200, (502, "upstream_error")),
         ("bet", SOAP_OK.format(op="Withdraw", code=1), 200, (402, "insufficient_funds")),
         ("bet", SOAP_OK.format(op="Withdraw", code=2), 200, (400, "session_not_found")),
         ("bet", SOAP_OK.format(op="Withdraw", code=99), 200, (502, "upstream_error")),

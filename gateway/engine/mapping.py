@@ -38,6 +38,9 @@ from gateway.ops.redaction import scrub, secret_values
 #: the legacy side does not know (``outcome: unknown``: retriable, and the rollback path).
 OUTCOMES = ("not_applied", "unknown")
 
+#: An adapter's ValueError naming one of its options (``Adapter.option``'s wording).
+_OPTION_NAMED = re.compile(r"option '([^']+)'")
+
 
 @dataclass(frozen=True)
 class ErrorRule:
@@ -362,6 +365,10 @@ class _Compiler:
         try:
             return make_adapter(spec, slot)
         except (ValueError, TypeError) as exc:
+            # "option 'algorithm' must be …": point at that option's own line and field.
+            named = _OPTION_NAMED.search(str(exc))
+            if named and isinstance(spec, dict) and named.group(1) in spec:
+                path = path + (named.group(1),)
             self.problem(path, str(exc))
             return None
 
