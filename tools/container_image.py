@@ -70,6 +70,12 @@ CONFIG_MOUNT = "/etc/igsp-gateway"
 DATA_MOUNT = "/var/lib/igsp-gateway"
 
 
+def _sbin_on_path() -> None:
+    """debootstrap, chroot, runc and mount live in sbin, which a non-login PATH may lack."""
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join(parts + [d for d in ("/usr/sbin", "/sbin") if d not in parts])
+
+
 def log(message: str) -> None:
     print(f"container_image: {message}", file=sys.stderr, flush=True)
 
@@ -135,6 +141,7 @@ def image_exists(tag: str) -> bool:
 
 def ensure_base(suite: str = SUITE, mirror: str | None = None, packages: Sequence[str] = BASE_PACKAGES) -> str:
     """The base image's tag; debootstraps and imports it first if podman does not have it."""
+    _sbin_on_path()
     tag = base_tag(suite, packages)
     with locked(tag.rsplit(":", 1)[1]):
         if image_exists(tag):
@@ -240,6 +247,7 @@ def build_image(tag: str, *, base: str | None = None, context: Path = ROOT, whee
     ``wheelhouse`` is a directory name inside ``context``, made fresh for this build (and
     removed after, unless ``keep_wheelhouse``); ``None`` installs from the package index.
     """
+    _sbin_on_path()
     base = base or ensure_base()
     args = ["--build-arg", f"BASE_IMAGE={base}"]
     wheel_dir = None
@@ -300,6 +308,7 @@ def _podman_run_command(image: str, args: Sequence[str], *, config_dir: Path | N
 def podman_runtime(image: str) -> str | None:
     """The OCI runtime ``podman run`` works with here, or None: the image's entrypoint is
     asked for its version under each candidate (podman's default first, then runc)."""
+    _sbin_on_path()
     candidates = [""] + (["runc"] if shutil.which("runc") else [])
     for runtime in candidates:
         command = ["podman", "run", "--rm", "--network=none", *_rlimit_args(), image, "--version"]
@@ -381,6 +390,7 @@ def run_entrypoint(image: str, args: Sequence[str], *, config_dir: Path | None =
     ``via``: ``podman``, ``chroot`` or ``auto`` (podman where a runtime works). Returns how
     it ran (``podman``, ``podman --runtime=runc``, ``chroot``) and the finished process.
     """
+    _sbin_on_path()
     env = dict(env or {})
     if via in ("auto", "podman"):
         runtime = podman_runtime(image)
