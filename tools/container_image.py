@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import email.parser
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -305,9 +306,11 @@ def _podman_run_command(image: str, args: Sequence[str], *, config_dir: Path | N
     return [*command, f"--user={user}", image, *args]
 
 
+@functools.cache
 def podman_runtime(image: str) -> str | None:
-    """The OCI runtime ``podman run`` works with here, or None: the image's entrypoint is
-    asked for its version under each candidate (podman's default first, then runc)."""
+    """The OCI runtime ``podman run`` works with here (``""``: podman's default), or None:
+    the image's entrypoint is asked for its version under each candidate (podman's default
+    first, then runc). Asked once per image and process."""
     _sbin_on_path()
     candidates = [""] + (["runc"] if shutil.which("runc") else [])
     for runtime in candidates:
