@@ -29,13 +29,7 @@ from tests.test_helm import CI_DIR, load_values, pod_spec, render_chart, write_c
 from tests.test_helm_config import _pod_env as pod_env
 from tools import container_image
 
-pytestmark = [
-    pytest.mark.container,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(os.geteuid() != 0, reason="building and running an image here needs root"),
-    pytest.mark.skipif(shutil.which("podman") is None,
-                       reason="podman is not installed (Debian: apt-get install podman buildah debootstrap runc)"),
-]
+pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
 RESULT = re.compile(r"^RESULT: all (\d+) steps right, legacy ledger == iGSP ledger", re.M)
 # The keys an operator keeps in the production values' existing Secret (tests/test_helm_config.py).
@@ -48,6 +42,10 @@ PRODUCTION_SECRET = {"REDIS_PASSWORD": "pw", "PP_SECRET_KEY": "pp-secret", "PP_S
 @pytest.fixture(scope="module")
 def image():
     """The gateway image, built from this checkout; removed afterwards (the base is kept)."""
+    if os.geteuid() != 0:
+        pytest.skip("building and running an image here needs root")
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (Debian: apt-get install podman buildah debootstrap runc)")
     tag = f"localhost/igsp-gateway:test-{os.getpid()}"
     started = time.monotonic()
     container_image.build_image(tag, wheelhouse=f"wheelhouse-test-{os.getpid()}")
@@ -153,3 +151,31 @@ def test_demo_runs_in_the_image(image, via):
     assert "reconciliation, platform face:" in done.stdout and "— OK" in done.stdout
     assert "reconciliation, provider face:" in done.stdout
     assert "FAIL" not in done.stdout
+
+
+def test_debootstrap_uses_the_mirror_apt_uses(tmp_path):
+    """The base comes from where this machine's apt fetches the suite itself (deb822 or
+    one-line sources), not from -updates or -security, nor from a disabled stanza."""
+    sources = tmp_path / "apt"
+    (sources / "sources.list.d").mkdir(parents=True)
+    (sources / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://disabled.example/debian\nSuites: bookworm\nEnabled: no\n\n"
+        "Types: deb\n# a comment\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n"
+        "Components: main\n\n"
+        "Types: deb deb-src\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n")
+    assert container_image.apt_mirror("bookworm", sources) == "http://mirror.example/debian"
+    (sources / "sources.list").write_text("# deb http://commented.example/debian bookworm main\n"
+                                          "deb http://updates.example/debian bookworm-updates main\n"
+                                          "deb [arch=amd64 signed-by=/k.gpg] http://list.example/debian bookworm main\n")
+    assert container_image.apt_mirror("bookworm", sources) == "http://list.example/debian"
+    assert container_image.apt_mirror("trixie", sources) == container_image.DEFAULT_MIRROR
+
+
+def test_the_base_tag_follows_suite_and_packages():
+    """A changed package list makes a new base instead of reusing a stale one."""
+    tag = container_image.base_tag("bookworm", ("python3", "python3-venv"))
+    assert tag.startswith("localhost/igsp-gateway-base:bookworm-")
+    assert container_image.base_tag("bookworm", ("python3-venv", "python3")) == tag
+    assert container_image.base_tag("bookworm", ("python3", "python3-venv", "curl")) != tag
+    assert container_image.base_tag("trixie", ("python3", "python3-venv")) != tag
