@@ -342,8 +342,9 @@ $node
 EOF
     mknod -m 666 "$root/dev/$name" c "$major" "$minor"
 done
-mkdir -m 1777 "$root/dev/shm"
+mkdir "$root/dev/shm"
 mount -o remount,ro "$root/dev"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/dev/shm"
 if [ -n "$config" ]; then
     mount --bind "$config" "$root/etc/igsp-gateway"
     mount -o remount,bind,ro "$root/etc/igsp-gateway"
