@@ -1,0 +1,1 @@
+"""Developer scripts run from a checkout (not installed with the package)."""
