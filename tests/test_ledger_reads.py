@@ -123,3 +123,32 @@ def test_an_empty_read_declared_missing_fails_with_its_error_and_sends_nothing(t
     finally:
         gateway.stop()
         server.stop()
+
+
+def run_try(*args: str) -> str:
+    import subprocess
+    import sys
+
+    hook = ('{"action":"win","player_id":"p1","amount":5,"currency":"EUR","game_id":"g","transaction_id":"w-1",'
+            '"session_id":"s-1","type":"win","round_id":"r-1"}')
+    done = subprocess.run([sys.executable, "-m", "gateway", "try", str(ROOT / "mappings" / "betref-wallet.yaml"), "win",
+                           "--input", hook, "--request-id", "rq", "--env", "BETREF_WALLET_URL=http://wallet.test",
+                           "--env", "BETREF_API_TOKEN=t", *args], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_try_shows_the_ledger_reads_and_a_skipped_step():
+    out = run_try("--ledger", '{"round_bet": {"wallet_bet_id": "B7", "first_win": "w-1"}}', "--response",
+                  '{"status":"OK","ref":"rq","player":"p1","bet":{"id":"B7","tx":"try:w-1","amount":500},'
+                  '"balance":10500}')
+    assert 'ledger:    round_bet = {"wallet_bet_id": "B7", "first_win": "w-1"}' in out
+    assert "--- step open skipped: its when is false (later steps read it as none)" in out
+    assert '"bet_id":"B7","tx":"try:w-1","amount":500' in out
+    assert out.rstrip().endswith('{"balance":105.00,"transaction_id":"try:w-1"}')
+    assert "with the ledger reads of the first run" in out
+    # Without --ledger the read is empty: the zero bet is opened first.
+    out = run_try()
+    assert "ledger:    round_bet = (empty)" in out and "POST http://wallet.test/wallet/debit" in out
+    assert "(give a --response for step 1 to see the rest" in out
