@@ -41,11 +41,11 @@ def wallet():
     server.stop()
 
 
-def start_gateway(tmp_path, url: str, token: str = TOKEN, db: str = "betref") -> GatewayProcess:
+def start_gateway(tmp_path, url: str, token: str = TOKEN, db: str = "betref", store: str | None = None) -> GatewayProcess:
     config = {
         "version": 1,
         "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 0, "drain_seconds": 2},
-        "store": {"url": f"sqlite:///{tmp_path}/{db}.db"},
+        "store": {"url": store or f"sqlite:///{tmp_path}/{db}.db"},
         "partners": [{"id": ACME["id"], "face": "platform", "mapping": str(ROOT / "mappings" / "betref-wallet.yaml"),
                       "api_key": ACME["api_key"], "secrets": [ACME["secret"]]}],
     }
@@ -190,11 +190,19 @@ def test_internal_error_on_a_credit_is_redelivered_and_paid_once(wallet, acme, g
     assert movements(wallet)[-1] == ("credit", TX + "w-1", "5.00")
 
 
-def test_a_committed_credit_whose_answer_was_lost_is_redelivered_and_paid_once(wallet, acme, gateway):
+def test_a_committed_credit_whose_answer_was_lost_is_redelivered_and_paid_once(wallet, tmp_path, store_url):
     """The two-call flow that once paid a win twice: open a zero bet, credit it; the credit is
     applied but its answer is lost. The queued redelivery reruns both steps: the open finds its
     zero bet (DUPLICATE, proven by its tx), the credit finds the bet settled by this very win
-    (ALREADY_SETTLED, proven by tx, amount and bet): paid once."""
+    (ALREADY_SETTLED, proven by tx, amount and bet): paid once. On both stores."""
+    gateway = start_gateway(tmp_path, wallet.url, store=store_url)
+    try:
+        _lost_credit_paid_once(wallet, IgspClient(gateway.url, ACME["api_key"], ACME["secret"]))
+    finally:
+        gateway.stop()
+
+
+def _lost_credit_paid_once(wallet, acme):
     wallet.player("p1", "100.00")
     wallet.fault("apply_then_hang", endpoint="credit", seconds=5)
     assert_error(acme.hook(win("w-late", "7.25", round_id="r-late")), 504, "upstream_timeout")
@@ -247,3 +255,22 @@ def test_html_500_and_auth_failed_are_retriable(wallet, acme, tmp_path):
     finally:
         gw.stop()
     assert wallet.ledger() == []
+
+
+def test_a_redelivered_win_takes_its_first_runs_path_though_its_rounds_bet_arrived_since(wallet, acme, gateway):
+    """A win with no bet in its round opens a zero bet and credits it; the credit's answer is
+    lost. Before the redelivery, the round's bet arrives. The rerun must not credit that bet
+    (the first run's credit went to the zero bet): its ledger read is the first run's, so it
+    reruns the same two steps, finds its credit proven, and the win is paid once."""
+    wallet.player("p1", "100.00")
+    wallet.fault("apply_then_hang", endpoint="credit", seconds=5)
+    assert_error(acme.hook(win("w-x", "4.00", round_id="r-x")), 504, "upstream_timeout")
+    assert acme.hook(bet("tx-x", "1.00", round_id="r-x")).status_code == 200
+    r = wait_for(lambda: (x := acme.hook(win("w-x", "4.00", round_id="r-x"))).status_code == 200 and x,
+                 timeout=25, what="the redelivered win settled")
+    assert decimal_json(r)["balance"] == Decimal("103.00")
+    assert [m for m in movements(wallet) if m[0] == "credit"] == [("credit", TX + "w-x", "4.00")]
+    bets = wallet.bets()
+    assert bets["B00001"]["tx"] == TX + "w-x:open" and bets["B00001"]["state"] == "settled"
+    assert bets["B00002"]["tx"] == TX + "tx-x" and bets["B00002"]["state"] == "open"  # not credited by w-x
+    assert wallet.balance("p1") == Decimal("103.00")
