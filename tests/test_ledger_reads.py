@@ -152,3 +152,28 @@ def test_try_shows_the_ledger_reads_and_a_skipped_step():
     out = run_try()
     assert "ledger:    round_bet = (empty)" in out and "POST http://wallet.test/wallet/debit" in out
     assert "(give a --response for step 1 to see the rest" in out
+
+
+async def test_a_when_that_needs_a_missing_variable_is_the_mappings_problem(tmp_path):
+    """Like a body field, a condition reading an optional hook field the call lacks sends
+    nothing and is retriable (a win is queued), never a final refusal stored for a valid hook."""
+    from gateway.errors import UpstreamError
+    from gateway.outbound.legacy import LegacyClient
+
+    text = SHIPPED.replace("        when: >-\n          {{ ledger.round_bet is none",
+                           "        when: >-\n          {{ round_id == 'x' or ledger.round_bet is none")
+    path = tmp_path / "betref-wallet.yaml"
+    path.write_text(text)
+    client = LegacyClient(load_mapping(path, ENV))
+    context = {"request_id": "rq", "player_id": "p1", "partner": "acme", "transaction_id": "w-1",
+               "session_id": "s-1", "currency": "EUR", "game_id": "g", "legacy_amount": 500,
+               "ledger": {"round_bet": None}}
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await client.call("win", context)
+    finally:
+        await client.close()
+    assert (caught.value.code, caught.value.applied, caught.value.kind) == ("upstream_error", False, "mapping")
+    assert caught.value.message == ("step 1/2 open: mapping betref-wallet cannot build the legacy win.open request: "
+                                    "operations.win.steps[0].when: 'round_id' is undefined for this call; "
+                                    "nothing was sent")

@@ -514,6 +514,9 @@ def _call(c: _Compiler, templates: Templates, name: str, spec: dict, where: tupl
         return c.template_tree(templates, spec.get(key), where + (key,), inputs, scope, leaves, steps=earlier,
                                ledger=ledger)
 
+    # Its leaf joins the request's: a condition that needs a variable the call lacks is the
+    # mapping's problem (upstream_error, nothing sent), named like a body field's.
+    when = tree("when") if spec.get("when") is not None else None
     return Operation(
         name=name,
         method=spec.get("method", "POST"),
@@ -531,8 +534,7 @@ def _call(c: _Compiler, templates: Templates, name: str, spec: dict, where: tupl
         moves_money=bool(spec.get("moves_money", True)),
         keep={k: c.jmes(v, where + ("keep", k), reads=True) for k, v in (spec.get("keep") or {}).items()},
         ledger=ledger[3] if ledger else {},
-        when=c.template_tree(templates, spec["when"], where + ("when",), inputs, scope, steps=earlier, ledger=ledger)
-        if spec.get("when") is not None else None,
+        when=when,
     )
 
 
