@@ -274,3 +274,29 @@ def test_a_redelivered_win_takes_its_first_runs_path_though_its_rounds_bet_arriv
     assert bets["B00001"]["tx"] == TX + "w-x:open" and bets["B00001"]["state"] == "settled"
     assert bets["B00002"]["tx"] == TX + "tx-x" and bets["B00002"]["state"] == "open"  # not credited by w-x
     assert wallet.balance("p1") == Decimal("103.00")
+
+
+def test_the_simulator_keeps_its_vendors_habits(wallet):
+    """What the mapping must absorb is real in the simulator: the credit is not idempotent by
+    tx (the same tx on another open bet pays again), and "already done" answers carry the
+    original bet, whoever's it is."""
+    wallet.player("p1", "100.00")
+
+    def call(path: str, **body) -> dict:
+        r = requests.post(f"{wallet.url}/wallet/{path}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5,
+                          json={"player": "p1", "session": "s", "ref": "r", **body})
+        assert r.status_code == 200  # every outcome is HTTP 200
+        return r.json()
+
+    assert call("debit", tx="a", amount=100, currency="EUR")["bet"] == {"id": "B00001", "tx": "a", "amount": 100}
+    assert call("debit", tx="a", amount=999, currency="EUR")["status"] == "DUPLICATE"
+    assert call("debit", tx="b", amount=0, currency="EUR")["bet"]["id"] == "B00002"
+    assert call("credit", bet_id="B00001", tx="win-1", amount=500)["status"] == "OK"
+    assert call("credit", bet_id="B00002", tx="win-1", amount=500)["status"] == "OK"  # the same tx, paid again
+    again = call("credit", bet_id="B00001", tx="win-2", amount=1)
+    assert again["status"] == "ALREADY_SETTLED" and again["bet"] == {"id": "B00001", "tx": "win-1", "amount": 500}
+    refused = call("cancel", tx="c", bet_id="B00001")
+    assert refused["status"] == "ERROR" and refused["error"]["code"] == "BET_SETTLED"
+    assert wallet.balance("p1") == Decimal("109.00")
+    assert requests.post(f"{wallet.url}/wallet/balance", json={"player": "p1", "ref": "r"},
+                         timeout=5).json()["error"]["code"] == "AUTH_FAILED"
