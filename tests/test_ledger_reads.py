@@ -60,6 +60,7 @@ def test_an_unknown_or_undeclared_ledger_name(tmp_path):
     assert [(f, m) for _, f, m, _, _ in found] == [("operations.refund.body.bet_id",
                                                     "'ledger.bet' is read but not declared")]
     assert "ledger: {bet: optional}" in found[0][3] and "{missing: ERROR}" in found[0][3]
+    assert found[0][3].startswith("it is empty in no refund (the gateway refunds only a known, accepted bet), but ")
     found = problems(tmp_path, ("round_bet: optional", "round_bets: optional"))
     assert ("operations.win.ledger.round_bets", "operation 'win' cannot read ledger.round_bets") in [
         (f, m) for _, f, m, _, _ in found]

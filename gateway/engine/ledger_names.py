@@ -33,10 +33,10 @@ FIELDS = {
 #: that takes one credit per bet credits it from that win only; later wins open their own.
 ROUND_FIELDS = {"first_win": "the transaction_id of the first win of the round that read this bet"}
 
-#: What an empty read means, per name (for validate's messages and the docs).
-EMPTY = {"bet": "never for a refund (the gateway refunds only a known, accepted bet); its answer fields "
-                "(legacy_transaction_id, kept values) are none for the rollback of a bet whose outcome was unknown",
-         "round_bet": "a win without round_id, or whose round has no accepted bet (a win with no bet, a bet "
+#: When each read is empty ("it is empty …", in validate's messages).
+EMPTY = {"bet": "in no refund (the gateway refunds only a known, accepted bet), but its answer fields "
+                "(legacy_transaction_id, kept values) are none in the rollback of a bet whose outcome was unknown",
+         "round_bet": "for a win without round_id, or whose round has no accepted bet (a win with no bet, a bet "
                       "refused, refunded or rolled back, a bet that expired from the ledger)"}
 
 

@@ -35,6 +35,7 @@ from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from gateway import money
+from gateway.engine import ledger_names
 
 _SINGLE_EXPR = re.compile(r"^\{\{(?P<expr>(?:(?!\}\}).)*)\}\}$", re.S)
 
@@ -292,8 +293,9 @@ def _ledger_problems(ast: nodes.Template, declared: dict, allowed: tuple, operat
             continue
         if node.attr in allowed:
             found.append((f"'ledger.{node.attr}' is read but not declared",
-                          f"declare it in operation {operation!r}: ledger: {{{node.attr}: optional}} (the templates "
-                          f"handle an empty read) or ledger: {{{node.attr}: {{missing: ERROR}}}}"))
+                          f"it is empty {ledger_names.EMPTY[node.attr]}; declare what {operation!r} does then: "
+                          f"ledger: {{{node.attr}: optional}} (the templates handle an empty read: a step's when, "
+                          f"default) or ledger: {{{node.attr}: {{missing: ERROR}}}} (fail with that error, nothing sent)"))
             continue
         close = difflib.get_close_matches(node.attr, list(allowed), n=1, cutoff=0.6)
         found.append((f"'ledger.{node.attr}' is undefined",
