@@ -300,3 +300,13 @@ def test_the_simulator_keeps_its_vendors_habits(wallet):
     assert wallet.balance("p1") == Decimal("109.00")
     assert requests.post(f"{wallet.url}/wallet/balance", json={"player": "p1", "ref": "r"},
                          timeout=5).json()["error"]["code"] == "AUTH_FAILED"
+
+
+def test_a_rounds_bet_is_the_first_one_the_wallet_accepted(wallet, acme):
+    wallet.player("p1", "5.00")
+    assert_error(acme.hook(bet("tx-big", "50.00", round_id="r-1")), 402, "insufficient_funds")
+    assert acme.hook(bet("tx-ok", "5.00", round_id="r-1")).status_code == 200
+    r = acme.hook(win("w-1", "8.00", round_id="r-1"))
+    assert r.status_code == 200, r.text
+    assert wallet.calls("debit") == 2  # no zero bet: the win credited the accepted bet
+    assert wallet.bets()["B00001"]["settled_by"] == TX + "w-1" and wallet.balance("p1") == Decimal("8.00")

@@ -10,7 +10,8 @@ ledger record, each in its key/value space with the ledger's retention:
   written before the bet's record is finished, so any reader that sees the bet done sees
   them too (a record finished is never changed again);
 - the round index: the first bet of each ``round_id`` (written as the bet starts, so a win
-  arriving while its bet is still at the wallet waits for it, as a refund does);
+  arriving while its bet is still at the wallet waits for it, as a refund does), replaced by
+  a later bet of the round the wallet accepted when that first one was refused or forgotten;
 - the choice: which bet each read of a transaction found, written once by its first run.
   **Every later run of the same transaction — a provider's retry of a forgotten one, a
   queued redelivery — reads the same bet**, even if the ledger changed in between (the
@@ -71,10 +72,21 @@ class LedgerReads:
             await self.store.kv_put(ROUND, _key(self.partner, str(payload["round_id"])),
                                     str(payload["transaction_id"]).encode(), self.retention, only_new=True)
 
-    async def keep(self, txid: str, kept: dict) -> None:
-        """Keep a bet's answer values, before its record is finished."""
+    async def bet_accepted(self, payload: dict, kept: dict) -> None:
+        """A bet the wallet accepted, before its record is finished: keep its answer values,
+        and make it its round's bet if the one indexed first was refused or forgotten."""
+        txid = str(payload["transaction_id"])
         if kept:
             await self.store.kv_put(KEPT, _key(self.partner, txid), orjson.dumps(kept, default=_json), self.retention)
+        if not self.rounds or payload.get("round_id") in (None, ""):
+            return
+        where = _key(self.partner, str(payload["round_id"]))
+        indexed = await self.store.kv_get(ROUND, where)
+        if indexed is None or indexed.decode() == txid:
+            return
+        first = await self.store.tx_get(self.partner, indexed.decode())
+        if first is None or (first.state != PENDING and first.status != 200):
+            await self.store.kv_put(ROUND, where, txid.encode(), self.retention)
 
     # -- reads, for a win, refund or rollback ---------------------------------------------------
     async def view(self, operation: str, payload: dict) -> dict | None:

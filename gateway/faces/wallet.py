@@ -256,7 +256,7 @@ class Wallet:
             return await self.finish(txid, *error_body(exc))
         if action == "bet" and self.reads is not None:
             # Before the record is finished: whoever sees the bet done sees what it kept.
-            await self.reads.keep(txid, reply.kept)
+            await self.reads.bet_accepted(payload, reply.kept)
         body = orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"])),
                              "transaction_id": self.platform_txid(reply.fields, txid)})
         return await self.finish(txid, 200, body)
