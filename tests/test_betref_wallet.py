@@ -310,3 +310,16 @@ def test_a_rounds_bet_is_the_first_one_the_wallet_accepted(wallet, acme):
     assert r.status_code == 200, r.text
     assert wallet.calls("debit") == 2  # no zero bet: the win credited the accepted bet
     assert wallet.bets()["B00001"]["settled_by"] == TX + "w-1" and wallet.balance("p1") == Decimal("8.00")
+
+
+def test_the_simulator_runs_as_a_process_like_the_others():
+    from gateway.tools.simulators import spawn
+
+    proc, url = spawn("betref_wallet", "--player", "p9:12.50:EUR", "--token", "cli-token")
+    try:
+        r = requests.post(f"{url}/wallet/balance", headers={"Authorization": "Bearer cli-token"},
+                          json={"player": "p9", "ref": "r"}, timeout=5)
+        assert r.json() == {"status": "OK", "ref": "r", "player": "p9", "balance": 1250, "currency": "EUR"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
