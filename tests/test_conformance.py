@@ -360,3 +360,34 @@ def test_unreachable_target_fails_every_check_with_the_reason():
     results = run_platform_kit("http://127.0.0.1:9" + HOOKS, allow_money=False)
     assert results["signature.valid"].outcome == FAIL
     assert "no answer (ClientConnectorError" in results["signature.valid"].reason
+
+
+def test_platform_kit_passes_against_the_betref_wallet_mapping(tmp_path):
+    """mappings/betref-wallet.yaml (a credit names an open bet; HTTP 200 + status) behind a real
+    gateway: every law holds, and the wallet's own money adds up to what iGSP was told."""
+    from gateway.tools.simulators import betref_wallet
+    from tests.support import GatewayProcess
+    from tests.wallet_support import Simulator
+
+    server = start_in_thread(betref_wallet.make_app(betref_wallet.State(), token="kit-token"))
+    wallet = Simulator(server)
+    config = {"version": 1, "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 0,
+                                       "drain_seconds": 2},
+              "store": {"url": f"sqlite:///{tmp_path}/betref.db"},
+              "partners": [{"id": ACME["id"], "face": "platform", "mapping": str(ROOT / "mappings" / "betref-wallet.yaml"),
+                            "api_key": ACME["api_key"], "secrets": [ACME["secret"]]}]}
+    gateway = GatewayProcess(config, tmp_path, env={"BETREF_WALLET_URL": server.url,
+                                                    "BETREF_API_TOKEN": "kit-token"}).start()
+    try:
+        wallet.player("p-conf", "100.00")
+        wallet.player("q-conf", "50.00")
+        results = run_platform_kit(gateway.url + HOOKS, ACME["api_key"], ACME["secret"], player_id="p-conf",
+                                   other_player_id="q-conf", game_id="vs20olympgate")
+        assert_all_pass(results)
+        assert RETRY_AND_REFUND_CHECKS <= set(results) and len(results) >= 20, sorted(results)
+        print(f"kit: {len(results)} checks passed; wallet ledger: {len(wallet.ledger())} movements")
+        assert wallet.balance("p-conf") == Decimal("100.00") and wallet.balance("q-conf") == Decimal("50.00")
+        assert len(wallet.ledger("credit")) == 1
+    finally:
+        gateway.stop()
+        server.stop()

@@ -8,6 +8,7 @@ field path. The request path then only renders and searches.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import jmespath.lexer
 
 from gateway import money
 from gateway.adapter_api import Adapter
-from gateway.engine import jmespath_fast
+from gateway.engine import jmespath_fast, ledger_names
 from gateway.engine.adapters import make_adapter
 from gateway.engine.echo import Echo
 from gateway.engine.inputs import provider_inputs, wallet_inputs
@@ -95,6 +96,14 @@ class Operation:
     step: str | None = None
     #: False: this step changes nothing on the legacy side (a token, a lookup).
     moves_money: bool = True
+    #: ``keep:`` name -> compiled JMESPath: a bet's answer values the ledger keeps for later
+    #: operations (``ledger.bet.NAME``); a multi-step operation's are all its steps'.
+    keep: dict = field(default_factory=dict)
+    #: ``ledger:`` name -> None (``optional``: an empty read is none) or the ErrorRule the
+    #: operation fails with when the read is empty (gateway/engine/ledger_names.py).
+    ledger: dict = field(default_factory=dict)
+    #: A step's ``when``: rendered before the call, a falsy value skips the step.
+    when: Callable[[dict], Any] | None = None
 
     def missing(self, context: dict) -> tuple[str, int | None, str] | None:
         """``(field, line, "'x' is undefined")`` when this operation's request (or an echo)
@@ -373,7 +382,8 @@ class _Compiler:
             return None
 
     def template_tree(self, templates: Templates, tree: Any, path: tuple, inputs: frozenset[str] | None = None,
-                      scope: str = "", leaves: list | None = None, steps: dict | None = None) -> Callable | None:
+                      scope: str = "", leaves: list | None = None, steps: dict | None = None,
+                      ledger: tuple | None = None) -> Callable | None:
         """Compile a tree of templates at ``path``, checking each leaf (``Templates.check``): its
         filters and tests, its variables against ``inputs`` (None: not checked; ``scope`` says
         whose they are), its ``secrets.NAME``. ``leaves`` receives ``(field, line, renderer)``
@@ -382,7 +392,7 @@ class _Compiler:
             return None
         flagged: set[tuple] = set()
         for sub, leaf in _leaves(tree):
-            for message, hint in templates.check(leaf, inputs, self.secrets, scope, steps=steps):
+            for message, hint in templates.check(leaf, inputs, self.secrets, scope, steps=steps, ledger=ledger):
                 self.problem(path + sub, message, hint)
                 flagged.add(sub)
 
@@ -490,8 +500,9 @@ class _Compiler:
                     self.problems.append(problem)
 
 
-#: What a multi-step operation may say for all its steps (each step merges over it).
-_STEP_DEFAULTS = ("result", "echo")
+#: What a multi-step operation may say for all its steps (each step merges over it), besides
+#: its ``ledger`` reads, which every step sees.
+_STEP_DEFAULTS = ("result", "echo", "ledger")
 #: Variables whose value differs on every run: an id built from one changes on a rerun.
 _VOLATILE = frozenset({"now", "now_ms"})
 #: Operations whose steps may move money, and the ids a wallet can dedupe them by.
@@ -502,13 +513,17 @@ _MONEY_IDS = {"bet": ("transaction_id",), "win": ("transaction_id",), "refund": 
 
 def _call(c: _Compiler, templates: Templates, name: str, spec: dict, where: tuple, inputs: frozenset[str] | None,
           scope: str, result: ResultRules, echo: tuple[Echo, ...], step: str | None = None,
-          earlier: dict | None = None) -> Operation:
+          earlier: dict | None = None, ledger: tuple | None = None) -> Operation:
     """One legacy call (an operation's, or one step's of a multi-step operation)."""
     leaves: list = []
 
     def tree(key: str) -> Callable | None:
-        return c.template_tree(templates, spec.get(key), where + (key,), inputs, scope, leaves, steps=earlier)
+        return c.template_tree(templates, spec.get(key), where + (key,), inputs, scope, leaves, steps=earlier,
+                               ledger=ledger)
 
+    # Its leaf joins the request's: a condition that needs a variable the call lacks is the
+    # mapping's problem (upstream_error, nothing sent), named like a body field's.
+    when = tree("when") if spec.get("when") is not None else None
     return Operation(
         name=name,
         method=spec.get("method", "POST"),
@@ -524,11 +539,15 @@ def _call(c: _Compiler, templates: Templates, name: str, spec: dict, where: tupl
         leaves=tuple(leaves),
         step=step,
         moves_money=bool(spec.get("moves_money", True)),
+        keep={k: c.jmes(v, where + ("keep", k), reads=True) for k, v in (spec.get("keep") or {}).items()},
+        ledger=ledger[3] if ledger else {},
+        when=when,
     )
 
 
 def _stepped(c: _Compiler, templates: Templates, name: str, spec: dict, where: tuple, inputs: frozenset[str] | None,
-             scope: str, result: ResultRules, echo: tuple[Echo, ...], default_timeout: float) -> Operation:
+             scope: str, result: ResultRules, echo: tuple[Echo, ...], default_timeout: float,
+             ledger: tuple | None = None) -> Operation:
     """A multi-step operation: its ``steps`` run in order, each reading the fields of the steps
     before it as ``steps.NAME.FIELD``; its answer is the last step's."""
     for key in spec:
@@ -546,8 +565,14 @@ def _stepped(c: _Compiler, templates: Templates, name: str, spec: dict, where: t
             c.problem(at + ("name",), f"step name {label!r} is already used by an earlier step")
         step_inputs = inputs | {"steps"} if inputs is not None else None
         step = _call(c, templates, f"{name}.{label}", step_spec, at, step_inputs, f"step {label!r} of {scope}",
-                     base_result, base_echo, label, dict(earlier))
+                     base_result, base_echo, label, dict(earlier), ledger)
         _rerun_problems(c, templates, name, step, step_spec, at)
+        if step.when is not None and index == len(spec["steps"]) - 1:
+            c.problem(at + ("when",), "the last step cannot be skipped: its answer is the operation's",
+                      "put the condition on an earlier step, and let the last one read steps.NAME (none when skipped)")
+        if step.when is not None and templates.variables(step_spec.get("when")) & _VOLATILE:
+            c.problem(at + ("when",), f"step {label!r} of {name} is not safe to rerun: whether it runs depends on "
+                      "the time (now/now_ms), so a rerun may take another path than the first run")
         steps.append(step)
         earlier[label] = frozenset(map(str, step_spec.get("response") or {}))
     last = steps[-1]
@@ -557,6 +582,7 @@ def _stepped(c: _Compiler, templates: Templates, name: str, spec: dict, where: t
         # The longest a run can take, for whoever waits for one (a concurrent copy, the queue's lease).
         timeout=sum(step.timeout or default_timeout for step in steps),
         inputs=frozenset().union(*(step.inputs for step in steps)), echo=(), steps=tuple(steps),
+        keep={k: v for step in steps for k, v in step.keep.items()}, ledger=ledger[3] if ledger else {},
     )
 
 
@@ -586,6 +612,52 @@ def _rerun_problems(c: _Compiler, templates: Templates, operation: str, step: Op
                   f"step {step.step!r} of {operation} takes {', '.join(plain)} as success without proof: on a rerun "
                   "that answer may be an earlier attempt's or another transaction's",
                   "list it as {code: …, proves: {…}} with the fields of the answer that prove it is this transaction")
+
+
+def _kept_names(c: _Compiler, data: dict) -> frozenset[str]:
+    """The names the ``bet`` operation keeps (``keep:``, its own or its steps'). ``keep`` is a
+    bet's only: the ledger keeps no other operation's answer for later reads."""
+    names: set[str] = set()
+    for op_name, spec in (data.get("operations") or {}).items():
+        if not isinstance(spec, dict):
+            continue
+        calls = [(("operations", op_name), spec)] + [
+            (("operations", op_name, "steps", i), step) for i, step in enumerate(spec.get("steps") or ())
+            if isinstance(step, dict)]
+        for where, call in calls:
+            for key in call.get("keep") or {}:
+                if op_name != "bet":
+                    c.problem(where + ("keep", key), f"only the bet operation keeps values ({op_name!r} does not)",
+                              "a win or refund reads what its bet kept: ledger.bet.NAME, ledger.round_bet.NAME")
+                elif key in ledger_names.reserved():
+                    c.problem(where + ("keep", key), f"{key!r} is a ledger field already",
+                              f"choose another name; every ledger read has: {', '.join(sorted(ledger_names.reserved()))}")
+                else:
+                    names.add(str(key))
+    return frozenset(names)
+
+
+def _ledger_reads(c: _Compiler, name: str, spec: dict, where: tuple, kept: frozenset[str]) -> tuple | None:
+    """An operation's ``ledger:`` declaration, checked, as the ``ledger`` argument of
+    ``Templates.check``: ``(declared name -> fields, names it may declare, operation, name ->
+    ErrorRule or None)``; None for an operation that can read nothing of the ledger."""
+    allowed = tuple(n for n, ops in ledger_names.READS.items() if name in ops)
+    declared = spec.get("ledger") if isinstance(spec, dict) else None
+    if not allowed:
+        if declared:
+            c.problem(where + ("ledger",), f"operation {name!r} reads nothing of the ledger",
+                      "ledger.bet is for refund and rollback, ledger.round_bet for win")
+        return None
+    fields, rules = {}, {}
+    for key, value in (declared or {}).items():
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            c.problem(where + ("ledger", key), f"operation {name!r} cannot read ledger.{key}",
+                      (f"did you mean {close[0]!r}? " if close else "") + f"it can read: {', '.join(allowed)}")
+            continue
+        fields[key] = ledger_names.fields_of(key, kept)
+        rules[key] = c.rule(value["missing"], where + ("ledger", key, "missing")) if isinstance(value, dict) else None
+    return fields, allowed, name, rules
 
 
 def _legacy_max(c: _Compiler, spec: dict) -> int | Decimal | None:
@@ -655,18 +727,22 @@ def compile_mapping(data: dict, file: str) -> Mapping:
         known, launch_inputs = provider_inputs(data, extra)
     operations: dict[str, Operation] = {}
     broken: set[str] = set()  # reported already: not "missing" too
+    kept = _kept_names(c, data) if data["face"] == "platform" else frozenset()
     for name, spec in data["operations"].items():
         where = ("operations", name)
         inputs, scope = known.get(name), f"operation {name!r}"
+        ledger = _ledger_reads(c, name, spec, where, kept) if data["face"] == "platform" else None
+        if ledger is not None and inputs is not None:
+            inputs = inputs | {"ledger"}
         if "steps" in spec:
             operations[name] = _stepped(c, templates, name, spec, where, inputs, scope, result, echo,
-                                        float(data["upstream"].get("timeout", 2.0)))
+                                        float(data["upstream"].get("timeout", 2.0)), ledger)
         elif "path" not in spec:
             c.problem(where, "give 'path' (one legacy call) or 'steps' (several, in order)")
             broken.add(name)
             continue
         else:
-            operations[name] = _call(c, templates, name, spec, where, inputs, scope, result, echo)
+            operations[name] = _call(c, templates, name, spec, where, inputs, scope, result, echo, ledger=ledger)
         c.inherited_echo(templates, echo, inputs, scope, spec.get("echo"))
         c.inherited_proofs(templates, inputs, scope, spec.get("result"))
     if data["face"] == "platform":

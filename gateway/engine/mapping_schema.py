@@ -102,7 +102,22 @@ CALL = {
         "echo": {**ECHO, "description": "This operation's echoes, merged over the file's echo: an entry "
                                         "replaces the file's one of the same expression, null removes it."},
         "timeout": {"type": "number", "exclusiveMinimum": 0},
+        "keep": {"type": "object", "additionalProperties": {"type": "string"},
+                 "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                 "description": "A bet's values to keep in the ledger (name -> JMESPath over its answer), that "
+                                "later operations read as ledger.bet.NAME / ledger.round_bet.NAME."},
     },
+}
+
+#: What a wallet operation may read of the ledger (gateway/faces/ledger_reads.py).
+LEDGER_READ = {
+    "description": "optional: an empty read is none and the templates say what then (a step's when, a "
+                   "default); or {missing: error rule}: the operation fails with it, nothing sent.",
+    "oneOf": [
+        {"type": "string", "enum": ["optional"]},
+        {"type": "object", "additionalProperties": False, "required": ["missing"],
+         "properties": {"missing": ERROR_RULE}},
+    ],
 }
 
 #: One step of a multi-step operation: a call, named, that later steps read as ``steps.NAME``.
@@ -116,6 +131,9 @@ STEP = {
         "moves_money": {"type": "boolean", "default": True,
                         "description": "false: this call changes nothing on the legacy side (a token, a lookup), "
                                        "so it is safe to rerun whatever it sends."},
+        "when": {"type": "string",
+                 "description": "A template: the step runs only when it renders true; a skipped step reads as "
+                                "steps.NAME = none. Not on the last step."},
     },
 }
 
@@ -128,7 +146,10 @@ OPERATION = {
         "steps": {"type": "array", "minItems": 1, "items": STEP,
                   "description": "Several legacy calls in order, each with its own request, response and "
                                  "result; the operation answers the last one's fields. A redelivery reruns them "
-                                 "all from the first. Beside steps, only result and echo (defaults for each)."},
+                                 "all from the first. Beside steps, only result, echo and ledger (defaults for each)."},
+        "ledger": {"type": "object", "additionalProperties": LEDGER_READ,
+                   "description": "What this operation reads of the gateway's ledger, as ledger.NAME: bet (a "
+                                  "refund's or rollback's bet), round_bet (a win's: the accepted bet of its round)."},
     },
 }
 

@@ -35,6 +35,7 @@ from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from gateway import money
+from gateway.engine import ledger_names
 
 _SINGLE_EXPR = re.compile(r"^\{\{(?P<expr>(?:(?!\}\}).)*)\}\}$", re.S)
 
@@ -193,14 +194,16 @@ class Templates:
 
     # -- static checks (at load: gateway/engine/mapping.py) ---------------------------------------
     def check(self, value: Any, inputs: frozenset[str] | None = None, secrets: frozenset[str] | None = None,
-              scope: str = "", *, names: bool = True, steps: dict | None = None) -> list[tuple[str, str | None]]:
+              scope: str = "", *, names: bool = True, steps: dict | None = None,
+              ledger: tuple | None = None) -> list[tuple[str, str | None]]:
         """What is wrong in template ``value`` that Jinja would only say when it runs:
         ``[(message, hint)]`` for each unknown filter or test, each variable not among
         ``inputs`` (None: not checked) and each ``secrets.NAME`` not among ``secrets``, in any
         form (``{{ x }}``, ``{% if x %}``, a filter's arguments). ``scope`` names what the
         inputs are (for hints); ``names=False`` reports variables only. ``steps`` (a step of a
-        multi-step operation: earlier step -> its response fields) checks ``steps.NAME.FIELD``.
-        A leaf that does not parse is left to ``compile_value``."""
+        multi-step operation: earlier step -> its response fields) checks ``steps.NAME.FIELD``;
+        ``ledger`` (``(declared name -> its fields, names the operation may declare, operation)``)
+        checks ``ledger.NAME.FIELD``. A leaf that does not parse is left to ``compile_value``."""
         if not isinstance(value, str) or "{" not in value:
             return []
         try:
@@ -226,6 +229,8 @@ class Templates:
                 found.append((f"{name!r} is undefined", _did_you_mean(name, inputs, scope)))
         if steps is not None:
             found += _step_problems(ast, steps)
+        if ledger is not None:
+            found += _ledger_problems(ast, *ledger[:3])
         if secrets is not None and (inputs is None or "secrets" in inputs):
             for name in sorted(_secret_names(ast) - secrets):
                 known = ", ".join(sorted(secrets)) or "none"
@@ -273,6 +278,39 @@ def _step_problems(ast: nodes.Template, steps: dict) -> list[tuple[str, str | No
             found.append((f"'steps.{inner.attr}.{node.attr}' is undefined",
                           (f"did you mean 'steps.{inner.attr}.{close[0]}'? " if close else "")
                           + f"step {inner.attr!r} reads: {', '.join(fields) or 'nothing (no response)'}"))
+    return found
+
+
+def _ledger_problems(ast: nodes.Template, declared: dict, allowed: tuple, operation: str) -> list:
+    """``ledger.NAME`` must be declared in the operation's ``ledger:``, ``ledger.NAME.FIELD`` one
+    of that read's fields (gateway/engine/ledger_names.py)."""
+    found, seen = [], set()
+    for node in ast.find_all(nodes.Getattr):
+        if not (isinstance(node.node, nodes.Name) and node.node.name == "ledger") or node.attr in seen:
+            continue
+        seen.add(node.attr)
+        if node.attr in declared:
+            continue
+        if node.attr in allowed:
+            found.append((f"'ledger.{node.attr}' is read but not declared",
+                          f"it is empty {ledger_names.EMPTY[node.attr]}; declare what {operation!r} does then: "
+                          f"ledger: {{{node.attr}: optional}} (the templates handle an empty read: a step's when, "
+                          f"default) or ledger: {{{node.attr}: {{missing: ERROR}}}} (fail with that error, nothing sent)"))
+            continue
+        close = difflib.get_close_matches(node.attr, list(allowed), n=1, cutoff=0.6)
+        found.append((f"'ledger.{node.attr}' is undefined",
+                      (f"did you mean 'ledger.{close[0]}'? " if close else "")
+                      + f"operation {operation!r} can read: {', '.join('ledger.' + n for n in allowed) or 'nothing'}"))
+    for node in ast.find_all(nodes.Getattr):
+        inner = node.node
+        if (isinstance(inner, nodes.Getattr) and isinstance(inner.node, nodes.Name) and inner.node.name == "ledger"
+                and inner.attr in declared and node.attr not in declared[inner.attr]):
+            fields = sorted(declared[inner.attr])
+            close = difflib.get_close_matches(node.attr, fields, n=1, cutoff=0.6)
+            found.append((f"'ledger.{inner.attr}.{node.attr}' is undefined",
+                          (f"did you mean 'ledger.{inner.attr}.{close[0]}'? " if close else "")
+                          + f"ledger.{inner.attr} has: {', '.join(fields)} (a value of the bet's answer is kept "
+                            "by the bet operation's keep:)"))
     return found
 
 

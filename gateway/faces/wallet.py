@@ -48,6 +48,7 @@ from gateway import money
 from gateway.engine.templating import IGSP_NAMESPACE
 from gateway.errors import IgspError, UpstreamError
 from gateway.faces import ledger
+from gateway.faces.ledger_reads import LedgerReads
 from gateway.ids import new_id
 from gateway.ops import metrics, tracing
 from gateway.outbound.legacy import LegacyClient
@@ -121,6 +122,8 @@ class Wallet:
         self.on_replay = on_replay or (lambda action: None)
         self.orphan_after = orphan_after  # > any legacy call's duration (config: queue.lease_seconds)
         self.rollback_op = "rollback" if "rollback" in self.mapping.operations else "refund"
+        self.reads = LedgerReads(partner_id, store, self.mapping, retention=retention, wait_seconds=self.wait_seconds,
+                                 currencies=self.currencies) if store is not None else None
 
     # -- context -------------------------------------------------------------------
     def context(self, payload: dict, request_id: str) -> dict:
@@ -136,6 +139,15 @@ class Wallet:
             amounts, currency = self.mapping.amounts, payload["currency"]
             amount = amounts.check(payload["amount"], currency, self.currencies)
             ctx["legacy_amount"] = amounts.to_legacy(amount, currency, self.currencies)
+        return ctx
+
+    async def call_context(self, operation: str, payload: dict, request_id: str) -> dict:
+        """``context`` plus, for an operation that reads the ledger, its ``ledger`` variable
+        (gateway/faces/ledger_reads.py): the same bet on every run of this transaction."""
+        ctx = self.context(payload, request_id)
+        if self.reads is not None and self.mapping.operations.get(operation) is not None \
+                and self.mapping.operations[operation].ledger:
+            ctx["ledger"] = await self.reads.view(operation, payload)
         return ctx
 
     def balance_of(self, fields: dict, currency: str) -> Decimal:
@@ -231,8 +243,10 @@ class Wallet:
     # -- bet / win -----------------------------------------------------------------
     async def transfer(self, payload: dict, request_id: str) -> tuple[int, bytes]:
         action, txid = payload["action"], payload["transaction_id"]
+        if action == "bet" and self.reads is not None:
+            await self.reads.bet_started(payload)  # before the call: a win of its round waits for it
         try:
-            reply = await self.client.call(action, self.context(payload, request_id))
+            reply = await self.client.call(action, await self.call_context(action, payload, request_id))
         except UpstreamError as exc:
             if exc.applied is False and action == "bet":
                 await self.store.tx_forget(self.partner_id, txid)
@@ -240,6 +254,9 @@ class Wallet:
             return await self.unknown_outcome(payload, request_id, exc)
         except IgspError as exc:
             return await self.finish(txid, *error_body(exc))
+        if action == "bet" and self.reads is not None:
+            # Before the record is finished: whoever sees the bet done sees what it kept.
+            await self.reads.bet_accepted(payload, reply.kept)
         body = orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"])),
                              "transaction_id": self.platform_txid(reply.fields, txid)})
         return await self.finish(txid, 200, body)
@@ -347,7 +364,7 @@ class Wallet:
             return await self.finish(txid, *error_body(IgspError("transaction_not_found",
                                                                  f"bet {bet_txid} was not accepted, nothing to refund")))
         try:
-            reply = await self.client.call("refund", self.context(payload, request_id))
+            reply = await self.client.call("refund", await self.call_context("refund", payload, request_id))
         except UpstreamError as exc:
             return await self.unknown_outcome(payload, request_id, exc)
         except IgspError as exc:
@@ -396,9 +413,9 @@ class Wallet:
             if current is None or current.state != DONE:  # a redelivery after it finished has nothing to do
                 await self.refund(payload, request_id, queued=True)
             return
+        name = self.rollback_op if op == "rollback" else op
         try:
-            reply = await self.client.call(self.rollback_op if op == "rollback" else op,
-                                           self.context(payload, request_id))
+            reply = await self.client.call(name, await self.call_context(name, payload, request_id))
         except UpstreamError as exc:
             if exc.applied is None and op != "rollback" and not self.mapping.idempotent:
                 # Paid or not, nobody knows, and the wallet would pay a resend again: an

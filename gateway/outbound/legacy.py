@@ -27,8 +27,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from jinja2 import Undefined
 
 from adapters.codecs import form_value
 from gateway.adapter_api import Adapter, LegacyRequest
@@ -49,6 +51,8 @@ class LegacyReply:
     data: Any
     status: int
     elapsed: float
+    #: The values the operation's ``keep:`` read from its answer(s), for the ledger.
+    kept: dict = field(default_factory=dict)
 
 
 #: Called after every legacy call: (mapping, operation, outcome kind, seconds).
@@ -205,7 +209,7 @@ class LegacyClient:
                     log.warning("legacy answer does not echo its request; its connection is closed",
                                 extra={"mapping": m.name, "operation": name, "reason": exc.message})
                 raise
-            return LegacyReply(fields, data, answer.status, time.perf_counter() - started)
+            return LegacyReply(fields, data, answer.status, time.perf_counter() - started, self._kept(op, data))
         except UpstreamError as exc:
             kind = exc.kind
             raise
@@ -252,17 +256,49 @@ class LegacyClient:
         """The steps of ``op`` in order, each seeing the earlier ones' fields as ``steps.NAME``;
         the last one's answer is the operation's. A failing step fails the operation (named in
         the message): certainly not applied only if no earlier step may have moved money."""
-        done: dict[str, dict] = {}
+        done: dict[str, dict | None] = {}
         ctx = {**context, "steps": done}
-        started, moved, reply = time.perf_counter(), False, None
+        started, moved, reply, kept = time.perf_counter(), False, None, {}
         for index, step in enumerate(op.steps, 1):
             try:
+                if step.when is not None and not self._runs(step, ctx):
+                    done[step.step] = None  # skipped: later steps read steps.NAME as none
+                    continue
                 reply = await self.step(step.name, ctx)
             except IgspError as exc:
                 raise in_step(exc, step, index, len(op.steps), moved) from exc
             done[step.step] = reply.fields
+            kept.update(reply.kept)
             moved = moved or step.moves_money
-        return LegacyReply(reply.fields, reply.data, reply.status, time.perf_counter() - started)
+        return LegacyReply(reply.fields, reply.data, reply.status, time.perf_counter() - started, kept)
+
+    def _runs(self, step: Operation, context: dict) -> bool:
+        """Whether ``step``'s ``when`` holds for ``context``; one that cannot be rendered (a
+        variable this call lacks) is the mapping's problem, as a request that cannot be built."""
+        try:
+            value = step.when(context)
+            if isinstance(value, Undefined):
+                value._fail_with_undefined_error()
+        except Exception as exc:  # noqa: BLE001 - a condition that fails on this input
+            error = self.build_error(step.name, context, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        if isinstance(value, str):
+            return value.strip().lower() not in ("", "false", "0", "none", "no")
+        return bool(value)
+
+    def _kept(self, op: Operation, data: Any) -> dict:
+        """The values ``op``'s ``keep:`` reads from a successful answer (none where absent)."""
+        if not op.keep:
+            return {}
+        found = {}
+        for name, expression in op.keep.items():
+            try:
+                found[name] = self.mapping.search(expression, data)
+            except Exception:  # noqa: BLE001 - an answer of another shape keeps nothing there
+                found[name] = None
+        return found
 
     async def send(self, req: LegacyRequest, timeout: float | None = None) -> Answer:
         """Send a built request and read its whole answer (status, content type, body);

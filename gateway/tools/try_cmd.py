@@ -193,12 +193,13 @@ def _guess_content_type(body: bytes) -> str:
 
 async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: str, partner: str,
                   response: bytes | list[bytes] | None, status: int | list[int], content_type: str | None,
-                  live: bool) -> dict:
+                  live: bool, ledger: dict | None = None) -> dict:
     """Everything ``try`` shows, as plain data (``--json`` prints it as is).
 
     A multi-step operation shows each step (``steps``: its request, the answer given for it —
     ``response`` and ``status`` are then lists, one per step, in order — and what was read),
-    up to the first step without an answer or the first that fails."""
+    up to the first step without an answer or the first that fails. ``ledger``: what the
+    operation's ledger reads find (``{"round_bet": {...}}``); a read not given is empty."""
     from gateway.faces.wallet import Wallet
     from gateway.outbound.legacy import LegacyClient, in_step
 
@@ -224,20 +225,28 @@ async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: 
     if op.steps:
         report["steps"] = []
     try:
+        if op.ledger:
+            context["ledger"] = _ledger_given(op, operation, ledger or {})
+            report["ledger"] = context["ledger"]
         if not op.steps:
             raw = responses[0] if responses else None
             fields = await _one_call(client, loaded, operation, context, report, raw, statuses[0], content_type, live,
                                      redact)
         else:
-            done: dict[str, dict] = {}
-            moved, fields = False, None
+            done: dict[str, dict | None] = {}
+            moved, fields, sent = False, None, 0
             for index, step in enumerate(op.steps, 1):
                 shown: dict[str, Any] = {"step": step.step, "index": index, "of": len(op.steps),
                                          "moves_money": step.moves_money, "request": None, "response": None,
                                          "echo": None, "proves": None, "fields": None, "outcome": None}
                 report["steps"].append(shown)
-                raw = responses[index - 1] if index <= len(responses) else None
-                got = statuses[min(index - 1, len(statuses) - 1)]
+                if step.when is not None and not client._runs(step, {**context, "steps": done}):
+                    shown["skipped"] = True  # its when is false: later steps read it as none
+                    done[step.step] = None
+                    continue
+                sent += 1
+                raw = responses[sent - 1] if sent <= len(responses) else None
+                got = statuses[min(sent - 1, len(statuses) - 1)]
                 try:
                     fields = await _one_call(client, loaded, step.name, {**context, "steps": done}, shown, raw, got,
                                              content_type, live, redact)
@@ -258,6 +267,18 @@ async def run_try(loaded: Loaded, operation: str, payload: dict, *, request_id: 
     finally:
         await client.close()
     return report
+
+
+def _ledger_given(op: Any, operation: str, given: dict) -> dict:
+    """The ``ledger`` variable for ``try``: each declared read as given (``--ledger``), else
+    empty; an empty read declared ``missing`` fails as it would in the gateway."""
+    found = {}
+    for name, rule in op.ledger.items():
+        value = given.get(name)
+        if value is None and rule is not None:
+            raise IgspError(rule.code, rule.message or f"ledger.{name} is empty for this {operation}", rule.status)
+        found[name] = value
+    return found
 
 
 async def _one_call(client: Any, loaded: Loaded, name: str, context: dict, shown: dict, response: bytes | None,
@@ -407,10 +428,15 @@ def format_text(report: dict) -> str:
                      "this shows the mapping's own step")
     if report["context"].get("legacy_amount") is not None:
         lines.append(f"amount:    {report['context'].get('amount')} -> legacy_amount {report['context']['legacy_amount']}")
+    for name, value in (report.get("ledger") or {}).items():
+        lines.append(f"ledger:    {name} = " + ("(empty)" if value is None else json.dumps(value, default=str)))
     if "steps" in report:
         for step in report["steps"]:
             money = "" if step["moves_money"] else ", moves no money"
             lines += ["", f"=== step {step['index']}/{step['of']}: {step['step']}{money}"]
+            if step.get("skipped"):
+                lines += ["", f"--- step {step['step']} skipped: its when is false (later steps read it as none)"]
+                continue
             lines += _call_text(step)
             outcome = step["outcome"]
             if outcome is None and step["request"] is not None:
@@ -420,7 +446,8 @@ def format_text(report: dict) -> str:
             elif outcome is not None:
                 lines += ["", f"--- step {step['step']} succeeded"]
         lines.append("")
-        lines.append("A redelivery (queue, or a retry after a timeout) runs every step again from step 1.")
+        lines.append("A redelivery (queue, or a retry after a timeout) runs every step again from step 1"
+                     + (", with the ledger reads of the first run." if report.get("ledger") is not None else "."))
     else:
         lines += _call_text(report)
     resp = report["response"] if "steps" not in report else (report["steps"][-1]["response"]
@@ -469,13 +496,21 @@ def cmd_try(args: argparse.Namespace) -> int:
     except IgspError as exc:
         print(f"try: the input would be refused: {exc.code}: {exc.message}", file=sys.stderr)
         return 2
+    try:
+        ledger = json.loads(_file_or_text(args.ledger), parse_float=Decimal) if args.ledger else None
+    except (OSError, ValueError) as exc:
+        print(f"try: --ledger: {exc}", file=sys.stderr)
+        return 2
+    if ledger is not None and not isinstance(ledger, dict):
+        print("try: --ledger takes a JSON object: {\"round_bet\": {...}}", file=sys.stderr)
+        return 2
     if len(responses) > max(1, len(mapping.operations[args.operation].steps)):
         print(f"try: {len(responses)} --response given, but {args.operation} makes "
               f"{max(1, len(mapping.operations[args.operation].steps))} legacy call(s)", file=sys.stderr)
         return 2
     report = asyncio.run(run_try(loaded, args.operation, payload, request_id=args.request_id or uuid.uuid4().hex,
                                  partner=args.partner, response=responses or None, status=args.status or [200],
-                                 content_type=args.content_type, live=args.live))
+                                 content_type=args.content_type, live=args.live, ledger=ledger))
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=_json_default).decode())
     else:
@@ -495,6 +530,8 @@ def add_parser(sub: Any) -> None:
                    help="HTTP status of --response (default 200); one per --response, or one for all")
     p.add_argument("--content-type", help="Content-Type of --response (default: guessed from the body)")
     p.add_argument("--live", action="store_true", help="send the request to the real upstream")
+    p.add_argument("--ledger", help="what the operation's ledger reads find, as JSON or @file: "
+                                    "{\"round_bet\": {\"wallet_bet_id\": \"B1\", ...}}; a read not given is empty")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="set a variable the mapping uses (NAME=@file reads a file); repeatable")
     p.add_argument("--request-id", help="request id for the templates (default: random)")
