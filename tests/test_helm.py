@@ -402,7 +402,7 @@ def test_schema_rejects_wrong_values(values: dict, message: str) -> None:
         (
             with_partner(mapping="missing.yaml"),
             "partners[0].mapping=missing.yaml is not a known mapping file: add it under mappings or the "
-            "chart's files/mappings/ (known: acme.yaml, hub88-wallet.yaml, pragmatic-provider.yaml, soap-wallet.yaml)",
+            "chart's files/mappings/ (known: acme.yaml, betref-wallet.yaml, hmacsha1-wallet.yaml, hub88-wallet.yaml, pragmatic-provider.yaml, soap-wallet.yaml)",
         ),
         (with_partner(apiKey=None), "partners[0].apiKey (acme-games) is empty: set it or use existingSecret"),
         (
