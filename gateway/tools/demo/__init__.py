@@ -54,9 +54,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from gateway.tools.demo import serve
     from gateway.tools.demo.output import Report
-    from gateway.tools.demo.stack import DemoStack
-
-    from gateway.tools.demo.stack import check_store_url, shown_url
+    from gateway.tools.demo.stack import DemoStack, check_store_url, shown_url
 
     started = time.monotonic()
     if args.store is not None:
