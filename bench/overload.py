@@ -251,6 +251,16 @@ def run(work: Path, client_cpu: str | None, server_cpu: str | None, start, gatew
             answered = summary["reconciliation"]["ok_answers"] + summary["answers"].get("503", 0)
             summary["gateway_cpu_seconds"] = round(used, 2)
             summary["gateway_cpu_us_per_answer"] = round(used / answered * 1e6, 1) if answered else None
+            shed = summary["answers"].get("503", 0)
+            if shed and cpu_per_bet:
+                # An estimate: the run's CPU beyond its admitted bets' (at the ramp's cost each).
+                s_ = max(0.0, used - summary["reconciliation"]["ok_answers"] * cpu_per_bet) / shed
+                summary["cpu_us_per_shed_estimate"] = round(s_ * 1e6, 1)
+                # What that leaves a CPU-bound process: at the peak its core does P bets of cost c;
+                # at F x P offered, a admitted and F*P - a shed at cost s fill the same core:
+                # a*c + (F*P - a)*s = P*c, so a/P = (1 - F*s/c) / (1 - s/c).
+                r = min(s_ / cpu_per_bet, 0.999)
+                summary["goodput_ceiling_estimate"] = round(max(0.0, 1 - factor * r) / (1 - r), 3)
             stop(gw)
     finally:
         stop(stub)
@@ -282,6 +292,11 @@ def table(results: dict) -> str:
     lines.append(f"gateway CPU: {results['cpu_us_per_admitted_bet']:g} us per bet in the ramp; in the overload "
                  + ", ".join(f"{n} {results[n]['gateway_cpu_us_per_answer']:g} us per answer (200 or 503)"
                              for n in ("limited", "unlimited") if n in results))
+    limited = results["limited"]
+    if "goodput_ceiling_estimate" in limited:
+        lines.append(f"shedding: ~{limited['cpu_us_per_shed_estimate']:g} us per shed request (estimate), so one "
+                     f"core at {results['factor']:g} x keeps at most ~{limited['goodput_ceiling_estimate']:.2f} "
+                     "of its peak")
     for name in ("limited", "unlimited"):
         if name in results:
             lag = results[name]["client_start_lag_ms"]
