@@ -252,7 +252,7 @@ def run(work: Path, client_cpu: str | None, server_cpu: str | None, start, gatew
             summary["gateway_cpu_seconds"] = round(used, 2)
             summary["gateway_cpu_us_per_answer"] = round(used / answered * 1e6, 1) if answered else None
             shed = summary["answers"].get("503", 0)
-            if shed and cpu_per_bet:
+            if limits and shed and cpu_per_bet:  # (without limits a 503 is a store's, not a shed)
                 # An estimate: the run's CPU beyond its admitted bets' (at the ramp's cost each).
                 s_ = max(0.0, used - summary["reconciliation"]["ok_answers"] * cpu_per_bet) / shed
                 summary["cpu_us_per_shed_estimate"] = round(s_ * 1e6, 1)

@@ -67,7 +67,6 @@ def test_overload_run_on_its_own_reconciles(tmp_path):
         assert rec["shed_bets_in_wallet"] == 0  # a shed bet never reached the wallet
         assert sum(summary["answers"].values()) == summary["requests"]
         assert set(summary["answers"]) <= {"200", "503", "not_answered_in_time", "connection_failed"}
-    assert "503" not in results["unlimited"]["answers"]
     assert results["limited"]["reconciliation"]["ok_answers"] > 0  # (without limits, a busy machine may answer none)
 
 
