@@ -41,6 +41,8 @@ MAPPING = ROOT / "mappings" / "hub88-wallet.yaml"
 TARGET_VS_PEER = {"sqlite": 0.85, "redis": 0.8}
 #: The most the gateway may add at p50 at the fixed rate, as a multiple of what the peer adds.
 ADDED_P50_VS_PEER = 1.2
+#: Runs that ``--only`` selects, each on its own.
+ONLY = ("overload", "capacity")
 #: Requests pre-signed per second of a wrk run, per server core: above any rate reached here.
 PRESIGN_RATE = 14000
 
@@ -62,6 +64,7 @@ class Plan:
     python_client: bool = False
     keep: bool = False
     smoke: bool = False
+    only: str | None = None
     out: Path | None = None
     notes: list = field(default_factory=list)
 
@@ -133,7 +136,7 @@ class Bench:
         return self.start(Proc(name, command, cpus=self.server_cpu, log=self.work / f"{name}.log"))
 
     def gateway(self, name: str, store_url: str, upstream: str, *, workers: int = 1, cpus: str | None = None,
-                mapping: Path = MAPPING) -> Proc:
+                mapping: Path = MAPPING, extra: dict | None = None) -> Proc:
         config = {
             "version": 1,
             "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 2, "shutdown_grace_seconds": 0,
@@ -142,6 +145,7 @@ class Bench:
             "logging": {"level": "info"},
             "partners": [{"id": hooks.PARTNER, "face": "platform", "mapping": str(mapping),
                           "api_key": hooks.API_KEY, "secrets": [hooks.SECRET]}],
+            **(extra or {}),
         }
         path = self.work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -505,30 +509,54 @@ def parse(argv: list[str] | None) -> Plan:
     parser.add_argument("--python-client", action="store_true", help="closed-loop load from bench/loadgen.py, not wrk")
     parser.add_argument("--keep", action="store_true", help="keep the logs, configs and databases of the run")
     parser.add_argument("--smoke", action="store_true", help="a few seconds in all: checks that it runs, not speed")
-    parser.add_argument("--out", type=Path, help="the JSON result file (default bench/results/bench-<time>.json)")
+    parser.add_argument("--only", choices=ONLY, help="run only this: overload (3x capacity, bench/overload.py) or "
+                                                     "capacity (Redis commands per bet, bench/capacity.py)")
+    parser.add_argument("--out", type=Path, help="the JSON result file (default bench/results/bench-[<only>-]<time>.json)")
     args = parser.parse_args(argv)
     plan = Plan(duration=args.duration, rounds=max(1, args.rounds), connections=args.connections, rate=args.rate,
                 latency_seconds=args.latency_seconds, stores=tuple(s for s in args.stores.split(",") if s),
                 scaling=not args.no_scaling, unsigned=not args.no_unsigned, soak=args.soak,
                 soak_rate=args.soak_rate, install_wrk=not args.no_install, python_client=args.python_client,
-                keep=args.keep, smoke=args.smoke, out=args.out)
+                keep=args.keep, smoke=args.smoke, only=args.only, out=args.out)
     if plan.smoke:
         plan.duration, plan.rounds, plan.warmup, plan.latency_seconds = 1.0, 1, 0.0, 1.0
         plan.scaling, plan.unsigned, plan.connections = False, False, 8
     return plan
 
 
+def run_only(bench: Bench, plan: Plan) -> tuple[dict, str]:
+    """One run on its own (``--only``): its results and its table."""
+    if plan.only == "overload":
+        from bench import overload
+
+        seconds, ramp = (3.0, 1.0) if plan.smoke else (12.0, 2.5)
+        results = overload.run(bench.work, bench.client_cpu, bench.server_cpu, bench.start, bench.gateway,
+                               bench.stop, seconds=seconds, ramp_seconds=ramp)
+        results["machine"], results["notes"] = machine(), plan.notes
+        return results, overload.table(results)
+    from bench import capacity
+
+    results = capacity.run(bench.work, bench.client_cpu, bench.server_cpu, bench.start, bench.gateway, bench.stop,
+                           bets=200 if plan.smoke else 2000)
+    results["machine"], results["notes"] = machine(), plan.notes
+    return results, capacity.table(results)
+
+
 def main(argv: list[str] | None = None) -> int:
     plan = parse(argv)
     bench = Bench(plan)
     try:
-        results = bench.run()
+        if plan.only:
+            results, text = run_only(bench, plan)
+        else:
+            results = bench.run()
+            text = table(results)
     finally:
         bench.cleanup()
-    out = plan.out or RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = plan.out or RESULTS / f"bench-{plan.only + '-' if plan.only else ''}{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print(table(results))
+    print(text)
     print(f"\nresults: {out}")
     return 0
 

@@ -2,8 +2,11 @@
 
 It answers every POST with ``RS_OK``, echoing the caller's ``user``, ``request_uuid``
 and ``currency`` with a large fixed balance (1/100 000 units, as Hub88 writes them).
-No signature check, no state: the benchmark measures what sits in front of it, so the
-stub must never be the bottleneck (one uvloop core answers tens of thousands a second).
+No signature check, and no state but a tally: the benchmark measures what sits in front
+of it, so the stub must never be the bottleneck (one uvloop core answers tens of thousands
+a second). The tally counts each ``transaction_uuid`` it was sent (a dict increment per
+call), and ``GET /ledger`` answers it as JSON ``{txid: times}``, so a run can check that
+nothing was lost or paid twice (``bench.overload``).
 
     python -m bench.stub --port 0      # prints "READY http://127.0.0.1:PORT"
 """
@@ -12,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections import Counter
 
 import orjson
 
 BALANCE = 100_000_000_000_000  # 1 000 000 000.00 in 1/100 000 units: a bet never runs it dry
 _HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+#: transaction_uuid -> how many calls carried it (GET /ledger)
+LEDGER: Counter = Counter()
 
 
 def answer(body: bytes) -> bytes:
@@ -26,6 +32,8 @@ def answer(body: bytes) -> bytes:
         request = {}
     if not isinstance(request, dict):
         request = {}
+    if "transaction_uuid" in request:
+        LEDGER[request["transaction_uuid"]] += 1
     out = orjson.dumps({"user": request.get("user", ""), "status": "RS_OK",
                         "request_uuid": request.get("request_uuid", ""),
                         "currency": request.get("currency", "EUR"), "balance": BALANCE})
@@ -55,7 +63,11 @@ class StubProtocol(asyncio.Protocol):
             total = end + 4 + length
             if len(self.buffer) < total:
                 break
-            out.append(answer(self.buffer[end + 4:total]))
+            if self.buffer.startswith(b"GET /ledger "):
+                tally = orjson.dumps(LEDGER)
+                out.append(_HEAD % len(tally) + tally)
+            else:
+                out.append(answer(self.buffer[end + 4:total]))
             self.buffer = self.buffer[total:]
         if out:
             self.transport.write(b"".join(out))

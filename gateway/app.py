@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.auth import AuthFailure
 from gateway.config import Config
-from gateway.context import CONFIG, FACES, INFLIGHT, LIFECYCLE, RUNTIME, STORE, WORKER, Lifecycle
+from gateway.context import CONFIG, FACES, INFLIGHT, LIFECYCLE, RUNTIME, SHED_LINES, STORE, WORKER, Lifecycle
 from gateway.errors import ERROR_CODES, IgspError, UpstreamError
 from gateway.faces.base import Delivery, Face
 from gateway.faces.platform import PlatformFace
@@ -33,6 +33,7 @@ from gateway.ops import metrics, tracing
 from gateway.ops.admin import setup_admin
 from gateway.ops.health import PROBE, UpstreamProbe, healthz, metrics_endpoint, readyz
 from gateway.ops.logs import REQUEST_ID
+from gateway.ops.shedlog import ShedLines
 from gateway.ratelimit import HELD, Overloaded, RateLimited, release_slots
 from gateway.retry_queue import DeliveryWorker
 from gateway.runtime import Generation, Runtime
@@ -154,7 +155,8 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         outcome = metrics.outcome(response.status, _error_code(request, response), "upstream_failure" in request)
         metrics.child(metrics.REQUESTS, partner, face, operation, outcome).inc()
         metrics.child(metrics.REQUEST_SECONDS, partner, face, operation).observe(elapsed)
-        if gen.config.access_log:
+        shed_not_logged = app[SHED_LINES].admit(partner) if "shed" in request else 0
+        if gen.config.access_log and shed_not_logged is not None:
             log.info("request", extra={
                 "request_id": request_id, "partner": partner, "face": face, "operation": operation,
                 "status": response.status, "latency_ms": round(elapsed * 1000, 3),
@@ -162,6 +164,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
                 **({"auth_failure": request["auth_failure"]} if "auth_failure" in request else {}),
                 **({"client_ip": request["client_ip"]} if "client_ip" in request else {}),
                 **({"error": request["error"]} if "error" in request else {}),
+                **({"shed_not_logged": shed_not_logged} if shed_not_logged else {}),
             })
     return response
 
@@ -211,6 +214,8 @@ async def _answer(request: web.Request, handler, request_id: str) -> web.StreamR
                 request["client_ip"] = str(exc.client) if exc.client is not None else None
         elif isinstance(exc, (RateLimited, Overloaded)) and exc.partner:
             request["partner"] = exc.partner
+            if isinstance(exc, Overloaded):
+                request["shed"] = True  # its access-log line is thinned (gateway/ops/shedlog.py)
         elif isinstance(exc, UpstreamError):
             request["upstream_failure"] = exc.kind
         return _error_response(exc, request_id)
@@ -344,6 +349,7 @@ def create_app(config: Config) -> web.Application:
                                         "keepalive_timeout": config.read_timeout})
     app[CONFIG] = config
     app[INFLIGHT] = {"n": 0}
+    app[SHED_LINES] = ShedLines()
     app[LIFECYCLE] = Lifecycle()
     app.cleanup_ctx.append(_tracing_ctx)
     app.cleanup_ctx.append(_store_ctx)

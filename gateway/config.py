@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from gateway.clientip import FORWARDED_HEADERS, Network, parse_network
 from gateway.engine.mapping import Mapping, load_mapping
@@ -101,6 +102,23 @@ CONFIG_SCHEMA: dict = {
                 "namespace": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$", "default": "igsp",
                               "description": "Redis key prefix: gateways sharing a Redis with the same "
                                              "namespace share ledger and queue."},
+                "username": {"type": "string", "minLength": 1,
+                             "description": "Redis ACL user (AUTH username password); instead of one in the URL."},
+                "password": {"type": "string", "minLength": 1,
+                             "description": "Redis password, as ${ENV} (from a Secret); instead of one in the URL."},
+                "password_file": {"type": "string", "minLength": 1,
+                                  "description": "File holding the Redis password (a mounted Secret), read at load; "
+                                                 "relative to the config file."},
+                "tls": {
+                    "type": "object", "additionalProperties": False,
+                    "description": "TLS to Redis (rediss://): on, and the CA that signed the server's certificate.",
+                    "properties": {
+                        "enabled": {"type": "boolean", "default": False},
+                        "ca_file": {"type": "string", "minLength": 1,
+                                    "description": "PEM bundle of the CA(s) to trust (default: the system's); "
+                                                   "relative to the config file."},
+                    },
+                },
             },
         },
         "queue": {
@@ -273,7 +291,10 @@ class Config:
     access_log: bool = True
     probe_upstreams: bool = False
     watch_seconds: float = 0.0
+    #: The store URL with the ``store`` section's username, password and TLS folded in (it
+    #: may hold the password: never log it; ``secrets`` lists the password for redaction).
     store_url: str = "sqlite:///igsp-gateway.db"
+    store_password: str | None = None
     retention_seconds: float = 30 * 86400
     signature_window: int = 300
     admin_token: str | None = None
@@ -310,6 +331,8 @@ class Config:
                   for v in secret_values(m.raw)]
         if self.admin_token:
             found.append(self.admin_token)
+        if self.store_password:
+            found += [self.store_password, quote(self.store_password, safe="")]
         found += [value for _, value in self.tracing.headers]
         return [s for s in found if s]
 
@@ -382,6 +405,7 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
     tracing_settings = _tracing(data, file, os.environ if env is None else env, problems)
     problems.extend(_lease_problems(data, file, partners))
     problems.extend(_port_problems(data, file))
+    _store_url(data, file, base, problems)
     for name in (concurrency.get("upstreams") or {}).keys() - {p.mapping.name for p in partners}:
         problems.append(Problem(file, line_of(data, ("concurrency", "upstreams", name)), f"concurrency.upstreams.{name}",
                                 "no partner uses a mapping of that name",
@@ -390,10 +414,9 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         raise scrub(ConfigError(problems), secret_values(data))
 
     server, store, security = data.get("server") or {}, data.get("store") or {}, data.get("security") or {}
-    store_url = store.get("url", "sqlite:///igsp-gateway.db")
-    if store_url.startswith("sqlite:///") and not store_url.startswith("sqlite:////"):
-        # A relative SQLite path is relative to the config file, like mapping paths.
-        store_url = "sqlite:///" + str(base / store_url[len("sqlite:///"):])
+    store_url, store_password = _store_url(data, file, base, problems)
+    if problems:
+        raise scrub(ConfigError(problems), secret_values(data))
     return Config(
         file=file,
         host=server.get("host", "127.0.0.1"),
@@ -410,6 +433,7 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         probe_upstreams=server.get("probe_upstreams", False),
         watch_seconds=float(server.get("watch_seconds", 0)),
         store_url=store_url,
+        store_password=store_password,
         retention_seconds=float(store.get("retention_days", 30)) * 86400,
         signature_window=security.get("signature_window_seconds", 300),
         admin_token=(data.get("admin") or {}).get("token") or None,
@@ -518,12 +542,84 @@ def load_store_settings(path: str | Path, env: dict | None = None) -> StoreSetti
     if isinstance(store, dict):
         interpolate_env(store, file, env)
     problems = schema_problems(store, CONFIG_SCHEMA["properties"]["store"], file, prefix=("store",))
+    if not problems:
+        url, password = _store_url(data, file, Path(file).resolve().parent, problems)
     if problems:
-        raise ConfigError(problems)
-    url = store.get("url", "sqlite:///igsp-gateway.db")
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        url = "sqlite:///" + str(Path(file).resolve().parent / url[len("sqlite:///"):])
+        raise scrub(ConfigError(problems), [v for v in (store.get("password"),) if isinstance(v, str)])
     return StoreSettings(url, store.get("namespace", "igsp"), float(store.get("retention_days", 30)) * 86400)
+
+
+#: Store URL schemes that take the ``store`` section's TLS settings, and their TLS form.
+_TLS_SCHEMES = {"redis": "rediss", "rediss": "rediss", "redis+cluster": "rediss+cluster",
+                "rediss+cluster": "rediss+cluster"}
+
+
+def _store_url(data: dict, file: str, base: Path, problems: list[Problem]) -> tuple[str, str | None]:
+    """``store.url`` with ``username``, ``password``/``password_file`` and ``tls`` folded in.
+
+    The URL is what the store takes (gateway/store); the separate fields exist so a
+    password never has to be written into the URL — where a ConfigMap would hold it, and
+    where a ``@`` or ``:`` in it would need percent-encoding — and so a chart can point at
+    a mounted Secret. Returns (url, password); a problem names the field.
+    """
+    store = data.get("store") or {}
+    url = store.get("url", "sqlite:///igsp-gateway.db")
+    scheme = url.split("://", 1)[0]
+    if scheme == "sqlite":
+        for name in ("username", "password", "password_file", "tls"):
+            if name in store:
+                problems.append(Problem(file, line_of(data, ("store", name)), f"store.{name}",
+                                        "is for a Redis store; store.url is SQLite"))
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            # A relative SQLite path is relative to the config file, like mapping paths.
+            url = "sqlite:///" + str(base / url[len("sqlite:///"):])
+        return url, None
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    password = store.get("password")
+    if "password_file" in store:
+        where = ("store", "password_file")
+        if password is not None:
+            problems.append(Problem(file, line_of(data, where), "store.password_file",
+                                    "give store.password or store.password_file, not both"))
+        try:
+            password = (base / store["password_file"]).read_text().rstrip("\r\n")
+        except OSError as exc:
+            problems.append(Problem(file, line_of(data, where), "store.password_file",
+                                    f"cannot read {store['password_file']!r}: {exc.strerror or exc}"))
+            password = None
+        else:
+            if not password:
+                problems.append(Problem(file, line_of(data, where), "store.password_file",
+                                        f"{store['password_file']!r} is empty"))
+    if (password is not None or "username" in store) and at:
+        field_name = "password" if password is not None else "username"
+        problems.append(Problem(file, line_of(data, ("store", field_name)), f"store.{field_name}",
+                                "store.url already has a user or password: give them in one place"))
+    elif password is not None or "username" in store:
+        userinfo = quote(store.get("username", ""), safe="") + (
+            ":" + quote(password, safe="") if password is not None else "")
+        at = "@"
+    tls = store.get("tls") or {}
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if tls.get("enabled"):
+        if scheme not in _TLS_SCHEMES:
+            problems.append(Problem(file, line_of(data, ("store", "tls", "enabled")), "store.tls.enabled",
+                                    f"the {scheme}:// store does not take TLS settings yet",
+                                    hint="use redis://, rediss://, redis+cluster:// or rediss+cluster://"))
+        else:
+            scheme = _TLS_SCHEMES[scheme]
+            if "ca_file" in tls:
+                ca = base / tls["ca_file"]
+                if not ca.is_file():
+                    problems.append(Problem(file, line_of(data, ("store", "tls", "ca_file")), "store.tls.ca_file",
+                                            f"no such file: {tls['ca_file']!r}"))
+                query.append(("ssl_ca_certs", str(ca)))
+    elif "ca_file" in tls:
+        problems.append(Problem(file, line_of(data, ("store", "tls", "ca_file")), "store.tls.ca_file",
+                                "is set but store.tls.enabled is not true"))
+    netloc = f"{userinfo}{at}{hosts}"
+    return urlunsplit(parts._replace(scheme=scheme, netloc=netloc, query=urlencode(query))), password
 
 
 def _mapping_problems(data: dict, file: str, env: dict | None) -> list:

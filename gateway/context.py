@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.ops.shedlog import ShedLines
 from gateway.retry_queue import DeliveryWorker
 from gateway.runtime import Generation, Runtime
 from gateway.store import Store
@@ -37,6 +38,7 @@ WORKER = web.AppKey("worker", DeliveryWorker)
 INFLIGHT = web.AppKey("inflight", dict)  # {"n": requests being answered now}
 FACES = web.AppKey("faces", dict)  # face name -> Face (gateway/faces/base.py)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+SHED_LINES = web.AppKey("shed_lines", ShedLines)  # which shed requests are access-logged
 
 
 def generation(request: web.Request) -> Generation:

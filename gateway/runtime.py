@@ -42,7 +42,7 @@ log = logging.getLogger("igsp.runtime")
 upstream_log = logging.getLogger("igsp.upstream")
 
 RESTART_FIELDS = ("host", "port", "internal_port", "workers", "drain_seconds", "shutdown_grace", "max_body_bytes",
-                  "max_header_bytes", "store_url", "store_namespace", "hooks_path", "provider_mount",
+                  "max_header_bytes", "store_url", "store_password", "store_namespace", "hooks_path", "provider_mount",
                   "queue_lease_seconds", "queue_poll_seconds", "tracing")
 
 #: Builds a face's own objects for a generation being built (from its config, clients,

@@ -47,3 +47,43 @@ def test_bench_smoke_produces_numbers(tmp_path, client):
     assert answered > 0
     assert checks["ledger_rows"] == checks["access_log_lines"] == answered
     assert checks["replay_keys"] == 0
+
+
+def test_overload_run_on_its_own_reconciles(tmp_path):
+    """``--only overload``: the ramp, the runs with and without limits, and the wallet's tally
+    reconciled against the answers. Speed is not judged (the machine is shared); that no
+    answered bet is missing from the wallet and none is paid twice is."""
+    out = tmp_path / "overload.json"
+    run = subprocess.run([sys.executable, "-m", "bench", "--only", "overload", "--smoke", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "verdict (limited)" in run.stdout
+    results = json.loads(out.read_text())
+    assert results["peak_goodput"] > 0 and len(results["ramp"]) == 3
+    for name in ("limited", "unlimited"):
+        summary = results[name]
+        rec = summary["reconciliation"]
+        assert rec["ok_bets_missing_in_wallet"] == 0 and rec["bets_paid_twice"] == 0
+        assert rec["shed_bets_in_wallet"] == 0  # a shed bet never reached the wallet
+        assert sum(summary["answers"].values()) == summary["requests"]
+        assert set(summary["answers"]) <= {"200", "503", "not_answered_in_time", "connection_failed"}
+    assert results["limited"]["reconciliation"]["ok_answers"] > 0  # (without limits, a busy machine may answer none)
+
+
+def test_capacity_run_counts_redis_work_per_bet(tmp_path):
+    """``--only capacity``: every bet answered and paid once, and the store's two ledger scripts
+    per bet (begin, finish) show in Redis's own command statistics."""
+    out = tmp_path / "capacity.json"
+    run = subprocess.run([sys.executable, "-m", "bench", "--only", "capacity", "--smoke", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = json.loads(out.read_text())
+    assert results["every_bet_paid_once"] is True
+    for measured in results["passes"]:
+        assert measured["answers"] == {"200": measured["bets"]}
+        # Two per bet (begin, finish), plus the retry-queue worker's polling while the pass runs.
+        assert 1.9 <= measured["redis_scripts_per_bet"] <= 2.5, measured
+        assert measured["redis_commands_executed_per_bet"] > measured["redis_scripts_per_bet"]
+        assert measured["redis_round_trips_per_bet"] > 0 and measured["gateway_cpu_us_per_bet"] > 0
+    one, many = results["passes"]
+    assert one["connections"] == 1 and one["redis_round_trips_per_bet"] >= 1.9  # nothing to batch with

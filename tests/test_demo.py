@@ -173,3 +173,64 @@ def test_every_igsp_gateway_command_in_the_readme_parses():
     for command in commands:
         args = parser.parse_args(shlex.split(command)[1:])  # SystemExit(2) on an unknown option
         assert callable(args.func), command
+
+
+def _namespace(output: str) -> str:
+    return re.search(r"\(namespace (demo-[0-9a-f]+)\)", output).group(1)
+
+
+def _ledger_keys(url: str, namespace: str) -> list[bytes]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return list(client.scan_iter(match=f"{namespace}:tx:*"))
+    finally:
+        client.close()
+
+
+def test_demo_on_a_standalone_redis(tmp_path):
+    from tests.support import RedisServer
+
+    server = RedisServer().start()
+    try:
+        done = subprocess.run([sys.executable, "-m", "gateway", "demo", "--store", server.url], capture_output=True,
+                              text=True, cwd=tmp_path, env=ENV, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert RECONCILED.search(done.stdout), done.stdout
+        assert f"store {server.url} (namespace demo-" in done.stdout
+        # The story's ledger is in that Redis, under the run's own namespace (not in a SQLite file).
+        keys = _ledger_keys(server.url, _namespace(done.stdout))
+        assert any(b":tx:demo-games:b-1" in key for key in keys), keys
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        server.cleanup()
+
+
+def test_demo_on_redis_behind_sentinel(tmp_path):
+    from tests.sentinel_support import SentinelSet
+
+    sentinels = SentinelSet().start()
+    try:
+        done = subprocess.run([sys.executable, "-m", "gateway", "demo", "--store", sentinels.url],
+                              capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert RECONCILED.search(done.stdout), done.stdout
+        master = f"redis://127.0.0.1:{sentinels.master_address()}/0"
+        assert any(b":tx:demo-games:b-1" in key for key in _ledger_keys(master, _namespace(done.stdout)))
+    finally:
+        sentinels.cleanup()
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("mysql://db/igsp", "a store URL starts with one of sqlite://, redis://"),
+    ("redis+sentinel://127.0.0.1:26379/", "name the Sentinel service"),
+    ("redis://:hunter2-secret@127.0.0.1:1/0?wait_replicas=two", "wait_replicas and wait_timeout_ms must be whole"),
+    ("sqlite://relative.db", "write sqlite:///path/to/file.db"),
+])
+def test_demo_refuses_a_bad_store_url_before_starting_anything(url, says, capsys):
+    assert cli.main(["demo", "--store", url]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing started, no story
+    assert captured.err.startswith("demo: --store: ") and says in captured.err, captured.err
+    assert "hunter2" not in captured.err  # a password in the URL is never printed

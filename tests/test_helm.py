@@ -36,7 +36,8 @@ FULLNAME = f"{RELEASE}-igsp-gateway"
 # Oldest and newest schema sets kubernetes-validate ships offline.
 KUBE_VERSIONS = ("1.33.0", kubernetes_validate.latest_version())
 GRACE_MARGIN = 10
-NO_REDIS_HINT = "needs a shared store: set redis.url or redis.internal.enabled=true (SQLite is single-node)"
+NO_REDIS_HINT = ("needs a shared store: set redis.url, redis.external.mode or redis.internal.enabled=true "
+                 "(SQLite is single-node)")
 
 SCENARIOS = sorted(CI_DIR.glob("*.yaml")) + sorted(TEST_VALUES_DIR.glob("*.yaml"))
 

@@ -5,7 +5,9 @@ act 1 on the platform face (``platform_story``), act 2 on the provider face
 (``provider_story``) — printing every step with the balances on both sides, and checks
 that the legacy ledger and the iGSP ledger agree. Exit status 0 only when every step's
 outcome was right. ``--serve`` keeps it all running (``serve``); ``--info FILE`` writes
-what is running as JSON for scripts.
+what is running as JSON for scripts. ``--store URL`` plays it on any store the gateway
+takes (``stack.check_store_url``), so one command shows a Redis, Sentinel or Cluster
+set-up doing the same money moves as the embedded SQLite.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "a scripted story, then the legacy and iGSP ledgers are reconciled.")
     p.add_argument("--serve", action="store_true", help="keep everything running and print signed curl commands")
     p.add_argument("--info", metavar="FILE", help="write what is running (URLs, keys, demo player) as JSON")
+    p.add_argument("--store", metavar="URL",
+                   help="the gateway's store (default: embedded SQLite in a temp dir): redis://host:port/db, "
+                        "rediss://…, redis+sentinel://host:port[,host:port…]/service or "
+                        "redis+cluster://host:port[,host:port…]/; the demo writes under a fresh namespace")
     p.set_defaults(func=cmd_demo)
 
 
@@ -48,13 +54,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from gateway.tools.demo import serve
     from gateway.tools.demo.output import Report
-    from gateway.tools.demo.stack import DemoStack
+    from gateway.tools.demo.stack import DemoStack, check_store_url, shown_url
 
     started = time.monotonic()
+    if args.store is not None:
+        try:
+            check_store_url(args.store)
+        except ValueError as exc:
+            print(f"demo: --store: {exc}", file=sys.stderr)
+            return 2
     report = Report()
-    stack = DemoStack()
+    stack = DemoStack(store_url=args.store)
     faces = "platform face + provider face" if stack.provider_face else "platform face"
-    report.say(f"iGSP Gateway demo — everything on 127.0.0.1, embedded SQLite in {stack.dir}, no Redis")
+    if args.store is None:
+        report.say(f"iGSP Gateway demo — everything on 127.0.0.1, embedded SQLite in {stack.dir}, no Redis")
+    else:
+        report.say(f"iGSP Gateway demo — everything on 127.0.0.1, store {shown_url(args.store)} "
+                   f"(namespace {stack.namespace}), files in {stack.dir}")
     try:
         stack.start()
     except (RuntimeError, OSError) as exc:

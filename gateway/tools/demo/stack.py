@@ -7,6 +7,10 @@
 
 No Redis and no configuration: keys are generated per run, the config is written to
 the temp dir, and the provider face joins in when its mapping is part of this build.
+With ``store_url`` (``demo --store``) the gateway uses that store instead, under a
+namespace of its own (``demo-<random>``): the story's transaction ids are fixed, so on a
+store shared with earlier runs they would otherwise be answered from those runs' ledger.
+Its records expire after a day (``store.retention_days: 1``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -36,6 +41,35 @@ WALLET_MAPPING = "hub88-wallet.yaml"
 def provider_face_available() -> bool:
     """The provider face ships with its Pragmatic-style mapping; without it the demo plays one face."""
     return (data_dir("mappings") / PROVIDER_MAPPING).is_file()
+
+
+def check_store_url(url: str) -> None:
+    """Raise ValueError saying what is wrong with a store URL, before anything starts.
+
+    The store's own parser judges it (``gateway.store.open_store``: the scheme, Sentinel's
+    hosts and service name, the options), so the demo takes exactly what ``serve`` takes.
+    """
+    from gateway.store import STORE_SCHEMES, open_store
+
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in STORE_SCHEMES:
+        raise ValueError(f"got {shown_url(url)!r}: a store URL starts with one of "
+                         f"{', '.join(s + '://' for s in STORE_SCHEMES)}")
+    if scheme == "sqlite" and not url[len("sqlite://"):].startswith("/"):
+        raise ValueError(f"got {url!r}: write sqlite:///path/to/file.db")
+    try:
+        open_store(url)  # parses only; nothing connects until open()
+    except ValueError as exc:
+        raise ValueError(f"{shown_url(url)}: {exc}") from None
+
+
+def shown_url(url: str) -> str:
+    """The URL with any password in it replaced by ``***`` (it is printed)."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{hosts}"))
 
 
 @dataclass
@@ -58,6 +92,7 @@ class DemoStack:
     pp_secret: str = field(default_factory=lambda: secrets.token_hex(12))
     pp_login: str = "demo_casino"
     store_url: str | None = None  # default: SQLite in the temp dir
+    namespace: str = field(default_factory=lambda: "demo-" + secrets.token_hex(4))
     wallet: RunningServer | None = None
     game_server: RunningServer | None = None
     platform: RunningServer | None = None
@@ -112,7 +147,8 @@ class DemoStack:
                              "secrets": [self.platform_partner.secret], "hooks_url": self.platform.url + HOOKS_PATH})
         return {"version": 1,
                 "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 1, "shutdown_grace_seconds": 0},
-                "store": {"url": self.store_url or f"sqlite:///{self.dir / 'gateway.db'}"},
+                "store": ({"url": self.store_url, "namespace": self.namespace, "retention_days": 1}
+                          if self.store_url else {"url": f"sqlite:///{self.dir / 'gateway.db'}"}),
                 "partners": partners}
 
     def env(self) -> dict:

@@ -83,7 +83,7 @@ Name of the Secret the pods read their keys from.
 "true" when the gateway uses a shared Redis store, "" for SQLite.
 */}}
 {{- define "igsp-gateway.usesRedis" -}}
-{{- if or .Values.redis.url .Values.redis.internal.enabled }}true{{ end }}
+{{- if or .Values.redis.url .Values.redis.internal.enabled .Values.redis.external.mode }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -119,14 +119,49 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 store.url of gateway.yaml: external Redis, in-chart Redis, or SQLite on the data volume.
 */}}
 {{- define "igsp-gateway.storeUrl" -}}
+{{- $x := .Values.redis.external }}
 {{- if .Values.redis.url }}
 {{- .Values.redis.url }}
+{{- else if $x.mode }}
+{{- $query := list }}
+{{- $path := "/" }}
+{{- if eq $x.mode "sentinel" }}
+{{- $path = printf "/%s" $x.sentinelService }}
+{{- end }}
+{{- if and (ne $x.mode "cluster") (gt (int $x.db) 0) }}
+{{- if eq $x.mode "sentinel" }}{{ $query = append $query (printf "db=%d" (int $x.db)) }}{{ else }}{{ $path = printf "/%d" (int $x.db) }}{{ end }}
+{{- end }}
+{{- if gt (int $x.waitReplicas) 0 }}
+{{- $query = append $query (printf "wait_replicas=%d" (int $x.waitReplicas)) }}
+{{- end }}
+{{- $scheme := get (dict "standalone" "redis" "sentinel" "redis+sentinel" "cluster" "redis+cluster") $x.mode }}
+{{- printf "%s://%s%s" $scheme (join "," $x.hosts) $path }}{{ if $query }}?{{ join "&" $query }}{{ end }}
 {{- else if .Values.redis.internal.enabled }}
 {{- $auth := ternary ":${REDIS_PASSWORD}@" "" .Values.redis.internal.auth }}
 {{- printf "redis://%s%s:6379/0" $auth (include "igsp-gateway.redis.fullname" .) }}
 {{- else }}
 {{- print "sqlite:////var/lib/igsp-gateway/gateway.db" }}
 {{- end }}
+{{- end }}
+
+{{/*
+The store section of gateway.yaml. For redis.external: the user, the password as a
+${REDIS_PASSWORD} reference (its value reaches the pod from a Secret, never this
+ConfigMap) and TLS with the CA file where the CA Secret is mounted.
+*/}}
+{{- define "igsp-gateway.storeSection" -}}
+{{- $x := .Values.redis.external }}
+{{- $store := dict "url" (include "igsp-gateway.storeUrl" .) "retention_days" (int .Values.gateway.store.retentionDays) }}
+{{- if and $x.mode (not .Values.redis.url) }}
+{{- with $x.username }}{{ $_ := set $store "username" . }}{{ end }}
+{{- if $x.auth }}{{ $_ := set $store "password" "${REDIS_PASSWORD}" }}{{ end }}
+{{- if $x.tls.enabled }}
+{{- $tls := dict "enabled" true }}
+{{- if $x.tls.caSecret.name }}{{ $_ := set $tls "ca_file" (printf "%s/%s" $x.tls.mountPath $x.tls.caSecret.key) }}{{ end }}
+{{- $_ := set $store "tls" $tls }}
+{{- end }}
+{{- end }}
+{{- toYaml $store }}
 {{- end }}
 
 {{/*
@@ -172,7 +207,7 @@ is optional (${IGSP_ADMIN_TOKEN:-} is empty when the Secret has no such key).
 {{- $cfg := dict
   "version" 1
   "server" (dict "host" "0.0.0.0" "port" (int $g.port) "internal_port" (int $g.internalPort) "workers" (int $g.workers) "max_body_bytes" (int64 $g.maxBodyBytes) "shutdown_grace_seconds" (int $g.shutdownGraceSeconds) "drain_seconds" (int $g.drainSeconds))
-  "store" (dict "url" (include "igsp-gateway.storeUrl" .) "retention_days" (int $g.store.retentionDays))
+  "store" (include "igsp-gateway.storeSection" . | fromYaml)
   "security" (dict "signature_window_seconds" (int $g.security.signatureWindowSeconds) "replay_protection" $g.security.replayProtection)
   "rate_limits" (dict "shared" $g.rateLimits.shared "on_store_error" $g.rateLimits.onStoreError)
   "logging" (dict "level" $g.logLevel)
@@ -227,7 +262,8 @@ keys, then every ${VAR} the partners' mappings require that extraEnv does not se
 */}}
 {{- define "igsp-gateway.secretKeys" -}}
 {{- $keys := list }}
-{{- if or .Values.redis.password (and .Values.redis.internal.enabled .Values.redis.internal.auth) (contains "${REDIS_PASSWORD}" .Values.redis.url) }}
+{{- $x := .Values.redis.external }}
+{{- if and (or .Values.redis.password (and .Values.redis.internal.enabled .Values.redis.internal.auth) (contains "${REDIS_PASSWORD}" .Values.redis.url) (and $x.mode $x.auth)) (not $x.passwordSecret.name) }}
 {{- $keys = append $keys "REDIS_PASSWORD" }}
 {{- end }}
 {{- range .Values.partners }}
@@ -352,6 +388,15 @@ envFrom:
 env:
   - name: PYTHONDONTWRITEBYTECODE
     value: "1"
+  {{- $x := .Values.redis.external }}
+  {{- if and $x.mode $x.auth $x.passwordSecret.name }}
+  # The external Redis's password, from its own Secret (store.password: ${REDIS_PASSWORD}).
+  - name: REDIS_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ $x.passwordSecret.name }}
+        key: {{ $x.passwordSecret.key }}
+  {{- end }}
   {{- with .Values.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -367,5 +412,17 @@ Call with (dict "value" <int or "N%"> "total" <replicas>).
 {{- ceil (divf (mulf (trimSuffix "%" $v | float64) .total) 100) | int }}
 {{- else }}
 {{- $v | int }}
+{{- end }}
+{{- end }}
+
+{{/*
+The volume mount of the external Redis's CA Secret (redis.external.tls.caSecret), if any.
+*/}}
+{{- define "igsp-gateway.redisTlsMount" -}}
+{{- $x := .Values.redis.external }}
+{{- if and $x.mode $x.tls.enabled $x.tls.caSecret.name (not .Values.redis.url) }}
+- name: redis-tls
+  mountPath: {{ $x.tls.mountPath }}
+  readOnly: true
 {{- end }}
 {{- end }}

@@ -5,18 +5,51 @@ Included from deployment.yaml so every install and upgrade runs them.
 {{- define "igsp-gateway.validate" -}}
 {{- $redis := include "igsp-gateway.usesRedis" . }}
 {{- if and (not $redis) (gt (int .Values.replicaCount) 1) (not .Values.autoscaling.enabled) }}
-{{- fail (printf "replicaCount=%d needs a shared store: set redis.url or redis.internal.enabled=true (SQLite is single-node)" (int .Values.replicaCount)) }}
+{{- fail (printf "replicaCount=%d needs a shared store: set redis.url, redis.external.mode or redis.internal.enabled=true (SQLite is single-node)" (int .Values.replicaCount)) }}
 {{- end }}
 {{- if and (not $redis) .Values.autoscaling.enabled (gt (int .Values.autoscaling.maxReplicas) 1) }}
-{{- fail (printf "autoscaling.maxReplicas=%d needs a shared store: set redis.url or redis.internal.enabled=true (SQLite is single-node)" (int .Values.autoscaling.maxReplicas)) }}
+{{- fail (printf "autoscaling.maxReplicas=%d needs a shared store: set redis.url, redis.external.mode or redis.internal.enabled=true (SQLite is single-node)" (int .Values.autoscaling.maxReplicas)) }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail (printf "autoscaling.minReplicas=%d is greater than autoscaling.maxReplicas=%d: lower minReplicas or raise maxReplicas" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- end }}
+{{- $x := .Values.redis.external }}
+{{- if $x.mode }}
+{{- if .Values.redis.url }}
+{{- fail (printf "redis.url and redis.external.mode=%s are both set: describe the external Redis one way (unset redis.url to use redis.external)" $x.mode) }}
+{{- end }}
+{{- if .Values.redis.internal.enabled }}
+{{- fail (printf "redis.external.mode=%s and redis.internal.enabled=true are both set: use one store" $x.mode) }}
+{{- end }}
+{{- if not $x.hosts }}
+{{- fail (printf "redis.external.mode=%s needs redis.external.hosts (host:port of the %s)" $x.mode (get (dict "standalone" "Redis server" "sentinel" "sentinels" "cluster" "cluster nodes") $x.mode)) }}
+{{- end }}
+{{- if and (eq $x.mode "standalone") (gt (len $x.hosts) 1) }}
+{{- fail (printf "redis.external.mode=standalone takes one host, got %d in redis.external.hosts: use mode=sentinel or mode=cluster for more" (len $x.hosts)) }}
+{{- end }}
+{{- if and (eq $x.mode "sentinel") (not $x.sentinelService) }}
+{{- fail "redis.external.mode=sentinel needs redis.external.sentinelService (the name of the master the sentinels monitor)" }}
+{{- end }}
+{{- if and (ne $x.mode "sentinel") $x.sentinelService }}
+{{- fail (printf "redis.external.sentinelService is set but redis.external.mode=%s: use mode=sentinel or unset it" $x.mode) }}
+{{- end }}
+{{- if and (eq $x.mode "cluster") (gt (int $x.db) 0) }}
+{{- fail (printf "redis.external.db=%d with mode=cluster: a Redis Cluster has only database 0" (int $x.db)) }}
+{{- end }}
+{{- if and (eq $x.mode "sentinel") $x.tls.enabled }}
+{{- fail "redis.external.tls.enabled=true with mode=sentinel: the gateway's Sentinel store does not take TLS yet; use mode=standalone or mode=cluster for TLS" }}
+{{- end }}
+{{- if and $x.auth (not $x.passwordSecret.name) (not .Values.redis.password) (not .Values.existingSecret) }}
+{{- fail "redis.external.auth=true needs a password: set redis.external.passwordSecret.name (an existing Secret), redis.password, or existingSecret with key REDIS_PASSWORD; or set redis.external.auth=false" }}
+{{- end }}
+{{- if and $x.tls.caSecret.name (not $x.tls.enabled) }}
+{{- fail "redis.external.tls.caSecret.name is set but redis.external.tls.enabled=false: enable TLS or unset the CA Secret" }}
+{{- end }}
+{{- end }}
 {{- if and .Values.redis.url .Values.redis.internal.enabled }}
 {{- fail "redis.url and redis.internal.enabled=true are both set: use one store (unset redis.url to use the in-chart Redis)" }}
 {{- end }}
-{{- if regexMatch "^(rediss?|redis\\+sentinel)://[^@/]*:[^$@/][^@/]*@" .Values.redis.url }}
+{{- if regexMatch "^(rediss?|redis\\+sentinel|rediss?\\+cluster)://[^@/]*:[^$@/][^@/]*@" .Values.redis.url }}
 {{- fail "redis.url contains a literal password and would be stored in a ConfigMap: write ${REDIS_PASSWORD} in the URL and set redis.password (or the existingSecret key REDIS_PASSWORD)" }}
 {{- end }}
 {{- if not .Values.existingSecret }}
