@@ -1,9 +1,11 @@
-"""One contract, two stores: SQLite (a temp file) and Redis — a private redis-server, and a
-private Sentinel set (a master, a replica and three sentinels; ``redis+sentinel://``).
+"""One contract, two stores: SQLite (a temp file) and Redis — a private redis-server, a
+private Sentinel set (a master, a replica and three sentinels; ``redis+sentinel://``) and a
+private Redis Cluster (three masters, three replicas; ``redis+cluster://``).
 
-Every test runs against all three; the Redis-only tests at the end cover what only a shared
+Every test runs against all four; the Redis-only tests at the end cover what only a shared
 server has: restarts from the append-only file, namespaces, and takeover by a live worker.
-Failover under Sentinel is tested in test_redis_sentinel.py.
+Failover under Sentinel is tested in test_redis_sentinel.py, under Cluster in
+test_redis_cluster.py.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from gateway.store.base import (
     TransactionBusy,
     TransactionOpen,
 )
+from tests.cluster_support import RedisClusterSet
 from tests.sentinel_support import SentinelSet
 from tests.support import RedisServer
 
@@ -48,12 +51,20 @@ def shared_sentinels():
     sentinels.cleanup()
 
 
-@pytest.fixture(params=["sqlite", "redis", "sentinel"])
+@pytest.fixture(scope="module")
+def shared_cluster():
+    cluster = RedisClusterSet().start()
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "redis", "sentinel", "cluster"])
 def store_spec(request, tmp_path):
     """(url, namespace) of a fresh, empty store."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/store.db", "igsp"
-    server = request.getfixturevalue("shared_redis" if request.param == "redis" else "shared_sentinels")
+    server = request.getfixturevalue({"redis": "shared_redis", "sentinel": "shared_sentinels",
+                                      "cluster": "shared_cluster"}[request.param])
     return server.url, f"t-{uuid.uuid4().hex[:12]}"
 
 
