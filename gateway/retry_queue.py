@@ -18,6 +18,7 @@ from decimal import Decimal
 from gateway.errors import IgspError
 from gateway.ops import metrics
 from gateway.store import QueueEntry, Store
+from gateway.store.base import StoreUnavailable
 
 log = logging.getLogger("igsp.queue")
 
@@ -69,6 +70,10 @@ class DeliveryWorker:
             try:
                 worked = await self.run_once()
                 await self.refresh_gauges()
+            except StoreUnavailable:  # an expected state (a failover, a restart): no traceback
+                log.warning("queue worker iteration failed: the store is unavailable")
+                metrics.STORE_UP.set(0)
+                worked = 0
             except Exception:  # noqa: BLE001 - the worker must outlive a store blip
                 log.exception("queue worker iteration failed")
                 metrics.STORE_UP.set(0)

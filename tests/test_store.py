@@ -11,6 +11,7 @@ test_redis_cluster.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -634,3 +635,60 @@ async def test_redis_restart_keeps_queue_ledger_and_dead_letters():
         await s.close()
     finally:
         server.cleanup()
+
+
+async def test_redis_data_of_the_layout_before_hash_tags_is_moved_at_open(shared_redis):
+    """A Redis written by the version before the hash-tagged layout (its key names, written
+    here as it wrote them): the first open moves ledger, pending index, kv keys with their TTL,
+    queue entries and dead letters, and the store carries on with them."""
+    import redis.asyncio as aioredis
+
+    ns, now = f"t-{uuid.uuid4().hex[:12]}", time.time()
+    old = aioredis.Redis.from_url(shared_redis.url)
+    try:
+        await old.hset(f"{ns}:tx:acme:bet-1", mapping={"owner": "o", "action": "bet", "fingerprint": "fp",
+                                                       "state": "done", "created_at": repr(now), "status": 200,
+                                                       "body": b'{"balance":1.00}'})
+        await old.pexpire(f"{ns}:tx:acme:bet-1", 3600_000)
+        await old.hset(f"{ns}:tx:beta:w-1", mapping={"owner": "o", "action": "win", "fingerprint": "fp",
+                                                     "state": "pending", "created_at": repr(now - 60)})
+        await old.zadd(f"{ns}:pending", {b'["beta","w-1"]': now - 60})
+        await old.set(f"{ns}:kv:session:p1", b"token", px=3600_000)
+        entries = {"due": now - 1, "later": now + 3600, "dead": now - 1}
+        for name, next_at in entries.items():
+            await old.hset(f"{ns}:q:e:{name}", mapping={
+                "route": "wallet", "payload": json.dumps({"k": name}), "attempts": 0, "max_attempts": 5,
+                "next_at": repr(next_at), "created_at": repr(now - 5), "last_error": "", "sid": "",
+                "lease": "", "dead": "1" if name == "dead" else "0"})
+        await old.xgroup_create(f"{ns}:q:stream", "workers", id="0", mkstream=True)
+        sid = await old.xadd(f"{ns}:q:stream", {"id": "due"})
+        await old.hset(f"{ns}:q:e:due", "sid", sid)
+        await old.xreadgroup("workers", "old-gateway", {f"{ns}:q:stream": ">"})  # held by a stopped process
+        await old.zadd(f"{ns}:q:delayed", {"later": now + 3600})
+        await old.zadd(f"{ns}:q:dead", {"dead": now - 5})
+
+        store = open_store(shared_redis.url, namespace=ns)
+        await store.open()
+        try:
+            assert (await store.tx_get("acme", "bet-1")).body == b'{"balance":1.00}'
+            assert (await store.tx_begin(rec("bet-1"), 60)).state == DONE  # still a duplicate
+            assert 0 < await store.r.pttl(store._tx_key("acme", "bet-1")) <= 3600_000
+            assert [(r.partner, r.txid) for r in await store.tx_pending(now)] == [("beta", "w-1")]
+            assert await store.kv_get("session", "p1") == b"token"
+            assert 0 < await store.r.pttl(store._kv_key("session:p1")) <= 3600_000
+            assert [x.payload for x in await store.q_claim("new-gateway", 10, 30)] == [{"k": "due"}]
+            assert [d.id for d in await store.dlq_list()] == ["dead"]
+            assert await store.q_stats() == {"depth": 2, "oldest_age": pytest.approx(5, abs=5), "dead": 1}
+            assert [k async for k in store.r.scan_iter(match=f"{ns}:q:*")] == []
+            assert [k async for k in store.r.scan_iter(match=f"{ns}:tx:*")] == []
+        finally:
+            await store.close()
+        again = open_store(shared_redis.url, namespace=ns)  # moved once: a second open finds it done
+        await again.open()
+        try:
+            assert await again.r.get(f"{ns}:layout") == b"2"
+            assert (await again.tx_get("acme", "bet-1")).status == 200
+        finally:
+            await again.close()
+    finally:
+        await old.aclose()

@@ -1,0 +1,181 @@
+"""The Redis store on a Redis Cluster (``redis+cluster://``) and ``wait_replicas`` there.
+
+A real cluster on loopback (tests/cluster_support.py: three masters, each with a replica). A
+master is ``kill -9``ed, the cluster promotes its replica, and the store — redis-py's own
+cluster client, learning the new slot map — carries on with everything written with ``WAIT 1``
+before the kill; two gateway processes under a mixed load with duplicates and legacy failures
+meet the same failover and their answers reconcile with the wallet's books. The store
+contract itself runs against the cluster in test_store.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from gateway.store import OnceKey, QueueEntry, TxRecord, open_store
+from gateway.store.base import DONE, StoreUnavailable
+from gateway.store.redis import SHARDS, RedisStore, parse_url
+from tests.cluster_support import RedisClusterSet
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = RedisClusterSet().start()
+    yield c
+    c.cleanup()
+
+
+async def until_served(call, timeout: float = 60.0):
+    """``call()`` again while the store answers StoreUnavailable (a failover under way)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await call()
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def test_cluster_urls():
+    o = parse_url("redis+cluster://app:s%3Acret@10.0.0.1:7000,10.0.0.2,[::1]:7002/?wait_replicas=1&wait_timeout_ms=50")
+    assert o["nodes"] == [("10.0.0.1", 7000), ("10.0.0.2", 6379), ("::1", 7002)]
+    assert (o["username"], o["password"], o["ssl"], o["wait_replicas"], o["wait_timeout_ms"]) == (
+        "app", "s:cret", False, 1, 50)
+    assert parse_url("rediss+cluster://n1:7000")["ssl"] is True
+    for bad in ("redis+cluster://n1:7000/0", "redis+cluster://n1:port/", "redis+cluster://n1/?db=1",
+                "redis+cluster://,/"):
+        with pytest.raises(ValueError):
+            open_store(bad)
+    with pytest.raises(ValueError, match="braces"):
+        RedisStore("redis+cluster://n1/", namespace="a{b}")
+
+
+def test_every_shard_has_its_own_slot_and_the_shards_span_every_master(cluster):
+    """The queue's and the ledger's shards land on different slots, on all three masters: no
+    single node holds all the queue's work."""
+    import redis
+
+    store = RedisStore(cluster.url, namespace="igsp")
+    for prefixes in (store._queue, store._ledger):
+        keys = [p + "stream" for p in prefixes]
+        client = redis.Redis(port=cluster.ports[0])
+        slots = {client.cluster("keyslot", k) for k in keys}
+        assert len(slots) == SHARDS
+        assert {cluster.port_of_slot_owner(k) for k in keys} == set(cluster.master_ports())
+
+
+async def test_wait_replicas_on_a_cluster_acknowledges_each_masters_writes(cluster):
+    store = open_store(cluster.url + "?wait_replicas=1&wait_timeout_ms=5000", namespace=f"t-{uuid.uuid4().hex[:8]}")
+    await store.open()
+    try:
+        # Writes on every master at once (one batch), each acknowledged by that master's replica.
+        begun = await asyncio.gather(*(store.tx_begin(TxRecord(f"p{i}", "tx", "bet", "fp"), 60) for i in range(12)))
+        assert begun == [None] * 12
+        await store.kv_put("session", "k", b"v", ttl=60)
+        assert await store.kv_get("session", "k") == b"v"
+        # Asking more replicas than any master has: every write refused (it still stands).
+        strict = open_store(cluster.url + "?wait_replicas=2&wait_timeout_ms=50", namespace=store.ns)
+        await strict.open()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await strict.tx_begin(TxRecord("p0", "other", "bet", "fp"), 60)
+            with pytest.raises(StoreUnavailable):
+                await strict.kv_put("session", "k2", b"v", ttl=60)
+            assert await strict.rate_take("p0", 1, 5) == 0.0  # not waited for
+        finally:
+            await strict.close()
+        assert await store.tx_get("p0", "other") is not None
+    finally:
+        await store.close()
+
+
+async def test_a_failover_keeps_every_write_a_replica_acknowledged(cluster):
+    ns = f"t-{uuid.uuid4().hex[:8]}"
+    store = open_store(cluster.url + "?wait_replicas=1&wait_timeout_ms=5000", namespace=ns)
+    await store.open()
+    try:
+        assert await store.tx_begin(TxRecord("acme", "bet-1", "bet", "fp", payload=b"{}"), 3600) is None
+        await store.tx_finish("acme", "bet-1", DONE, 200, b'{"balance":99.00}', 3600)
+        assert await store.claim(OnceKey("sig", "s-1", 3600)) is True
+        await store.kv_put("session", "p1", b"token", ttl=3600)
+        entries = [QueueEntry(id=uuid.uuid4().hex, route="wallet", payload={"n": i}) for i in range(24)]
+        for e in entries:
+            await store.q_put(e)
+        dead = QueueEntry(id=uuid.uuid4().hex, route="wallet", payload={"op": "refund"})
+        await store.q_put(dead, dead=True)
+        # The master of the ledger record's slot dies; its replica takes over.
+        old = cluster.port_of_slot_owner(store._tx_key("acme", "bet-1"))
+        replica = cluster.replica_of(old)
+        cluster.kill(old)
+        cluster.wait_for_failover(replica)
+        got = await until_served(lambda: store.tx_get("acme", "bet-1"))
+        assert (got.state, got.status, got.body) == (DONE, 200, b'{"balance":99.00}')
+        assert await until_served(lambda: store.kv_get("session", "p1")) == b"token"
+        assert [e.id for e in await until_served(store.dlq_list)] == [dead.id]
+        # The promoted master has no replica: its writes are refused (503) while the others'
+        # go through; the old master back as its replica, they are acknowledged again.
+        cluster.bring_back(old)
+        plain = open_store(cluster.url, namespace=ns)
+        await plain.open()
+        try:
+            assert await until_served(lambda: plain.tx_begin(TxRecord("acme", "bet-1", "bet", "fp"), 3600)) is not None
+            assert await plain.claim(OnceKey("sig", "s-1", 3600)) is False
+            claimed = []
+            deadline = time.monotonic() + 30
+            while len(claimed) < len(entries) and time.monotonic() < deadline:
+                claimed += await until_served(lambda: plain.q_claim("gw-2", 50, 30))
+            assert sorted(e.id for e in claimed) == sorted(e.id for e in entries)  # each exactly once
+        finally:
+            await plain.close()
+        assert await until_served(lambda: store.tx_begin(TxRecord("acme", "bet-3", "bet", "fp"), 3600)) is None
+    finally:
+        await store.close()
+
+
+def test_two_gateways_under_load_through_a_master_kill_lose_and_double_nothing(cluster):
+    """bench/soak.py's load (5 % duplicates re-sent to either gateway, 1 % legacy failures, a
+    wallet that is not idempotent) through two gateway processes on the cluster with
+    ``wait_replicas=1``; a third of the way in, the master serving the most of the ledger is
+    ``kill -9``ed, its replica promoted, the old master brought back as a replica. Then the
+    queue drains and every answer reconciles with the wallet's own books."""
+    from bench.soak import run
+
+    cluster.wait_healthy()
+    failover: dict = {}
+
+    def kill_a_master(soak) -> dict:
+        deadline = time.monotonic() + 60
+        while len(soak.sent) < 150 and time.monotonic() < deadline:  # traffic under way
+            time.sleep(0.05)
+        store = RedisStore(cluster.url, namespace="igsp")
+        owners = [cluster.port_of_slot_owner(p + "pending") for p in store._ledger]
+        old = max(set(owners), key=owners.count)
+        replica = cluster.replica_of(old)
+        failover.update(sent_before_kill=len(soak.sent), killed=old, promoted=replica)
+        started = time.monotonic()
+        cluster.kill(old)
+        cluster.wait_for_failover(replica)
+        failover["failover_s"] = round(time.monotonic() - started, 2)
+        cluster.bring_back(old)
+        failover["healthy_again_s"] = round(time.monotonic() - started, 2)
+        return failover
+
+    args = argparse.Namespace(duration=24, rate=60, concurrency=16, gateways=2, store="auto",
+                              store_url=cluster.url + "?wait_replicas=1&wait_timeout_ms=2000", players=20,
+                              duplicates=0.05, faults=0.01, drain_seconds=120, seed=11, json=True)
+    report = asyncio.run(run(args, during_load=kill_a_master))
+    print(report)
+    assert report["during_load"]["killed"] and report["during_load"]["sent_before_kill"] >= 150, report
+    assert report["lost"] == [] and report["doubled"] == [], report
+    assert report["balance_mismatches"] == {}, report
+    assert report["inconsistent_replays"] == [] and report["internal_errors"] == 0, report
+    assert report["drained"] and report["drained_after_final_pass"], report
+    assert report["gateway_tracebacks"] == 0, report
+    assert report["money_transactions"] > 500, report
+    assert any(":503:" in key for key in report["answers"]), report["answers"]  # the failover was met
