@@ -56,6 +56,18 @@ def test_cluster_urls():
         RedisStore("redis+cluster://n1/", namespace="a{b}")
 
 
+def test_the_config_takes_a_cluster_url(tmp_path, hub88_keys):
+    import yaml
+
+    from gateway.config import load_config
+    from tests.conftest import platform_config
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(platform_config("redis+cluster://10.0.0.1:7000,10.0.0.2:7001/?wait_replicas=1")))
+    config = load_config(path, env={"HUB88_WALLET_URL": "http://127.0.0.1:1", "HUB88_PRIVATE_KEY": hub88_keys[0]})
+    assert config.store_url.startswith("redis+cluster://")
+
+
 def test_every_shard_has_its_own_slot_and_the_shards_span_every_master(cluster):
     """The queue's and the ledger's shards land on different slots, on all three masters: no
     single node holds all the queue's work."""

@@ -392,10 +392,9 @@ class RedisStore(Store):
         Concurrent requests each need a script at about the same time (a bet's record, a
         win's answer); the scripts asked for in one turn of the loop leave in one redis-py
         pipeline (not a transaction: each script is atomic on its own), so N requests cost
-        one round trip and one connection checkout instead of N. On a cluster the pipeline is
-        redis-py's cluster pipeline: it splits the batch by the master owning each script's
-        slot (one connection each, in parallel) and sends a script answered ``MOVED``/``ASK``
-        again on its own. A lone script goes through redis-py's ``Script`` as before.
+        one round trip and one connection checkout instead of N. A lone script goes through
+        redis-py's ``Script`` as before, and so does every script on a cluster
+        (``_send_to_cluster``: redis-py's cluster pipeline refuses EVALSHA).
         """
         loop = self._loop
         if loop is None:
