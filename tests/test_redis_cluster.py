@@ -56,6 +56,30 @@ def test_cluster_urls():
         RedisStore("redis+cluster://n1/", namespace="a{b}")
 
 
+def test_every_script_touches_only_the_keys_it_declares():
+    """A cluster runs a script on the node of its KEYS' slot: a key the script builds itself
+    (a prefix and an id from ARGV or from a reply) may live on another node. Every key a
+    script's ``redis.call`` names is one of its KEYS (directly, or through a local or a
+    function parameter bound to one), and no script builds a string with ``..``."""
+    import re
+
+    from gateway.store import redis_scripts as lua
+
+    for name in (*lua.SCRIPTS, *lua.MIGRATIONS):
+        body = getattr(lua, name)
+        assert ".." not in body, name
+        bound = {m[0] for m in re.findall(r"local (\w+)(?:, \w+)* = (KEYS\[\d\])", body)}
+        if "local function bury(key)" in body:
+            assert set(re.findall(r"bury\(([^)]*)\)", body)) <= {"key", "KEYS[1]"}, name
+            bound.add("key")
+        for command, first in re.findall(r"redis\.call\('(\w+)'(?:, ([^,)]+))?", body):
+            if command == "TIME":
+                continue
+            if command == "XREADGROUP":  # the key follows STREAMS
+                first = re.search(r"'STREAMS', (\w+)", body)[1]
+            assert re.fullmatch(r"KEYS\[\d\]", first) or first in bound, (name, command, first)
+
+
 def test_the_config_takes_a_cluster_url(tmp_path, hub88_keys):
     import yaml
 
@@ -80,6 +104,22 @@ def test_every_shard_has_its_own_slot_and_the_shards_span_every_master(cluster):
         slots = {client.cluster("keyslot", k) for k in keys}
         assert len(slots) == SHARDS
         assert {cluster.port_of_slot_owner(k) for k in keys} == set(cluster.master_ports())
+
+
+async def test_the_cluster_client_reads_no_unsolicited_replies(cluster):
+    """redis-py 8 turns maintenance notifications on by itself for RESP3 clients; the store
+    turns them off on the cluster client as on the others (no push handler on any node's
+    connections), so a reply nobody asked for is never taken for the next command's."""
+    store = open_store(cluster.url, namespace="t-maint")
+    await store.open()
+    try:
+        assert store.r.maint_notifications_config.enabled is False
+        assert store.r._oss_cluster_maint_notifications_handler is None
+        assert all("oss_cluster_maint_notifications_handler" not in node.connection_kwargs
+                   for node in store.r.get_nodes())
+        await store.ping()
+    finally:
+        await store.close()
 
 
 async def test_wait_replicas_on_a_cluster_acknowledges_each_masters_writes(cluster):
