@@ -17,7 +17,8 @@ split into ``SHARDS`` ledger shards by partner (a partner's records, its pending
 the markers of its closed dead letters live together: a refund's record and its bet's are on
 one slot); the queue into ``SHARDS`` queue shards by entry id, each a stream with its own
 consumer group, delayed, live and dead sets, so no single node holds all the queue's work and
-every replica consumes every shard. All under ``{namespace}:`` (``igsp`` by default) so
+every replica consumes every shard. (One partner's ledger is on one slot, so on one master: the
+ledger's load spreads with the number of partners.) All under ``{namespace}:`` (``igsp`` by default) so
 several gateways, or test runs, can share one Redis; ``L``/``Q`` is a shard number 0…15::
 
     {ns}:{Lk}:tx:{partner}:{txid}  hash    ledger record: owner action fingerprint state status
@@ -50,6 +51,7 @@ several gateways, or test runs, can share one Redis; ``L``/``Q`` is a shard numb
     {ns}:{rl:{key}}                string  a shared rate limit's bucket (RATE_TAKE): when it is
                                            full again, Unix microseconds; expires then
     {ns}:{rl:{key}}:seen           zset    tokens of the requests it granted in the last minute
+    {ns}:{…}:wait                  string  a marker a cluster's WAIT confirms (_confirm), a minute
     {ns}:layout                    string  "2": this layout (see below)
 
 A claim looks at every queue shard in one pipeline (due delayed entries, stream lengths),
