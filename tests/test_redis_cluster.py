@@ -143,6 +143,10 @@ async def test_wait_replicas_on_a_cluster_acknowledges_each_masters_writes(clust
         finally:
             await strict.close()
         assert await store.tx_get("p0", "other") is not None
+        # A slot whose master changed between the writes and their WAIT: not acknowledged.
+        key = store._tx_key("p0", "tx")
+        assert await store._confirm({key: store.r.get_node_from_key(key).name}) is True
+        assert await store._confirm({key: "127.0.0.1:1"}) is False
     finally:
         await store.close()
 

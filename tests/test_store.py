@@ -692,3 +692,21 @@ async def test_redis_data_of_the_layout_before_hash_tags_is_moved_at_open(shared
             await again.close()
     finally:
         await old.aclose()
+
+
+async def test_redis_a_closing_interrupted_after_its_first_step_is_finished_by_the_next(redis_store):
+    """dlq_settle is three scripts on two slots (redis_scripts.py). A process dying after the
+    first leaves the entry holding the request: it is then neither replayed nor purged, and the
+    next dlq_settle — whatever it asks — finishes the closing as first asked."""
+    store = redis_store
+    await queued_tx(store, "w-1")
+    e = await dead_letter(store)
+    first = Resolution(APPLIED, "acme", "w-1", 200, b'{"balance":1.00}')
+    asked = await store._run("DLQ_SETTLE_LOCK", [store._q_keys(e.id)[0]], [
+        first.outcome, first.partner, first.txid, first.status, first.body, "", repr(time.time()), "token-of-the-dead"])
+    assert asked[0] == b"asked"
+    assert await store.dlq_replay(e.id) is False and await store.dlq_purge(e.id) == 0 and await store.dlq_purge() == 0
+    assert [d.id for d in await store.dlq_list()] == [e.id]  # still an open dead letter for the operator
+    done = await store.dlq_settle(e.id, Resolution(NOT_APPLIED, "acme", "w-1", 409, b"{}"), 60)
+    assert (done.outcome, done.status, done.body, done.ledger) == (APPLIED, 200, b'{"balance":1.00}', FINISHED)
+    assert (await store.tx_get("acme", "w-1")).status == 200 and await store.dlq_list() == []
