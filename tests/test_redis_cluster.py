@@ -21,6 +21,7 @@ from gateway.store import OnceKey, QueueEntry, TxRecord, open_store
 from gateway.store.base import DONE, StoreUnavailable
 from gateway.store.redis import SHARDS, RedisStore, parse_url
 from tests.cluster_support import RedisClusterSet
+from tests.test_redis_sentinel import until_served
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +29,6 @@ def cluster():
     c = RedisClusterSet().start()
     yield c
     c.cleanup()
-
-
-async def until_served(call, timeout: float = 60.0):
-    """``call()`` again while the store answers StoreUnavailable (a failover under way)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await call()
-        except StoreUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 def test_cluster_urls():
