@@ -155,6 +155,32 @@ class RedisClusterSet:
         self._server(port)
         self.wait_healthy(timeout)
 
+    def node_id(self, port: int) -> str:
+        return _client(port).execute_command("CLUSTER", "MYID")
+
+    def begin_slot_move(self, slot: int, source: int, target: int, keys: int) -> None:
+        """Start moving ``slot`` from the master on ``source`` to the one on ``target`` as
+        ``redis-cli --cluster reshard`` does (IMPORTING, MIGRATING, MIGRATE), stopping after
+        ``keys`` keys: the slot is half moved, its keys answered ``ASK`` from ``source``."""
+        _client(target).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        _client(source).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target))
+        self._migrate(slot, source, target, keys)
+
+    def end_slot_move(self, slot: int, source: int, target: int) -> None:
+        """Move the rest of ``slot``'s keys and give the slot to ``target`` on every master."""
+        self._migrate(slot, source, target, None)
+        for port in (target, source, *self.master_ports()):
+            _client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", self.node_id(target))
+
+    def _migrate(self, slot: int, source: int, target: int, limit: int | None) -> None:
+        moved = 0
+        while limit is None or moved < limit:
+            keys = _client(source).execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1 if limit else 100)
+            if not keys:
+                return
+            _client(source).execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+
     def flush(self) -> None:
         for port in self.master_ports():
             _client(port).flushall()

@@ -183,6 +183,46 @@ async def test_a_failover_keeps_every_write_a_replica_acknowledged(cluster):
         await store.close()
 
 
+async def test_a_slot_moved_under_the_store_asks_then_moves_and_keeps_everything(cluster):
+    """The slot of a partner's ledger is moved to another master while the store uses it:
+    half moved, the keys already on the new master are found through ``ASK`` (redis-py), a
+    script whose keys are split between the two refuses (``TRYAGAIN``: 503, retriable); once
+    moved, ``MOVED`` sends every call to the new master, duplicates are still refused and
+    nothing is lost."""
+    import redis
+
+    store = open_store(cluster.url, namespace=f"t-{uuid.uuid4().hex[:8]}")
+    await store.open()
+    try:
+        txids = [f"tx-{i}" for i in range(40)]
+        for txid in txids:
+            assert await store.tx_begin(TxRecord("acme", txid, "bet", "fp"), 600) is None
+        for txid in txids[::2]:
+            await store.tx_finish("acme", txid, DONE, 200, b'{"balance":1.00}', 600)
+        key = store._tx_key("acme", txids[0])
+        slot = redis.Redis(port=cluster.ports[0]).cluster("keyslot", key)
+        source = cluster.port_of_slot_owner(key)
+        target = next(port for port in cluster.master_ports() if port != source)
+        cluster.begin_slot_move(slot, source, target, keys=20)
+        # ASK for the moved ones, one call at a time: redis-py 8.1's cluster client sends ASKING
+        # and the command on two pooled connections, so concurrent calls meet redirections
+        # that do not settle (503) or its own connection race (SECURITY.md).
+        got = [await until_served(lambda t=t: store.tx_get("acme", t)) for t in txids]
+        assert [g.state if g else None for g in got] == [DONE if i % 2 == 0 else "pending" for i in range(40)]
+        with pytest.raises(StoreUnavailable):  # the record and the pending index on two masters
+            for txid in txids:
+                await store.tx_begin(TxRecord("acme", txid, "bet", "fp"), 600)
+        cluster.end_slot_move(slot, source, target)
+        assert cluster.port_of_slot_owner(key) == target
+        again = await asyncio.gather(*(until_served(lambda t=t: store.tx_begin(TxRecord("acme", t, "bet", "other"), 600))
+                                       for t in txids))
+        assert all(r is not None and r.fingerprint == "fp" for r in again)  # every one a duplicate still
+        assert [(r.txid) for r in await store.tx_pending(time.time() + 1)] == txids[1::2]
+        assert await store.tx_begin(TxRecord("acme", "tx-new", "bet", "fp"), 600) is None
+    finally:
+        await store.close()
+
+
 def test_two_gateways_under_load_through_a_master_kill_lose_and_double_nothing(cluster):
     """bench/soak.py's load (5 % duplicates re-sent to either gateway, 1 % legacy failures, a
     wallet that is not idempotent) through two gateway processes on the cluster with

@@ -148,11 +148,13 @@ LAYOUT = b"2"
 #: connection. Every script is safe to run twice with the same arguments (redis_scripts.py).
 RESENDS = 3
 #: Redis cannot serve (unreachable, too slow, loading, out of memory, a read-only replica,
-#: a refused login, a garbled reply, a cluster without a master for a slot): the caller gets
-#: StoreUnavailable (503, retriable).
+#: a refused login, a garbled reply, a cluster without a master for a slot, or one whose
+#: redirections did not settle within redis-py's limit — ``ClusterError``, "TTL exhausted": met
+#: while a slot moves under concurrent calls, as redis-py 8 may send ``ASKING`` and the command
+#: on two connections of the node's pool): the caller gets StoreUnavailable (503, retriable).
 _UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.InvalidResponse, rx.OutOfMemoryError, rx.ReadOnlyError,
                 rx.NoPermissionError, rx.ClusterDownError, rx.TryAgainError, rx.SlotNotCoveredError,
-                rx.MasterDownError)
+                rx.MasterDownError, rx.ClusterError)
 _UNAVAILABLE_REPLIES = ("MISCONF", "NOAUTH", "NOREPLICAS", "LOADING", "MASTERDOWN", "CLUSTERDOWN")
 _PRUNE_EVERY = 600.0  # seconds between sweeps of consumers left behind by dead processes
 _PRUNE_IDLE_MS = 3600_000
