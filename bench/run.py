@@ -268,8 +268,8 @@ class Bench:
             import redis
 
             client = redis.Redis.from_url(target.store_url)
-            facts["ledger_rows"] = sum(1 for _ in client.scan_iter("igsp:tx:*", count=1000))
-            facts["replay_keys"] = sum(1 for _ in client.scan_iter("igsp:kv:sig:*", count=1000))
+            facts["ledger_rows"] = sum(1 for _ in client.scan_iter("igsp:{L*}:tx:*", count=1000))
+            facts["replay_keys"] = sum(1 for _ in client.scan_iter("igsp:{kv:sig:*", count=1000))
             client.close()
         return facts
 

@@ -211,7 +211,9 @@ def reconcile(soak: Soak, finals: dict[str, tuple[int, dict]], state: dict) -> d
             "balance_mismatches": unexplained, "balance_offsets_total": str(sum(off.values()))}
 
 
-async def run(args) -> dict:
+async def run(args, during_load=None) -> dict:
+    """One soak; ``during_load(soak)``, if given, runs in a thread while the load runs (a test's
+    fault: a store failover) and its answer is reported as ``during_load``."""
     work = Path(tempfile.mkdtemp(prefix="igsp-soak-"))
     private_pem, public_pem = hub88_wallet.generate_keypair()
     (work / "wallet.pub").write_text(public_pem)
@@ -219,7 +221,9 @@ async def run(args) -> dict:
     redis = None
     use_redis = args.store == "redis" or (args.store == "auto" and (ROOT / "gateway" / "store" / "redis.py").exists()
                                           and shutil.which("redis-server") is not None)
-    if use_redis:
+    if getattr(args, "store_url", None):
+        store_url = args.store_url
+    elif use_redis:
         redis = RedisServer().start()
         store_url = redis.url
     else:
@@ -234,7 +238,7 @@ async def run(args) -> dict:
     }
     env = {"HUB88_WALLET_URL": wallet_url, "HUB88_PRIVATE_KEY": private_pem}
     gateways = [GatewayProcess(config, work, env=env).start() for _ in range(args.gateways)]
-    report: dict = {"store": "redis" if redis else "sqlite", "gateways": args.gateways, "duration_s": args.duration,
+    report: dict = {"store": store_url.split(":", 1)[0] if not redis else "redis", "gateways": args.gateways, "duration_s": args.duration,
                     "target_rate": args.rate}
     try:
         soak = Soak(args, wallet_url, [g.url for g in gateways], [g.internal_url for g in gateways])
@@ -244,8 +248,11 @@ async def run(args) -> dict:
                                        json={"player_id": player, "balance": str(START_BALANCE)}) as resp:
                     resp.raise_for_status()
             started = time.monotonic()
+            fault = asyncio.create_task(asyncio.to_thread(during_load, soak)) if during_load else None
             samples = await soak.load(http, wallet, [g.proc.pid for g in gateways])
             elapsed = time.monotonic() - started
+            if fault is not None:
+                report["during_load"] = await fault
             lat = sorted(soak.latencies)
             report["drained"] = await soak.drain(http)
             # Final answers: each transaction once more, in the order first sent.
@@ -290,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight at most")
     parser.add_argument("--gateways", type=int, default=2, help="gateway processes sharing the store")
     parser.add_argument("--store", choices=("auto", "sqlite", "redis"), default="auto")
+    parser.add_argument("--store-url", default=None, help="a running store every gateway shares instead "
+                        "(e.g. redis+cluster://host:port/)")
     parser.add_argument("--players", type=int, default=40)
     parser.add_argument("--duplicates", type=float, default=0.05, help="share of money requests re-sent")
     parser.add_argument("--faults", type=float, default=0.01, help="share of legacy calls made to fail")

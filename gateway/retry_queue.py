@@ -21,6 +21,7 @@ import orjson
 from gateway.errors import IgspError
 from gateway.ops import metrics
 from gateway.store import QueueEntry, Store
+from gateway.store.base import StoreUnavailable
 
 log = logging.getLogger("igsp.queue")
 
@@ -88,6 +89,10 @@ class DeliveryWorker:
             try:
                 worked = await self.run_once()
                 await self.refresh_gauges()
+            except StoreUnavailable:  # an expected state (a failover, a restart): no traceback
+                log.warning("queue worker iteration failed: the store is unavailable")
+                metrics.STORE_UP.set(0)
+                worked = 0
             except Exception:  # noqa: BLE001 - the worker must outlive a store blip
                 log.exception("queue worker iteration failed")
                 metrics.STORE_UP.set(0)

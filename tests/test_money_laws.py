@@ -171,7 +171,10 @@ def pending_count(store_url: str, txid: str) -> int:
     if store_url.startswith("redis"):
         r = redis.Redis.from_url(store_url)
         try:
-            return sum(1 for member in r.zrange("igsp:pending", 0, -1) if txid.encode() in member)
+            from gateway.store.redis import SHARDS
+
+            return sum(1 for k in range(SHARDS) for member in r.zrange(f"igsp:{{L{k}}}:pending", 0, -1)
+                       if txid.encode() in member)
         finally:
             r.close()
     with sqlite3.connect(store_url[len("sqlite:///"):]) as db:

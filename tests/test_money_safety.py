@@ -147,7 +147,9 @@ def leased_entries(store_url: str) -> int:
     if store_url.startswith("redis"):
         client = redis.Redis.from_url(store_url)
         try:
-            return client.xpending("igsp:q:stream", "workers")["pending"]
+            from gateway.store.redis import SHARDS
+
+            return sum(client.xpending(f"igsp:{{Q{k}}}:stream", "workers")["pending"] for k in range(SHARDS))
         finally:
             client.close()
     with sqlite3.connect(store_url[len("sqlite:///"):]) as db:

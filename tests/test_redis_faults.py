@@ -26,7 +26,7 @@ import pytest
 from gateway.faces.wallet import COMPENSATION
 from gateway.store import OnceKey, QueueEntry, TxRecord, open_store
 from gateway.store import redis_scripts as lua
-from gateway.store.base import APPLIED, DONE, PENDING, QUEUED, Resolution
+from gateway.store.base import APPLIED, DONE, PENDING, QUEUED, Resolution, TransactionBusy
 from tests.support import RedisServer
 
 MODES = ("lost", "reset", "late", "unsolicited")
@@ -165,9 +165,19 @@ async def queue_scenario(store, proxy, mode: str, script: str) -> None:
         await store.q_put(e)
         assert [got.id for got in await store.q_claim("a", 10, 30)] == [e.id]
         return
+    if script == "Q_PROMOTE":  # a delayed entry falling due, moved into its stream
+        later = entry(next_at=time.time() + 0.3)
+        await store.q_put(later)
+        proxy.arm(mode, store._scripts["Q_PROMOTE"].sha.encode())
+        deadline = time.monotonic() + 30
+        while not (got := await store.q_claim("a", 10, 30)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert [g.id for g in got] == [later.id]
+        assert await store.q_claim("b", 10, 30) == []  # in the stream once
+        return
     await store.q_put(e)
-    if script == "Q_CLAIM":
-        proxy.arm(mode, store._scripts["Q_CLAIM"].sha.encode())
+    if script in ("Q_CLAIM", "Q_LEASE"):
+        proxy.arm(mode, store._scripts[script].sha.encode())
         assert [got.id for got in await store.q_claim("a", 10, 30)] == [e.id]
         assert await store.q_claim("b", 10, 30) == []  # still leased to "a", given once
         return
@@ -193,11 +203,18 @@ async def queue_scenario(store, proxy, mode: str, script: str) -> None:
         assert await store.dlq_replay(e.id) is True
         [again] = await store.q_claim("b", 10, 30)
         assert again.id == e.id and again.attempts == 0 and await store.dlq_list() == []
-    elif script == "DLQ_SETTLE":
+    elif script == "DLQ_SETTLE_UNLOCK":  # a refused closing leaves an ordinary dead letter
+        await store.tx_begin(TxRecord("acme", "w-1", "win", "fp"), 60)
+        await store.q_dead(claimed, "unknown outcome")
+        proxy.arm(mode, store._scripts["DLQ_SETTLE_UNLOCK"].sha.encode())
+        with pytest.raises(TransactionBusy):
+            await store.dlq_settle(e.id, Resolution(APPLIED, "acme", "w-1", 200, b'{"balance":1}'), 60)
+        assert await store.dlq_replay(e.id) is True
+    elif script in ("DLQ_SETTLE_LOCK", "TX_SETTLE", "DLQ_SETTLE"):
         await store.tx_begin(TxRecord("acme", "w-1", "win", "fp"), 60)
         await store.tx_finish("acme", "w-1", QUEUED, 503, b"in progress", 60)
         await store.q_dead(claimed, "unknown outcome")
-        proxy.arm(mode, store._scripts["DLQ_SETTLE"].sha.encode())
+        proxy.arm(mode, store._scripts[script].sha.encode())
         done = await store.dlq_settle(e.id, Resolution(APPLIED, "acme", "w-1", 200, b'{"balance":1}'), 60)
         assert (done.outcome, done.status, done.ledger) == (APPLIED, 200, "finished")
         got = await store.tx_get("acme", "w-1")
@@ -211,7 +228,8 @@ async def queue_scenario(store, proxy, mode: str, script: str) -> None:
         raise AssertionError(script)
 
 
-QUEUE_SCRIPTS = ("Q_PUT", "Q_CLAIM", "Q_ACK", "Q_RETRY", "Q_DEAD", "DLQ_REPLAY", "DLQ_SETTLE", "DLQ_PURGE")
+QUEUE_SCRIPTS = ("Q_PUT", "Q_PROMOTE", "Q_CLAIM", "Q_LEASE", "Q_ACK", "Q_RETRY", "Q_DEAD", "DLQ_REPLAY",
+                 "DLQ_SETTLE_LOCK", "TX_SETTLE", "DLQ_SETTLE", "DLQ_SETTLE_UNLOCK", "DLQ_PURGE")
 
 
 def test_every_script_has_a_fault_scenario():

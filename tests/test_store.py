@@ -1,14 +1,17 @@
-"""One contract, two stores: SQLite (a temp file) and Redis — a private redis-server, and a
-private Sentinel set (a master, a replica and three sentinels; ``redis+sentinel://``).
+"""One contract, two stores: SQLite (a temp file) and Redis — a private redis-server, a
+private Sentinel set (a master, a replica and three sentinels; ``redis+sentinel://``) and a
+private Redis Cluster (three masters, three replicas; ``redis+cluster://``).
 
-Every test runs against all three; the Redis-only tests at the end cover what only a shared
+Every test runs against all four; the Redis-only tests at the end cover what only a shared
 server has: restarts from the append-only file, namespaces, and takeover by a live worker.
-Failover under Sentinel is tested in test_redis_sentinel.py.
+Failover under Sentinel is tested in test_redis_sentinel.py, under Cluster in
+test_redis_cluster.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -30,6 +33,7 @@ from gateway.store.base import (
     TransactionBusy,
     TransactionOpen,
 )
+from tests.cluster_support import RedisClusterSet
 from tests.sentinel_support import SentinelSet
 from tests.support import RedisServer
 
@@ -48,12 +52,20 @@ def shared_sentinels():
     sentinels.cleanup()
 
 
-@pytest.fixture(params=["sqlite", "redis", "sentinel"])
+@pytest.fixture(scope="module")
+def shared_cluster():
+    cluster = RedisClusterSet().start()
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "redis", "sentinel", "cluster"])
 def store_spec(request, tmp_path):
     """(url, namespace) of a fresh, empty store."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/store.db", "igsp"
-    server = request.getfixturevalue("shared_redis" if request.param == "redis" else "shared_sentinels")
+    server = request.getfixturevalue({"redis": "shared_redis", "sentinel": "shared_sentinels",
+                                      "cluster": "shared_cluster"}[request.param])
     return server.url, f"t-{uuid.uuid4().hex[:12]}"
 
 
@@ -623,3 +635,78 @@ async def test_redis_restart_keeps_queue_ledger_and_dead_letters():
         await s.close()
     finally:
         server.cleanup()
+
+
+async def test_redis_data_of_the_layout_before_hash_tags_is_moved_at_open(shared_redis):
+    """A Redis written by the version before the hash-tagged layout (its key names, written
+    here as it wrote them): the first open moves ledger, pending index, kv keys with their TTL,
+    queue entries and dead letters, and the store carries on with them."""
+    import redis.asyncio as aioredis
+
+    ns, now = f"t-{uuid.uuid4().hex[:12]}", time.time()
+    old = aioredis.Redis.from_url(shared_redis.url)
+    try:
+        await old.hset(f"{ns}:tx:acme:bet-1", mapping={"owner": "o", "action": "bet", "fingerprint": "fp",
+                                                       "state": "done", "created_at": repr(now), "status": 200,
+                                                       "body": b'{"balance":1.00}'})
+        await old.pexpire(f"{ns}:tx:acme:bet-1", 3600_000)
+        await old.hset(f"{ns}:tx:beta:w-1", mapping={"owner": "o", "action": "win", "fingerprint": "fp",
+                                                     "state": "pending", "created_at": repr(now - 60)})
+        await old.zadd(f"{ns}:pending", {b'["beta","w-1"]': now - 60})
+        await old.set(f"{ns}:kv:session:p1", b"token", px=3600_000)
+        entries = {"due": now - 1, "later": now + 3600, "dead": now - 1}
+        for name, next_at in entries.items():
+            await old.hset(f"{ns}:q:e:{name}", mapping={
+                "route": "wallet", "payload": json.dumps({"k": name}), "attempts": 0, "max_attempts": 5,
+                "next_at": repr(next_at), "created_at": repr(now - 5), "last_error": "", "sid": "",
+                "lease": "", "dead": "1" if name == "dead" else "0"})
+        await old.xgroup_create(f"{ns}:q:stream", "workers", id="0", mkstream=True)
+        sid = await old.xadd(f"{ns}:q:stream", {"id": "due"})
+        await old.hset(f"{ns}:q:e:due", "sid", sid)
+        await old.xreadgroup("workers", "old-gateway", {f"{ns}:q:stream": ">"})  # held by a stopped process
+        await old.zadd(f"{ns}:q:delayed", {"later": now + 3600})
+        await old.zadd(f"{ns}:q:dead", {"dead": now - 5})
+
+        store = open_store(shared_redis.url, namespace=ns)
+        await store.open()
+        try:
+            assert (await store.tx_get("acme", "bet-1")).body == b'{"balance":1.00}'
+            assert (await store.tx_begin(rec("bet-1"), 60)).state == DONE  # still a duplicate
+            assert 0 < await store.r.pttl(store._tx_key("acme", "bet-1")) <= 3600_000
+            assert [(r.partner, r.txid) for r in await store.tx_pending(now)] == [("beta", "w-1")]
+            assert await store.kv_get("session", "p1") == b"token"
+            assert 0 < await store.r.pttl(store._kv_key("session:p1")) <= 3600_000
+            assert [x.payload for x in await store.q_claim("new-gateway", 10, 30)] == [{"k": "due"}]
+            assert [d.id for d in await store.dlq_list()] == ["dead"]
+            assert await store.q_stats() == {"depth": 2, "oldest_age": pytest.approx(5, abs=5), "dead": 1}
+            assert [k async for k in store.r.scan_iter(match=f"{ns}:q:*")] == []
+            assert [k async for k in store.r.scan_iter(match=f"{ns}:tx:*")] == []
+        finally:
+            await store.close()
+        again = open_store(shared_redis.url, namespace=ns)  # moved once: a second open finds it done
+        await again.open()
+        try:
+            assert await again.r.get(f"{ns}:layout") == b"2"
+            assert (await again.tx_get("acme", "bet-1")).status == 200
+        finally:
+            await again.close()
+    finally:
+        await old.aclose()
+
+
+async def test_redis_a_closing_interrupted_after_its_first_step_is_finished_by_the_next(redis_store):
+    """dlq_settle is three scripts on two slots (redis_scripts.py). A process dying after the
+    first leaves the entry holding the request: it is then neither replayed nor purged, and the
+    next dlq_settle — whatever it asks — finishes the closing as first asked."""
+    store = redis_store
+    await queued_tx(store, "w-1")
+    e = await dead_letter(store)
+    first = Resolution(APPLIED, "acme", "w-1", 200, b'{"balance":1.00}')
+    asked = await store._run("DLQ_SETTLE_LOCK", [store._q_keys(e.id)[0]], [
+        first.outcome, first.partner, first.txid, first.status, first.body, "", repr(time.time()), "token-of-the-dead"])
+    assert asked[0] == b"asked"
+    assert await store.dlq_replay(e.id) is False and await store.dlq_purge(e.id) == 0 and await store.dlq_purge() == 0
+    assert [d.id for d in await store.dlq_list()] == [e.id]  # still an open dead letter for the operator
+    done = await store.dlq_settle(e.id, Resolution(NOT_APPLIED, "acme", "w-1", 409, b"{}"), 60)
+    assert (done.outcome, done.status, done.body, done.ledger) == (APPLIED, 200, b'{"balance":1.00}', FINISHED)
+    assert (await store.tx_get("acme", "w-1")).status == 200 and await store.dlq_list() == []

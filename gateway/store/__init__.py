@@ -2,7 +2,8 @@
 
 ``sqlite:///path/to/file.db`` (the embedded default, single node), or shared by several
 replicas ``redis://host:port/db`` (``rediss://`` with TLS) or
-``redis+sentinel://host:port[,host:port…]/service-name[?db=N]`` (Redis behind Sentinel).
+``redis+sentinel://host:port[,host:port…]/service-name[?db=N]`` (Redis behind Sentinel) or
+``redis+cluster://host:port[,host:port…]/`` (a Redis Cluster; ``rediss+cluster://`` with TLS).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from gateway.store.base import OnceKey, QueueEntry, Store, TxRecord
 
 __all__ = ["OnceKey", "QueueEntry", "Store", "TxRecord", "open_store", "STORE_SCHEMES"]
 
-STORE_SCHEMES = ("sqlite", "redis", "rediss", "redis+sentinel")
+STORE_SCHEMES = ("sqlite", "redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster")
 
 
 def open_store(url: str, *, namespace: str = "igsp") -> Store:
@@ -21,7 +22,7 @@ def open_store(url: str, *, namespace: str = "igsp") -> Store:
         from gateway.store.sqlite import SqliteStore
 
         return SqliteStore(url)
-    if scheme in ("redis", "rediss", "redis+sentinel"):
+    if scheme in STORE_SCHEMES[1:]:
         from gateway.store.redis import RedisStore
 
         return RedisStore(url, namespace=namespace)

@@ -1,5 +1,9 @@
 """Lua scripts of the Redis store: every read-modify-write runs inside Redis, atomically.
 
+**Every script names every key it touches in KEYS, and they share one hash slot** (redis.py's
+key layout: hash tags per ledger shard, queue shard or key), so each runs as it is on a Redis
+Cluster; a script never builds a key name itself.
+
 **Every script is safe to run twice with the same arguments.** redis-py sends a command
 again on a new connection when the old one broke or timed out before the answer came
 (``RESENDS`` in redis.py): the first run may well have executed, its reply lost. The
@@ -12,9 +16,9 @@ between. Each script says below why it does; the ways used are:
   RATE_TAKE's entry in the bucket's set of granted tokens);
 * a **resolution** kept in a closed dead letter's tombstone (DLQ_SETTLE): asked again, the
   entry answers how it was first closed;
-* a **memo** ``{ns}:memo:{token}`` (KEYS, expiring after ``MEMO_MS``) holding the first
-  run's answer, for the few rare calls whose work leaves nothing to recognise it by
-  (TX_FORGET, KV_PUT_NEW, DLQ_PURGE, Q_CLAIM);
+* a **memo** (a key of KEYS, on the slot of the data it guards, expiring after ``MEMO_MS``)
+  holding the first run's answer, for the few rare calls whose work leaves nothing to
+  recognise it by (TX_FORGET, KV_PUT_NEW, Q_CLAIM, TX_SETTLE's marker);
 * a **tombstone**: a delivered or purged queue entry's hash becomes ``{gone: 1}`` for
   ``BURIED_MS``, so a second Q_PUT of it cannot bring it back (delivered twice);
 * compare-before-write (TX_UNVOID, TX_FINISH never turning ``done`` back into ``queued``).
@@ -200,60 +204,63 @@ redis.call('ZADD', KEYS[3], ARGV[7], ARGV[2])
 return ''
 """
 
-#: KEYS: claim cursor, stream, delayed, memo.  ARGV: group, consumer, now, limit, lease_ms, entry
-#: key prefix, claim token.  Moves due delayed entries into the stream, takes over entries
-#: whose lease expired (XAUTOCLAIM), then reads new ones (XREADGROUP); each entry taken
-#: records the claim token as its ``lease``. Returns {{id, hash fields}, ...}. Twice: the
-#: entries taken are pending to this consumer now, no XREADGROUP or XAUTOCLAIM would give
-#: them again before the lease runs out: the memo (the ids, kept as long as the lease) has
-#: the second run answer those of them still held by this claim.
+#: KEYS: entry hash, stream, delayed zset (one queue shard).  ARGV: id, now.  A delayed entry
+#: that fell due goes into the stream (its ``sid`` recorded). The claim asks for it by id (the
+#: ids come from a plain ZRANGEBYSCORE), so the script touches only the keys it declares.
+#: Returns 1 when moved. Twice: the id is no longer in the delayed set, nothing happens (0).
+Q_PROMOTE = """
+local due = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if not due or tonumber(due) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'sid', redis.call('XADD', KEYS[2], '*', 'id', ARGV[1]))
+return 1
+"""
+
+#: KEYS: claim cursor, stream, memo (one queue shard).  ARGV: group, consumer, limit, lease_ms.
+#: Takes over messages another consumer has held longer than the lease (XAUTOCLAIM), then
+#: reads new ones (XREADGROUP). Returns {sid, id, ...}; each is then leased by Q_LEASE (an
+#: entry's hash is another key: named by Q_LEASE's KEYS, never built here). Twice: the
+#: messages taken are pending to this consumer now, no XREADGROUP or XAUTOCLAIM would give them
+#: again before the lease runs out: the memo (kept as long as the lease) answers them again.
 Q_CLAIM = """
-local stream, prefix, limit = KEYS[2], ARGV[6], tonumber(ARGV[4])
-local memo = redis.call('GET', KEYS[4])
-if memo then
-  local again = {}
-  for _, id in ipairs(cjson.decode(memo)) do
-    if redis.call('HGET', prefix .. id, 'lease') == ARGV[7] then
-      again[#again + 1] = {id, redis.call('HGETALL', prefix .. id)}
-    end
-  end
-  return again
-end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[3], 'LIMIT', 0, 100)) do
-  redis.call('ZREM', KEYS[3], id)
-  if redis.call('EXISTS', prefix .. id) == 1 then
-    redis.call('HSET', prefix .. id, 'sid', redis.call('XADD', stream, '*', 'id', id))
-  end
-end
+local memo = redis.call('GET', KEYS[3])
+if memo then return cjson.decode(memo) end
+local stream, limit = KEYS[2], tonumber(ARGV[3])
 local out = {}
 local function take(messages)
   for _, m in ipairs(messages) do
     if m then
-      local sid, id = m[1], m[2][2]
-      if redis.call('HGET', prefix .. id, 'sid') == sid then
-        redis.call('HSET', prefix .. id, 'lease', ARGV[7])
-        out[#out + 1] = {id, redis.call('HGETALL', prefix .. id)}
-      else  -- the entry moved on (acked, retried, purged): drop the stale message
-        redis.call('XACK', stream, ARGV[1], sid)
-        redis.call('XDEL', stream, sid)
-      end
+      out[#out + 1] = m[1]
+      out[#out + 1] = m[2][2]
     end
   end
 end
 local cursor = redis.call('GET', KEYS[1]) or '0-0'
-local auto = redis.call('XAUTOCLAIM', stream, ARGV[1], ARGV[2], ARGV[5], cursor, 'COUNT', limit)
+local auto = redis.call('XAUTOCLAIM', stream, ARGV[1], ARGV[2], ARGV[4], cursor, 'COUNT', limit)
 redis.call('SET', KEYS[1], auto[1])
 take(auto[2])
-if #out < limit then
-  local new = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', limit - #out, 'STREAMS', stream, '>')
+if #out / 2 < limit then
+  local new = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', limit - #out / 2, 'STREAMS', stream, '>')
   if new then take(new[1][2]) end
 end
-if #out > 0 then
-  local ids = {}
-  for i, row in ipairs(out) do ids[i] = row[1] end
-  redis.call('SET', KEYS[4], cjson.encode(ids), 'PX', ARGV[5])
-end
+if #out > 0 then redis.call('SET', KEYS[3], cjson.encode(out), 'PX', ARGV[4]) end
 return out
+"""
+
+#: KEYS: entry hash, stream.  ARGV: group, sid, claim token.  The message ``sid`` Q_CLAIM took
+#: for this entry: when it is still the entry's current message, the entry records the claim
+#: token as its ``lease`` and is answered (HGETALL); else the entry moved on (acked, retried,
+#: purged, settled) and the stale message is dropped (nil). Twice: the same token is written
+#: again and the same entry answered; a dropped message stays dropped.
+Q_LEASE = """
+if redis.call('HGET', KEYS[1], 'sid') == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'lease', ARGV[3])
+  return redis.call('HGETALL', KEYS[1])
+end
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
+return false
 """
 
 #: ARGV: group, id, claimed sid.  Delivered: gone for good, wherever it is now (a tombstone
@@ -311,7 +318,7 @@ return 1
 #: ``replayed_by``, the second run answers 1 again (not "not a dead letter") and adds nothing.
 DLQ_REPLAY = """
 if redis.call('HGET', KEYS[1], 'replayed_by') == ARGV[4] then return 1 end
-if redis.call('HGET', KEYS[1], 'dead') ~= '1' then return 0 end
+if redis.call('HGET', KEYS[1], 'dead') ~= '1' or redis.call('HEXISTS', KEYS[1], 's_outcome') == 1 then return 0 end
 local sid = redis.call('XADD', KEYS[2], '*', 'id', ARGV[2])
 redis.call('HSET', KEYS[1], 'dead', '0', 'attempts', '0', 'next_at', ARGV[3], 'sid', sid, 'lease', '',
            'replayed_by', ARGV[4])
@@ -320,65 +327,149 @@ redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'created_at'), ARGV[2])
 return 1
 """
 
-#: KEYS: dead zset, memo.  ARGV: entry key prefix, id ('' = a batch of up to 500), memo_ms.
-#: Returns how many. Twice: a second run would purge nothing (one id) or the next batch,
-#: and answer a wrong count: the memo answers the first count. Purged entries are
-#: tombstones (_BURY), so a lost-reply Q_PUT cannot bring one back either.
+#: KEYS: entry hash, dead zset.  ARGV: id, call token.  Purges one dead letter (``dlq_purge``
+#: asks for each id of a batch it listed): 1 when purged, 0 when it is not a dead letter or an
+#: operator is closing it (DLQ_SETTLE_LOCK). Purged entries are tombstones (_BURY) holding the
+#: call's token, so a lost-reply Q_PUT cannot bring one back. Twice: the tombstone carries the
+#: token, the second run answers 1 again.
 DLQ_PURGE = _BURY + """
-local memo = redis.call('GET', KEYS[2])
-if memo then return tonumber(memo) end
-local ids = ARGV[2] ~= '' and {ARGV[2]} or redis.call('ZRANGE', KEYS[1], 0, 499)
-local n = 0
-for _, id in ipairs(ids) do
-  if redis.call('ZREM', KEYS[1], id) == 1 then
-    bury(ARGV[1] .. id)
-    n = n + 1
-  end
-end
-redis.call('SET', KEYS[2], n, 'PX', ARGV[3])
-return n
+if redis.call('HGET', KEYS[1], 'purged_by') == ARGV[2] then return 1 end
+if redis.call('HEXISTS', KEYS[1], 's_outcome') == 1 then return 0 end
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+bury(KEYS[1])
+redis.call('HSET', KEYS[1], 'purged_by', ARGV[2])
+return 1
 """
 
-#: KEYS: entry hash, dead zset, transaction record, bet record (both the entry hash again when
-#: no record is named).  ARGV: id, outcome, partner, txid, status, body, unvoid, now, ttl_ms.
-#: An operator closes a dead letter for good (Store.dlq_settle): a ``queued`` record is
-#: finished ``done`` with the given answer (its bet's void marker released with ``unvoid``),
-#: a ``done`` one kept; a purge is refused ('open') while the record is queued, and anything
-#: ('busy') while it is pending. The entry's hash becomes a tombstone holding the resolution
-#: for ``ttl_ms`` (a later Q_PUT of it finds it and queues nothing). Returns the resolution
-#: (HMGET of its fields), nil when the entry is not a dead letter. Twice: the tombstone
-#: answers the resolution as first recorded and nothing changes; a refusal changed nothing.
-DLQ_SETTLE = """
-local fields = {'settled', 'partner', 'txid', 'status', 'body', 'unvoid', 'settled_at', 'ledger'}
-if redis.call('HEXISTS', KEYS[1], 'settled') == 1 then return redis.call('HMGET', KEYS[1], unpack(fields)) end
-if redis.call('HGET', KEYS[1], 'dead') ~= '1' then return false end
-local status, body, unvoid, ledger = ARGV[5], ARGV[6], '', ''
-if ARGV[3] ~= '' then
-  local rec = redis.call('HMGET', KEYS[3], 'state', 'status', 'body')
-  if not rec[1] then
-    ledger = 'absent'
-  elseif rec[1] == 'pending' then
-    return 'busy'
-  elseif rec[1] == 'queued' then
-    if ARGV[2] == 'purged' then return 'open' end
-    redis.call('HSET', KEYS[3], 'state', 'done', 'status', status, 'body', body)
-    if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[9]) then redis.call('PEXPIRE', KEYS[3], ARGV[9]) end
-    if ARGV[7] ~= '' and redis.call('HGET', KEYS[4], 'voided_by') == ARGV[4] then
-      redis.call('HDEL', KEYS[4], 'voided_by', 'void_token')
-    end
-    unvoid, ledger = ARGV[7], 'finished'
-  else
-    status, body, ledger = rec[2] or '', rec[3] or '', 'kept'
-  end
+# Closing a dead letter (Store.dlq_settle) touches its queue shard (the entry) and its
+# transaction's ledger shard (the record and its bet): three scripts, each on one slot, run in
+# this order; each is safe to run again, and a closing interrupted anywhere is finished by the
+# next dlq_settle of the entry, with the resolution first asked.
+_SETTLE_FIELDS = "'s_outcome', 's_partner', 's_txid', 's_status', 's_body', 's_unvoid', 's_at'"
+_RESOLUTION = "{'settled', 'partner', 'txid', 'status', 'body', 'unvoid', 'settled_at', 'ledger'}"
+
+#: KEYS: entry hash.  ARGV: outcome, partner, txid, status, body, unvoid, now, call token.  1. The
+#: entry takes the operator's request unless it holds one already (then the earlier one stands:
+#: concurrent operators close it one way); while it holds one, it is neither replayed nor
+#: purged. Returns {'asked', request…} (the request that stands), {'settled', resolution…} when
+#: closed already, nil when it is not a dead letter. Twice: the entry (or its tombstone, which
+#: keeps the request) holds the call's token: the same request is answered, and the next two
+#: scripts answer as they did.
+DLQ_SETTLE_LOCK = f"""
+if redis.call('HGET', KEYS[1], 's_token') == ARGV[8] then
+  return {{'asked', unpack(redis.call('HMGET', KEYS[1], {_SETTLE_FIELDS}))}}
 end
+if redis.call('HEXISTS', KEYS[1], 'settled') == 1 then
+  return {{'settled', unpack(redis.call('HMGET', KEYS[1], unpack({_RESOLUTION})))}}
+end
+if redis.call('HGET', KEYS[1], 'dead') ~= '1' then return false end
+if redis.call('HEXISTS', KEYS[1], 's_outcome') == 0 then
+  redis.call('HSET', KEYS[1], 's_outcome', ARGV[1], 's_partner', ARGV[2], 's_txid', ARGV[3], 's_status', ARGV[4],
+             's_body', ARGV[5], 's_unvoid', ARGV[6], 's_at', ARGV[7], 's_token', ARGV[8])
+end
+return {{'asked', unpack(redis.call('HMGET', KEYS[1], {_SETTLE_FIELDS}))}}
+"""
+
+#: KEYS: entry hash.  Refused (busy, open): the request is dropped, the entry is an ordinary
+#: dead letter again. Twice: nothing left to drop.
+DLQ_SETTLE_UNLOCK = f"""
+if redis.call('HEXISTS', KEYS[1], 'settled') == 0 then redis.call('HDEL', KEYS[1], {_SETTLE_FIELDS}, 's_token') end
+return 0
+"""
+
+#: KEYS: transaction record, bet record, settle marker (one ledger shard).  ARGV: outcome,
+#: txid, status, body, unvoid, ttl_ms.  2. The ledger's side: a ``queued`` record is finished
+#: ``done`` with the given answer (its bet's void marker released with ``unvoid``), a ``done``
+#: one kept; a purge is refused ('open') while the record is queued, and anything ('busy')
+#: while it is pending. What it did is kept in the marker (for ``ttl_ms``) and answered:
+#: {status, body, unvoid, ledger}. Twice: the marker answers as the first run did (the record,
+#: now ``done``, would read as kept); a refusal changed nothing.
+TX_SETTLE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return redis.call('HMGET', KEYS[3], 'status', 'body', 'unvoid', 'ledger') end
+local status, body, unvoid, ledger = ARGV[3], ARGV[4], '', ''
+local rec = redis.call('HMGET', KEYS[1], 'state', 'status', 'body')
+if not rec[1] then
+  ledger = 'absent'
+elseif rec[1] == 'pending' then
+  return 'busy'
+elseif rec[1] == 'queued' then
+  if ARGV[1] == 'purged' then return 'open' end
+  redis.call('HSET', KEYS[1], 'state', 'done', 'status', status, 'body', body)
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[6]) then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
+  if ARGV[5] ~= '' and redis.call('HGET', KEYS[2], 'voided_by') == ARGV[2] then
+    redis.call('HDEL', KEYS[2], 'voided_by', 'void_token')
+  end
+  unvoid, ledger = ARGV[5], 'finished'
+else
+  status, body, ledger = rec[2] or '', rec[3] or '', 'kept'
+end
+redis.call('HSET', KEYS[3], 'status', status, 'body', body, 'unvoid', unvoid, 'ledger', ledger)
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
+return {status, body, unvoid, ledger}
+"""
+
+#: KEYS: entry hash, dead zset.  ARGV: id, outcome, partner, txid, status, body, unvoid,
+#: settled_at, ledger, ttl_ms.  3. The entry leaves the dead letters: its hash becomes a
+#: tombstone holding the resolution (and the request, for DLQ_SETTLE_LOCK's second run) for
+#: ``ttl_ms`` (a later Q_PUT of it finds it and queues nothing). Returns the resolution (HMGET
+#: of its fields). Twice: the tombstone answers the resolution as first recorded and nothing
+#: changes.
+DLQ_SETTLE = f"""
+local fields = {_RESOLUTION}
+if redis.call('HEXISTS', KEYS[1], 'settled') == 1 then return redis.call('HMGET', KEYS[1], unpack(fields)) end
+local asked = redis.call('HMGET', KEYS[1], {_SETTLE_FIELDS}, 's_token')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'gone', '1', 'settled', ARGV[2], 'partner', ARGV[3], 'txid', ARGV[4], 'status', status,
-           'body', body, 'unvoid', unvoid, 'settled_at', ARGV[8], 'ledger', ledger)
-redis.call('PEXPIRE', KEYS[1], ARGV[9])
+redis.call('HSET', KEYS[1], 'gone', '1', 'settled', ARGV[2], 'partner', ARGV[3], 'txid', ARGV[4], 'status', ARGV[5],
+           'body', ARGV[6], 'unvoid', ARGV[7], 'settled_at', ARGV[8], 'ledger', ARGV[9])
+if asked[1] then
+  redis.call('HSET', KEYS[1], 's_outcome', asked[1], 's_partner', asked[2], 's_txid', asked[3], 's_status', asked[4],
+             's_body', asked[5], 's_unvoid', asked[6], 's_at', asked[7], 's_token', asked[8])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[10])
 return redis.call('HMGET', KEYS[1], unpack(fields))
+"""
+
+# Moving a standalone Redis's data from the key names before the hash-tagged layout (used by
+# RedisStore's open, once; never on a cluster, which never held the old names). Each script
+# moves one key and is safe to run again or concurrently: a key already moved is left alone.
+
+#: KEYS: old record, new record, new pending index.  ARGV: index member.  1 when moved.
+MIGRATE_TX = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+local h = redis.call('HMGET', KEYS[2], 'state', 'created_at')
+if h[1] == 'pending' then redis.call('ZADD', KEYS[3], h[2], ARGV[1]) end
+return 1
+"""
+
+#: KEYS: old entry hash, new entry hash, stream, delayed, live, dead (its new shard).  ARGV:
+#: id, now.  The entry with its TTL (a tombstone stays one); a dead letter goes into the dead
+#: letters, an entry due or held by a consumer of the old stream into the new stream (its old
+#: message is gone with the old stream: delivered again, as after a takeover), the others into
+#: the delayed set. 1 when moved.
+MIGRATE_ENTRY = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+local h = redis.call('HMGET', KEYS[2], 'gone', 'dead', 'created_at', 'next_at', 'sid')
+if h[1] then return 1 end
+if h[2] == '1' then
+  redis.call('ZADD', KEYS[6], h[3], ARGV[1])
+  return 1
+end
+redis.call('ZADD', KEYS[5], h[3], ARGV[1])
+if (h[5] and h[5] ~= '') or tonumber(h[4]) <= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[2], 'sid', redis.call('XADD', KEYS[3], '*', 'id', ARGV[1]), 'lease', '')
+else
+  redis.call('HSET', KEYS[2], 'sid', '', 'lease', '')
+  redis.call('ZADD', KEYS[4], h[4], ARGV[1])
+end
+return 1
 """
 
 #: Every script above, registered by the store at open.
 SCRIPTS = ("TX_BEGIN", "TX_FINISH", "TX_VOID", "TX_UNVOID", "TX_FORGET", "CLAIM", "KV_PUT_NEW", "RATE_TAKE", "Q_PUT",
-           "Q_CLAIM", "Q_ACK", "Q_RETRY", "Q_DEAD", "DLQ_REPLAY", "DLQ_PURGE", "DLQ_SETTLE")
+           "Q_PROMOTE", "Q_CLAIM", "Q_LEASE", "Q_ACK", "Q_RETRY", "Q_DEAD", "DLQ_REPLAY", "DLQ_PURGE", "DLQ_SETTLE_LOCK",
+           "DLQ_SETTLE_UNLOCK", "TX_SETTLE", "DLQ_SETTLE")
+#: The layout moves (not run through the batch; see RedisStore._migrate).
+MIGRATIONS = ("MIGRATE_TX", "MIGRATE_ENTRY")
