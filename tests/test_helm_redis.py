@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 
 from gateway.config import load_config
-from gateway.store import STORE_SCHEMES, open_store
+from gateway.store import open_store
 from tests.support import RedisServer
 from tests.test_helm import KUBE_VERSIONS, find, gateway_config, pod_spec, render_chart, with_partner
 from tests.test_helm_config import _pod_env, _validate
@@ -101,8 +101,6 @@ def test_the_rendered_config_validates(variant, tmp_path) -> None:
         (tmp_path / "redis-tls" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     manifests = render_chart(values(**spec))
     env = {**_pod_env(manifests), **mapping_env(), "REDIS_PASSWORD": PASSWORD}
-    if variant == "cluster" and "redis+cluster" not in STORE_SCHEMES:
-        pytest.skip("this gateway's store does not take redis+cluster:// URLs yet")
     result = _validate(manifests, tmp_path / "config", env)
     assert result.returncode == 0, result.stderr
     # Without the Secret's password the same config is refused, naming the variable.

@@ -12,7 +12,7 @@ import yaml
 
 from gateway.config import load_config, load_store_settings
 from gateway.errors import ConfigError
-from gateway.store import STORE_SCHEMES, open_store
+from gateway.store import open_store
 from tests.conftest import platform_config
 from tests.support import RedisServer
 
@@ -60,9 +60,8 @@ def test_password_file_and_tls(load, tmp_path):
     assert open_store(config.store_url).options["url"].startswith("rediss://")
     # operator commands (dlq) fold it the same way
     assert load_store_settings(tmp_path / "gateway.yaml").url == config.store_url
-    if "redis+cluster" in STORE_SCHEMES:  # once the store takes Cluster URLs
-        config = load({"url": "redis+cluster://a:7000,b:7001/", "tls": {"enabled": True}})
-        assert config.store_url.startswith("rediss+cluster://a:7000,b:7001/")
+    config = load({"url": "redis+cluster://a:7000,b:7001/", "tls": {"enabled": True}})
+    assert config.store_url.startswith("rediss+cluster://a:7000,b:7001/")
 
 
 @pytest.mark.parametrize(("store", "field", "says"), [
