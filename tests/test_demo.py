@@ -184,7 +184,8 @@ def _ledger_keys(url: str, namespace: str) -> list[bytes]:
 
     client = redis.Redis.from_url(url)
     try:
-        return list(client.scan_iter(match=f"{namespace}:tx:*"))
+        # Ledger records live under a shard's hash tag: {namespace}:{L<k>}:tx:<partner>:<txid>.
+        return list(client.scan_iter(match=f"{namespace}:{{L*}}:tx:*"))
     finally:
         client.close()
 
