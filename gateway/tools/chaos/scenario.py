@@ -1,0 +1,278 @@
+"""One chaos case: a bet/win/refund round with one fault, then the books reconciled.
+
+Chaos plays the iGSP game provider: it signs hooks with the partner's own key pair and,
+like a provider, retries every retriable (5xx) answer until the answer is final. What the
+provider was finally told is what it will act on, so it fixes what the legacy wallet must
+show:
+
+- ``200`` -> the money moved, once;
+- a ``4xx`` -> it did not move (a voided bet: its compensating rollback must have run);
+- ``503`` while the transaction sits in the dead-letter queue (a win or refund of unknown
+  outcome on a wallet that is not idempotent) -> held for an operator, who checks the
+  wallet and resolves it: the wallet may show it once or not at all, never twice.
+
+The case waits, polling with a deadline, until the gateway's queue is empty (retries,
+redeliveries and compensating rollbacks done), then reads the legacy balance through the
+mapping's own balance operation (the gateway's balance hook, no fault armed) and compares.
+Amounts differ from step to step, so no two errors can cancel out in the sum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+
+from gateway import money, signing
+from gateway.tools.chaos.proxy import FaultProxy
+from gateway.tools.conformance.client import Clock, dumps
+
+OPERATIONS = ("bet", "win", "refund")
+PASS, FAIL = "PASS", "FAIL"
+APPLIED, NOT_APPLIED, HELD, UNSETTLED = "applied", "not applied", "held (dead letter)", "unsettled"
+
+
+class ChaosError(Exception):
+    """The run cannot go on (the gateway died, the balance cannot be read): not a verdict."""
+
+
+@dataclass
+class Player:
+    player_id: str
+    currency: str
+    session_id: str
+    game_id: str
+
+
+@dataclass
+class Step:
+    action: str
+    txid: str
+    amount: Decimal
+    payload: dict
+    answers: list[int] = field(default_factory=list)
+    outcome: str = UNSETTLED
+    error: str = ""
+    #: a refund's bet: a refund undoes that bet, so it moves money only if the bet did
+    bet: Step | None = None
+
+    @property
+    def delta(self) -> Decimal:
+        """What this step moves in the wallet if it applied."""
+        if self.action == "bet":
+            return -self.amount
+        if self.action == "refund":
+            return self.bet.amount if self.bet is not None and self.bet.outcome == APPLIED else Decimal(0)
+        return self.amount
+
+    def brief(self) -> str:
+        runs = [(status, len(list(group))) for status, group in itertools.groupby(self.answers)]
+        chain = "→".join(f"{status}×{n}" if n > 1 else str(status) for status, n in runs) or "no answer"
+        note = f" {self.error}" if self.error and self.outcome != APPLIED else ""
+        return f"{self.action} {chain}{note} ({self.outcome})"
+
+
+@dataclass
+class CaseResult:
+    fault: str
+    operation: str
+    verdict: str
+    expected: list[Decimal]
+    actual: Decimal | None
+    difference: Decimal | None
+    steps: list[Step]
+    injected: int
+    reason: str = ""
+    seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.fault} on {self.operation}"
+
+
+def amounts(currency: str, overrides: dict | None) -> tuple[Decimal, Decimal, Decimal]:
+    """Bet, win and second bet (refunded): no sum of a few of them with signs cancels out."""
+    if money.exponent(currency, overrides) >= 2:
+        return Decimal("1.60"), Decimal("0.40"), Decimal("0.10")
+    return Decimal("16"), Decimal("4"), Decimal("1")
+
+
+class Driver:
+    """Signed hooks to chaos's gateway, its admin API, and the cases."""
+
+    def __init__(self, gateway, proxy: FaultProxy, player: Player, *, api_key: str, secret: str,
+                 hooks_path: str, currencies: dict | None, deadline: float) -> None:
+        self.gateway, self.proxy, self.player = gateway, proxy, player
+        self.api_key, self.secret, self.hooks_path = api_key, secret, hooks_path
+        self.currencies = currencies
+        self.deadline = deadline  # seconds a case may take to settle
+        self.clock = Clock()
+        self.run_id = f"{int(time.time()):x}"
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Driver:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    # -- the gateway, as a provider and as an operator sees it ------------------------------------
+    async def hook(self, payload: dict) -> tuple[int, Any]:
+        body = dumps(payload)
+        headers = signing.signed_headers(self.api_key, self.secret, body, self.clock.now())
+        try:
+            async with self._http.post(self.gateway.url + self.hooks_path, data=body, headers=headers) as r:
+                raw = await r.read()
+                try:
+                    data = json.loads(raw, parse_float=Decimal)
+                except ValueError:
+                    data = None
+                return r.status, data
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._alive()
+            return 0, {"error": type(exc).__name__}
+
+    async def admin(self, path: str) -> Any:
+        headers = {"Authorization": f"Bearer {self.gateway.admin_token}"}
+        async with self._http.get(self.gateway.internal_url + path, headers=headers) as r:
+            if r.status != 200:
+                raise ChaosError(f"the gateway's admin API answered {r.status} to {path}")
+            return await r.json()
+
+    def _alive(self) -> None:
+        if not self.gateway.running():
+            raise ChaosError(f"the gateway stopped; its log:\n{self.gateway.log_tail()}")
+
+    async def balance(self) -> Decimal:
+        """The legacy balance through the mapping's balance operation; two reads in a row agree.
+
+        Retried while the answer is an error: a stale answer a duplicated one left on a
+        pooled connection is refused by the gateway, and the next read gets a fresh one.
+        """
+        payload = {"action": "balance", "player_id": self.player.player_id, "currency": self.player.currency,
+                   "session_id": self.player.session_id}
+        last: Decimal | None = None
+        status, data = 0, None
+        ends = time.monotonic() + self.deadline
+        while time.monotonic() < ends:
+            status, data = await self.hook(payload)
+            if status == 200 and isinstance(data, dict) and "balance" in data:
+                value = Decimal(str(data["balance"])) if not isinstance(data["balance"], Decimal) else data["balance"]
+                if value == last:
+                    return value
+                last = value
+                continue
+            last = None
+            if 400 <= status < 500:
+                break
+            await asyncio.sleep(0.2)  # polling interval of a retried read
+        raise ChaosError(f"cannot read the balance of {self.player.player_id!r} through the gateway: "
+                         f"HTTP {status} {data}")
+
+    async def queue_idle(self) -> bool:
+        ends = time.monotonic() + self.deadline
+        while time.monotonic() < ends:
+            self._alive()
+            if (await self.admin("/admin/queue")).get("depth", 1) == 0:
+                return True
+            await asyncio.sleep(0.2)  # polling interval
+        return False
+
+    async def dead_lettered(self, txid: str) -> bool:
+        entries = (await self.admin("/admin/dlq?limit=10000")).get("entries", [])
+        needle = json.dumps(txid)
+        return any(needle in json.dumps(entry.get("payload"), default=str) for entry in entries)
+
+    async def settle(self, step: Step, ends: float) -> None:
+        """Send the step, and retry it as a provider does until the answer is final."""
+        while True:
+            status, data = await self.hook(step.payload)
+            step.answers.append(status)
+            if isinstance(data, dict) and data.get("error"):
+                step.error = str(data["error"])
+            if 200 <= status < 300:
+                step.outcome = APPLIED
+                return
+            if 400 <= status < 500:
+                step.outcome = NOT_APPLIED
+                return
+            if await self.dead_lettered(step.txid):
+                step.outcome = HELD
+                return
+            if time.monotonic() > ends:
+                step.outcome = UNSETTLED
+                return
+            await asyncio.sleep(0.25)  # a provider's retry interval
+
+    # -- one case ----------------------------------------------------------------------------------
+    def steps(self, case: str) -> list[Step]:
+        p = self.player
+        bet_amount, win_amount, refunded = amounts(p.currency, self.currencies)
+        base = {"player_id": p.player_id, "currency": p.currency, "game_id": p.game_id, "session_id": p.session_id}
+        ids = {name: f"chaos-{self.run_id}-{case}-{name}" for name in ("bet", "win", "bet2", "refund")}
+
+        def make(action: str, name: str, amount: Decimal, **extra: Any) -> Step:
+            payload = {**base, "action": action, "amount": amount, "transaction_id": ids[name],
+                       "type": "win" if action == "win" else "bet", **extra}
+            return Step(action, ids[name], amount, payload)
+
+        second = make("bet", "bet2", refunded, round_id=f"{ids['bet2']}-r")
+        refund = make("refund", "refund", refunded, round_id=f"{ids['bet2']}-r", bet_transaction_id=ids["bet2"])
+        refund.bet = second
+        return [make("bet", "bet", bet_amount, round_id=f"{ids['bet']}-r"),
+                make("win", "win", win_amount, round_id=f"{ids['bet']}-r", finished=True),
+                second, refund]
+
+    async def run_case(self, fault: str, operation: str, index: int) -> CaseResult:
+        started = time.monotonic()
+        self._alive()
+        before = await self.balance()
+        steps = self.steps(f"{index:02d}")
+        need = sum(s.amount for s in steps if s.action == "bet")
+        if before < need:
+            raise ChaosError(f"player {self.player.player_id!r} has {before} {self.player.currency}; "
+                             f"chaos needs at least {need} in the legacy wallet")
+        injected_before = self.proxy.injected[fault]
+        ends = time.monotonic() + self.deadline
+        armed = False
+        for step in steps:
+            if step.action == operation and not armed:
+                self.proxy.arm(fault)
+                armed = True
+            await self.settle(step, ends)
+            self.proxy.arm(None)  # one call only; a duplicated answer's copy still waits for the next
+        idle = await self.queue_idle()
+        actual = await self.balance()
+        injected = self.proxy.injected[fault] - injected_before
+        self.proxy.disarm()
+        return judge(fault, operation, before, actual, steps, injected, idle, time.monotonic() - started)
+
+
+def judge(fault: str, operation: str, before: Decimal, actual: Decimal, steps: list[Step], injected: int,
+          idle: bool, seconds: float) -> CaseResult:
+    """PASS only when the fault happened, everything settled, and the wallet shows what iGSP was told."""
+    certain = before + sum(s.delta for s in steps if s.outcome == APPLIED)
+    held = [s.delta for s in steps if s.outcome == HELD]
+    expected = sorted({certain + sum(c) for n in range(len(held) + 1) for c in itertools.combinations(held, n)})
+    nearest = min(expected, key=lambda e: (abs(actual - e), e))
+    difference = actual - nearest
+    reasons = []
+    if injected == 0:
+        reasons.append("the fault was never injected (no legacy call to inject it into)")
+    unsettled = [s.action for s in steps if s.outcome == UNSETTLED]
+    if unsettled:
+        reasons.append(f"no final answer for {', '.join(unsettled)} before the deadline")
+    if not idle:
+        reasons.append("the gateway's queue did not empty before the deadline")
+    if difference:
+        reasons.append(f"the legacy wallet shows {difference:+} against what iGSP was told")
+    return CaseResult(fault, operation, FAIL if reasons else PASS, expected, actual, difference, steps, injected,
+                      "; ".join(reasons), seconds)
