@@ -56,6 +56,7 @@ def _subset(text: str, known, what: str) -> list[str]:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
+    from gateway.errors import ConfigError
     from gateway.tools.chaos.proxy import FAULTS
     from gateway.tools.chaos.scenario import OPERATIONS
     from gateway.tools.chaos.stack import ChaosSetupError, load_target
@@ -69,6 +70,9 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         if not args.deadline > 0:
             raise ValueError("--deadline must be a positive number of seconds")
         target = load_target(args.config, args.partner)
+    except ConfigError as exc:
+        print(f"chaos: the config does not load:\n{exc}", file=sys.stderr)
+        return 2
     except (ValueError, ChaosSetupError) as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2
