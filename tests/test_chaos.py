@@ -111,12 +111,26 @@ def test_shipped_wallet_mapping_passes_every_fault(simulator, request, tmp_path)
     assert {p.get("name"): p.get("value") for p in suite.find("properties")}["mapping"] == name
 
 
-@pytest.mark.parametrize("simulator", ["hub88-wallet"], indirect=True)
-def test_a_mapping_claiming_an_idempotent_wallet_fails_with_the_money_paid_twice(simulator, tmp_path):
+def claims_idempotent(mapping: dict) -> None:
     """A non-idempotent wallet declared ``idempotent: true``: a win whose answer was lost is
-    redelivered and paid again. Chaos must say FAIL, exit 1, and show the +0.40 paid twice."""
-    unsafe = yaml.safe_load((ROOT / "mappings" / "hub88-wallet.yaml").read_text())
-    unsafe["upstream"]["idempotent"] = True
+    redelivered, and paid again."""
+    mapping["upstream"]["idempotent"] = True
+
+
+def refuses_on_duplicate(mapping: dict) -> None:
+    """The SOAP wallet's "duplicate transaction" (code 3) read as a final refusal: a win whose
+    answer was lost is redelivered, the wallet says it has it, and the provider is told it
+    was never paid while the wallet paid it."""
+    mapping["result"].pop("success_codes")
+    mapping["result"]["errors"]["3"] = "transaction_conflict"
+
+
+@pytest.mark.parametrize(("simulator", "break_it"), [("hub88-wallet", claims_idempotent),
+                                                     ("soap-wallet", refuses_on_duplicate)], indirect=["simulator"])
+def test_an_unsafe_mapping_fails_with_the_money_it_got_wrong(simulator, break_it, request, tmp_path):
+    name = request.node.callspec.params["simulator"]
+    unsafe = yaml.safe_load((ROOT / "mappings" / f"{name}.yaml").read_text())
+    break_it(unsafe)
     mapping = tmp_path / "unsafe-wallet.yaml"
     mapping.write_text(yaml.safe_dump(unsafe))
     junit = tmp_path / "chaos.xml"

@@ -11,6 +11,9 @@ show:
   outcome on a wallet that is not idempotent) -> held for an operator, who checks the
   wallet and resolves it: the wallet may show it once or not at all, never twice.
 
+A refund undoes its bet, so it moves money only when its bet did: a refund answered
+``200`` for a bet the gateway voided (and rolled back) moves nothing.
+
 The case waits, polling with a deadline, until the gateway's queue is empty (retries,
 redeliveries and compensating rollbacks done), then reads the legacy balance through the
 mapping's own balance operation (the gateway's balance hook, no fault armed) and compares.
