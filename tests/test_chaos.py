@@ -121,7 +121,7 @@ def refuses_on_duplicate(mapping: dict) -> None:
     """The SOAP wallet's "duplicate transaction" (code 3) read as a final refusal: a win whose
     answer was lost is redelivered, the wallet says it has it, and the provider is told it
     was never paid while the wallet paid it."""
-    mapping["result"].pop("success_codes")
+    mapping["result"].pop("success_codes", None)
     mapping["result"]["errors"]["3"] = "transaction_conflict"
 
 
