@@ -152,7 +152,8 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path):
     env = {"HUB88_WALLET_URL": "http://127.0.0.1:9", "HUB88_PRIVATE_KEY": str(tmp_path / "hub88.pem")}
     for args, message in [(["--faults", "lost_answer,meteor"], "--faults: unknown 'meteor'"),
                           (["--operations", "balance"], "--operations: unknown 'balance'"),
-                          (["--currency", "eur"], "--currency: 'eur' is not an ISO 4217 code")]:
+                          (["--currency", "eur"], "--currency: 'eur' is not an ISO 4217 code"),
+                          (["--junit", str(tmp_path / "no" / "such.xml")], "--junit: no directory")]:
         done = chaos(config, env, *args, timeout=60)
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr and SECRET not in done.stdout + done.stderr

@@ -69,6 +69,8 @@ def cmd_chaos(args: argparse.Namespace) -> int:
             raise ValueError(f"--currency: {currency!r} is not an ISO 4217 code such as EUR")
         if not args.deadline > 0:
             raise ValueError("--deadline must be a positive number of seconds")
+        if args.junit and not Path(args.junit).resolve().parent.is_dir():
+            raise ValueError(f"--junit: no directory {str(Path(args.junit).resolve().parent)!r} to write it in")
         target = load_target(args.config, args.partner)
     except ConfigError as exc:
         print(f"chaos: the config does not load:\n{exc}", file=sys.stderr)
@@ -124,8 +126,13 @@ async def _run(args, target, faults: list[str], operations: list[str], workdir: 
         await proxy.stop()
     failed = [r for r in results if r.verdict == FAIL]
     if args.junit:
-        report.write_junit(args.junit, results, args.currency,
-                           {"partner": target.partner.id, "mapping": target.mapping.name, "currency": args.currency})
+        try:
+            report.write_junit(args.junit, results, args.currency, {"partner": target.partner.id,
+                                                                    "mapping": target.mapping.name,
+                                                                    "currency": args.currency})
+        except OSError as exc:
+            print(f"chaos: cannot write --junit {args.junit}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     off = sum((abs(r.difference) for r in failed if r.difference), start=Decimal(0))
     if failed:
         print(f"RESULT: {len(failed)} of {len(results)} cases FAILED (money off by {off} {args.currency} in all) "

@@ -172,8 +172,8 @@ class FaultProxy:
         response = web.StreamResponse(status=status, reason=reason, headers=headers)
         response.content_length = len(body)
         await response.prepare(request)
-        pieces = 20
-        size = max(1, -(-len(body) // pieces))
+        size = max(1, -(-len(body) // 20))
+        pieces = max(1, -(-len(body) // size))  # about 20, fewer for a body under 20 bytes
         self._count("trickle")
         try:
             for start in range(0, len(body), size):
