@@ -32,6 +32,9 @@ PLAYER, CURRENCY, START = "chaos-player", "EUR", "100.00"
 API_KEY, SECRET = "chaos-key-0001", "chaos-secret-0123456789abcdef"
 LINE = re.compile(r"^(PASS|FAIL)  (\w+) on (bet|win|refund) +expected (.+?), actual ([-0-9.]+) EUR, "
                   r"difference ([-+0-9.]+)", re.M)
+#: the first answer the gateway gave when the fault hit a bet: proof it met that very fault
+FIRST_ANSWER = {"lost_answer": "503", "late_answer": "504", "error_after_apply": "503", "reset_mid_body": "502",
+                "trickle": "504"}
 
 
 def hub88(tmp_path: Path) -> tuple[subprocess.Popen, dict]:
@@ -101,6 +104,12 @@ def test_shipped_wallet_mapping_passes_every_fault(simulator, request, tmp_path)
     assert {verdict for verdict, *_ in lines} == {"PASS"}
     assert {diff for *_, diff in lines} == {"+0.00"}
     assert "nothing lost, nothing paid twice" in done.stdout and "Traceback" not in done.stdout + done.stderr
+    # Each fault reached the gateway as that fault: a bet it hit was answered accordingly
+    # (then voided and rolled back); a duplicated answer was read by the next call, the win.
+    for fault, status in FIRST_ANSWER.items():
+        assert re.search(rf"^PASS  {fault} on bet .*\[bet {status}→409 transaction_voided \(not applied\);",
+                         done.stdout, re.M), (fault, done.stdout)
+    assert re.search(r"^PASS  duplicate_answer on bet .*\[bet 200 \(applied\); win 502", done.stdout, re.M)
     # Chaos read the balance through the mapping; the wallet's own books say the same.
     assert Decimal(lines[-1][4]) == wallet_balance(simulator)
 

@@ -21,7 +21,7 @@ from collections import Counter
 
 import aiohttp
 from aiohttp import web
-from aiohttp.http_writer import StreamWriter
+from aiohttp.http import StreamWriter
 from multidict import CIMultiDict
 
 #: fault -> what it does to the answer of a request the legacy API has applied
