@@ -177,6 +177,17 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path):
     assert not list(tmp_path.glob("*.db"))
 
 
+@pytest.mark.parametrize("simulator", ["hub88-wallet"], indirect=True)
+def test_a_player_without_enough_money_is_refused_before_any_bet(simulator, tmp_path):
+    url = simulator["HUB88_WALLET_URL"]
+    requests.post(url + "/_control/players", json={"player_id": PLAYER, "balance": "5.00"}, timeout=10)
+    done = chaos(write_config(tmp_path, ROOT / "mappings" / "hub88-wallet.yaml"), simulator, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"player '{PLAYER}' has 5.00 EUR; 18 case(s) need 22.10 EUR in the legacy wallet" in done.stderr
+    state = requests.get(url + "/_control/state", timeout=10).json()
+    assert state["ledger"] == [] and state["calls"].get("bet", 0) == 0 and state["calls"]["balance"] >= 1
+
+
 def test_the_demo_info_points_chaos_at_the_demo(tmp_path):
     info_file = tmp_path / "demo.json"
     demo = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--serve", "--info", str(info_file)],

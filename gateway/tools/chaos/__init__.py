@@ -110,6 +110,12 @@ async def _run(args, target, faults: list[str], operations: list[str], workdir: 
             if proxy.forwarded == 0:
                 raise ChaosError("the balance read did not reach the legacy API through the proxy")
             print(f"       balance at the start: {start_balance} {args.currency}")
+            cases = len(faults) * len(operations)
+            need = driver.cost(cases)
+            if start_balance < need:
+                raise ChaosError(f"player {args.player_id!r} has {start_balance} {args.currency}; {cases} case(s) "
+                                 f"need {need} {args.currency} in the legacy wallet (each leaves the player "
+                                 f"{driver.cost(1) - driver.cost(0)} down: a bet larger than its win)")
             index = 0
             for fault in faults:
                 for operation in operations:

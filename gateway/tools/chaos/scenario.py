@@ -215,6 +215,12 @@ class Driver:
                 return
             await asyncio.sleep(0.25)  # a provider's retry interval
 
+    def cost(self, cases: int) -> Decimal:
+        """What ``cases`` rounds need in the wallet: each leaves the player the bet less the win
+        down, and the last needs both of its bets in hand."""
+        bet, win, refunded = amounts(self.player.currency, self.currencies)
+        return cases * (bet - win) + win + refunded
+
     # -- one case ----------------------------------------------------------------------------------
     def steps(self, case: str) -> list[Step]:
         p = self.player
