@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -116,7 +117,8 @@ class Driver:
         self.currencies = currencies
         self.deadline = deadline  # seconds a case may take to settle
         self.clock = Clock()
-        self.run_id = f"{int(time.time()):x}"
+        # Transaction ids new to the wallet on every run: a sandbox keeps what earlier runs sent.
+        self.run_id = secrets.token_hex(4)
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Driver:
@@ -157,8 +159,9 @@ class Driver:
     async def balance(self) -> Decimal:
         """The legacy balance through the mapping's balance operation; two reads in a row agree.
 
-        Retried while the answer is an error: a stale answer a duplicated one left on a
-        pooled connection is refused by the gateway, and the next read gets a fresh one.
+        Retried while the answer is an error: a stale copy of an earlier answer left on a
+        pooled connection is refused by the gateway where the mapping can tell, and the next
+        read gets a fresh one; two equal reads in a row rule out a single stale one.
         """
         payload = {"action": "balance", "player_id": self.player.player_id, "currency": self.player.currency,
                    "session_id": self.player.session_id}
