@@ -30,7 +30,7 @@ from tests.support import ROOT
 
 PLAYER, CURRENCY, START = "chaos-player", "EUR", "100.00"
 API_KEY, SECRET = "chaos-key-0001", "chaos-secret-0123456789abcdef"
-LINE = re.compile(r"^(PASS|FAIL)  (\w+) on (bet|win|refund) +expected (.+?), actual ([-0-9.]+) EUR, "
+LINE = re.compile(r"^(PASS|FAIL|SKIP)  (\w+) on (bet|win|refund)(?:, call \d/\d)? +expected (.+?), actual ([-0-9.]+) EUR, "
                   r"difference ([-+0-9.]+)", re.M)
 #: the first answer the gateway gave when the fault hit a bet: proof it met that very fault
 FIRST_ANSWER = {"lost_answer": "503", "late_answer": "504", "error_after_apply": "503", "reset_mid_body": "502",
@@ -153,6 +153,24 @@ def test_an_unsafe_mapping_fails_with_the_money_it_got_wrong(simulator, break_it
     assert re.search(r"RESULT: 2 of 4 cases FAILED \(money off by 0\.80 EUR in all\)", done.stdout), done.stdout
     failures = SafeET.parse(junit).getroot().find("testsuite").findall("testcase/failure")
     assert len(failures) == 2 and all("+0.40" in f.get("message") for f in failures)
+
+
+@pytest.mark.parametrize("simulator", ["hub88-wallet"], indirect=True)
+def test_every_step_of_a_multi_step_operation_meets_every_fault(simulator, tmp_path):
+    """A win in two legacy calls (a balance lookup, then the credit): each fault hits each call."""
+    mapping = yaml.safe_load((ROOT / "mappings" / "hub88-wallet.yaml").read_text())
+    win = mapping["operations"]["win"]
+    lookup = {"name": "lookup", "moves_money": False, "path": "/user/balance",
+              "body": mapping["operations"]["balance"]["body"], "response": {"balance": "balance"}}
+    credit = {"name": "credit", "path": win.pop("path"), "body": win.pop("body"), "response": win.pop("response")}
+    win["steps"] = [lookup, credit]
+    (tmp_path / "two-step-wallet.yaml").write_text(yaml.safe_dump(mapping))
+    done = chaos(write_config(tmp_path, tmp_path / "two-step-wallet.yaml"), simulator, "--operations", "win")
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = re.findall(r"^PASS  (\w+ on win, call \d/2) ", done.stdout, re.M)
+    assert sorted(names) == sorted(f"{f} on win, call {c}/2" for f in FAULTS for c in (1, 2)), done.stdout
+    # The fault on the credit (call 2) is the one that can pay twice: it met the gateway as that fault.
+    assert re.search(r"^PASS  lost_answer on win, call 2/2 .*win 503 upstream_unavailable \(held", done.stdout, re.M)
 
 
 def test_bad_input_is_refused_before_anything_runs(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from gateway.tools.chaos.scenario import APPLIED, FAIL, HELD, NOT_APPLIED, PASS, UNSETTLED, Step, amounts, judge
+from gateway.tools.chaos.scenario import APPLIED, FAIL, HELD, NOT_APPLIED, PASS, SKIP, UNSETTLED, Step, amounts, judge
 
 D = Decimal
 
@@ -60,3 +60,10 @@ def test_amounts_fit_the_currency_and_cannot_cancel_out():
         # One step's error cannot hide another's: no amount is another's, or two others' sum.
         assert len({bet, win, refunded}) == 3
         assert bet not in (win + refunded, win - refunded) and win not in (bet + refunded, bet - refunded)
+
+
+def test_a_later_step_the_operation_skipped_is_a_skip_unless_money_is_off():
+    skipped = judge("lost_answer", "win", D("100.00"), D("98.80"), round_of(), 0, True, 1.0, later_call=True)
+    assert skipped.verdict == SKIP and skipped.difference == 0
+    wrong = judge("lost_answer", "win", D("100.00"), D("99.20"), round_of(), 0, True, 1.0, later_call=True)
+    assert wrong.verdict == FAIL and wrong.difference == D("0.40")

@@ -6,8 +6,9 @@ applies it; only then is the fault injected on the way back. That is the point: 
 fault leaves the gateway not knowing what the legacy side did, which is where a mapping
 can lose money or pay twice.
 
-A fault is armed for the next legacy request only and is counted when it was really
-injected (``injected``): a fault that never happened must never pass as survived.
+A fault is armed for one legacy request — the next, or the one after ``after`` more (a
+later step of a multi-step operation) — and is counted when it was really injected
+(``injected``): a fault that never happened must never pass as survived.
 Byte-level faults (a reset mid-body, a trickle, a second copy of the answer) write
 through aiohttp's own response writer, so no HTTP is formatted or parsed here.
 """
@@ -63,6 +64,7 @@ class FaultProxy:
         self.tls_verify = tls_verify
         self.url = ""
         self.armed: str | None = None
+        self._skip = 0  # requests still to let through before the armed fault
         self.injected: Counter = Counter()
         self.forwarded = 0
         self.upstream_failures = 0
@@ -71,10 +73,11 @@ class FaultProxy:
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
 
-    def arm(self, fault: str | None) -> None:
+    def arm(self, fault: str | None, after: int = 0) -> None:
+        """Inject ``fault`` into the legacy request after the next ``after`` ones (None: nothing)."""
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
-        self.armed = fault
+        self.armed, self._skip = fault, after
 
     def disarm(self) -> None:
         """Nothing more is injected: no armed fault, no copy waiting on a connection."""
@@ -99,7 +102,11 @@ class FaultProxy:
             await self._http.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        fault, self.armed = self.armed, None
+        fault = None
+        if self.armed is not None and self._skip > 0:
+            self._skip -= 1
+        elif self.armed is not None:
+            fault, self.armed = self.armed, None
         stale = self._stale.pop(request.protocol, None)
         if stale is not None:
             await self._write_copy(request, *stale)

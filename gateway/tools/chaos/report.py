@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from gateway.tools.chaos.scenario import FAIL, CaseResult
+from gateway.tools.chaos.scenario import FAIL, SKIP, CaseResult
 
 
 def _money(value: Decimal | None, currency: str) -> str:
@@ -24,7 +24,7 @@ def line(result: CaseResult, currency: str) -> str:
     text = (f"{result.verdict}  {result.name:<32} expected {expected_text(result, currency)}, "
             f"actual {_money(result.actual, currency)}, difference {diff}  "
             f"[{'; '.join(s.brief() for s in result.steps)}] ({result.seconds:.1f} s)")
-    if result.verdict == FAIL:
+    if result.verdict != "PASS":
         text += f"\n      {result.reason}"
     return text
 
@@ -32,11 +32,12 @@ def line(result: CaseResult, currency: str) -> str:
 def write_junit(path: str | Path, results: list[CaseResult], currency: str, properties: dict[str, str]) -> None:
     """One ``<testsuite name="igsp-chaos">``, one ``<testcase>`` per fault and operation."""
     failures = sum(r.verdict == FAIL for r in results)
+    skipped = str(sum(r.verdict == SKIP for r in results))
     total = f"{sum(r.seconds for r in results):.3f}"
     root = ET.Element("testsuites", name="igsp-chaos", tests=str(len(results)), failures=str(failures),
-                      errors="0", skipped="0", time=total)
+                      errors="0", skipped=skipped, time=total)
     suite = ET.SubElement(root, "testsuite", name="igsp-chaos", tests=str(len(results)), failures=str(failures),
-                          errors="0", skipped="0", time=total,
+                          errors="0", skipped=skipped, time=total,
                           timestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
                           hostname=socket.gethostname())
     props = ET.SubElement(suite, "properties")
@@ -50,6 +51,8 @@ def write_junit(path: str | Path, results: list[CaseResult], currency: str, prop
         if result.verdict == FAIL:
             failure = ET.SubElement(case, "failure", message=result.reason, type="MoneyNotReconciled")
             failure.text = detail
+        elif result.verdict == SKIP:
+            ET.SubElement(case, "skipped", message=result.reason)
         else:
             ET.SubElement(case, "system-out").text = detail
     ET.indent(root)
