@@ -25,12 +25,13 @@ import yaml
 
 from gateway.engine.yamlload import load_yaml
 from gateway.tools.chaos.proxy import FAULTS
+from gateway.tools.chaos.scenario import OPERATION_OF as TARGETS
 from gateway.tools.simulators import hub88_wallet, spawn
 from tests.support import ROOT
 
 PLAYER, CURRENCY, START = "chaos-player", "EUR", "100.00"
 API_KEY, SECRET = "chaos-key-0001", "chaos-secret-0123456789abcdef"
-LINE = re.compile(r"^(PASS|FAIL|SKIP)  (\w+) on (bet|win|refund)(?:, call \d/\d)? +expected (.+?), actual ([-0-9.]+) EUR, "
+LINE = re.compile(r"^(PASS|FAIL|SKIP)  (\w+) on (bet|win without a bet|win|refund)(?:, call \d/\d)? +expected (.+?), actual ([-0-9.]+) EUR, "
                   r"difference ([-+0-9.]+)", re.M)
 #: the first answer the gateway gave when the fault hit a bet: proof it met that very fault
 FIRST_ANSWER = {"lost_answer": "503", "late_answer": "504", "error_after_apply": "503", "reset_mid_body": "502",
@@ -100,7 +101,7 @@ def test_shipped_wallet_mapping_passes_every_fault(simulator, request, tmp_path)
     done = chaos(write_config(tmp_path, ROOT / "mappings" / f"{name}.yaml"), simulator, "--junit", str(junit))
     assert done.returncode == 0, done.stdout + done.stderr
     lines = LINE.findall(done.stdout)
-    assert {(fault, op) for _, fault, op, *_ in lines} == {(f, op) for f in FAULTS for op in ("bet", "win", "refund")}
+    assert {(fault, op) for _, fault, op, *_ in lines} == {(f, op) for f in FAULTS for op in TARGETS}
     assert {verdict for verdict, *_ in lines} == {"PASS"}
     assert {diff for *_, diff in lines} == {"+0.00"}
     assert "nothing lost, nothing paid twice" in done.stdout and "Traceback" not in done.stdout + done.stderr
@@ -147,12 +148,15 @@ def test_an_unsafe_mapping_fails_with_the_money_it_got_wrong(simulator, break_it
                  "--operations", "win,bet", "--junit", str(junit))
     assert done.returncode == 1, done.stdout + done.stderr
     verdicts = {(fault, op): (verdict, diff) for verdict, fault, op, _, _, diff in LINE.findall(done.stdout)}
-    assert verdicts[("lost_answer", "win")] == ("FAIL", "+0.40")
-    assert verdicts[("late_answer", "win")] == ("FAIL", "+0.40")
-    assert verdicts[("lost_answer", "bet")] == ("PASS", "+0.00")  # bets are rolled back, never redelivered
-    assert re.search(r"RESULT: 2 of 4 cases FAILED \(money off by 0\.80 EUR in all\)", done.stdout), done.stdout
+    for fault in ("lost_answer", "late_answer"):
+        assert verdicts[(fault, "win")] == ("FAIL", "+0.40")
+        assert verdicts[(fault, "win without a bet")] == ("FAIL", "+0.30")
+        assert verdicts[(fault, "bet")] == ("PASS", "+0.00")  # bets are rolled back, never redelivered
+    assert re.search(r"RESULT: 4 of 6 cases FAILED \(money off by 1\.40 EUR in all\)", done.stdout), done.stdout
     failures = SafeET.parse(junit).getroot().find("testsuite").findall("testcase/failure")
-    assert len(failures) == 2 and all("+0.40" in f.get("message") for f in failures)
+    shown = sorted(re.search(r"the legacy wallet shows ([-+0-9.]+) against", f.get("message")).group(1)
+                   for f in failures)
+    assert shown == ["+0.30", "+0.30", "+0.40", "+0.40"]
 
 
 @pytest.mark.parametrize("simulator", ["hub88-wallet"], indirect=True)
@@ -167,8 +171,9 @@ def test_every_step_of_a_multi_step_operation_meets_every_fault(simulator, tmp_p
     (tmp_path / "two-step-wallet.yaml").write_text(yaml.safe_dump(mapping))
     done = chaos(write_config(tmp_path, tmp_path / "two-step-wallet.yaml"), simulator, "--operations", "win")
     assert done.returncode == 0, done.stdout + done.stderr
-    names = re.findall(r"^PASS  (\w+ on win, call \d/2) ", done.stdout, re.M)
-    assert sorted(names) == sorted(f"{f} on win, call {c}/2" for f in FAULTS for c in (1, 2)), done.stdout
+    names = re.findall(r"^PASS  (\w+ on win(?: without a bet)?, call \d/2) ", done.stdout, re.M)
+    assert sorted(names) == sorted(f"{f} on {target}, call {c}/2" for f in FAULTS for c in (1, 2)
+                                   for target in ("win", "win without a bet")), done.stdout
     # The fault on the credit (call 2) is the one that can pay twice: it met the gateway as that fault.
     assert re.search(r"^PASS  lost_answer on win, call 2/2 .*win 503 upstream_unavailable \(held", done.stdout, re.M)
 
@@ -201,7 +206,7 @@ def test_a_player_without_enough_money_is_refused_before_any_bet(simulator, tmp_
     requests.post(url + "/_control/players", json={"player_id": PLAYER, "balance": "5.00"}, timeout=10)
     done = chaos(write_config(tmp_path, ROOT / "mappings" / "hub88-wallet.yaml"), simulator, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert f"player '{PLAYER}' has 5.00 EUR; 18 case(s) need 22.10 EUR in the legacy wallet" in done.stderr
+    assert f"player '{PLAYER}' has 5.00 EUR; 24 case(s) need 22.40 EUR in the legacy wallet" in done.stderr
     state = requests.get(url + "/_control/state", timeout=10).json()
     assert state["ledger"] == [] and state["calls"].get("bet", 0) == 0 and state["calls"]["balance"] >= 1
 

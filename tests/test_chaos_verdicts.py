@@ -53,13 +53,14 @@ def test_a_fault_never_injected_or_a_case_never_settled_is_no_pass():
 
 
 def test_amounts_fit_the_currency_and_cannot_cancel_out():
-    assert amounts("EUR", None) == (D("1.60"), D("0.40"), D("0.10"))
-    assert amounts("JPY", None) == (D("16"), D("4"), D("1"))
+    assert amounts("EUR", None) == (D("1.60"), D("0.40"), D("0.30"), D("0.10"))
+    assert amounts("JPY", None) == (D("16"), D("4"), D("3"), D("1"))
     for currency in ("EUR", "JPY"):
-        bet, win, refunded = amounts(currency, None)
-        # One step's error cannot hide another's: no amount is another's, or two others' sum.
-        assert len({bet, win, refunded}) == 3
-        assert bet not in (win + refunded, win - refunded) and win not in (bet + refunded, bet - refunded)
+        values = amounts(currency, None)
+        # One step's error cannot hide another's: no two of them, with signs, cancel out.
+        signed = [v * sign for v in values for sign in (1, -1)]
+        assert all(a + b != 0 for a in signed for b in signed if abs(a) != abs(b))
+        assert len(set(values)) == 4
 
 
 def test_a_later_step_the_operation_skipped_is_a_skip_unless_money_is_off():

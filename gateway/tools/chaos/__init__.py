@@ -56,6 +56,8 @@ def _subset(text: str, known, what: str) -> list[str]:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
+    import aiohttp
+
     from gateway.errors import ConfigError
     from gateway.tools.chaos.proxy import FAULTS
     from gateway.tools.chaos.scenario import OPERATIONS
@@ -79,13 +81,17 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="igsp-chaos-") as workdir:
-        return asyncio.run(_run(args, target, faults, operations, Path(workdir)))
+        try:
+            return asyncio.run(_run(args, target, faults, operations, Path(workdir)))
+        except (OSError, RuntimeError, aiohttp.ClientError) as exc:
+            print(f"chaos: stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
 
 
 async def _run(args, target, faults: list[str], operations: list[str], workdir: Path) -> int:
     from gateway.tools.chaos import report
     from gateway.tools.chaos.proxy import FaultProxy
-    from gateway.tools.chaos.scenario import FAIL, SKIP, ChaosError, Driver, Player
+    from gateway.tools.chaos.scenario import FAIL, OPERATION_OF, SKIP, TARGETS, ChaosError, Driver, Player
     from gateway.tools.chaos.stack import ChaosGateway, ChaosSetupError
 
     started = time.monotonic()
@@ -110,7 +116,7 @@ async def _run(args, target, faults: list[str], operations: list[str], workdir: 
             if proxy.forwarded == 0:
                 raise ChaosError("the balance read did not reach the legacy API through the proxy")
             print(f"       balance at the start: {start_balance} {args.currency}")
-            cases = len(faults) * sum(driver.calls.get(op, 1) for op in operations)
+            cases = len(faults) * sum(driver.calls.get(op, 1) * len(TARGETS[op]) for op in operations)
             need = driver.cost(cases)
             if start_balance < need:
                 raise ChaosError(f"player {args.player_id!r} has {start_balance} {args.currency}; {cases} case(s) "
@@ -118,10 +124,10 @@ async def _run(args, target, faults: list[str], operations: list[str], workdir: 
                                  f"{driver.cost(1) - driver.cost(0)} down: a bet larger than its win)")
             index = 0
             for fault in faults:
-                for operation in operations:
-                    for call in range(1, driver.calls.get(operation, 1) + 1):
+                for hit in (t for op in operations for t in TARGETS[op]):
+                    for call in range(1, driver.calls.get(OPERATION_OF[hit], 1) + 1):
                         index += 1
-                        result = await driver.run_case(fault, operation, index, call)
+                        result = await driver.run_case(fault, hit, index, call)
                         results.append(result)
                         print(report.line(result, args.currency), flush=True)
     except (ChaosError, ChaosSetupError) as exc:

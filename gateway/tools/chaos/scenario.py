@@ -38,6 +38,10 @@ from gateway.tools.chaos.proxy import FaultProxy
 from gateway.tools.conformance.client import Clock, dumps
 
 OPERATIONS = ("bet", "win", "refund")
+#: what a case's fault can hit: an operation's step in the round (a win twice: one crediting
+#: the round's bet, one in a round without a bet, which some wallets must open first)
+TARGETS = {"bet": ("bet",), "win": ("win", "win without a bet"), "refund": ("refund",)}
+OPERATION_OF = {target: operation for operation, targets in TARGETS.items() for target in targets}
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 APPLIED, NOT_APPLIED, HELD, UNSETTLED = "applied", "not applied", "held (dead letter)", "unsettled"
 
@@ -60,6 +64,7 @@ class Step:
     txid: str
     amount: Decimal
     payload: dict
+    label: str = ""  # the step as a case names it (TARGETS); its action when empty
     answers: list[int] = field(default_factory=list)
     outcome: str = UNSETTLED
     error: str = ""
@@ -79,7 +84,7 @@ class Step:
         runs = [(status, len(list(group))) for status, group in itertools.groupby(self.answers)]
         chain = "→".join(f"{status}×{n}" if n > 1 else str(status) for status, n in runs) or "no answer"
         note = f" {self.error}" if self.error and self.outcome != APPLIED else ""
-        return f"{self.action} {chain}{note} ({self.outcome})"
+        return f"{self.label or self.action} {chain}{note} ({self.outcome})"
 
 
 @dataclass
@@ -104,11 +109,12 @@ class CaseResult:
         return f"{self.fault} on {self.operation}{where}"
 
 
-def amounts(currency: str, overrides: dict | None) -> tuple[Decimal, Decimal, Decimal]:
-    """Bet, win and second bet (refunded): no sum of a few of them with signs cancels out."""
+def amounts(currency: str, overrides: dict | None) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """Bet, win, win without a bet, second bet (refunded): no one or two of them, with signs,
+    cancel out, so one step's error cannot hide another's."""
     if money.exponent(currency, overrides) >= 2:
-        return Decimal("1.60"), Decimal("0.40"), Decimal("0.10")
-    return Decimal("16"), Decimal("4"), Decimal("1")
+        return Decimal("1.60"), Decimal("0.40"), Decimal("0.30"), Decimal("0.10")
+    return Decimal("16"), Decimal("4"), Decimal("3"), Decimal("1")
 
 
 class Driver:
@@ -230,29 +236,31 @@ class Driver:
     def cost(self, cases: int) -> Decimal:
         """What ``cases`` rounds need in the wallet: each leaves the player the bet less the win
         down, and the last needs both of its bets in hand."""
-        bet, win, refunded = amounts(self.player.currency, self.currencies)
-        return cases * (bet - win) + win + refunded
+        bet, win, bonus, refunded = amounts(self.player.currency, self.currencies)
+        return cases * (bet - win - bonus) + win + bonus + refunded
 
     # -- one case ----------------------------------------------------------------------------------
     def steps(self, case: str) -> list[Step]:
         p = self.player
-        bet_amount, win_amount, refunded = amounts(p.currency, self.currencies)
+        bet_amount, win_amount, bonus, refunded = amounts(p.currency, self.currencies)
         base = {"player_id": p.player_id, "currency": p.currency, "game_id": p.game_id, "session_id": p.session_id}
-        ids = {name: f"chaos-{self.run_id}-{case}-{name}" for name in ("bet", "win", "bet2", "refund")}
+        ids = {name: f"chaos-{self.run_id}-{case}-{name}" for name in ("bet", "win", "win2", "bet2", "refund")}
 
-        def make(action: str, name: str, amount: Decimal, **extra: Any) -> Step:
+        def make(action: str, name: str, amount: Decimal, label: str = "", **extra: Any) -> Step:
             payload = {**base, "action": action, "amount": amount, "transaction_id": ids[name],
                        "type": "win" if action == "win" else "bet", **extra}
-            return Step(action, ids[name], amount, payload)
+            return Step(action, ids[name], amount, payload, label or action)
 
         second = make("bet", "bet2", refunded, round_id=f"{ids['bet2']}-r")
         refund = make("refund", "refund", refunded, round_id=f"{ids['bet2']}-r", bet_transaction_id=ids["bet2"])
         refund.bet = second
         return [make("bet", "bet", bet_amount, round_id=f"{ids['bet']}-r"),
                 make("win", "win", win_amount, round_id=f"{ids['bet']}-r", finished=True),
+                make("win", "win2", bonus, "win without a bet", round_id=f"{ids['win2']}-r", finished=True),
                 second, refund]
 
-    async def run_case(self, fault: str, operation: str, index: int, call: int = 1) -> CaseResult:
+    async def run_case(self, fault: str, target: str, index: int, call: int = 1) -> CaseResult:
+        """One round with ``fault`` on the ``call``-th legacy call of the step ``target`` (TARGETS)."""
         started = time.monotonic()
         self._alive()
         before = await self.balance()
@@ -263,14 +271,15 @@ class Driver:
                              f"chaos needs at least {need} in the legacy wallet")
         injected_before = self.proxy.injected[fault]
         ends = time.monotonic() + self.deadline
-        target = next(s for s in steps if s.action == operation)  # the first step of that operation
+        hit = next(s for s in steps if s.label == target)
+        operation = hit.action
         for step in steps:
-            await self.settle(step, ends, fault if step is target else None, call)
+            await self.settle(step, ends, fault if step is hit else None, call)
         idle = await self.queue_idle()
         actual = await self.balance()
         injected = self.proxy.injected[fault] - injected_before
         self.proxy.disarm()
-        result = judge(fault, operation, before, actual, steps, injected, idle, time.monotonic() - started,
+        result = judge(fault, target, before, actual, steps, injected, idle, time.monotonic() - started,
                        later_call=call > 1)
         result.call, result.calls = call, self.calls.get(operation, 1)
         return result
