@@ -107,10 +107,14 @@ class FaultProxy:
             self._skip -= 1
         elif self.armed is not None:
             fault, self.armed = self.armed, None
-        stale = self._stale.pop(request.protocol, None)
-        if stale is not None:
-            await self._write_copy(request, *stale)
         body = await request.read()
+        stale = self._stale.pop(request.protocol, None)
+        if stale is not None:  # the whole request is in: the legacy API gets it, the client the copy
+            try:
+                await self._write_copy(request, *stale)
+            except ConnectionError:
+                pass  # the client is gone; the request is forwarded all the same, as a server would
+
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         try:
             async with self._http.request(request.method, self.target + request.path_qs, data=body,
@@ -151,10 +155,12 @@ class FaultProxy:
         await response.prepare(request)
         await response.write(body)
         await response.write_eof()
-        # The copy goes out when the next request arrives on this connection, ahead of its
+        # The copy goes out once the next request on this connection is in, ahead of its
         # own answer (which is then one late): written any sooner, it could reach the
         # client before it put the connection back in its pool, and a client that sees
-        # unread bytes there closes the connection instead of reading them.
+        # unread bytes there closes the connection instead of reading them. That request
+        # still reaches the legacy API: the client reads another request's answer for one
+        # the wallet applied.
         self._stale[request.protocol] = (status, reason, CIMultiDict(response.headers), body)
         return response
 
