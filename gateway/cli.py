@@ -151,9 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_dlq_parser(sub)
 
+    from gateway.tools.chaos import add_parser as add_chaos
     from gateway.tools.try_cmd import add_parser as add_try
 
     add_try(sub)
+    add_chaos(sub)
     return parser
 
 

@@ -111,7 +111,7 @@ def test_demo_serve_info_curl_and_conformance(tmp_path):
         info = json.loads(info_file.read_text())
         platform = info["platform"]
         assert set(platform) == {"hooks_url", "api_key", "secret", "player_id", "other_player_id", "currency",
-                                 "session_id", "game_id"}
+                                 "session_id", "game_id", "config", "partner"}
         assert platform["hooks_url"].endswith("/platforms/game-provider/hooks")
         if provider_face_available():
             assert set(info["provider"]) == {"base_url", "api_key", "secret"}

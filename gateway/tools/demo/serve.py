@@ -40,7 +40,9 @@ def info(stack: DemoStack) -> dict:
     p, c = stack.provider_partner, stack.platform_partner
     return {
         "platform": {"hooks_url": stack.hooks_url, "api_key": p.api_key, "secret": p.secret, "player_id": PLAYER,
-                     "other_player_id": OTHER_PLAYER, "currency": CURRENCY, "session_id": SESSION, "game_id": GAME},
+                     "other_player_id": OTHER_PLAYER, "currency": CURRENCY, "session_id": SESSION, "game_id": GAME,
+                     # for `igsp-gateway chaos --config … --partner …`: the config the demo runs
+                     "config": str(stack.config_path), "partner": p.partner},
         "provider": ({"base_url": stack.provider_base_url, "api_key": c.api_key, "secret": c.secret}
                      if stack.provider_face else None),
     }
@@ -101,6 +103,8 @@ def print_running(stack: DemoStack, report: Report, info_path: str | None) -> No
         say(f"# certify it: igsp-gateway conformance platform --info {info_path} --demo")
         if stack.provider_face:
             say(f"#             igsp-gateway conformance provider --info {info_path}")
+    say(f"# prove the wallet mapping money-safe: igsp-gateway chaos --config {stack.config_path} "
+        f"--partner {p.partner} --player-id {PLAYER} --currency {CURRENCY}")
 
 
 def wait_until_stopped(stack: DemoStack, report: Report) -> None:

@@ -11,6 +11,9 @@ With ``store_url`` (``demo --store``) the gateway uses that store instead, under
 namespace of its own (``demo-<random>``): the story's transaction ids are fixed, so on a
 store shared with earlier runs they would otherwise be answered from those runs' ledger.
 Its records expire after a day (``store.retention_days: 1``).
+The config there is complete on its own: its mappings are copies of the shipped ones with
+the ``${VAR}`` references the demo sets (simulator URLs, keys) filled in, so another
+command — ``igsp-gateway chaos --config`` — can run on it from any shell.
 """
 
 from __future__ import annotations
@@ -136,14 +139,34 @@ class DemoStack:
             self.game_server = start_in_thread(pragmatic_provider.make_app(
                 secret_key=self.pp_secret, secure_login=self.pp_login))
 
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "gateway.yaml"
+
+    def legacy_env(self) -> dict:
+        """The variables the shipped mappings read, as this run's simulators need them."""
+        env = {"HUB88_WALLET_URL": self.wallet.url, "HUB88_PRIVATE_KEY": str(self.dir / "hub88-private.pem")}
+        if self.provider_face:
+            env.update(PP_API_URL=self.game_server.url, PP_SECRET_KEY=self.pp_secret, PP_SECURE_LOGIN=self.pp_login)
+        return env
+
+    def _own_mapping(self, name: str) -> str:
+        """A copy of a shipped mapping in the temp dir with this run's variables filled in."""
+        text = (data_dir("mappings") / name).read_text()
+        for key, value in self.legacy_env().items():
+            text = text.replace("${" + key + "}", value)
+        copy = self.dir / name
+        copy.write_text(text)
+        copy.chmod(0o600)
+        return str(copy)
+
     def config(self) -> dict:
-        mappings = data_dir("mappings")
         partners = [{"id": self.provider_partner.partner, "face": "platform",
-                     "mapping": str(mappings / WALLET_MAPPING), "api_key": self.provider_partner.api_key,
+                     "mapping": self._own_mapping(WALLET_MAPPING), "api_key": self.provider_partner.api_key,
                      "secrets": [self.provider_partner.secret]}]
         if self.provider_face:
             partners.append({"id": self.platform_partner.partner, "face": "provider",
-                             "mapping": str(mappings / PROVIDER_MAPPING), "api_key": self.platform_partner.api_key,
+                             "mapping": self._own_mapping(PROVIDER_MAPPING), "api_key": self.platform_partner.api_key,
                              "secrets": [self.platform_partner.secret], "hooks_url": self.platform.url + HOOKS_PATH})
         return {"version": 1,
                 "server": {"host": "127.0.0.1", "port": 0, "drain_seconds": 1, "shutdown_grace_seconds": 0},
@@ -155,14 +178,13 @@ class DemoStack:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[3])  # the checkout (or site-packages) holding `gateway`
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        env.update(HUB88_WALLET_URL=self.wallet.url, HUB88_PRIVATE_KEY=str(self.dir / "hub88-private.pem"))
-        if self.provider_face:
-            env.update(PP_API_URL=self.game_server.url, PP_SECRET_KEY=self.pp_secret, PP_SECURE_LOGIN=self.pp_login)
+        env.update(self.legacy_env())
         return env
 
     def _start_gateway(self, timeout: float = 20.0) -> None:
-        config_path = self.dir / "gateway.yaml"
+        config_path = self.config_path
         config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        config_path.chmod(0o600)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
                                       stdout=subprocess.PIPE, stderr=self._log, env=self.env(), cwd=self.dir)
