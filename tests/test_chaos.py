@@ -52,8 +52,20 @@ def soap(tmp_path: Path) -> tuple[subprocess.Popen, dict]:
     return proc, {"SOAP_WALLET_URL": url, "SOAP_WALLET_PASSWORD": "chaos-soap-password"}
 
 
+def betref(tmp_path: Path) -> tuple[subprocess.Popen, dict]:
+    proc, url = spawn("betref_wallet", "--token", "chaos-betref-token", "--player", f"{PLAYER}:{START}:{CURRENCY}")
+    return proc, {"BETREF_WALLET_URL": url, "BETREF_API_TOKEN": "chaos-betref-token"}
+
+
+def hmacsha1(tmp_path: Path) -> tuple[subprocess.Popen, dict]:
+    key, merchant = "chaos-hmacsha1-key-0123456789", "chaos-merchant"
+    proc, url = spawn("hmacsha1_wallet", "--key", key, "--merchant-id", merchant,
+                      "--player", f"{PLAYER}:{START}:{CURRENCY}")
+    return proc, {"HMACSHA1_WALLET_URL": url, "HMACSHA1_WALLET_KEY": key, "HMACSHA1_WALLET_MERCHANT_ID": merchant}
+
+
 #: mapping name -> starts its simulator with PLAYER funded; returns (process, the variables the mapping reads)
-SIMULATORS = {"hub88-wallet": hub88, "soap-wallet": soap}
+SIMULATORS = {"hub88-wallet": hub88, "soap-wallet": soap, "betref-wallet": betref, "hmacsha1-wallet": hmacsha1}
 
 
 def wallet_mappings() -> list[Path]:

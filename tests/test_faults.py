@@ -284,7 +284,12 @@ def test_disk_full_answers_503_and_leaves_no_debit_unsettled(hub88, gateway_fact
     else:
         pytest.fail("399 bets recorded on a full 4 MiB disk")
     r = client.hook(bet("df-other", 1))
-    assert_error(r, 503, "service_unavailable")
+    if r.status_code == 200:
+        # The checkpoint thread may have let the WAL start over meanwhile: a write that fits
+        # again is a write made (and counted), never a half-made one.
+        accepted += 1
+    else:
+        assert_error(r, 503, "service_unavailable")
     # A bet reaches the wallet only once its record is written: the refused one did not, or
     # its record was written and only its answer could not be (the wallet debited it then).
     debited_unanswered = hub88.state()["calls"]["bet"] - accepted
