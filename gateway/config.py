@@ -550,7 +550,8 @@ def load_store_settings(path: str | Path, env: dict | None = None) -> StoreSetti
 
 
 #: Store URL schemes that take the ``store`` section's TLS settings, and their TLS form.
-_TLS_SCHEMES = {"redis": "rediss", "rediss": "rediss", "redis+cluster": "rediss+cluster",
+_TLS_SCHEMES = {"redis": "rediss", "rediss": "rediss", "redis+sentinel": "rediss+sentinel",
+                "rediss+sentinel": "rediss+sentinel", "redis+cluster": "rediss+cluster",
                 "rediss+cluster": "rediss+cluster"}
 
 
@@ -565,6 +566,7 @@ def _store_url(data: dict, file: str, base: Path, problems: list[Problem]) -> tu
     store = data.get("store") or {}
     url = store.get("url", "sqlite:///igsp-gateway.db")
     scheme = url.split("://", 1)[0]
+    earlier = len(problems)
     if scheme == "sqlite":
         for name in ("username", "password", "password_file", "tls"):
             if name in store:
@@ -605,21 +607,36 @@ def _store_url(data: dict, file: str, base: Path, problems: list[Problem]) -> tu
     if tls.get("enabled"):
         if scheme not in _TLS_SCHEMES:
             problems.append(Problem(file, line_of(data, ("store", "tls", "enabled")), "store.tls.enabled",
-                                    f"the {scheme}:// store does not take TLS settings yet",
-                                    hint="use redis://, rediss://, redis+cluster:// or rediss+cluster://"))
+                                    f"the {scheme}:// store does not take TLS settings",
+                                    hint="use a redis://, redis+sentinel:// or redis+cluster:// URL"))
         else:
             scheme = _TLS_SCHEMES[scheme]
             if "ca_file" in tls:
                 ca = base / tls["ca_file"]
-                if not ca.is_file():
+                if any(name == "ssl_ca_certs" for name, _ in query):
+                    problems.append(Problem(file, line_of(data, ("store", "tls", "ca_file")), "store.tls.ca_file",
+                                            "store.url already has ssl_ca_certs: give the CA in one place"))
+                elif not ca.is_file():
                     problems.append(Problem(file, line_of(data, ("store", "tls", "ca_file")), "store.tls.ca_file",
                                             f"no such file: {tls['ca_file']!r}"))
                 query.append(("ssl_ca_certs", str(ca)))
     elif "ca_file" in tls:
         problems.append(Problem(file, line_of(data, ("store", "tls", "ca_file")), "store.tls.ca_file",
                                 "is set but store.tls.enabled is not true"))
+    elif tls.get("enabled") is False and scheme.startswith("rediss"):
+        problems.append(Problem(file, line_of(data, ("store", "tls", "enabled")), "store.tls.enabled",
+                                f"is false but store.url is {scheme}:// (TLS): say one thing",
+                                hint="drop store.tls, or write the URL without the s (redis…://)"))
     netloc = f"{userinfo}{at}{hosts}"
-    return urlunsplit(parts._replace(scheme=scheme, netloc=netloc, query=urlencode(query))), password
+    url = urlunsplit(parts._replace(scheme=scheme, netloc=netloc, query=urlencode(query)))
+    if len(problems) == earlier and scheme in _TLS_SCHEMES:
+        from gateway.store.redis import parse_url
+
+        try:
+            parse_url(url)  # what the store will say at open, said now, naming the field
+        except ValueError as exc:
+            problems.append(Problem(file, line_of(data, ("store", "url")), "store.url", str(exc)))
+    return url, password
 
 
 def _mapping_problems(data: dict, file: str, env: dict | None) -> list:

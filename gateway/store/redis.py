@@ -4,9 +4,15 @@
 ``redis+sentinel://host:port[,host:port…]/service-name[?db=N]`` — the master of the Sentinel
 service ``service-name``, found and followed through failovers by redis-py's own asyncio
 Sentinel client (user and password in the URL are the Redis servers', not the sentinels') — or
-``redis+cluster://host:port[,host:port…]/`` (``rediss+cluster://`` with TLS): a Redis Cluster
+``redis+cluster://host:port[,host:port…]/``: a Redis Cluster
 through redis-py's own asyncio ``RedisCluster`` (it learns the slot map from any of the nodes
 named, follows ``MOVED``/``ASK`` and a failover's new map).
+With TLS: ``rediss://`` (redis-py's own options, e.g. ``?ssl_ca_certs=/path/ca.pem``),
+``rediss+sentinel://…/service-name?ssl_ca_certs=…`` (TLS to the sentinels and to the master,
+one CA for both) and ``rediss+cluster://…/?ssl_ca_certs=…`` (every node). Without
+``ssl_ca_certs`` the system's CAs are trusted; redis-py checks the certificate's chain and that
+it names the host connected to (the one in the URL, or the address a sentinel or the cluster's
+slot map gives).
 One pooled redis-py asyncio client per process; replies are parsed by hiredis. Every read-modify-write is a Lua script (``redis_scripts.py``),
 so concurrent replicas never race, and every ledger operation is one round trip (EVALSHA of
 a registered script).
@@ -161,8 +167,11 @@ _PRUNE_IDLE_MS = 3600_000
 #: Scripts whose writes need no replica's acknowledgement (``wait_replicas``): a rate limit's
 #: bucket lost in a failover only lets a burst through again.
 _NOT_WAITED = frozenset({"RATE_TAKE"})
-SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+#: The TLS options a ``rediss+sentinel://`` or ``rediss+cluster://`` URL takes (a plain
+#: ``rediss://`` URL takes all of redis-py's own).
+_TLS_OPTIONS = ("ssl_ca_certs",)
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
@@ -190,13 +199,17 @@ def parse_url(url: str) -> dict:
 
     ``{"url": ..., "wait_replicas": int, "wait_timeout_ms": int}`` for ``redis://`` (the URL
     without the store's own query options, for redis-py), plus ``sentinels`` [(host, port)],
-    ``service``, ``db``, ``username`` and ``password`` for ``redis+sentinel://``, and
-    ``nodes`` [(host, port)], ``ssl``, ``username`` and ``password`` for ``redis+cluster://``.
+    ``service``, ``db``, ``username``, ``password`` and ``tls`` for ``redis+sentinel://``, and
+    ``nodes`` [(host, port)], ``username``, ``password`` and ``tls`` for ``redis+cluster://``.
+    ``tls`` is None without TLS, else redis-py's TLS keyword arguments (``ssl=True`` and
+    ``ssl_ca_certs`` when the URL names a CA bundle: ``rediss+…://…?ssl_ca_certs=/path``).
 
     >>> parse_url("redis+sentinel://:pw@s1:26379,s2/mymaster?db=2&wait_replicas=1")["sentinels"]
     [('s1', 26379), ('s2', 26379)]
     >>> parse_url("redis+cluster://n1:7000,n2/")["nodes"]
     [('n1', 7000), ('n2', 6379)]
+    >>> parse_url("rediss+cluster://n1:7000/?ssl_ca_certs=/ca.pem")["tls"]
+    {'ssl': True, 'ssl_ca_certs': '/ca.pem'}
     """
     parts = urlsplit(url)
     query = parse_qs(parts.query, keep_blank_values=True)
@@ -207,29 +220,36 @@ def parse_url(url: str) -> dict:
         raise ValueError("wait_replicas and wait_timeout_ms must be whole numbers") from None
     if out["wait_replicas"] < 0 or out["wait_timeout_ms"] < 1:
         raise ValueError("wait_replicas must be 0 or more and wait_timeout_ms at least 1")
-    if parts.scheme not in (SENTINEL_SCHEME, *CLUSTER_SCHEMES):
+    if parts.scheme not in (*SENTINEL_SCHEMES, *CLUSTER_SCHEMES):
         out["url"] = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         return out
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username, _, password = userinfo.partition(":")
-    out.update(username=unquote(username) or None, password=unquote(password) or None)
+    out.update(username=unquote(username) or None, password=unquote(password) or None, tls=None)
+    tls = {name: query.pop(name)[-1] for name in _TLS_OPTIONS if name in query}
+    if parts.scheme.startswith("rediss+"):
+        if not all(tls.values()):
+            raise ValueError(f"{parts.scheme}://: an empty TLS option ({', '.join(sorted(tls))})")
+        out["tls"] = {"ssl": True, **tls}
+    elif tls:
+        raise ValueError(f"{', '.join(sorted(tls))} is a TLS option: use {parts.scheme.replace('redis+', 'rediss+')}://")
     if parts.scheme in CLUSTER_SCHEMES:
         if parts.path.strip("/"):
             raise ValueError(f"{parts.scheme}://host:port[,host:port…]/ takes no path (a cluster has one database), "
                              f"got {parts.path!r}")
         if query:
             raise ValueError(f"unknown {parts.scheme}:// option(s): {', '.join(sorted(query))}")
-        out.update(nodes=_hosts(parts.scheme, hosts, 6379), ssl=parts.scheme == "rediss+cluster")
+        out.update(nodes=_hosts(parts.scheme, hosts, 6379))
         return out
     service = unquote(parts.path.strip("/"))
     if not service or "/" in service:
-        raise ValueError(f"{SENTINEL_SCHEME}://hosts/SERVICE-NAME: name the Sentinel service (its master)")
+        raise ValueError(f"{parts.scheme}://hosts/SERVICE-NAME: name the Sentinel service (its master)")
     db = query.pop("db", ["0"])[-1]
     if not db.isdigit():
         raise ValueError(f"db must be a whole number, got {db!r}")
     if query:
-        raise ValueError(f"unknown {SENTINEL_SCHEME}:// option(s): {', '.join(sorted(query))}")
-    out.update(sentinels=_hosts(SENTINEL_SCHEME, hosts, 26379), service=service, db=int(db))
+        raise ValueError(f"unknown {parts.scheme}:// option(s): {', '.join(sorted(query))}")
+    out.update(sentinels=_hosts(parts.scheme, hosts, 26379), service=service, db=int(db))
     return out
 
 
@@ -333,18 +353,22 @@ class RedisStore(Store):
             options.pop("health_check_interval")
             self._redis = RedisCluster(
                 startup_nodes=[ClusterNode(host, port) for host, port in o["nodes"]], username=o["username"],
-                password=o["password"], ssl=o["ssl"], health_check_interval=self.health_check_interval,
+                password=o["password"], health_check_interval=self.health_check_interval, **(o["tls"] or {}),
                 retry_on_error=[rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError, rx.SlotNotCoveredError],
                 **options)
         elif "sentinels" in o:
             options["retry_on_error"] = [rx.ConnectionError, rx.TimeoutError]
             if self.blocking_pool:
                 options["timeout"] = self.socket_timeout
+            # TLS (``rediss+sentinel://``) to the sentinels and to the master alike, with the
+            # same CA; the user and password are the Redis servers' only: the sentinels are
+            # asked without credentials.
+            tls = o["tls"] or {}
             self._sentinel = Sentinel(o["sentinels"], sentinel_kwargs={
-                "socket_timeout": self.socket_timeout, "socket_connect_timeout": self.connect_timeout})
+                "socket_timeout": self.socket_timeout, "socket_connect_timeout": self.connect_timeout, **tls})
             self._redis = self._sentinel.master_for(
                 o["service"], connection_pool_class=_BlockingSentinelPool if self.blocking_pool else SentinelConnectionPool,
-                db=o["db"], username=o["username"], password=o["password"], **options)
+                db=o["db"], username=o["username"], password=o["password"], **tls, **options)
         else:
             options["retry_on_error"] = [rx.ConnectionError, rx.TimeoutError]
             if self.blocking_pool:
