@@ -123,8 +123,8 @@ import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
@@ -362,10 +362,14 @@ class RedisStore(Store):
                 options["timeout"] = self.socket_timeout
             # TLS (``rediss+sentinel://``) to the sentinels and to the master alike, with the
             # same CA; the user and password are the Redis servers' only: the sentinels are
-            # asked without credentials.
+            # asked without credentials. Each sentinel is asked once per lookup (redis-py's
+            # default would retry each with backoff up to ten seconds: a refused certificate
+            # or a set of sentinels down took 40 s to answer); the lookup itself is redone with
+            # the command (``retry`` above).
             tls = o["tls"] or {}
             self._sentinel = Sentinel(o["sentinels"], sentinel_kwargs={
-                "socket_timeout": self.socket_timeout, "socket_connect_timeout": self.connect_timeout, **tls})
+                "socket_timeout": self.socket_timeout, "socket_connect_timeout": self.connect_timeout,
+                "retry": Retry(NoBackoff(), retries=0), **tls})
             self._redis = self._sentinel.master_for(
                 o["service"], connection_pool_class=_BlockingSentinelPool if self.blocking_pool else SentinelConnectionPool,
                 db=o["db"], username=o["username"], password=o["password"], **tls, **options)
@@ -378,9 +382,17 @@ class RedisStore(Store):
         self._scripts = {name: self._redis.register_script(getattr(lua, name)) for name in lua.SCRIPTS}
         try:
             if self.cluster:
-                await self._redis.initialize()
+                try:
+                    await self._redis.initialize()
+                except rx.RedisClusterException as exc:
+                    # No node named could be reached or none answered (refused, or its
+                    # certificate was): unavailable, as a plain Redis's connection error is.
+                    raise StoreUnavailable() from exc
             else:
-                await self._migrate()
+                try:
+                    await self._migrate()
+                except MasterNotFoundError as exc:
+                    raise StoreUnavailable() from await self._why_no_master(exc)
             await self._ensure_group()
             if self.wait_replicas:
                 masters = self._redis.get_primaries() if self.cluster else [None]
@@ -394,6 +406,17 @@ class RedisStore(Store):
         except BaseException:
             await self.close()
             raise
+
+    async def _why_no_master(self, failure: MasterNotFoundError) -> BaseException:
+        """Why the sentinels named no master: the first sentinel's own error (a refused
+        certificate, a refused connection), which redis-py's MasterNotFoundError lists only
+        as ``network:ConnectionError``; else ``failure`` (they answered, without the service)."""
+        for sentinel in self._sentinel.sentinels if self._sentinel else []:
+            try:
+                await sentinel.ping()
+            except (rx.ConnectionError, rx.TimeoutError) as exc:
+                return exc
+        return failure
 
     async def close(self) -> None:
         if self._sending:  # scripts already sent: their callers get their answers first
