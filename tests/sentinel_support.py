@@ -2,6 +2,8 @@
 
 Every process is a private ``redis-server`` on a free port (``--sentinel`` for the sentinels),
 never the machine's shared 6379, all in one temporary directory removed at ``cleanup()``.
+``SentinelSet(pki=make_pki())`` (tests/tls_support.py) makes every one of them speak TLS only:
+the clients, the replica to its master, the sentinels to the servers and to each other.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import time
 from pathlib import Path
 
 from tests.support import free_port
+from tests.tls_support import Pki
 
 SERVICE = "igsp"
 
 
-def _command(port: int, *args: str, timeout: float = 1.0) -> list[str]:
-    """One inline command over RESP; the reply's lines (enough for the checks below)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+def _command(port: int, *args: str, timeout: float = 1.0, pki: Pki | None = None) -> list[str]:
+    """One inline command over RESP (over TLS with ``pki``); the reply's lines (enough for
+    the checks below)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
+            (pki.context().wrap_socket(raw, server_hostname="127.0.0.1") if pki else raw) as sock:
         sock.sendall((" ".join(args) + "\r\n").encode())
         data = b""
         while not data.endswith(b"\r\n"):
@@ -57,17 +62,26 @@ def _wait(what: str, check, timeout: float = 20.0):
 
 
 class SentinelSet:
-    def __init__(self, down_after_ms: int = 1000):
+    def __init__(self, down_after_ms: int = 1000, pki: Pki | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="igsp-sentinel-"))
         self.master_port, self.replica_port = free_port(), free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.down_after_ms = down_after_ms
         self.procs: dict[int, subprocess.Popen] = {}
+        self.pki = pki
 
     @property
     def url(self) -> str:
+        """The store URL (with TLS: ``rediss+sentinel://`` trusting the set's CA)."""
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        if self.pki:
+            from urllib.parse import quote
+
+            return f"rediss+sentinel://{hosts}/{SERVICE}?ssl_ca_certs={quote(str(self.pki.ca), safe='')}"
         return f"redis+sentinel://{hosts}/{SERVICE}"
+
+    def _command(self, port: int, *args: str) -> list[str]:
+        return _command(port, *args, pki=self.pki)
 
     def _server(self, port: int, *args: str) -> None:
         binary = shutil.which("redis-server")
@@ -76,30 +90,31 @@ class SentinelSet:
         data = self.dir / str(port)
         data.mkdir(exist_ok=True)
         self.procs[port] = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes",
+            [binary, *(self.pki.server_args(port) if self.pki else ["--port", str(port)]), "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes",
              "--appendfsync", "always", "--save", "", "--daemonize", "no", "--logfile", str(data / "redis.log"),
              *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(f"redis-server on {port}", lambda: _command(port, "PING")[0] == "+PONG")
+        _wait(f"redis-server on {port}", lambda: self._command(port, "PING")[0] == "+PONG")
 
     def _sentinel(self, port: int) -> None:
         data = self.dir / str(port)
         data.mkdir()
         conf = data / "sentinel.conf"
         conf.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {data}\nlogfile {data / 'sentinel.log'}\n"
+            (self.pki.sentinel_conf(port) if self.pki else f"port {port}\n")
+            + f"bind 127.0.0.1\ndir {data}\nlogfile {data / 'sentinel.log'}\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.master_port} 2\n"
             f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
             f"sentinel failover-timeout {SERVICE} 10000\n"
             f"sentinel parallel-syncs {SERVICE} 1\n")
         self.procs[port] = subprocess.Popen([shutil.which("redis-server"), str(conf), "--sentinel"],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(f"sentinel on {port}", lambda: _command(port, "PING")[0] == "+PONG")
+        _wait(f"sentinel on {port}", lambda: self._command(port, "PING")[0] == "+PONG")
 
     def start(self) -> SentinelSet:
         try:
             self._server(self.master_port)
             self._server(self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port))
-            _wait("the replica in sync", lambda: "master_link_status:up" in _command(self.replica_port, "INFO",
+            _wait("the replica in sync", lambda: "master_link_status:up" in self._command(self.replica_port, "INFO",
                                                                                       "replication"))
             for port in self.sentinel_ports:
                 self._sentinel(port)
@@ -112,14 +127,14 @@ class SentinelSet:
         return self
 
     def _sees_everything(self, port: int) -> bool:
-        master = _command(port, "SENTINEL", "MASTER", SERVICE)
+        master = self._command(port, "SENTINEL", "MASTER", SERVICE)
         fields = dict(zip(master[2::4], master[4::4], strict=False))
         return (fields.get("num-slaves") == "1" and fields.get("num-other-sentinels") == "2"
                 and fields.get("flags") == "master")
 
     def master_address(self, via: int | None = None) -> int:
         """The master's port as a sentinel reports it now."""
-        reply = _command(via or self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+        reply = self._command(via or self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
         return int(reply[4])
 
     def kill_master(self) -> int:
@@ -137,7 +152,7 @@ class SentinelSet:
         master = self.master_address()
 
         def in_sync():
-            info = _command(port, "INFO", "replication")
+            info = self._command(port, "INFO", "replication")
             return "role:slave" in info and "master_link_status:up" in info and f"master_port:{master}" in info
         _wait(f"{port} to replicate the master {master}", in_sync, timeout)
 
@@ -148,7 +163,7 @@ class SentinelSet:
             if len(ports) != 1 or old in ports:
                 return 0
             port = ports.pop()
-            return port if "role:master" in _command(port, "INFO", "replication") else 0
+            return port if "role:master" in self._command(port, "INFO", "replication") else 0
         return _wait("sentinels to promote the replica", promoted, timeout)
 
     def cleanup(self) -> None:
