@@ -111,7 +111,8 @@ CONFIG_SCHEMA: dict = {
                                                  "relative to the config file."},
                 "tls": {
                     "type": "object", "additionalProperties": False,
-                    "description": "TLS to Redis (rediss://): on, and the CA that signed the server's certificate.",
+                    "description": "TLS to Redis (rediss://, rediss+sentinel:// to the sentinels and the servers, "
+                                   "rediss+cluster://): on, and the CA that signed the servers' certificates.",
                     "properties": {
                         "enabled": {"type": "boolean", "default": False},
                         "ca_file": {"type": "string", "minLength": 1,
