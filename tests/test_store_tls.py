@@ -202,3 +202,42 @@ async def test_a_wrong_password_over_tls_is_refused(tls_redis, tmp_path, pki):
     url = configured_url(tmp_path, f"redis://127.0.0.1:{tls_redis.port}/0", pki.ca)
     causes = await refused(url.replace(quote(PASSWORD, safe=""), "not-the-password"))
     assert "WRONGPASS" in causes or "invalid username-password" in causes, causes
+
+
+def test_a_gateway_on_tls_sentinels_takes_money_and_refuses_a_wrong_ca(hub88, hub88_keys, gateway_factory,
+                                                                       tls_sentinels, pki, tmp_path):
+    """End to end: ``igsp-gateway serve`` with a store section as an operator writes it (the
+    sentinels' plain URL, an ACL user, the password from the environment, store.tls with a CA
+    file) answers a bet and its retry from one debit; with the wrong CA it does not start,
+    and its log says why without the password."""
+    from decimal import Decimal
+
+    from tests.conftest import ACME, platform_config
+    from tests.support import GatewayProcess, IgspClient
+    from tests.test_platform_face import bet
+
+    hub88.player("p1", "100.00")
+    url = tls_sentinels.url.replace("rediss+", "redis+").split("?")[0]
+
+    def config(ca) -> dict:
+        return platform_config(url, store={"namespace": f"t-{uuid.uuid4().hex[:8]}", "username": "igsp",
+                                           "password": "${REDIS_PASSWORD}",
+                                           "tls": {"enabled": True, "ca_file": str(ca)}})
+
+    gw = gateway_factory(config(pki.ca), env={"REDIS_PASSWORD": PASSWORD})
+    acme = IgspClient(gw.url, ACME["api_key"], ACME["secret"])
+    first = acme.hook(bet("tx-tls-1", 5))
+    assert first.status_code == 200, first.text
+    again = acme.hook(bet("tx-tls-1", 5))
+    assert again.status_code == 200 and again.content == first.content
+    assert len(hub88.ledger("bet")) == 1 and hub88.balance("p1") == Decimal("95.00")
+
+    wrong = GatewayProcess(config(pki.wrong_ca), tmp_path, env={"REDIS_PASSWORD": PASSWORD,
+                                                                "HUB88_WALLET_URL": hub88.url,
+                                                                "HUB88_PRIVATE_KEY": hub88_keys[0]})
+    with pytest.raises(RuntimeError, match="gateway did not start"):
+        wrong.start(timeout=30)
+    assert wrong.proc.wait(10) == 1
+    log = wrong.log_text()
+    assert "certificate verify failed" in log, log
+    assert PASSWORD not in log and quote(PASSWORD, safe="") not in log
