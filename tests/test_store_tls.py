@@ -87,13 +87,15 @@ def tls_cluster(pki):
         cluster.cleanup()
 
 
+def plain_url_of(servers) -> str:
+    """A TLS set's URL as an operator writes it in store.url, without TLS or credentials."""
+    return servers.url.replace("rediss+", "redis+").split("?")[0]
+
+
 def plain_url(request, kind: str) -> str:
-    """The URL an operator writes in store.url, without TLS or credentials."""
     if kind == "standalone":
         return f"redis://127.0.0.1:{request.getfixturevalue('tls_redis').port}/0"
-    if kind == "sentinel":
-        return request.getfixturevalue("tls_sentinels").url.replace("rediss+", "redis+").split("?")[0]
-    return request.getfixturevalue("tls_cluster").url.replace("rediss+", "redis+").split("?")[0]
+    return plain_url_of(request.getfixturevalue({"sentinel": "tls_sentinels", "cluster": "tls_cluster"}[kind]))
 
 
 def configured_url(tmp_path, url: str, ca) -> str:
@@ -217,7 +219,7 @@ def test_a_gateway_on_tls_sentinels_takes_money_and_refuses_a_wrong_ca(hub88, hu
     from tests.test_platform_face import bet
 
     hub88.player("p1", "100.00")
-    url = tls_sentinels.url.replace("rediss+", "redis+").split("?")[0]
+    url = plain_url_of(tls_sentinels)
 
     def config(ca) -> dict:
         return platform_config(url, store={"namespace": f"t-{uuid.uuid4().hex[:8]}", "username": "igsp",
@@ -241,3 +243,31 @@ def test_a_gateway_on_tls_sentinels_takes_money_and_refuses_a_wrong_ca(hub88, hu
     log = wrong.log_text()
     assert "certificate verify failed" in log, log
     assert PASSWORD not in log and quote(PASSWORD, safe="") not in log
+
+
+# Last in the module: it kills the TLS Sentinel set's master.
+async def test_a_failover_over_tls_keeps_every_acknowledged_write(tls_sentinels, tmp_path, pki):
+    """The sentinels (over TLS) promote the replica (replicating over TLS); the same store
+    object finds the new master through them and reaches it over TLS, with every write the
+    replica acknowledged (``wait_replicas=1``) still there."""
+    from gateway.store import OnceKey, TxRecord
+    from gateway.store.base import DONE
+    from tests.test_redis_sentinel import until_served
+
+    url = configured_url(tmp_path, plain_url_of(tls_sentinels) + "?wait_replicas=1&wait_timeout_ms=2000", pki.ca)
+    store = open_store(url, namespace=f"t-{uuid.uuid4().hex[:8]}")
+    await store.open()
+    try:
+        assert await store.tx_begin(TxRecord("acme", "bet-1", "bet", "fp", payload=b"{}"), 3600) is None
+        await store.tx_finish("acme", "bet-1", DONE, 200, b'{"balance":99.00}', 3600)
+        assert await store.claim(OnceKey("sig", "s-1", 3600)) is True
+        assert await store.kv_put("session", "p1", b"token", ttl=3600)
+        old = tls_sentinels.kill_master()
+        assert tls_sentinels.wait_for_new_master(old) == tls_sentinels.replica_port
+        got = await until_served(lambda: store.tx_get("acme", "bet-1"))
+        assert (got.state, got.status, got.body) == (DONE, 200, b'{"balance":99.00}')
+        assert await store.kv_get("session", "p1") == b"token"
+        # (a write would be refused now: the promoted replica has no replica to acknowledge it)
+        assert tuple(store.r.connection_pool.master_address) == ("127.0.0.1", tls_sentinels.replica_port)
+    finally:
+        await store.close()
