@@ -109,6 +109,9 @@ CONFIG_SCHEMA: dict = {
                 "password_file": {"type": "string", "minLength": 1,
                                   "description": "File holding the Redis password (a mounted Secret), read at load; "
                                                  "relative to the config file."},
+                "sentinel_auth": {"type": "boolean", "default": False,
+                                  "description": "Behind Sentinel: log in to the sentinels too, with the same user "
+                                                 "and password as the Redis servers (sentinels with requirepass)."},
                 "tls": {
                     "type": "object", "additionalProperties": False,
                     "description": "TLS to Redis (rediss://, rediss+sentinel:// to the sentinels and the servers, "
@@ -569,7 +572,7 @@ def _store_url(data: dict, file: str, base: Path, problems: list[Problem]) -> tu
     scheme = url.split("://", 1)[0]
     earlier = len(problems)
     if scheme == "sqlite":
-        for name in ("username", "password", "password_file", "tls"):
+        for name in ("username", "password", "password_file", "tls", "sentinel_auth"):
             if name in store:
                 problems.append(Problem(file, line_of(data, ("store", name)), f"store.{name}",
                                         "is for a Redis store; store.url is SQLite"))
@@ -605,6 +608,20 @@ def _store_url(data: dict, file: str, base: Path, problems: list[Problem]) -> tu
         at = "@"
     tls = store.get("tls") or {}
     query = parse_qsl(parts.query, keep_blank_values=True)
+    if store.get("sentinel_auth"):
+        where = ("store", "sentinel_auth")
+        if not scheme.endswith("+sentinel"):
+            problems.append(Problem(file, line_of(data, where), "store.sentinel_auth",
+                                    f"is for Redis behind Sentinel; store.url is {scheme}://"))
+        elif password is None and not at:
+            problems.append(Problem(file, line_of(data, where), "store.sentinel_auth",
+                                    "logs in to the sentinels with the Redis password: give store.password "
+                                    "or store.password_file"))
+        elif any(name == "sentinel_auth" for name, _ in query):
+            problems.append(Problem(file, line_of(data, where), "store.sentinel_auth",
+                                    "store.url already has sentinel_auth: say it in one place"))
+        else:
+            query.append(("sentinel_auth", "yes"))
     if tls.get("enabled"):
         if scheme not in _TLS_SCHEMES:
             problems.append(Problem(file, line_of(data, ("store", "tls", "enabled")), "store.tls.enabled",

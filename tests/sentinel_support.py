@@ -4,6 +4,8 @@ Every process is a private ``redis-server`` on a free port (``--sentinel`` for t
 never the machine's shared 6379, all in one temporary directory removed at ``cleanup()``.
 ``SentinelSet(pki=make_pki())`` (tests/tls_support.py) makes every one of them speak TLS only:
 the clients, the replica to its master, the sentinels to the servers and to each other.
+``SentinelSet(password=…)`` has every one of them require that password (``requirepass``;
+the replica and the sentinels log in with it).
 """
 
 from __future__ import annotations
@@ -22,11 +24,22 @@ from tests.tls_support import Pki
 SERVICE = "igsp"
 
 
-def _command(port: int, *args: str, timeout: float = 1.0, pki: Pki | None = None) -> list[str]:
-    """One inline command over RESP (over TLS with ``pki``); the reply's lines (enough for
-    the checks below)."""
+def _command(port: int, *args: str, timeout: float = 1.0, pki: Pki | None = None,
+             password: str | None = None) -> list[str]:
+    """One inline command over RESP (over TLS with ``pki``, after ``AUTH password`` with a
+    password); the reply's lines (enough for the checks below)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
             (pki.context().wrap_socket(raw, server_hostname="127.0.0.1") if pki else raw) as sock:
+        if password:
+            sock.sendall(f"AUTH {password}\r\n".encode())
+            said = b""
+            while not said.endswith(b"\r\n"):
+                chunk = sock.recv(1)
+                if not chunk:
+                    break
+                said += chunk
+            if said != b"+OK\r\n":
+                raise ValueError(f"AUTH refused: {said!r}")
         sock.sendall((" ".join(args) + "\r\n").encode())
         data = b""
         while not data.endswith(b"\r\n"):
@@ -62,13 +75,14 @@ def _wait(what: str, check, timeout: float = 20.0):
 
 
 class SentinelSet:
-    def __init__(self, down_after_ms: int = 1000, pki: Pki | None = None):
+    def __init__(self, down_after_ms: int = 1000, pki: Pki | None = None, password: str | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="igsp-sentinel-"))
         self.master_port, self.replica_port = free_port(), free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.down_after_ms = down_after_ms
         self.procs: dict[int, subprocess.Popen] = {}
         self.pki = pki
+        self.password = password
 
     @property
     def url(self) -> str:
@@ -81,7 +95,7 @@ class SentinelSet:
         return f"redis+sentinel://{hosts}/{SERVICE}"
 
     def _command(self, port: int, *args: str) -> list[str]:
-        return _command(port, *args, pki=self.pki)
+        return _command(port, *args, pki=self.pki, password=self.password)
 
     def _server(self, port: int, *args: str) -> None:
         binary = shutil.which("redis-server")
@@ -90,8 +104,9 @@ class SentinelSet:
         data = self.dir / str(port)
         data.mkdir(exist_ok=True)
         self.procs[port] = subprocess.Popen(
-            [binary, *(self.pki.server_args(port) if self.pki else ["--port", str(port)]), "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes",
-             "--appendfsync", "always", "--save", "", "--daemonize", "no", "--logfile", str(data / "redis.log"),
+            [binary, *(self.pki.server_args(port) if self.pki else ["--port", str(port)]), "--bind", "127.0.0.1",
+             "--dir", str(data), "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no", "--logfile", str(data / "redis.log"),
+             *(["--requirepass", self.password, "--masterauth", self.password] if self.password else []),
              *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait(f"redis-server on {port}", lambda: self._command(port, "PING")[0] == "+PONG")
 
@@ -105,7 +120,8 @@ class SentinelSet:
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.master_port} 2\n"
             f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
             f"sentinel failover-timeout {SERVICE} 10000\n"
-            f"sentinel parallel-syncs {SERVICE} 1\n")
+            f"sentinel parallel-syncs {SERVICE} 1\n"
+            + (f"requirepass {self.password}\nsentinel auth-pass {SERVICE} {self.password}\n" if self.password else ""))
         self.procs[port] = subprocess.Popen([shutil.which("redis-server"), str(conf), "--sentinel"],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait(f"sentinel on {port}", lambda: self._command(port, "PING")[0] == "+PONG")

@@ -89,7 +89,24 @@ def test_tls_with_a_ca_file_folds_into_a_url_the_store_takes(load, tmp_path, url
         assert (options["username"], options["password"]) == ("igsp", PASSWORD)
 
 
+def test_sentinel_auth_folds_into_the_url(load, tmp_path):
+    (tmp_path / "redis-password").write_text(PASSWORD + "\n")
+    config = load({"url": "redis+sentinel://s0:26379/mymaster", "password_file": "redis-password",
+                   "sentinel_auth": True})
+    assert config.store_url == "redis+sentinel://:p%40ss%3Aw%2Frd%25-hunter2-long@s0:26379/mymaster?sentinel_auth=yes"
+    options = open_store(config.store_url).options
+    assert options["sentinel_auth"] is True and options["password"] == PASSWORD
+    assert open_store("redis+sentinel://:pw@s0/m").options["sentinel_auth"] is False
+
+
 @pytest.mark.parametrize(("store", "field", "says"), [
+    ({"url": "redis://r/0", "password": PASSWORD, "sentinel_auth": True}, "store.sentinel_auth",
+     "is for Redis behind Sentinel"),
+    ({"url": "redis+sentinel://s/m", "sentinel_auth": True}, "store.sentinel_auth", "give store.password"),
+    ({"url": "redis+sentinel://s/m?sentinel_auth=yes", "password": PASSWORD, "sentinel_auth": True},
+     "store.sentinel_auth", "already has sentinel_auth"),
+    ({"url": "redis+sentinel://s/m?sentinel_auth=yes"}, "store.url", "the URL has none"),
+    ({"url": "redis+sentinel://s/m?sentinel_auth=maybe"}, "store.url", "sentinel_auth must be yes or no"),
     ({"url": "sqlite:///gw.db", "password": PASSWORD}, "store.password", "is for a Redis store"),
     ({"url": "redis://r/0", "password": PASSWORD, "password_file": "redis-password"}, "store.password_file",
      "not both"),

@@ -245,7 +245,7 @@ def test_a_gateway_on_tls_sentinels_takes_money_and_refuses_a_wrong_ca(hub88, hu
     assert PASSWORD not in log and quote(PASSWORD, safe="") not in log
 
 
-# Last in the module: it kills the TLS Sentinel set's master.
+# After every other test of the module's TLS Sentinel set: it kills the set's master.
 async def test_a_failover_over_tls_keeps_every_acknowledged_write(tls_sentinels, tmp_path, pki):
     """The sentinels (over TLS) promote the replica (replicating over TLS); the same store
     object finds the new master through them and reaches it over TLS, with every write the
@@ -271,3 +271,37 @@ async def test_a_failover_over_tls_keeps_every_acknowledged_write(tls_sentinels,
         assert tuple(store.r.connection_pool.master_address) == ("127.0.0.1", tls_sentinels.replica_port)
     finally:
         await store.close()
+
+
+def test_sentinels_that_require_the_password_over_tls(tmp_path, pki):
+    """Sentinels with ``requirepass`` (as the servers): ``store.sentinel_auth`` logs in to them
+    with the Redis password, over TLS; without it the sentinels refuse, promptly and saying so."""
+    from gateway.store import TxRecord
+
+    password = "sentinel-and-redis-pass-0123456789"
+    sentinels = SentinelSet(pki=pki, password=password).start()
+    try:
+        (tmp_path / "redis-password").write_text(password + "\n")
+
+        def url(**store) -> str:
+            (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({"store": {
+                "url": plain_url_of(sentinels), "password_file": "redis-password",
+                "tls": {"enabled": True, "ca_file": str(pki.ca)}, **store}}))
+            return load_store_settings(tmp_path / "gateway.yaml").url
+
+        async def write(url: str) -> None:
+            store = open_store(url, namespace=f"t-{uuid.uuid4().hex[:8]}")
+            await store.open()
+            try:
+                assert await store.tx_begin(TxRecord("acme", "tx-1", "bet", "fp"), 60) is None
+                assert (await store.tx_get("acme", "tx-1")).txid == "tx-1"
+            finally:
+                await store.close()
+
+        with_auth = url(sentinel_auth=True)
+        assert with_auth.startswith("rediss+sentinel://:") and "sentinel_auth=yes" in with_auth
+        asyncio.run(write(with_auth))
+        causes = asyncio.run(refused(url()))
+        assert "MasterNotFoundError" in causes and "uthentication" in causes, causes
+    finally:
+        sentinels.cleanup()

@@ -3,7 +3,8 @@
 ``redis://host:port/db`` (or ``rediss://``),
 ``redis+sentinel://host:port[,host:port…]/service-name[?db=N]`` — the master of the Sentinel
 service ``service-name``, found and followed through failovers by redis-py's own asyncio
-Sentinel client (user and password in the URL are the Redis servers', not the sentinels') — or
+Sentinel client (user and password in the URL are the Redis servers'; the sentinels' too with
+``?sentinel_auth=yes``, else the sentinels are asked without credentials) — or
 ``redis+cluster://host:port[,host:port…]/``: a Redis Cluster
 through redis-py's own asyncio ``RedisCluster`` (it learns the slot map from any of the nodes
 named, follows ``MOVED``/``ASK`` and a failover's new map).
@@ -199,7 +200,8 @@ def parse_url(url: str) -> dict:
 
     ``{"url": ..., "wait_replicas": int, "wait_timeout_ms": int}`` for ``redis://`` (the URL
     without the store's own query options, for redis-py), plus ``sentinels`` [(host, port)],
-    ``service``, ``db``, ``username``, ``password`` and ``tls`` for ``redis+sentinel://``, and
+    ``service``, ``db``, ``username``, ``password``, ``tls`` and ``sentinel_auth`` (the sentinels
+    take the same user and password: ``?sentinel_auth=yes``) for ``redis+sentinel://``, and
     ``nodes`` [(host, port)], ``username``, ``password`` and ``tls`` for ``redis+cluster://``.
     ``tls`` is None without TLS, else redis-py's TLS keyword arguments (``ssl=True`` and
     ``ssl_ca_certs`` when the URL names a CA bundle: ``rediss+…://…?ssl_ca_certs=/path``).
@@ -247,9 +249,15 @@ def parse_url(url: str) -> dict:
     db = query.pop("db", ["0"])[-1]
     if not db.isdigit():
         raise ValueError(f"db must be a whole number, got {db!r}")
+    sentinel_auth = query.pop("sentinel_auth", ["no"])[-1]
+    if sentinel_auth not in ("yes", "no"):
+        raise ValueError(f"sentinel_auth must be yes or no, got {sentinel_auth!r}")
+    if sentinel_auth == "yes" and not out["password"]:
+        raise ValueError("sentinel_auth=yes logs in to the sentinels with the URL's password: the URL has none")
     if query:
         raise ValueError(f"unknown {parts.scheme}:// option(s): {', '.join(sorted(query))}")
-    out.update(sentinels=_hosts(parts.scheme, hosts, 26379), service=service, db=int(db))
+    out.update(sentinels=_hosts(parts.scheme, hosts, 26379), service=service, db=int(db),
+               sentinel_auth=sentinel_auth == "yes")
     return out
 
 
@@ -361,15 +369,16 @@ class RedisStore(Store):
             if self.blocking_pool:
                 options["timeout"] = self.socket_timeout
             # TLS (``rediss+sentinel://``) to the sentinels and to the master alike, with the
-            # same CA; the user and password are the Redis servers' only: the sentinels are
-            # asked without credentials. Each sentinel is asked once per lookup (redis-py's
-            # default would retry each with backoff up to ten seconds: a refused certificate
-            # or a set of sentinels down took 40 s to answer); the lookup itself is redone with
-            # the command (``retry`` above).
+            # same CA; the user and password are the Redis servers', and the sentinels' too
+            # with ``sentinel_auth=yes`` (else they are asked without credentials). Each
+            # sentinel is asked once per lookup (redis-py's default would retry each with
+            # backoff up to ten seconds: a refused certificate or a set of sentinels down took
+            # 40 s to answer); the lookup itself is redone with the command (``retry`` above).
             tls = o["tls"] or {}
             self._sentinel = Sentinel(o["sentinels"], sentinel_kwargs={
                 "socket_timeout": self.socket_timeout, "socket_connect_timeout": self.connect_timeout,
-                "retry": Retry(NoBackoff(), retries=0), **tls})
+                "retry": Retry(NoBackoff(), retries=0), **tls,
+                **({"username": o["username"], "password": o["password"]} if o["sentinel_auth"] else {})})
             self._redis = self._sentinel.master_for(
                 o["service"], connection_pool_class=_BlockingSentinelPool if self.blocking_pool else SentinelConnectionPool,
                 db=o["db"], username=o["username"], password=o["password"], **tls, **options)
