@@ -45,7 +45,8 @@ SENTINEL = {"mode": "sentinel", "hosts": ["s0:26379", "s1:26379", "s2:26379"], "
             "db": 1, "waitReplicas": 1, "username": "igsp", "passwordSecret": {"name": "redis-auth"}}
 CLUSTER = {"mode": "cluster", "hosts": ["node-0.redis:6379", "node-1.redis:6379"], "username": "igsp",
            "passwordSecret": {"name": "redis-auth"}, "tls": {"enabled": True}}
-SENTINEL_TLS = {**SENTINEL, "tls": {"enabled": True, "caSecret": {"name": "redis-ca", "key": "ca.pem"}}}
+SENTINEL_TLS = {**SENTINEL, "tls": {"enabled": True, "caSecret": {"name": "redis-ca", "key": "ca.pem"}},
+                "sentinelAuth": True}
 VARIANTS = {"standalone": STANDALONE, "sentinel": SENTINEL, "cluster": CLUSTER, "sentinel-tls": SENTINEL_TLS}
 
 
@@ -71,6 +72,7 @@ def test_the_store_section_of_each_variant() -> None:
     assert stores["sentinel-tls"]["url"] == stores["sentinel"]["url"]  # gateway.yaml's store.tls makes it rediss+
     assert stores["sentinel-tls"]["tls"] == {"enabled": True,
                                              "ca_file": "/var/run/secrets/igsp-gateway/redis-tls/ca.pem"}
+    assert stores["sentinel-tls"]["sentinel_auth"] is True and "sentinel_auth" not in stores["sentinel"]
 
 
 def test_the_notes_say_where_tls_goes() -> None:
@@ -126,6 +128,7 @@ def test_the_rendered_config_validates(variant, tmp_path) -> None:
         scheme = {"standalone": "rediss://", "cluster": "rediss+cluster://", "sentinel-tls": "rediss+sentinel://"}
         assert config.store_url.startswith(scheme[variant]), config.store_url
         assert ("ssl_ca_certs=" in config.store_url) == bool(spec["tls"].get("caSecret")), config.store_url
+        assert ("sentinel_auth=yes" in config.store_url) == bool(spec.get("sentinelAuth")), config.store_url
 
 
 def test_the_rendered_standalone_config_logs_in_to_a_real_redis(tmp_path) -> None:
@@ -156,31 +159,29 @@ def test_the_rendered_standalone_config_logs_in_to_a_real_redis(tmp_path) -> Non
 
 
 def test_the_rendered_sentinel_tls_config_runs_on_real_tls_sentinels(tmp_path) -> None:
-    """mode=sentinel with TLS, rendered, loaded as the pod loads it, against a TLS-only
-    Sentinel set: the store finds the master through the sentinels over TLS, logs in with
-    the ACL user over TLS, and writes a transaction."""
+    """mode=sentinel with TLS and sentinelAuth, rendered, loaded as the pod loads it, against
+    a TLS-only Sentinel set whose servers and sentinels require the password: the store logs
+    in to the sentinels and finds the master through them over TLS, logs in to the master
+    over TLS, and writes a transaction."""
     from tests.sentinel_support import SERVICE, SentinelSet
     from tests.tls_support import make_pki
 
     pki = make_pki(tmp_path / "pki")
-    sentinels = SentinelSet(pki=pki).start()
+    password = "redis-and-sentinel-pass-0123456789"  # requirepass: the default user's
+    sentinels = SentinelSet(pki=pki, password=password).start()
     try:
-        import redis
-
-        for port in (sentinels.master_port, sentinels.replica_port):
-            redis.Redis(host="127.0.0.1", port=port, **pki.redis_kwargs()).execute_command(
-                "ACL", "SETUSER", "igsp", "on", f">{PASSWORD}", "~*", "&*", "+@all")
         (tmp_path / "redis-tls").mkdir()
         (tmp_path / "redis-tls" / "ca.pem").write_bytes(pki.ca.read_bytes())  # the mounted CA Secret
         spec = {**SENTINEL_TLS, "hosts": [f"127.0.0.1:{port}" for port in sentinels.sentinel_ports],
-                "sentinelService": SERVICE, "db": 0,
+                "sentinelService": SERVICE, "db": 0, "username": "",
                 "tls": {**SENTINEL_TLS["tls"], "mountPath": str(tmp_path / "redis-tls")}}
         manifests = render_chart(values(**spec))
         from tests.test_helm import write_config_tree
 
         path = write_config_tree(manifests, tmp_path / "config")
-        config = load_config(path, env={**_pod_env(manifests), **mapping_env(), "REDIS_PASSWORD": PASSWORD})
-        assert config.store_url.startswith("rediss+sentinel://igsp:"), "TLS and the ACL user folded in"
+        config = load_config(path, env={**_pod_env(manifests), **mapping_env(), "REDIS_PASSWORD": password})
+        assert config.store_url.startswith("rediss+sentinel://:"), "TLS and the password folded in"
+        assert "sentinel_auth=yes" in config.store_url
 
         async def write() -> None:
             from gateway.store import TxRecord
@@ -205,6 +206,10 @@ def test_the_rendered_sentinel_tls_config_runs_on_real_tls_sentinels(tmp_path) -
     ({"mode": "cluster", "hosts": ["n:6379"], "db": 3}, "a Redis Cluster has only database 0"),
     ({"mode": "standalone", "hosts": ["r:6379"], "passwordSecret": {"name": ""}},
      "redis.external.auth=true needs a password"),
+    ({"mode": "cluster", "hosts": ["n:6379"], "sentinelAuth": True, "passwordSecret": {"name": "p"}},
+     "redis.external.sentinelAuth=true but redis.external.mode=cluster"),
+    ({"mode": "sentinel", "hosts": ["s:26379"], "sentinelService": "m", "auth": False, "sentinelAuth": True},
+     "redis.external.sentinelAuth=true logs in to the sentinels with the Redis password"),
     ({"mode": "standalone", "hosts": ["r:6379"], "auth": False, "tls": {"caSecret": {"name": "ca"}}},
      "redis.external.tls.caSecret.name is set but redis.external.tls.enabled=false"),
 ])

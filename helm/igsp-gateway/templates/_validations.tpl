@@ -39,6 +39,12 @@ Included from deployment.yaml so every install and upgrade runs them.
 {{- if and $x.auth (not $x.passwordSecret.name) (not .Values.redis.password) (not .Values.existingSecret) }}
 {{- fail "redis.external.auth=true needs a password: set redis.external.passwordSecret.name (an existing Secret), redis.password, or existingSecret with key REDIS_PASSWORD; or set redis.external.auth=false" }}
 {{- end }}
+{{- if and $x.sentinelAuth (ne $x.mode "sentinel") }}
+{{- fail (printf "redis.external.sentinelAuth=true but redis.external.mode=%s: it logs in to sentinels; use mode=sentinel or unset it" $x.mode) }}
+{{- end }}
+{{- if and $x.sentinelAuth (not $x.auth) }}
+{{- fail "redis.external.sentinelAuth=true logs in to the sentinels with the Redis password, but redis.external.auth=false: set auth=true or sentinelAuth=false" }}
+{{- end }}
 {{- if and $x.tls.caSecret.name (not $x.tls.enabled) }}
 {{- fail "redis.external.tls.caSecret.name is set but redis.external.tls.enabled=false: enable TLS or unset the CA Secret" }}
 {{- end }}
