@@ -109,9 +109,13 @@ CONFIG_SCHEMA: dict = {
                 "password_file": {"type": "string", "minLength": 1,
                                   "description": "File holding the Redis password (a mounted Secret), read at load; "
                                                  "relative to the config file."},
+                "sentinel_auth": {"type": "boolean", "default": False,
+                                  "description": "Behind Sentinel: log in to the sentinels too, with the same user "
+                                                 "and password as the Redis servers (sentinels with requirepass)."},
                 "tls": {
                     "type": "object", "additionalProperties": False,
-                    "description": "TLS to Redis (rediss://): on, and the CA that signed the server's certificate.",
+                    "description": "TLS to Redis (rediss://, rediss+sentinel:// to the sentinels and the servers, "
+                                   "rediss+cluster://): on, and the CA that signed the servers' certificates.",
                     "properties": {
                         "enabled": {"type": "boolean", "default": False},
                         "ca_file": {"type": "string", "minLength": 1,
@@ -550,7 +554,8 @@ def load_store_settings(path: str | Path, env: dict | None = None) -> StoreSetti
 
 
 #: Store URL schemes that take the ``store`` section's TLS settings, and their TLS form.
-_TLS_SCHEMES = {"redis": "rediss", "rediss": "rediss", "redis+cluster": "rediss+cluster",
+_TLS_SCHEMES = {"redis": "rediss", "rediss": "rediss", "redis+sentinel": "rediss+sentinel",
+                "rediss+sentinel": "rediss+sentinel", "redis+cluster": "rediss+cluster",
                 "rediss+cluster": "rediss+cluster"}
 
 
@@ -565,8 +570,9 @@ def _store_url(data: dict, file: str, base: Path, problems: list[Problem]) -> tu
     store = data.get("store") or {}
     url = store.get("url", "sqlite:///igsp-gateway.db")
     scheme = url.split("://", 1)[0]
+    earlier = len(problems)
     if scheme == "sqlite":
-        for name in ("username", "password", "password_file", "tls"):
+        for name in ("username", "password", "password_file", "tls", "sentinel_auth"):
             if name in store:
                 problems.append(Problem(file, line_of(data, ("store", name)), f"store.{name}",
                                         "is for a Redis store; store.url is SQLite"))
@@ -602,24 +608,53 @@ def _store_url(data: dict, file: str, base: Path, problems: list[Problem]) -> tu
         at = "@"
     tls = store.get("tls") or {}
     query = parse_qsl(parts.query, keep_blank_values=True)
+    if store.get("sentinel_auth"):
+        where = ("store", "sentinel_auth")
+        if not scheme.endswith("+sentinel"):
+            problems.append(Problem(file, line_of(data, where), "store.sentinel_auth",
+                                    f"is for Redis behind Sentinel; store.url is {scheme}://"))
+        elif password is None and not at:
+            problems.append(Problem(file, line_of(data, where), "store.sentinel_auth",
+                                    "logs in to the sentinels with the Redis password: give store.password "
+                                    "or store.password_file"))
+        elif any(name == "sentinel_auth" for name, _ in query):
+            problems.append(Problem(file, line_of(data, where), "store.sentinel_auth",
+                                    "store.url already has sentinel_auth: say it in one place"))
+        else:
+            query.append(("sentinel_auth", "yes"))
     if tls.get("enabled"):
         if scheme not in _TLS_SCHEMES:
             problems.append(Problem(file, line_of(data, ("store", "tls", "enabled")), "store.tls.enabled",
-                                    f"the {scheme}:// store does not take TLS settings yet",
-                                    hint="use redis://, rediss://, redis+cluster:// or rediss+cluster://"))
+                                    f"the {scheme}:// store does not take TLS settings",
+                                    hint="use a redis://, redis+sentinel:// or redis+cluster:// URL"))
         else:
             scheme = _TLS_SCHEMES[scheme]
             if "ca_file" in tls:
                 ca = base / tls["ca_file"]
-                if not ca.is_file():
+                if any(name == "ssl_ca_certs" for name, _ in query):
+                    problems.append(Problem(file, line_of(data, ("store", "tls", "ca_file")), "store.tls.ca_file",
+                                            "store.url already has ssl_ca_certs: give the CA in one place"))
+                elif not ca.is_file():
                     problems.append(Problem(file, line_of(data, ("store", "tls", "ca_file")), "store.tls.ca_file",
                                             f"no such file: {tls['ca_file']!r}"))
                 query.append(("ssl_ca_certs", str(ca)))
     elif "ca_file" in tls:
         problems.append(Problem(file, line_of(data, ("store", "tls", "ca_file")), "store.tls.ca_file",
                                 "is set but store.tls.enabled is not true"))
+    elif tls.get("enabled") is False and scheme.startswith("rediss"):
+        problems.append(Problem(file, line_of(data, ("store", "tls", "enabled")), "store.tls.enabled",
+                                f"is false but store.url is {scheme}:// (TLS): say one thing",
+                                hint="drop store.tls, or write the URL without the s (redis…://)"))
     netloc = f"{userinfo}{at}{hosts}"
-    return urlunsplit(parts._replace(scheme=scheme, netloc=netloc, query=urlencode(query))), password
+    url = urlunsplit(parts._replace(scheme=scheme, netloc=netloc, query=urlencode(query)))
+    if len(problems) == earlier and scheme in _TLS_SCHEMES:
+        from gateway.store.redis import parse_url
+
+        try:
+            parse_url(url)  # what the store will say at open, said now, naming the field
+        except ValueError as exc:
+            problems.append(Problem(file, line_of(data, ("store", "url")), "store.url", str(exc)))
+    return url, password
 
 
 def _mapping_problems(data: dict, file: str, env: dict | None) -> list:

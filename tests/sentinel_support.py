@@ -2,6 +2,10 @@
 
 Every process is a private ``redis-server`` on a free port (``--sentinel`` for the sentinels),
 never the machine's shared 6379, all in one temporary directory removed at ``cleanup()``.
+``SentinelSet(pki=make_pki())`` (tests/tls_support.py) makes every one of them speak TLS only:
+the clients, the replica to its master, the sentinels to the servers and to each other.
+``SentinelSet(password=…)`` has every one of them require that password (``requirepass``;
+the replica and the sentinels log in with it).
 """
 
 from __future__ import annotations
@@ -15,13 +19,27 @@ import time
 from pathlib import Path
 
 from tests.support import free_port
+from tests.tls_support import Pki
 
 SERVICE = "igsp"
 
 
-def _command(port: int, *args: str, timeout: float = 1.0) -> list[str]:
-    """One inline command over RESP; the reply's lines (enough for the checks below)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+def _command(port: int, *args: str, timeout: float = 1.0, pki: Pki | None = None,
+             password: str | None = None) -> list[str]:
+    """One inline command over RESP (over TLS with ``pki``, after ``AUTH password`` with a
+    password); the reply's lines (enough for the checks below)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
+            (pki.context().wrap_socket(raw, server_hostname="127.0.0.1") if pki else raw) as sock:
+        if password:
+            sock.sendall(f"AUTH {password}\r\n".encode())
+            said = b""
+            while not said.endswith(b"\r\n"):
+                chunk = sock.recv(1)
+                if not chunk:
+                    break
+                said += chunk
+            if said != b"+OK\r\n":
+                raise ValueError(f"AUTH refused: {said!r}")
         sock.sendall((" ".join(args) + "\r\n").encode())
         data = b""
         while not data.endswith(b"\r\n"):
@@ -57,17 +75,27 @@ def _wait(what: str, check, timeout: float = 20.0):
 
 
 class SentinelSet:
-    def __init__(self, down_after_ms: int = 1000):
+    def __init__(self, down_after_ms: int = 1000, pki: Pki | None = None, password: str | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="igsp-sentinel-"))
         self.master_port, self.replica_port = free_port(), free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.down_after_ms = down_after_ms
         self.procs: dict[int, subprocess.Popen] = {}
+        self.pki = pki
+        self.password = password
 
     @property
     def url(self) -> str:
+        """The store URL (with TLS: ``rediss+sentinel://`` trusting the set's CA)."""
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        if self.pki:
+            from urllib.parse import quote
+
+            return f"rediss+sentinel://{hosts}/{SERVICE}?ssl_ca_certs={quote(str(self.pki.ca), safe='')}"
         return f"redis+sentinel://{hosts}/{SERVICE}"
+
+    def _command(self, port: int, *args: str) -> list[str]:
+        return _command(port, *args, pki=self.pki, password=self.password)
 
     def _server(self, port: int, *args: str) -> None:
         binary = shutil.which("redis-server")
@@ -76,30 +104,33 @@ class SentinelSet:
         data = self.dir / str(port)
         data.mkdir(exist_ok=True)
         self.procs[port] = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes",
-             "--appendfsync", "always", "--save", "", "--daemonize", "no", "--logfile", str(data / "redis.log"),
+            [binary, *(self.pki.server_args(port) if self.pki else ["--port", str(port)]), "--bind", "127.0.0.1",
+             "--dir", str(data), "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no", "--logfile", str(data / "redis.log"),
+             *(["--requirepass", self.password, "--masterauth", self.password] if self.password else []),
              *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(f"redis-server on {port}", lambda: _command(port, "PING")[0] == "+PONG")
+        _wait(f"redis-server on {port}", lambda: self._command(port, "PING")[0] == "+PONG")
 
     def _sentinel(self, port: int) -> None:
         data = self.dir / str(port)
         data.mkdir()
         conf = data / "sentinel.conf"
         conf.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {data}\nlogfile {data / 'sentinel.log'}\n"
+            (self.pki.sentinel_conf(port) if self.pki else f"port {port}\n")
+            + f"bind 127.0.0.1\ndir {data}\nlogfile {data / 'sentinel.log'}\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.master_port} 2\n"
             f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
             f"sentinel failover-timeout {SERVICE} 10000\n"
-            f"sentinel parallel-syncs {SERVICE} 1\n")
+            f"sentinel parallel-syncs {SERVICE} 1\n"
+            + (f"requirepass {self.password}\nsentinel auth-pass {SERVICE} {self.password}\n" if self.password else ""))
         self.procs[port] = subprocess.Popen([shutil.which("redis-server"), str(conf), "--sentinel"],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(f"sentinel on {port}", lambda: _command(port, "PING")[0] == "+PONG")
+        _wait(f"sentinel on {port}", lambda: self._command(port, "PING")[0] == "+PONG")
 
     def start(self) -> SentinelSet:
         try:
             self._server(self.master_port)
             self._server(self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port))
-            _wait("the replica in sync", lambda: "master_link_status:up" in _command(self.replica_port, "INFO",
+            _wait("the replica in sync", lambda: "master_link_status:up" in self._command(self.replica_port, "INFO",
                                                                                       "replication"))
             for port in self.sentinel_ports:
                 self._sentinel(port)
@@ -112,14 +143,14 @@ class SentinelSet:
         return self
 
     def _sees_everything(self, port: int) -> bool:
-        master = _command(port, "SENTINEL", "MASTER", SERVICE)
+        master = self._command(port, "SENTINEL", "MASTER", SERVICE)
         fields = dict(zip(master[2::4], master[4::4], strict=False))
         return (fields.get("num-slaves") == "1" and fields.get("num-other-sentinels") == "2"
                 and fields.get("flags") == "master")
 
     def master_address(self, via: int | None = None) -> int:
         """The master's port as a sentinel reports it now."""
-        reply = _command(via or self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+        reply = self._command(via or self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
         return int(reply[4])
 
     def kill_master(self) -> int:
@@ -137,7 +168,7 @@ class SentinelSet:
         master = self.master_address()
 
         def in_sync():
-            info = _command(port, "INFO", "replication")
+            info = self._command(port, "INFO", "replication")
             return "role:slave" in info and "master_link_status:up" in info and f"master_port:{master}" in info
         _wait(f"{port} to replicate the master {master}", in_sync, timeout)
 
@@ -148,7 +179,7 @@ class SentinelSet:
             if len(ports) != 1 or old in ports:
                 return 0
             port = ports.pop()
-            return port if "role:master" in _command(port, "INFO", "replication") else 0
+            return port if "role:master" in self._command(port, "INFO", "replication") else 0
         return _wait("sentinels to promote the replica", promoted, timeout)
 
     def cleanup(self) -> None:

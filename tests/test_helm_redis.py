@@ -3,7 +3,8 @@
 Each variant is rendered, checked against the Kubernetes schemas, and its gateway.yaml —
 laid out as the pod mounts it, with the pod's environment — is accepted by ``igsp-gateway
 validate``; the standalone one then logs in to a real redis-server with an ACL user and a
-password that only ever travels through a Secret.
+password that only ever travels through a Secret, and the Sentinel one over TLS to a real
+TLS-only Sentinel set (tests/tls_support.py) with the CA from its mounted Secret.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ SENTINEL = {"mode": "sentinel", "hosts": ["s0:26379", "s1:26379", "s2:26379"], "
             "db": 1, "waitReplicas": 1, "username": "igsp", "passwordSecret": {"name": "redis-auth"}}
 CLUSTER = {"mode": "cluster", "hosts": ["node-0.redis:6379", "node-1.redis:6379"], "username": "igsp",
            "passwordSecret": {"name": "redis-auth"}, "tls": {"enabled": True}}
-VARIANTS = {"standalone": STANDALONE, "sentinel": SENTINEL, "cluster": CLUSTER}
+SENTINEL_TLS = {**SENTINEL, "tls": {"enabled": True, "caSecret": {"name": "redis-ca", "key": "ca.pem"}},
+                "sentinelAuth": True}
+VARIANTS = {"standalone": STANDALONE, "sentinel": SENTINEL, "cluster": CLUSTER, "sentinel-tls": SENTINEL_TLS}
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
@@ -66,6 +69,18 @@ def test_the_store_section_of_each_variant() -> None:
     assert "tls" not in stores["sentinel"]
     assert stores["cluster"]["url"] == "redis+cluster://node-0.redis:6379,node-1.redis:6379/"
     assert stores["cluster"]["tls"] == {"enabled": True}  # the system CAs
+    assert stores["sentinel-tls"]["url"] == stores["sentinel"]["url"]  # gateway.yaml's store.tls makes it rediss+
+    assert stores["sentinel-tls"]["tls"] == {"enabled": True,
+                                             "ca_file": "/var/run/secrets/igsp-gateway/redis-tls/ca.pem"}
+    assert stores["sentinel-tls"]["sentinel_auth"] is True and "sentinel_auth" not in stores["sentinel"]
+
+
+def test_the_notes_say_where_tls_goes() -> None:
+    from tests.test_helm import render_notes
+
+    notes = render_notes(values(**SENTINEL_TLS))
+    assert "TLS to Redis (the sentinels and the Redis servers), trusting the CA in Secret redis-ca." in notes
+    assert "TLS to Redis" not in render_notes(values(**SENTINEL))
 
 
 def test_the_password_comes_from_its_secret_and_the_ca_is_mounted() -> None:
@@ -107,6 +122,13 @@ def test_the_rendered_config_validates(variant, tmp_path) -> None:
     del env["REDIS_PASSWORD"]
     result = _validate(manifests, tmp_path / "no-password", env)
     assert result.returncode == 1 and "REDIS_PASSWORD" in result.stderr
+    if spec.get("tls", {}).get("enabled"):  # TLS reaches the store URL validate checked
+        config = load_config(next((tmp_path / "config").rglob("gateway.yaml")),
+                             env={**_pod_env(manifests), **mapping_env(), "REDIS_PASSWORD": PASSWORD})
+        scheme = {"standalone": "rediss://", "cluster": "rediss+cluster://", "sentinel-tls": "rediss+sentinel://"}
+        assert config.store_url.startswith(scheme[variant]), config.store_url
+        assert ("ssl_ca_certs=" in config.store_url) == bool(spec["tls"].get("caSecret")), config.store_url
+        assert ("sentinel_auth=yes" in config.store_url) == bool(spec.get("sentinelAuth")), config.store_url
 
 
 def test_the_rendered_standalone_config_logs_in_to_a_real_redis(tmp_path) -> None:
@@ -136,15 +158,58 @@ def test_the_rendered_standalone_config_logs_in_to_a_real_redis(tmp_path) -> Non
         server.cleanup()
 
 
+def test_the_rendered_sentinel_tls_config_runs_on_real_tls_sentinels(tmp_path) -> None:
+    """mode=sentinel with TLS and sentinelAuth, rendered, loaded as the pod loads it, against
+    a TLS-only Sentinel set whose servers and sentinels require the password: the store logs
+    in to the sentinels and finds the master through them over TLS, logs in to the master
+    over TLS, and writes a transaction."""
+    from tests.sentinel_support import SERVICE, SentinelSet
+    from tests.tls_support import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    password = "redis-and-sentinel-pass-0123456789"  # requirepass: the default user's
+    sentinels = SentinelSet(pki=pki, password=password).start()
+    try:
+        (tmp_path / "redis-tls").mkdir()
+        (tmp_path / "redis-tls" / "ca.pem").write_bytes(pki.ca.read_bytes())  # the mounted CA Secret
+        spec = {**SENTINEL_TLS, "hosts": [f"127.0.0.1:{port}" for port in sentinels.sentinel_ports],
+                "sentinelService": SERVICE, "db": 0, "username": "",
+                "tls": {**SENTINEL_TLS["tls"], "mountPath": str(tmp_path / "redis-tls")}}
+        manifests = render_chart(values(**spec))
+        from tests.test_helm import write_config_tree
+
+        path = write_config_tree(manifests, tmp_path / "config")
+        config = load_config(path, env={**_pod_env(manifests), **mapping_env(), "REDIS_PASSWORD": password})
+        assert config.store_url.startswith("rediss+sentinel://:"), "TLS and the password folded in"
+        assert "sentinel_auth=yes" in config.store_url
+
+        async def write() -> None:
+            from gateway.store import TxRecord
+
+            store = open_store(config.store_url, namespace=config.store_namespace)
+            await store.open()
+            try:
+                assert await store.tx_begin(TxRecord("acme", "tls-1", "bet", "fp"), 60) is None
+                assert (await store.tx_get("acme", "tls-1")).txid == "tls-1"
+            finally:
+                await store.close()
+
+        asyncio.run(write())
+    finally:
+        sentinels.cleanup()
+
+
 @pytest.mark.parametrize(("external", "message"), [
     ({"mode": "standalone"}, "redis.external.mode=standalone needs redis.external.hosts"),
     ({"mode": "standalone", "hosts": ["a:6379", "b:6379"]}, "mode=standalone takes one host, got 2"),
     ({"mode": "sentinel", "hosts": ["s:26379"]}, "mode=sentinel needs redis.external.sentinelService"),
     ({"mode": "cluster", "hosts": ["n:6379"], "db": 3}, "a Redis Cluster has only database 0"),
-    ({"mode": "sentinel", "hosts": ["s:26379"], "sentinelService": "m", "tls": {"enabled": True}},
-     "the gateway's Sentinel store does not take TLS yet"),
     ({"mode": "standalone", "hosts": ["r:6379"], "passwordSecret": {"name": ""}},
      "redis.external.auth=true needs a password"),
+    ({"mode": "cluster", "hosts": ["n:6379"], "sentinelAuth": True, "passwordSecret": {"name": "p"}},
+     "redis.external.sentinelAuth=true but redis.external.mode=cluster"),
+    ({"mode": "sentinel", "hosts": ["s:26379"], "sentinelService": "m", "auth": False, "sentinelAuth": True},
+     "redis.external.sentinelAuth=true logs in to the sentinels with the Redis password"),
     ({"mode": "standalone", "hosts": ["r:6379"], "auth": False, "tls": {"caSecret": {"name": "ca"}}},
      "redis.external.tls.caSecret.name is set but redis.external.tls.enabled=false"),
 ])

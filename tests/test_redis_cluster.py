@@ -34,11 +34,14 @@ def cluster():
 def test_cluster_urls():
     o = parse_url("redis+cluster://app:s%3Acret@10.0.0.1:7000,10.0.0.2,[::1]:7002/?wait_replicas=1&wait_timeout_ms=50")
     assert o["nodes"] == [("10.0.0.1", 7000), ("10.0.0.2", 6379), ("::1", 7002)]
-    assert (o["username"], o["password"], o["ssl"], o["wait_replicas"], o["wait_timeout_ms"]) == (
-        "app", "s:cret", False, 1, 50)
-    assert parse_url("rediss+cluster://n1:7000")["ssl"] is True
+    assert (o["username"], o["password"], o["tls"], o["wait_replicas"], o["wait_timeout_ms"]) == (
+        "app", "s:cret", None, 1, 50)
+    assert parse_url("rediss+cluster://n1:7000")["tls"] == {"ssl": True}
+    assert parse_url("rediss+cluster://n1:7000/?ssl_ca_certs=%2Fetc%2Fca.pem&wait_replicas=1")["tls"] == {
+        "ssl": True, "ssl_ca_certs": "/etc/ca.pem"}
     for bad in ("redis+cluster://n1:7000/0", "redis+cluster://n1:port/", "redis+cluster://n1/?db=1",
-                "redis+cluster://,/"):
+                "redis+cluster://,/", "redis+cluster://n1/?ssl_ca_certs=%2Fca.pem", "rediss+cluster://n1/?ssl_ca_certs=",
+                "rediss+cluster://n1/?ssl_cert_reqs=none"):
         with pytest.raises(ValueError):
             open_store(bad)
     with pytest.raises(ValueError, match="braces"):

@@ -52,11 +52,15 @@ def test_sentinel_urls():
     assert (o["service"], o["db"], o["username"], o["password"]) == ("mymaster", 3, "app", "s:cret")
     assert (o["wait_replicas"], o["wait_timeout_ms"]) == (0, 1000)
     o = parse_url("redis+sentinel://[::1]:5000/svc?wait_replicas=1&wait_timeout_ms=250")
-    assert (o["sentinels"], o["wait_replicas"], o["wait_timeout_ms"]) == ([("::1", 5000)], 1, 250)
+    assert (o["sentinels"], o["wait_replicas"], o["wait_timeout_ms"], o["tls"]) == ([("::1", 5000)], 1, 250, None)
+    # TLS to the sentinels and the servers, one CA for both (test_store_tls.py runs it).
+    o = parse_url("rediss+sentinel://s1/svc?db=1&ssl_ca_certs=%2Fetc%2Fca.pem")
+    assert (o["service"], o["db"], o["tls"]) == ("svc", 1, {"ssl": True, "ssl_ca_certs": "/etc/ca.pem"})
     # The store's own options leave a plain URL before redis-py sees it; redis-py's stay.
     assert parse_url("rediss://h:6380/2?wait_replicas=2&ssl_cert_reqs=none")["url"] == "rediss://h:6380/2?ssl_cert_reqs=none"
     for bad in ("redis+sentinel://s1:26379/", "redis+sentinel://s1:port/svc", "redis+sentinel://s1/svc?socket=1",
-                "redis+sentinel://s1/a/b", "redis://h/0?wait_replicas=-1", "redis://h/0?wait_timeout_ms=0"):
+                "redis+sentinel://s1/a/b", "redis://h/0?wait_replicas=-1", "redis://h/0?wait_timeout_ms=0",
+                "redis+sentinel://s1/svc?ssl_ca_certs=%2Fca.pem", "rediss+sentinel://s1/svc?ssl_cert_reqs=none"):
         with pytest.raises(ValueError):
             open_store(bad)
 

@@ -62,16 +62,66 @@ def test_password_file_and_tls(load, tmp_path):
     assert load_store_settings(tmp_path / "gateway.yaml").url == config.store_url
     config = load({"url": "redis+cluster://a:7000,b:7001/", "tls": {"enabled": True}})
     assert config.store_url.startswith("rediss+cluster://a:7000,b:7001/")
+    assert open_store(config.store_url).options["tls"] == {"ssl": True}  # the system's CAs
+
+
+@pytest.mark.parametrize(("url", "folded"), [
+    ("redis://r:6379/0", "rediss://r:6379/0?ssl_ca_certs={ca}"),
+    ("redis+sentinel://s0:26379,s1:26379/mymaster?db=2", "rediss+sentinel://s0:26379,s1:26379/mymaster?db=2&ssl_ca_certs={ca}"),
+    ("redis+cluster://a:7000,b:7001/", "rediss+cluster://a:7000,b:7001/?ssl_ca_certs={ca}"),
+    ("rediss+cluster://a:7000/?wait_replicas=1", "rediss+cluster://a:7000/?wait_replicas=1&ssl_ca_certs={ca}"),
+])
+def test_tls_with_a_ca_file_folds_into_a_url_the_store_takes(load, tmp_path, url, folded):
+    (tmp_path / "redis-password").write_text(PASSWORD + "\n")
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    config = load({"url": url, "username": "igsp", "password_file": "redis-password",
+                   "tls": {"enabled": True, "ca_file": "ca.crt"}})
+    ca = str(tmp_path / "ca.crt")
+    expected = folded.format(ca=ca.replace("/", "%2F")).replace("://", "://igsp:p%40ss%3Aw%2Frd%25-hunter2-long@", 1)
+    assert config.store_url == expected
+    options = open_store(config.store_url).options  # the store takes it (a cluster URL used to refuse any option)
+    if "url" in options:
+        from redis.asyncio.connection import parse_url
+
+        assert parse_url(options["url"])["ssl_ca_certs"] == ca
+    else:
+        assert options["tls"] == {"ssl": True, "ssl_ca_certs": ca}
+        assert (options["username"], options["password"]) == ("igsp", PASSWORD)
+
+
+def test_sentinel_auth_folds_into_the_url(load, tmp_path):
+    (tmp_path / "redis-password").write_text(PASSWORD + "\n")
+    config = load({"url": "redis+sentinel://s0:26379/mymaster", "password_file": "redis-password",
+                   "sentinel_auth": True})
+    assert config.store_url == "redis+sentinel://:p%40ss%3Aw%2Frd%25-hunter2-long@s0:26379/mymaster?sentinel_auth=yes"
+    options = open_store(config.store_url).options
+    assert options["sentinel_auth"] is True and options["password"] == PASSWORD
+    assert open_store("redis+sentinel://:pw@s0/m").options["sentinel_auth"] is False
 
 
 @pytest.mark.parametrize(("store", "field", "says"), [
+    ({"url": "redis://r/0", "password": PASSWORD, "sentinel_auth": True}, "store.sentinel_auth",
+     "is for Redis behind Sentinel"),
+    ({"url": "redis+sentinel://s/m", "sentinel_auth": True}, "store.sentinel_auth", "give store.password"),
+    ({"url": "redis+sentinel://s/m?sentinel_auth=yes", "password": PASSWORD, "sentinel_auth": True},
+     "store.sentinel_auth", "already has sentinel_auth"),
+    ({"url": "redis+sentinel://s/m?sentinel_auth=yes"}, "store.url", "the URL has none"),
+    ({"url": "redis+sentinel://s/m?sentinel_auth=maybe"}, "store.url", "sentinel_auth must be yes or no"),
     ({"url": "sqlite:///gw.db", "password": PASSWORD}, "store.password", "is for a Redis store"),
     ({"url": "redis://r/0", "password": PASSWORD, "password_file": "redis-password"}, "store.password_file",
      "not both"),
     ({"url": "redis://r/0", "password_file": "missing"}, "store.password_file", "cannot read"),
     ({"url": "redis://:x@r/0", "password": PASSWORD}, "store.password", "already has a user or password"),
-    ({"url": "redis+sentinel://s:26379/m", "tls": {"enabled": True}}, "store.tls.enabled",
-     "does not take TLS settings yet"),
+    ({"url": "sqlite:///gw.db", "tls": {"enabled": True}}, "store.tls", "is for a Redis store"),
+    ({"url": "rediss+sentinel://s:26379/m", "tls": {"enabled": False}}, "store.tls.enabled",
+     "is false but store.url is rediss+sentinel://"),
+    ({"url": "rediss://r/0?ssl_ca_certs=%2Fca.pem", "tls": {"enabled": True, "ca_file": "redis-password"}},
+     "store.tls.ca_file", "already has ssl_ca_certs"),
+    ({"url": "redis+cluster://a:7000/?ssl_ca_certs=%2Fca.pem"}, "store.url", "is a TLS option: use rediss+cluster://"),
+    ({"url": "redis+sentinel://s:26379/m?ssl_ca_certs=%2Fca.pem"}, "store.url",
+     "is a TLS option: use rediss+sentinel://"),
+    ({"url": "rediss+cluster://a:7000/?ssl_cert_reqs=none", "tls": {"enabled": True}}, "store.url",
+     "unknown rediss+cluster:// option(s): ssl_cert_reqs"),
     ({"url": "redis://r/0", "tls": {"enabled": True, "ca_file": "nowhere.crt"}}, "store.tls.ca_file",
      "no such file"),
     ({"url": "redis://r/0", "tls": {"ca_file": "ca.crt"}}, "store.tls.ca_file", "store.tls.enabled is not true"),
@@ -81,6 +131,7 @@ def test_bad_store_credentials_are_refused_naming_the_field(load, tmp_path, stor
     (tmp_path / "redis-password").write_text(PASSWORD)
     text = problem_of(load, store)
     assert field in text and says in text, text
+    assert "gateway.yaml:" in text, text  # the file and line
 
 
 def test_an_acl_user_logs_in_with_a_password_file(load, tmp_path):

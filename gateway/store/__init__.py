@@ -2,7 +2,8 @@
 
 ``sqlite:///path/to/file.db`` (the embedded default, single node), or shared by several
 replicas ``redis://host:port/db`` (``rediss://`` with TLS) or
-``redis+sentinel://host:port[,host:port…]/service-name[?db=N]`` (Redis behind Sentinel) or
+``redis+sentinel://host:port[,host:port…]/service-name[?db=N]`` (Redis behind Sentinel;
+``rediss+sentinel://`` with TLS to the sentinels and the Redis servers) or
 ``redis+cluster://host:port[,host:port…]/`` (a Redis Cluster; ``rediss+cluster://`` with TLS).
 """
 
@@ -12,7 +13,7 @@ from gateway.store.base import OnceKey, QueueEntry, Store, TxRecord
 
 __all__ = ["OnceKey", "QueueEntry", "Store", "TxRecord", "open_store", "STORE_SCHEMES"]
 
-STORE_SCHEMES = ("sqlite", "redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster")
+STORE_SCHEMES = ("sqlite", "redis", "rediss", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 
 
 def open_store(url: str, *, namespace: str = "igsp") -> Store:

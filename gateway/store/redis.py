@@ -3,10 +3,17 @@
 ``redis://host:port/db`` (or ``rediss://``),
 ``redis+sentinel://host:port[,host:port…]/service-name[?db=N]`` — the master of the Sentinel
 service ``service-name``, found and followed through failovers by redis-py's own asyncio
-Sentinel client (user and password in the URL are the Redis servers', not the sentinels') — or
-``redis+cluster://host:port[,host:port…]/`` (``rediss+cluster://`` with TLS): a Redis Cluster
+Sentinel client (user and password in the URL are the Redis servers'; the sentinels' too with
+``?sentinel_auth=yes``, else the sentinels are asked without credentials) — or
+``redis+cluster://host:port[,host:port…]/``: a Redis Cluster
 through redis-py's own asyncio ``RedisCluster`` (it learns the slot map from any of the nodes
 named, follows ``MOVED``/``ASK`` and a failover's new map).
+With TLS: ``rediss://`` (redis-py's own options, e.g. ``?ssl_ca_certs=/path/ca.pem``),
+``rediss+sentinel://…/service-name?ssl_ca_certs=…`` (TLS to the sentinels and to the master,
+one CA for both) and ``rediss+cluster://…/?ssl_ca_certs=…`` (every node). Without
+``ssl_ca_certs`` the system's CAs are trusted; redis-py checks the certificate's chain and that
+it names the host connected to (the one in the URL, or the address a sentinel or the cluster's
+slot map gives).
 One pooled redis-py asyncio client per process; replies are parsed by hiredis. Every read-modify-write is a Lua script (``redis_scripts.py``),
 so concurrent replicas never race, and every ledger operation is one round trip (EVALSHA of
 a registered script).
@@ -117,8 +124,8 @@ import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
@@ -161,8 +168,11 @@ _PRUNE_IDLE_MS = 3600_000
 #: Scripts whose writes need no replica's acknowledgement (``wait_replicas``): a rate limit's
 #: bucket lost in a failover only lets a burst through again.
 _NOT_WAITED = frozenset({"RATE_TAKE"})
-SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+#: The TLS options a ``rediss+sentinel://`` or ``rediss+cluster://`` URL takes (a plain
+#: ``rediss://`` URL takes all of redis-py's own).
+_TLS_OPTIONS = ("ssl_ca_certs",)
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
@@ -190,13 +200,18 @@ def parse_url(url: str) -> dict:
 
     ``{"url": ..., "wait_replicas": int, "wait_timeout_ms": int}`` for ``redis://`` (the URL
     without the store's own query options, for redis-py), plus ``sentinels`` [(host, port)],
-    ``service``, ``db``, ``username`` and ``password`` for ``redis+sentinel://``, and
-    ``nodes`` [(host, port)], ``ssl``, ``username`` and ``password`` for ``redis+cluster://``.
+    ``service``, ``db``, ``username``, ``password``, ``tls`` and ``sentinel_auth`` (the sentinels
+    take the same user and password: ``?sentinel_auth=yes``) for ``redis+sentinel://``, and
+    ``nodes`` [(host, port)], ``username``, ``password`` and ``tls`` for ``redis+cluster://``.
+    ``tls`` is None without TLS, else redis-py's TLS keyword arguments (``ssl=True`` and
+    ``ssl_ca_certs`` when the URL names a CA bundle: ``rediss+…://…?ssl_ca_certs=/path``).
 
     >>> parse_url("redis+sentinel://:pw@s1:26379,s2/mymaster?db=2&wait_replicas=1")["sentinels"]
     [('s1', 26379), ('s2', 26379)]
     >>> parse_url("redis+cluster://n1:7000,n2/")["nodes"]
     [('n1', 7000), ('n2', 6379)]
+    >>> parse_url("rediss+cluster://n1:7000/?ssl_ca_certs=/ca.pem")["tls"]
+    {'ssl': True, 'ssl_ca_certs': '/ca.pem'}
     """
     parts = urlsplit(url)
     query = parse_qs(parts.query, keep_blank_values=True)
@@ -207,29 +222,42 @@ def parse_url(url: str) -> dict:
         raise ValueError("wait_replicas and wait_timeout_ms must be whole numbers") from None
     if out["wait_replicas"] < 0 or out["wait_timeout_ms"] < 1:
         raise ValueError("wait_replicas must be 0 or more and wait_timeout_ms at least 1")
-    if parts.scheme not in (SENTINEL_SCHEME, *CLUSTER_SCHEMES):
+    if parts.scheme not in (*SENTINEL_SCHEMES, *CLUSTER_SCHEMES):
         out["url"] = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         return out
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username, _, password = userinfo.partition(":")
-    out.update(username=unquote(username) or None, password=unquote(password) or None)
+    out.update(username=unquote(username) or None, password=unquote(password) or None, tls=None)
+    tls = {name: query.pop(name)[-1] for name in _TLS_OPTIONS if name in query}
+    if parts.scheme.startswith("rediss+"):
+        if not all(tls.values()):
+            raise ValueError(f"{parts.scheme}://: an empty TLS option ({', '.join(sorted(tls))})")
+        out["tls"] = {"ssl": True, **tls}
+    elif tls:
+        raise ValueError(f"{', '.join(sorted(tls))} is a TLS option: use {parts.scheme.replace('redis+', 'rediss+')}://")
     if parts.scheme in CLUSTER_SCHEMES:
         if parts.path.strip("/"):
             raise ValueError(f"{parts.scheme}://host:port[,host:port…]/ takes no path (a cluster has one database), "
                              f"got {parts.path!r}")
         if query:
             raise ValueError(f"unknown {parts.scheme}:// option(s): {', '.join(sorted(query))}")
-        out.update(nodes=_hosts(parts.scheme, hosts, 6379), ssl=parts.scheme == "rediss+cluster")
+        out.update(nodes=_hosts(parts.scheme, hosts, 6379))
         return out
     service = unquote(parts.path.strip("/"))
     if not service or "/" in service:
-        raise ValueError(f"{SENTINEL_SCHEME}://hosts/SERVICE-NAME: name the Sentinel service (its master)")
+        raise ValueError(f"{parts.scheme}://hosts/SERVICE-NAME: name the Sentinel service (its master)")
     db = query.pop("db", ["0"])[-1]
     if not db.isdigit():
         raise ValueError(f"db must be a whole number, got {db!r}")
+    sentinel_auth = query.pop("sentinel_auth", ["no"])[-1]
+    if sentinel_auth not in ("yes", "no"):
+        raise ValueError(f"sentinel_auth must be yes or no, got {sentinel_auth!r}")
+    if sentinel_auth == "yes" and not out["password"]:
+        raise ValueError("sentinel_auth=yes logs in to the sentinels with the URL's password: the URL has none")
     if query:
-        raise ValueError(f"unknown {SENTINEL_SCHEME}:// option(s): {', '.join(sorted(query))}")
-    out.update(sentinels=_hosts(SENTINEL_SCHEME, hosts, 26379), service=service, db=int(db))
+        raise ValueError(f"unknown {parts.scheme}:// option(s): {', '.join(sorted(query))}")
+    out.update(sentinels=_hosts(parts.scheme, hosts, 26379), service=service, db=int(db),
+               sentinel_auth=sentinel_auth == "yes")
     return out
 
 
@@ -333,18 +361,27 @@ class RedisStore(Store):
             options.pop("health_check_interval")
             self._redis = RedisCluster(
                 startup_nodes=[ClusterNode(host, port) for host, port in o["nodes"]], username=o["username"],
-                password=o["password"], ssl=o["ssl"], health_check_interval=self.health_check_interval,
+                password=o["password"], health_check_interval=self.health_check_interval, **(o["tls"] or {}),
                 retry_on_error=[rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError, rx.SlotNotCoveredError],
                 **options)
         elif "sentinels" in o:
             options["retry_on_error"] = [rx.ConnectionError, rx.TimeoutError]
             if self.blocking_pool:
                 options["timeout"] = self.socket_timeout
+            # TLS (``rediss+sentinel://``) to the sentinels and to the master alike, with the
+            # same CA; the user and password are the Redis servers', and the sentinels' too
+            # with ``sentinel_auth=yes`` (else they are asked without credentials). Each
+            # sentinel is asked once per lookup (redis-py's default would retry each with
+            # backoff up to ten seconds: a refused certificate or a set of sentinels down took
+            # 40 s to answer); the lookup itself is redone with the command (``retry`` above).
+            tls = o["tls"] or {}
             self._sentinel = Sentinel(o["sentinels"], sentinel_kwargs={
-                "socket_timeout": self.socket_timeout, "socket_connect_timeout": self.connect_timeout})
+                "socket_timeout": self.socket_timeout, "socket_connect_timeout": self.connect_timeout,
+                "retry": Retry(NoBackoff(), retries=0), **tls,
+                **({"username": o["username"], "password": o["password"]} if o["sentinel_auth"] else {})})
             self._redis = self._sentinel.master_for(
                 o["service"], connection_pool_class=_BlockingSentinelPool if self.blocking_pool else SentinelConnectionPool,
-                db=o["db"], username=o["username"], password=o["password"], **options)
+                db=o["db"], username=o["username"], password=o["password"], **tls, **options)
         else:
             options["retry_on_error"] = [rx.ConnectionError, rx.TimeoutError]
             if self.blocking_pool:
@@ -354,9 +391,17 @@ class RedisStore(Store):
         self._scripts = {name: self._redis.register_script(getattr(lua, name)) for name in lua.SCRIPTS}
         try:
             if self.cluster:
-                await self._redis.initialize()
+                try:
+                    await self._redis.initialize()
+                except rx.RedisClusterException as exc:
+                    # No node named could be reached or none answered (refused, or its
+                    # certificate was): unavailable, as a plain Redis's connection error is.
+                    raise StoreUnavailable() from exc
             else:
-                await self._migrate()
+                try:
+                    await self._migrate()
+                except MasterNotFoundError as exc:
+                    raise StoreUnavailable() from await self._why_no_master(exc)
             await self._ensure_group()
             if self.wait_replicas:
                 masters = self._redis.get_primaries() if self.cluster else [None]
@@ -370,6 +415,17 @@ class RedisStore(Store):
         except BaseException:
             await self.close()
             raise
+
+    async def _why_no_master(self, failure: MasterNotFoundError) -> BaseException:
+        """Why the sentinels named no master: the first sentinel's own error (a refused
+        certificate, a refused connection), which redis-py's MasterNotFoundError lists only
+        as ``network:ConnectionError``; else ``failure`` (they answered, without the service)."""
+        for sentinel in self._sentinel.sentinels if self._sentinel else []:
+            try:
+                await sentinel.ping()
+            except (rx.ConnectionError, rx.TimeoutError) as exc:
+                return exc
+        return failure
 
     async def close(self) -> None:
         if self._sending:  # scripts already sent: their callers get their answers first

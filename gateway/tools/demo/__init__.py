@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", metavar="URL",
                    help="the gateway's store (default: embedded SQLite in a temp dir): redis://host:port/db, "
                         "rediss://…, redis+sentinel://host:port[,host:port…]/service or "
-                        "redis+cluster://host:port[,host:port…]/; the demo writes under a fresh namespace")
+                        "redis+cluster://host:port[,host:port…]/ (rediss+sentinel://, rediss+cluster:// with TLS, "
+                        "?ssl_ca_certs=/path/ca.pem for a private CA); the demo writes under a fresh namespace")
     p.set_defaults(func=cmd_demo)
 
 

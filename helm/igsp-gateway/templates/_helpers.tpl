@@ -155,6 +155,7 @@ ConfigMap) and TLS with the CA file where the CA Secret is mounted.
 {{- if and $x.mode (not .Values.redis.url) }}
 {{- with $x.username }}{{ $_ := set $store "username" . }}{{ end }}
 {{- if $x.auth }}{{ $_ := set $store "password" "${REDIS_PASSWORD}" }}{{ end }}
+{{- if $x.sentinelAuth }}{{ $_ := set $store "sentinel_auth" true }}{{ end }}
 {{- if $x.tls.enabled }}
 {{- $tls := dict "enabled" true }}
 {{- if $x.tls.caSecret.name }}{{ $_ := set $tls "ca_file" (printf "%s/%s" $x.tls.mountPath $x.tls.caSecret.key) }}{{ end }}

@@ -36,11 +36,14 @@ Included from deployment.yaml so every install and upgrade runs them.
 {{- if and (eq $x.mode "cluster") (gt (int $x.db) 0) }}
 {{- fail (printf "redis.external.db=%d with mode=cluster: a Redis Cluster has only database 0" (int $x.db)) }}
 {{- end }}
-{{- if and (eq $x.mode "sentinel") $x.tls.enabled }}
-{{- fail "redis.external.tls.enabled=true with mode=sentinel: the gateway's Sentinel store does not take TLS yet; use mode=standalone or mode=cluster for TLS" }}
-{{- end }}
 {{- if and $x.auth (not $x.passwordSecret.name) (not .Values.redis.password) (not .Values.existingSecret) }}
 {{- fail "redis.external.auth=true needs a password: set redis.external.passwordSecret.name (an existing Secret), redis.password, or existingSecret with key REDIS_PASSWORD; or set redis.external.auth=false" }}
+{{- end }}
+{{- if and $x.sentinelAuth (ne $x.mode "sentinel") }}
+{{- fail (printf "redis.external.sentinelAuth=true but redis.external.mode=%s: it logs in to sentinels; use mode=sentinel or unset it" $x.mode) }}
+{{- end }}
+{{- if and $x.sentinelAuth (not $x.auth) }}
+{{- fail "redis.external.sentinelAuth=true logs in to the sentinels with the Redis password, but redis.external.auth=false: set auth=true or sentinelAuth=false" }}
 {{- end }}
 {{- if and $x.tls.caSecret.name (not $x.tls.enabled) }}
 {{- fail "redis.external.tls.caSecret.name is set but redis.external.tls.enabled=false: enable TLS or unset the CA Secret" }}
@@ -49,7 +52,7 @@ Included from deployment.yaml so every install and upgrade runs them.
 {{- if and .Values.redis.url .Values.redis.internal.enabled }}
 {{- fail "redis.url and redis.internal.enabled=true are both set: use one store (unset redis.url to use the in-chart Redis)" }}
 {{- end }}
-{{- if regexMatch "^(rediss?|redis\\+sentinel|rediss?\\+cluster)://[^@/]*:[^$@/][^@/]*@" .Values.redis.url }}
+{{- if regexMatch "^(rediss?|rediss?\\+sentinel|rediss?\\+cluster)://[^@/]*:[^$@/][^@/]*@" .Values.redis.url }}
 {{- fail "redis.url contains a literal password and would be stored in a ConfigMap: write ${REDIS_PASSWORD} in the URL and set redis.password (or the existingSecret key REDIS_PASSWORD)" }}
 {{- end }}
 {{- if not .Values.existingSecret }}
