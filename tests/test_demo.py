@@ -222,6 +222,35 @@ def test_demo_on_redis_behind_sentinel(tmp_path):
         sentinels.cleanup()
 
 
+@pytest.fixture(scope="module")
+def cluster():
+    from tests.cluster_support import RedisClusterSet
+
+    c = RedisClusterSet().start()
+    yield c
+    c.cleanup()
+
+
+def _cluster_ledger_keys(cluster, namespace: str) -> list[str]:
+    from tests.cluster_support import _client
+
+    return [key for port in cluster.master_ports() for key in _client(port).scan_iter(match=f"{namespace}:*:tx:*")]
+
+
+def test_demo_on_a_redis_cluster(tmp_path, cluster):
+    done = subprocess.run([sys.executable, "-m", "gateway", "demo", "--store", cluster.url], capture_output=True,
+                          text=True, cwd=tmp_path, env=ENV, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert RECONCILED.search(done.stdout), done.stdout
+    assert re.search(r"^RESULT: all \d+ steps right, legacy ledger == iGSP ledger", done.stdout, re.M), done.stdout
+    assert f"store {cluster.url} (namespace demo-" in done.stdout
+    # The story's ledger is on the cluster's masters, under the run's own namespace, in a
+    # ledger shard's hash slot (not in a SQLite file).
+    keys = _cluster_ledger_keys(cluster, _namespace(done.stdout))
+    assert any(re.search(r":\{L\d+\}:tx:demo-games:b-1$", key) for key in keys), keys
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("url", "says"), [
     ("mysql://db/igsp", "a store URL starts with one of sqlite://, redis://"),
     ("redis+sentinel://127.0.0.1:26379/", "name the Sentinel service"),
