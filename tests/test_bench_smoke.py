@@ -87,3 +87,22 @@ def test_capacity_run_counts_redis_work_per_bet(tmp_path):
         assert measured["redis_round_trips_per_bet"] > 0 and measured["gateway_cpu_us_per_bet"] > 0
     one, many = results["passes"]
     assert one["connections"] == 1 and one["redis_round_trips_per_bet"] >= 1.9  # nothing to batch with
+
+
+def test_cluster_run_measures_one_and_two_gateway_processes(tmp_path):
+    """``--only cluster``: a Redis Cluster of 3 masters + 3 replicas started by the bench, one
+    then two gateway processes over it, req/s and CPU per request of each and their ratio, and
+    every bet answered 200 recorded once on the cluster. Speed is not judged."""
+    out = tmp_path / "cluster.json"
+    run = subprocess.run([sys.executable, "-m", "bench", "--only", "cluster", "--smoke", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 processes / 1:" in run.stdout
+    results = json.loads(out.read_text())
+    assert set(results["processes"]) == {"1", "2"}
+    for measured in results["processes"].values():
+        assert measured["requests"] > 0 and measured["rps"] > 0 and measured["errors"] == 0, measured
+        assert measured["cpu_us_per_request"] > 0 and measured["redis_cpu_us_per_request"] > 0
+        assert 0 < measured["busiest_master_share"] <= 1
+    assert results["ratio_2_over_1"] > 0 and results["cpu_bound_estimate_2_over_1"] > 0
+    assert results["bets_answered_ok"] > 0 and results["every_answered_bet_recorded_once"] is True
