@@ -583,8 +583,8 @@ def run_only(bench: Bench, plan: Plan) -> tuple[dict, str]:
 
     results = capacity.run(bench.work, bench.client_cpu, bench.server_cpu, bench.start, bench.gateway, bench.stop,
                            bets=200 if plan.smoke else 2000)
-    results["machine"], results["notes"] = machine(), plan.notes
-    return results, capacity.table(results)
+    results = {"stores": results, "machine": machine(), "notes": plan.notes}
+    return results, capacity.table(results["stores"])
 
 
 def main(argv: list[str] | None = None) -> int:
