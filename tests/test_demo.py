@@ -180,11 +180,12 @@ def _namespace(output: str) -> str:
 
 
 def _ledger_keys(url: str, namespace: str) -> list[bytes]:
+    """The run's ledger records: ``{ns}:{Lk}:tx:…``, in whichever of the 16 ledger shards."""
     import redis
 
     client = redis.Redis.from_url(url)
     try:
-        return list(client.scan_iter(match=f"{namespace}:tx:*"))
+        return list(client.scan_iter(match=f"{namespace}:*:tx:*"))
     finally:
         client.close()
 
@@ -231,10 +232,11 @@ def cluster():
     c.cleanup()
 
 
-def _cluster_ledger_keys(cluster, namespace: str) -> list[str]:
-    from tests.cluster_support import _client
-
-    return [key for port in cluster.master_ports() for key in _client(port).scan_iter(match=f"{namespace}:*:tx:*")]
+def _cluster_ledger_keys(cluster, namespace: str) -> list[bytes]:
+    keys = []
+    for port in cluster.master_ports():
+        keys += _ledger_keys(f"redis://127.0.0.1:{port}/0", namespace)
+    return keys
 
 
 def test_demo_on_a_redis_cluster(tmp_path, cluster):
@@ -247,7 +249,7 @@ def test_demo_on_a_redis_cluster(tmp_path, cluster):
     # The story's ledger is on the cluster's masters, under the run's own namespace, in a
     # ledger shard's hash slot (not in a SQLite file).
     keys = _cluster_ledger_keys(cluster, _namespace(done.stdout))
-    assert any(re.search(r":\{L\d+\}:tx:demo-games:b-1$", key) for key in keys), keys
+    assert any(re.search(rb":\{L\d+\}:tx:demo-games:b-1$", key) for key in keys), keys
     assert list(tmp_path.iterdir()) == []
 
 
