@@ -42,7 +42,7 @@ def node_cpu(cluster: RedisCluster) -> dict[int, tuple[str, float]]:
     """Per node: its role and the CPU (user + sys, seconds) Redis reports for it."""
     out = {}
     for port in cluster.ports:
-        with cluster._client(port) as client:
+        with cluster.client(port) as client:
             info = client.info("all")
         out[port] = (info["role"], float(info["used_cpu_user"]) + float(info["used_cpu_sys"]))
     return out
@@ -54,10 +54,10 @@ def ok_answers(proc: Proc) -> int:
 
 
 def ledger_records(cluster: RedisCluster) -> int:
+    import redis
+
     count = 0
     for url in cluster.master_urls():
-        import redis
-
         with redis.Redis.from_url(url) as client:
             count += sum(1 for _ in client.scan_iter("igsp:{L*}:tx:*", count=1000))
     return count

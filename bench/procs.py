@@ -224,7 +224,7 @@ class RedisCluster:
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + timeout
             for port in self.ports:
-                _poll(f"redis-server on {port}", lambda p=port: self._client(p).ping(), deadline)
+                _poll(f"redis-server on {port}", lambda p=port: self.ping(p), deadline)
             subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
                             "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True,
                            timeout=timeout)
@@ -235,15 +235,19 @@ class RedisCluster:
         return self
 
     @staticmethod
-    def _client(port: int):
+    def client(port: int):
         import redis
 
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=1,
                            decode_responses=True)
 
+    def ping(self, port: int) -> bool:
+        with self.client(port) as client:
+            return client.ping()
+
     def _healthy(self) -> bool:
         for port in self.ports:
-            with self._client(port) as client:
+            with self.client(port) as client:
                 if client.cluster("info")["cluster_state"] != "ok":
                     return False
         roles = [self.replication(port) for port in self.ports]
@@ -254,14 +258,14 @@ class RedisCluster:
         # A replica rewrites its AOF after its first sync (and refuses SIGTERM until it is done):
         # nothing is measured, or stopped, before that is over.
         for port in self.ports:
-            with self._client(port) as client:
+            with self.client(port) as client:
                 info = client.info("persistence")
             if info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]:
                 return False
         return True
 
     def replication(self, port: int) -> dict:
-        with self._client(port) as client:
+        with self.client(port) as client:
             return client.info("replication")
 
     def master_urls(self) -> list[str]:
