@@ -181,6 +181,130 @@ class Redis:
             self.proc.wait(10)
 
 
+class RedisCluster:
+    """A private Redis Cluster: ``masters`` masters, each with one replica, on free loopback
+    ports (their cluster bus too), never the machine's 6379: ``redis-server --cluster-enabled
+    yes`` per node, joined by ``redis-cli --cluster create --cluster-replicas 1``.
+
+    The benchmark's own starter (tests/cluster_support.py drives failovers and slot moves for
+    the tests; this one only starts, measures and stops). Settings as the Redis above, the
+    production ones: AOF, ``appendfsync everysec``.
+    """
+
+    def __init__(self, workdir: Path, cpus: str | None = None, masters: int = 3):
+        self.dir = workdir / "redis-cluster"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.masters = masters
+        self.ports = [free_port() for _ in range(masters * 2)]
+        self.bus = {port: free_port() for port in self.ports}
+        self.cpus = cpus
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    @property
+    def url(self) -> str:
+        """A store URL naming two nodes (the client learns the rest from them)."""
+        return f"redis+cluster://127.0.0.1:{self.ports[0]},127.0.0.1:{self.ports[1]}/"
+
+    def start(self, timeout: float = 60.0) -> RedisCluster:
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise RuntimeError("redis-server and redis-cli are needed for a cluster")
+        try:
+            for port in self.ports:
+                data = self.dir / str(port)
+                data.mkdir(exist_ok=True)
+                self.procs[port] = subprocess.Popen(
+                    pinned([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                            "--cluster-port", str(self.bus[port]), "--cluster-node-timeout", "5000",
+                            # Stopped at the end of the run: no waiting for replicas stopped with it.
+                            "--shutdown-on-sigterm", "now",
+                            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+                            "--logfile", str(data / "redis.log")], self.cpus),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + timeout
+            for port in self.ports:
+                _poll(f"redis-server on {port}", lambda p=port: self.ping(p), deadline)
+            subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
+                            "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True,
+                           timeout=timeout)
+            _poll("the cluster healthy, every master with a replica in sync", self._healthy, deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @staticmethod
+    def client(port: int):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=1,
+                           decode_responses=True)
+
+    def ping(self, port: int) -> bool:
+        with self.client(port) as client:
+            return client.ping()
+
+    def _healthy(self) -> bool:
+        for port in self.ports:
+            with self.client(port) as client:
+                if client.cluster("info")["cluster_state"] != "ok":
+                    return False
+        roles = [self.replication(port) for port in self.ports]
+        masters = [r for r in roles if r["role"] == "master"]
+        if not (len(masters) == self.masters and all(r.get("connected_slaves") == 1 for r in masters)
+                and all(r.get("master_link_status") == "up" for r in roles if r["role"] == "slave")):
+            return False
+        # A replica rewrites its AOF after its first sync (and refuses SIGTERM until it is done):
+        # nothing is measured, or stopped, before that is over.
+        for port in self.ports:
+            with self.client(port) as client:
+                info = client.info("persistence")
+            if info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]:
+                return False
+        return True
+
+    def replication(self, port: int) -> dict:
+        with self.client(port) as client:
+            return client.info("replication")
+
+    def master_urls(self) -> list[str]:
+        """``redis://`` URLs of the masters now (to read their INFO, one by one)."""
+        return [f"redis://127.0.0.1:{port}/0" for port in self.ports if self.replication(port)["role"] == "master"]
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, sent again while a node is still up (one busy writing its AOF refuses it),
+        SIGKILL at the deadline."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            running = [proc for proc in self.procs.values() if proc.poll() is None]
+            if not running:
+                break
+            for proc in running:
+                proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        self.procs.clear()
+
+
+def _poll(what: str, check, deadline: float) -> None:
+    """Poll ``check()`` until it is true; fail naming ``what`` at ``deadline`` (monotonic)."""
+    import redis
+
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, redis.RedisError, KeyError, ValueError) as exc:  # not up yet
+            last = exc
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what} (last: {last!r})")
+
+
 def ensure_wrk(install: bool) -> str | None:
     """The ``wrk`` binary, installed from the distribution's packages when asked and missing."""
     found = shutil.which("wrk")

@@ -42,7 +42,7 @@ TARGET_VS_PEER = {"sqlite": 0.85, "redis": 0.8}
 #: The most the gateway may add at p50 at the fixed rate, as a multiple of what the peer adds.
 ADDED_P50_VS_PEER = 1.2
 #: Runs that ``--only`` selects, each on its own.
-ONLY = ("overload", "capacity")
+ONLY = ("overload", "capacity", "cluster")
 #: Requests pre-signed per second of a wrk run, per server core: above any rate reached here.
 PRESIGN_RATE = 14000
 
@@ -186,6 +186,10 @@ class Bench:
         return result
 
     def run_wrk(self, target: Target, seconds: float, cpus: str | None) -> dict:
+        return self.start_wrk(target, seconds, cpus)()
+
+    def presign(self, target: Target, seconds: float) -> Path:
+        """The requests of one wrk run against ``target``, written to a file for ``wrk.lua``."""
         run = hooks.new_run_id()
         file = self.work / f"requests-{run}.bin"
         seconds = max(1, math.ceil(seconds))
@@ -195,19 +199,51 @@ class Bench:
         else:
             count = 20000  # the stub is stateless: direct calls may repeat
             hooks.write_requests(file, hooks.direct_requests(target.proc.hostport, run, count))
+        return file
+
+    def start_wrk(self, target: Target, seconds: float, cpus: str | None, file: Path | None = None):
+        """Start one wrk run against ``target`` (on ``file``, else requests pre-signed now) and
+        return the function that waits for it and gives its result: several can run at once
+        (bench/cluster.py)."""
+        file = file or self.presign(target, seconds)
+        seconds = max(1, math.ceil(seconds))
         command = pinned([self.wrk, "-t1", f"-c{self.plan.connections}", f"-d{seconds}s", "--timeout", "5s",
                           "-s", str(WRK_SCRIPT), target.proc.url, "--", str(file), "1"], cpus)
-        out = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + 60)
-        file.unlink(missing_ok=True)
-        match = re.search(r"^WRKJSON (.*)$", out.stdout, re.M)
-        if not match:
-            raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
-        data = json.loads(match.group(1))
-        errors = sum(data[k] for k in ("connect_errors", "read_errors", "write_errors", "non_2xx", "timeouts"))
-        if target.kind == "hook":
-            errors += data["wrapped"]  # a repeated transaction: answered from the ledger, not what we meant to measure
-        return {"tool": "wrk", "seconds": data["duration_us"] / 1e6, "requests": data["requests"], "errors": errors,
-                "latency_ms": {k: v / 1000 for k, v in data["latency_us"].items()}}
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def result() -> dict:
+            try:
+                stdout, stderr = proc.communicate(timeout=seconds + 60)
+            finally:
+                file.unlink(missing_ok=True)
+            match = re.search(r"^WRKJSON (.*)$", stdout, re.M)
+            if not match:
+                raise RuntimeError(f"wrk failed: {stdout}\n{stderr}")
+            data = json.loads(match.group(1))
+            errors = sum(data[k] for k in ("connect_errors", "read_errors", "write_errors", "non_2xx", "timeouts"))
+            if target.kind == "hook":
+                errors += data["wrapped"]  # a repeated transaction: answered from the ledger, not what we meant to measure
+            return {"tool": "wrk", "seconds": data["duration_us"] / 1e6, "requests": data["requests"],
+                    "errors": errors, "latency_ms": {k: v / 1000 for k, v in data["latency_us"].items()}}
+        return result
+
+    def start_closed_loop(self, target: Target, seconds: float, cpus: str | None, file: Path | None = None):
+        """``start_wrk`` (on ``file``, from ``presign``), or the Python client's closed loop when
+        wrk is missing."""
+        if self.wrk is not None:
+            return self.start_wrk(target, seconds, cpus, file)
+        command = pinned([sys.executable, "-m", "bench.loadgen", f"{target.name}={target.kind}@{target.proc.url}",
+                          "--seconds", str(seconds), "--connections", str(self.plan.connections)], cpus)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
+
+        def result() -> dict:
+            stdout, stderr = proc.communicate(timeout=seconds * 20 + 120)
+            if proc.returncode != 0:
+                raise RuntimeError(f"load generator failed: {stderr[-2000:]}")
+            data = json.loads(stdout.strip().splitlines()[-1])
+            return {"tool": "python", "seconds": data["seconds"], "requests": data["requests"],
+                    "errors": data["non_2xx"] + data["failed"], "latency_ms": data["latency"]}
+        return result
 
     def loadgen(self, targets: list[Target], args: list[str], seconds: float, cpus: str | None) -> dict:
         specs = [f"{t.name}={t.kind}@{t.proc.url}" for t in targets]
@@ -509,8 +545,10 @@ def parse(argv: list[str] | None) -> Plan:
     parser.add_argument("--python-client", action="store_true", help="closed-loop load from bench/loadgen.py, not wrk")
     parser.add_argument("--keep", action="store_true", help="keep the logs, configs and databases of the run")
     parser.add_argument("--smoke", action="store_true", help="a few seconds in all: checks that it runs, not speed")
-    parser.add_argument("--only", choices=ONLY, help="run only this: overload (3x capacity, bench/overload.py) or "
-                                                     "capacity (Redis commands per bet, bench/capacity.py)")
+    parser.add_argument("--only", choices=ONLY, help="run only this: overload (3x capacity, bench/overload.py), "
+                                                     "capacity (Redis commands per bet, bench/capacity.py) or "
+                                                     "cluster (1 and 2 gateway processes over a Redis Cluster, "
+                                                     "bench/cluster.py)")
     parser.add_argument("--out", type=Path, help="the JSON result file (default bench/results/bench-[<only>-]<time>.json)")
     args = parser.parse_args(argv)
     plan = Plan(duration=args.duration, rounds=max(1, args.rounds), connections=args.connections, rate=args.rate,
@@ -534,12 +572,19 @@ def run_only(bench: Bench, plan: Plan) -> tuple[dict, str]:
                                bench.stop, seconds=seconds, ramp_seconds=ramp)
         results["machine"], results["notes"] = machine(), plan.notes
         return results, overload.table(results)
+    if plan.only == "cluster":
+        from bench import cluster
+
+        seconds, rounds, warmup = (1.0, 1, 0.0) if plan.smoke else (24.0, 3, 2.0)
+        results = cluster.run(bench, seconds=seconds, rounds=rounds, warmup=warmup)
+        results["machine"], results["notes"] = machine(), plan.notes
+        return results, cluster.table(results)
     from bench import capacity
 
     results = capacity.run(bench.work, bench.client_cpu, bench.server_cpu, bench.start, bench.gateway, bench.stop,
                            bets=200 if plan.smoke else 2000)
-    results["machine"], results["notes"] = machine(), plan.notes
-    return results, capacity.table(results)
+    results = {"stores": results, "machine": machine(), "notes": plan.notes}
+    return results, capacity.table(results["stores"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,19 +71,46 @@ def test_overload_run_on_its_own_reconciles(tmp_path):
 
 
 def test_capacity_run_counts_redis_work_per_bet(tmp_path):
-    """``--only capacity``: every bet answered and paid once, and the store's two ledger scripts
-    per bet (begin, finish) show in Redis's own command statistics."""
+    """``--only capacity``: on a standalone Redis and on a Redis Cluster (3 masters + 3
+    replicas), every bet answered and paid once, and the store's two ledger scripts per bet
+    (begin, finish) show in Redis's own command statistics."""
     out = tmp_path / "capacity.json"
     run = subprocess.run([sys.executable, "-m", "bench", "--only", "capacity", "--smoke", "--out", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
+    stores = json.loads(out.read_text())["stores"]
+    assert set(stores) == {"redis", "cluster"}
+    for store, results in stores.items():
+        assert results["every_bet_paid_once"] is True, store
+        assert results["masters"] == (3 if store == "cluster" else 1)
+        for measured in results["passes"]:
+            assert measured["answers"] == {"200": measured["bets"]}
+            # Two per bet (begin, finish), plus the retry-queue worker's polling while the pass runs.
+            assert 1.9 <= measured["redis_scripts_per_bet"] <= 2.5, (store, measured)
+            assert measured["redis_commands_executed_per_bet"] > measured["redis_scripts_per_bet"]
+            assert measured["redis_round_trips_per_bet"] > 0 and measured["gateway_cpu_us_per_bet"] > 0
+            assert 0 < measured["redis_busiest_master_cpu_us_per_bet"] <= measured["redis_cpu_us_per_bet"]
+        one, many = results["passes"]
+        assert one["connections"] == 1 and one["redis_round_trips_per_bet"] >= 1.9  # nothing to batch with
+    # A cluster sends each script on its own (redis-py's cluster pipeline refuses EVALSHA):
+    # nothing is batched, however many bets are in flight.
+    assert stores["cluster"]["passes"][1]["redis_round_trips_per_bet"] >= 1.9
+
+
+def test_cluster_run_measures_one_and_two_gateway_processes(tmp_path):
+    """``--only cluster``: a Redis Cluster of 3 masters + 3 replicas started by the bench, one
+    then two gateway processes over it, req/s and CPU per request of each and their ratio, and
+    every bet answered 200 recorded once on the cluster. Speed is not judged."""
+    out = tmp_path / "cluster.json"
+    run = subprocess.run([sys.executable, "-m", "bench", "--only", "cluster", "--smoke", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 processes / 1:" in run.stdout
     results = json.loads(out.read_text())
-    assert results["every_bet_paid_once"] is True
-    for measured in results["passes"]:
-        assert measured["answers"] == {"200": measured["bets"]}
-        # Two per bet (begin, finish), plus the retry-queue worker's polling while the pass runs.
-        assert 1.9 <= measured["redis_scripts_per_bet"] <= 2.5, measured
-        assert measured["redis_commands_executed_per_bet"] > measured["redis_scripts_per_bet"]
-        assert measured["redis_round_trips_per_bet"] > 0 and measured["gateway_cpu_us_per_bet"] > 0
-    one, many = results["passes"]
-    assert one["connections"] == 1 and one["redis_round_trips_per_bet"] >= 1.9  # nothing to batch with
+    assert set(results["processes"]) == {"1", "2"}
+    for measured in results["processes"].values():
+        assert measured["requests"] > 0 and measured["rps"] > 0 and measured["errors"] == 0, measured
+        assert measured["cpu_us_per_request"] > 0 and measured["redis_cpu_us_per_request"] > 0
+        assert 0 < measured["busiest_master_share"] <= 1
+    assert results["ratio_2_over_1"] > 0 and results["cpu_bound_estimate_2_over_1"] > 0
+    assert results["bets_answered_ok"] > 0 and results["every_answered_bet_recorded_once"] is True

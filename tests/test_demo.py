@@ -180,6 +180,7 @@ def _namespace(output: str) -> str:
 
 
 def _ledger_keys(url: str, namespace: str) -> list[bytes]:
+    """The run's ledger records: ``{ns}:{Lk}:tx:…``, in whichever of the 16 ledger shards."""
     import redis
 
     client = redis.Redis.from_url(url)
@@ -221,6 +222,36 @@ def test_demo_on_redis_behind_sentinel(tmp_path):
         assert any(b":tx:demo-games:b-1" in key for key in _ledger_keys(master, _namespace(done.stdout)))
     finally:
         sentinels.cleanup()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from tests.cluster_support import RedisClusterSet
+
+    c = RedisClusterSet().start()
+    yield c
+    c.cleanup()
+
+
+def _cluster_ledger_keys(cluster, namespace: str) -> list[bytes]:
+    keys = []
+    for port in cluster.master_ports():
+        keys += _ledger_keys(f"redis://127.0.0.1:{port}/0", namespace)
+    return keys
+
+
+def test_demo_on_a_redis_cluster(tmp_path, cluster):
+    done = subprocess.run([sys.executable, "-m", "gateway", "demo", "--store", cluster.url], capture_output=True,
+                          text=True, cwd=tmp_path, env=ENV, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert RECONCILED.search(done.stdout), done.stdout
+    assert re.search(r"^RESULT: all \d+ steps right, legacy ledger == iGSP ledger", done.stdout, re.M), done.stdout
+    assert f"store {cluster.url} (namespace demo-" in done.stdout
+    # The story's ledger is on the cluster's masters, under the run's own namespace, in a
+    # ledger shard's hash slot (not in a SQLite file).
+    keys = _cluster_ledger_keys(cluster, _namespace(done.stdout))
+    assert any(re.search(rb":\{L\d+\}:tx:demo-games:b-1$", key) for key in keys), keys
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(("url", "says"), [
