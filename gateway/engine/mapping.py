@@ -192,9 +192,24 @@ class Mapping:
     provider: Any = None  # provider face: a compiled gateway.engine.provider_mapping.ProviderSpec
     max_response_bytes: int = 1 << 20  # the largest decompressed legacy answer read (gateway/outbound/http.py)
     propagate_trace: bool = True  # send traceparent with legacy calls and hooks (tracing on)
+    #: Whether a connection to this API serves more than one call (``upstream.reuse_connections``).
+    reuse_connections: bool = True
 
     def search(self, expression: Any, data: Any) -> Any:
         return jmespath_fast.search(expression, data, self.jmespath_options)
+
+
+def _reuse_connections(upstream: dict, operations: dict) -> bool:
+    """Over a keep-alive connection an answer belongs to a call only by its place there: an
+    answer written twice (a retry in the API's own stack, a replaying proxy) would be read by
+    the next call on that connection as its own. ``echo`` lets the gateway see that; an API
+    whose answers echo nothing can only be kept safe by never reusing a connection. So the
+    default is to reuse connections only when every call (every step) declares an echo;
+    ``upstream.reuse_connections`` says otherwise explicitly."""
+    if "reuse_connections" in upstream:
+        return bool(upstream["reuse_connections"])
+    calls = [step for op in operations.values() for step in (op.steps or (op,))]
+    return bool(calls) and all(call.echo for call in calls)
 
 
 def _jmespath_signature(func: Callable) -> tuple:
@@ -776,6 +791,7 @@ def compile_mapping(data: dict, file: str) -> Mapping:
         static_headers=dict(upstream.get("headers") or {}),
         max_response_bytes=int(upstream.get("max_response_bytes", 1 << 20)),
         propagate_trace=bool(upstream.get("propagate_trace", True)),
+        reuse_connections=_reuse_connections(upstream, operations),
         codec=codec,
         signer=signer,
         extensions=extensions,

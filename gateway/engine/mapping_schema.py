@@ -184,6 +184,11 @@ MAPPING_SCHEMA: dict = {
                 "idempotent": {"type": "boolean", "default": False,
                                "description": "The legacy API dedupes by transaction id (redelivery is safe)."},
                 "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                "reuse_connections": {"type": "boolean",
+                                      "description": "Keep connections to this API alive between calls. Default: "
+                                                     "only when every operation declares an echo, so that an "
+                                                     "answer left on a connection is never read as another "
+                                                     "call's."},
                 "propagate_trace": {"type": "boolean", "default": True,
                                     "description": "With tracing on, send the W3C traceparent header with every "
                                                    "legacy call (and, provider face, every iGSP hook)."},

@@ -97,7 +97,8 @@ class Outbound:
 
     def __init__(self, peer: str, *, max_connections: int = 100, connect_timeout: float | None = None,
                  tls_verify: bool = True, headers: dict | None = None,
-                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, keepalive_timeout: float = 30.0):
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, keepalive_timeout: float = 30.0,
+                 reuse_connections: bool = True):
         self.peer = peer
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
@@ -105,6 +106,7 @@ class Outbound:
         self.headers = dict(headers or {})
         self.max_response_bytes = max_response_bytes
         self.keepalive_timeout = keepalive_timeout
+        self.reuse_connections = reuse_connections
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
@@ -112,7 +114,12 @@ class Outbound:
     def session(self) -> aiohttp.ClientSession:
         """The pooled session, built on first use (it needs the running loop), then reused."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=self.keepalive_timeout,
+            # force_close: one connection per call (``Connection: close``), for a peer whose
+            # answers cannot be told apart (see gateway.engine.mapping._reuse_connections).
+            connector = aiohttp.TCPConnector(limit=self.max_connections,
+                                             keepalive_timeout=self.keepalive_timeout if self.reuse_connections
+                                             else None,
+                                             force_close=not self.reuse_connections,
                                              ssl=None if self.tls_verify else False)
             session = aiohttp.ClientSession(connector=connector, headers=self.headers,
                                             skip_auto_headers=("User-Agent",), auto_decompress=True,

@@ -67,7 +67,8 @@ class LegacyClient:
         self.observer = observer
         self.outbound = Outbound("legacy API", max_connections=mapping.max_connections,
                                  connect_timeout=mapping.connect_timeout, tls_verify=mapping.tls_verify,
-                                 headers=mapping.static_headers, max_response_bytes=mapping.max_response_bytes)
+                                 headers=mapping.static_headers, max_response_bytes=mapping.max_response_bytes,
+                                 reuse_connections=mapping.reuse_connections)
         # Only adapters that override ``run`` cost anything per call.
         self._flows = tuple(a for a in (mapping.codec, mapping.signer, *mapping.extensions)
                             if a is not None and type(a).run is not Adapter.run)

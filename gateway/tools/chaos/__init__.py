@@ -153,6 +153,6 @@ async def _run(args, target, faults: list[str], operations: list[str], workdir: 
               f"({time.monotonic() - started:.0f} s)")
         return 1
     passed = f"all {len(results)} cases passed" if not skipped else \
-        f"{len(results) - skipped} cases passed, {skipped} skipped (a step the operation did not take)"
+        f"{len(results) - skipped} cases passed, {skipped} skipped (each for the reason under it)"
     print(f"RESULT: {passed}: nothing lost, nothing paid twice ({time.monotonic() - started:.0f} s)")
     return 0

@@ -279,18 +279,28 @@ class Driver:
         actual = await self.balance()
         injected = self.proxy.injected[fault] - injected_before
         self.proxy.disarm()
+        # A gateway that opens a new connection for every call to this wallet (its answers echo
+        # nothing: gateway/engine/mapping.py) never reads one call's answer for another's.
+        cannot = (NO_REUSE if fault == "duplicate_answer" and not self.gateway.target.mapping.reuse_connections
+                  else None)
         result = judge(fault, target, before, actual, steps, injected, idle, time.monotonic() - started,
-                       later_call=call > 1)
+                       later_call=call > 1, cannot_happen=cannot)
         result.call, result.calls = call, self.calls.get(operation, 1)
         return result
 
 
+NO_REUSE = ("the gateway opens a new connection for every call to this wallet (its answers echo nothing), "
+            "so no call can read another's answer")
+
+
 def judge(fault: str, operation: str, before: Decimal, actual: Decimal, steps: list[Step], injected: int,
-          idle: bool, seconds: float, *, later_call: bool = False) -> CaseResult:
+          idle: bool, seconds: float, *, later_call: bool = False, cannot_happen: str | None = None) -> CaseResult:
     """PASS only when the fault happened, everything settled, and the wallet shows what iGSP was told.
 
     ``later_call``: the fault was for a later step of a multi-step operation, which the
     operation may skip (its ``when``): not injected then, and all else right, is a SKIP.
+    ``cannot_happen``: why this fault cannot reach this gateway; not injected then, and all
+    else right, is a SKIP saying so.
     """
     certain = before + sum(s.delta for s in steps if s.outcome == APPLIED)
     held = [s.delta for s in steps if s.outcome == HELD]
@@ -298,7 +308,7 @@ def judge(fault: str, operation: str, before: Decimal, actual: Decimal, steps: l
     nearest = min(expected, key=lambda e: (abs(actual - e), e))
     difference = actual - nearest
     reasons = []
-    if injected == 0 and not later_call:
+    if injected == 0 and not later_call and cannot_happen is None:
         reasons.append("the fault was never injected (no legacy call to inject it into)")
     unsettled = [s.action for s in steps if s.outcome == UNSETTLED]
     if unsettled:
@@ -309,6 +319,6 @@ def judge(fault: str, operation: str, before: Decimal, actual: Decimal, steps: l
         reasons.append(f"the legacy wallet shows {difference:+} against what iGSP was told")
     if not reasons and injected == 0:
         return CaseResult(fault, operation, SKIP, expected, actual, difference, steps, injected,
-                          "the operation did not make that legacy call in this round", seconds)
+                          cannot_happen or "the operation did not make that legacy call in this round", seconds)
     return CaseResult(fault, operation, FAIL if reasons else PASS, expected, actual, difference, steps, injected,
                       "; ".join(reasons), seconds)
