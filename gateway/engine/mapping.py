@@ -594,24 +594,47 @@ def _rerun_problems(c: _Compiler, templates: Templates, operation: str, step: Op
     ids = _MONEY_IDS.get(operation)
     if ids is None or not step.moves_money:
         return
-    reads = [templates.variables(leaf) for _, leaf in _leaves([spec.get("path"), spec.get("query"),
-                                                              spec.get("headers"), spec.get("body")])]
-    with_ids = [names for names in reads if set(ids) & names]
     hint = ("a redelivery, a retry after a timeout or a queued delivery reruns every step from the first; "
             "send an id built from the transaction (e.g. \"{{ partner }}:{{ transaction_id }}:" + str(step.step)
             + "\") that the wallet dedupes by, or say moves_money: false for a call that changes nothing")
-    if any(names & _VOLATILE for names in with_ids):
-        c.problem(where, f"step {step.step!r} of {operation} is not safe to rerun: its transaction id changes on "
-                  "every run (it reads now/now_ms)", hint)
-    elif not with_ids:
-        c.problem(where, f"step {step.step!r} of {operation} is not safe to rerun: it sends nothing the wallet can "
-                  f"dedupe it by ({' or '.join(ids)})", hint)
+    problem = _dedupe_problem(templates, ids, spec)
+    if problem is not None:
+        c.problem(where, f"step {step.step!r} of {operation} is not safe to rerun: {problem}", hint)
     plain = sorted(step.result.success_codes - set(step.result.proofs))
     if plain and operation in ("bet", "win"):
         c.problem(where + ("result", "success_codes"),
                   f"step {step.step!r} of {operation} takes {', '.join(plain)} as success without proof: on a rerun "
                   "that answer may be an earlier attempt's or another transaction's",
                   "list it as {code: …, proves: {…}} with the fields of the answer that prove it is this transaction")
+
+
+def _dedupe_problem(templates: Templates, ids: tuple[str, ...], spec: dict) -> str | None:
+    """Why a legacy call that moves money cannot be deduped by its wallet when sent again
+    (its id changes on every run, or it sends none), or None."""
+    reads = [templates.variables(leaf) for _, leaf in _leaves([spec.get("path"), spec.get("query"),
+                                                              spec.get("headers"), spec.get("body")])]
+    with_ids = [names for names in reads if set(ids) & names]
+    if any(names & _VOLATILE for names in with_ids):
+        return "its transaction id changes on every run (it reads now/now_ms)"
+    if not with_ids:
+        return f"it sends nothing the wallet can dedupe it by ({' or '.join(ids)})"
+    return None
+
+
+def _resend_problems(c: _Compiler, templates: Templates, operation: str, spec: dict, where: tuple) -> None:
+    """``upstream.idempotent: true`` lets the gateway send a win, refund or rollback again when
+    its answer was lost (a queued redelivery): safe only if the wallet can tell the resend
+    from a new transaction, by an id built from the transaction, the same on every run."""
+    ids = _MONEY_IDS.get(operation)
+    if ids is None or not spec.get("moves_money", True):
+        return
+    problem = _dedupe_problem(templates, ids, spec)
+    if problem is not None:
+        c.problem(where, f"operation {operation!r} is not safe to send again: {problem}, but upstream.idempotent "
+                  "says a call whose answer was lost may be sent again",
+                  "send an id built from the transaction (e.g. \"{{ partner }}:{{ transaction_id }}\") that the "
+                  "wallet dedupes by, or say upstream.idempotent: false (a lost answer is then dead-lettered "
+                  "for an operator, never sent again)")
 
 
 def _kept_names(c: _Compiler, data: dict) -> frozenset[str]:
@@ -743,6 +766,8 @@ def compile_mapping(data: dict, file: str) -> Mapping:
             continue
         else:
             operations[name] = _call(c, templates, name, spec, where, inputs, scope, result, echo, ledger=ledger)
+            if data["face"] == "platform" and (data.get("upstream") or {}).get("idempotent") is True:
+                _resend_problems(c, templates, name, spec, where)
         c.inherited_echo(templates, echo, inputs, scope, spec.get("echo"))
         c.inherited_proofs(templates, inputs, scope, spec.get("result"))
     if data["face"] == "platform":
