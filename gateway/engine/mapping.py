@@ -637,6 +637,32 @@ def _resend_problems(c: _Compiler, templates: Templates, operation: str, spec: d
                   "for an operator, never sent again)")
 
 
+def _refund_as_rollback_problems(c: _Compiler, templates: Templates, spec: dict, kept: frozenset[str]) -> None:
+    """Without a ``rollback`` operation, ``refund`` is also the gateway's compensating rollback
+    of a bet whose outcome was unknown; there, what the bet's answer gave (its
+    ``legacy_transaction_id``, its kept values) is none. A call that names the bet only by
+    those would tell the wallet no bet to undo, while the provider is told the bet was
+    rolled back: the debit stays. It must also send the bet's own id (``bet_transaction_id``)."""
+    answer_fields = kept | {"legacy_transaction_id"}
+    calls = [(("operations", "refund"), spec)] + [
+        (("operations", "refund", "steps", i), step) for i, step in enumerate(spec.get("steps") or ())
+        if isinstance(step, dict)]
+    for where, call in calls:
+        leaves = list(_leaves({k: call.get(k) for k in ("path", "query", "headers", "body")}))
+        if any("bet_transaction_id" in templates.variables(leaf) for _, leaf in leaves):
+            continue
+        for path, leaf in leaves:
+            for name, field_name in sorted(templates.ledger_fields(leaf)):
+                if name == "bet" and field_name in answer_fields:
+                    c.problem(where + path,
+                              f"'ledger.bet.{field_name}' is none when refund runs as the gateway's compensating "
+                              "rollback of a bet whose outcome was unknown (this mapping has no rollback "
+                              "operation): that call would name no bet to undo",
+                              "add a rollback operation that names the bet by what the bet sent "
+                              "(\"{{ partner }}:{{ bet_transaction_id }}\"), as mappings/betref-wallet.yaml does, "
+                              "or send bet_transaction_id in this call too")
+
+
 def _kept_names(c: _Compiler, data: dict) -> frozenset[str]:
     """The names the ``bet`` operation keeps (``keep:``, its own or its steps'). ``keep`` is a
     bet's only: the ledger keeps no other operation's answer for later reads."""
@@ -770,6 +796,9 @@ def compile_mapping(data: dict, file: str) -> Mapping:
                 _resend_problems(c, templates, name, spec, where)
         c.inherited_echo(templates, echo, inputs, scope, spec.get("echo"))
         c.inherited_proofs(templates, inputs, scope, spec.get("result"))
+    if data["face"] == "platform" and "rollback" not in data["operations"] \
+            and isinstance(data["operations"].get("refund"), dict):
+        _refund_as_rollback_problems(c, templates, data["operations"]["refund"], kept)
     if data["face"] == "platform":
         for name in PLATFORM_OPERATIONS:
             if name in broken:
