@@ -95,6 +95,18 @@ def test_when_is_not_on_the_last_step_and_does_not_depend_on_the_time(tmp_path):
     assert all(line for line, *_ in found)
 
 
+def test_when_does_not_depend_on_the_request_id(tmp_path):
+    """A rerun after a crash (the sweeper's, a provider's retry taking an orphan over) has
+    another request_id: a when reading it may take another path than the first run."""
+    found = problems(
+        tmp_path,
+        ("        when: >-\n          {{ ledger.round_bet is none",
+         "        when: >-\n          {{ request_id[:1] == 'a' or ledger.round_bet is none"))
+    assert [(f, m) for _, f, m, _, _ in found] == [(
+        "operations.win.steps[0].when", "step 'open' of win is not safe to rerun: whether it runs depends on "
+        "request_id, which a rerun after a crash does not share, so it may take another path")]
+
+
 ROLLBACK_OP = SHIPPED[SHIPPED.index("  # The gateway's compensating rollback"):SHIPPED.index("queue:")]
 
 

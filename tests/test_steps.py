@@ -376,6 +376,24 @@ def test_a_one_call_win_the_wallet_could_not_dedupe_is_refused_when_lost_answers
                                "HMACSHA1_WALLET_MERCHANT_ID": "m-1"}).returncode == 0
 
 
+def test_an_id_built_from_the_request_id_is_not_safe_to_rerun(tmp_path):
+    """A rerun after a crash has another request_id (the sweeper settles an orphan as
+    "sweeper", a provider's retry that takes it over with its own): a zero bet whose id
+    reads it is opened anew on that rerun and credited again — paid twice (a crash between
+    the win's store writes showed it, tests/test_crash_points_ledger_reads.py with such an
+    id). Nor may a step's when depend on it."""
+    text = MAPPING.replace('tx: "{{ partner }}:{{ transaction_id }}:open"',
+                           'tx: "{{ partner }}:{{ transaction_id }}:{{ request_id }}"')
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(write(tmp_path, text), {"OPEN_BET_WALLET_URL": "http://wallet.test"})
+    assert [p.message for p in caught.value.problems] == [
+        "step 'open' of win is not safe to rerun: its transaction id changes between runs (it reads request_id, "
+        "which a rerun after a crash, by the sweeper or a provider's retry, does not share)"]
+    # Sent beside the id, as a request reference, it is fine (echo checks read it so).
+    assert "request_uuid: \"{{ request_id }}\"" in MAPPING
+    load_mapping(write(tmp_path, MAPPING), {"OPEN_BET_WALLET_URL": "http://wallet.test"})
+
+
 def test_an_operation_needs_path_or_steps(tmp_path):
     text = MAPPING.replace("    path: /bets/cancel\n", "")
     with pytest.raises(ConfigError) as caught:

@@ -505,6 +505,9 @@ class _Compiler:
 _STEP_DEFAULTS = ("result", "echo", "ledger")
 #: Variables whose value differs on every run: an id built from one changes on a rerun.
 _VOLATILE = frozenset({"now", "now_ms"})
+#: Variables whose value is the run's, not the transaction's: a rerun after a crash (the
+#: sweeper's settlement, a provider's retry taking an orphan over) has another request_id.
+_PER_RUN = frozenset({"request_id"})
 #: Operations whose steps may move money, and the ids a wallet can dedupe them by.
 _MONEY_IDS = {"bet": ("transaction_id",), "win": ("transaction_id",), "refund": ("transaction_id",
                                                                                   "bet_transaction_id"),
@@ -573,6 +576,9 @@ def _stepped(c: _Compiler, templates: Templates, name: str, spec: dict, where: t
         if step.when is not None and templates.variables(step_spec.get("when")) & _VOLATILE:
             c.problem(at + ("when",), f"step {label!r} of {name} is not safe to rerun: whether it runs depends on "
                       "the time (now/now_ms), so a rerun may take another path than the first run")
+        elif step.when is not None and templates.variables(step_spec.get("when")) & _PER_RUN:
+            c.problem(at + ("when",), f"step {label!r} of {name} is not safe to rerun: whether it runs depends on "
+                      "request_id, which a rerun after a crash does not share, so it may take another path")
         steps.append(step)
         earlier[label] = frozenset(map(str, step_spec.get("response") or {}))
     last = steps[-1]
@@ -616,6 +622,9 @@ def _dedupe_problem(templates: Templates, ids: tuple[str, ...], spec: dict) -> s
     with_ids = [names for names in reads if set(ids) & names]
     if any(names & _VOLATILE for names in with_ids):
         return "its transaction id changes on every run (it reads now/now_ms)"
+    if any(names & _PER_RUN for names in with_ids):
+        return ("its transaction id changes between runs (it reads request_id, which a rerun after a crash, by "
+                "the sweeper or a provider's retry, does not share)")
     if not with_ids:
         return f"it sends nothing the wallet can dedupe it by ({' or '.join(ids)})"
     return None
@@ -623,8 +632,9 @@ def _dedupe_problem(templates: Templates, ids: tuple[str, ...], spec: dict) -> s
 
 def _resend_problems(c: _Compiler, templates: Templates, operation: str, spec: dict, where: tuple) -> None:
     """``upstream.idempotent: true`` lets the gateway send a win, refund or rollback again when
-    its answer was lost (a queued redelivery): safe only if the wallet can tell the resend
-    from a new transaction, by an id built from the transaction, the same on every run."""
+    its answer was lost (a queued redelivery), and a bet's rollback names the bet by what it
+    sent: safe only if the wallet can tell a resend from a new transaction, by an id built
+    from the transaction, the same on every run."""
     ids = _MONEY_IDS.get(operation)
     if ids is None or not spec.get("moves_money", True):
         return
