@@ -107,6 +107,19 @@ def test_when_does_not_depend_on_the_request_id(tmp_path):
         "request_id, which a rerun after a crash does not share, so it may take another path")]
 
 
+def test_a_bet_that_keeps_values_takes_already_done_only_with_proof(tmp_path):
+    """An unproven DUPLICATE may answer another bet under the same tx: its bet.id, kept,
+    would be what this bet's win credits and its refund cancels."""
+    found = problems(tmp_path, ('''        - code: DUPLICATE
+          proves: {bet.tx: "{{ partner }}:{{ transaction_id }}", bet.amount: "{{ legacy_amount }}"}''',
+                                "        - DUPLICATE"))
+    assert [(f, m) for _, f, m, _, _ in found] == [(
+        "operations.bet.result.success_codes",
+        "operation 'bet' keeps values of its answer (keep: wallet_bet_id) but takes DUPLICATE as success without "
+        "proof: that answer may be another transaction's, and a later win or refund would use its values")]
+    assert "proves" in found[0][3]
+
+
 ROLLBACK_OP = SHIPPED[SHIPPED.index("  # The gateway's compensating rollback"):SHIPPED.index("queue:")]
 
 

@@ -673,6 +673,22 @@ def _refund_as_rollback_problems(c: _Compiler, templates: Templates, spec: dict,
                               "or send bet_transaction_id in this call too")
 
 
+def _kept_proof_problems(c: _Compiler, op: Operation, spec: dict, where: tuple) -> None:
+    """A one-call bet that keeps values of its answer may take an "already done" code as its
+    success only with proof: unproven, the answer may be another transaction's, and its kept
+    values (that bet's wallet id) would be what a later win credits or a refund cancels.
+    (A bet's steps are held to proof for every success code: ``_rerun_problems``.)"""
+    plain = sorted(op.result.success_codes - set(op.result.proofs))
+    if not op.keep or not plain:
+        return
+    own = isinstance(spec.get("result"), dict) and "success_codes" in spec["result"]
+    c.problem(where + ("result", "success_codes") if own else ("result", "success_codes"),
+              f"operation {op.name!r} keeps values of its answer (keep: {', '.join(sorted(op.keep))}) but takes "
+              f"{', '.join(plain)} as success without proof: that answer may be another transaction's, and a later "
+              "win or refund would use its values",
+              "list it as {code: …, proves: {…}} with the fields of the answer that prove it is this bet")
+
+
 def _kept_names(c: _Compiler, data: dict) -> frozenset[str]:
     """The names the ``bet`` operation keeps (``keep:``, its own or its steps'). ``keep`` is a
     bet's only: the ledger keeps no other operation's answer for later reads."""
@@ -804,6 +820,7 @@ def compile_mapping(data: dict, file: str) -> Mapping:
             operations[name] = _call(c, templates, name, spec, where, inputs, scope, result, echo, ledger=ledger)
             if data["face"] == "platform" and (data.get("upstream") or {}).get("idempotent") is True:
                 _resend_problems(c, templates, name, spec, where)
+            _kept_proof_problems(c, operations[name], spec, where)
         c.inherited_echo(templates, echo, inputs, scope, spec.get("echo"))
         c.inherited_proofs(templates, inputs, scope, spec.get("result"))
     if data["face"] == "platform" and "rollback" not in data["operations"] \
