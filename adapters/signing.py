@@ -51,7 +51,7 @@ class Md5ParamsSigner(Signer):
     def verify(self, inbound: InboundRequest) -> bool:
         fields = inbound.fields if isinstance(inbound.fields, dict) else inbound.params
         given = str(fields.get(self.field, ""))
-        return hmac.compare_digest(md5_param_hash(fields, self.secret, self.field), given.lower())
+        return _same(md5_param_hash(fields, self.secret, self.field), given.lower())
 
 
 #: What ``hmac_header`` can MAC with (``hmac`` from the standard library, nothing else).
@@ -168,7 +168,13 @@ class HmacHeaderSigner(Signer):
             expected = self._mac(self._message(inbound.body, inbound.fields, inbound.params, inbound.headers))
         except UpstreamError:
             return False
-        return hmac.compare_digest(expected, given)
+        return _same(expected, given)
+
+
+def _same(expected: str, given: str) -> bool:
+    """``hmac.compare_digest`` of two texts as bytes: a caller's signature with characters
+    outside ASCII is a wrong signature, not a TypeError (which compare_digest raises for str)."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))
 
 
 def _pem(value: str) -> bytes:

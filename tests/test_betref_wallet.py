@@ -312,6 +312,33 @@ def test_a_rounds_bet_is_the_first_one_the_wallet_accepted(wallet, acme):
     assert wallet.bets()["B00001"]["settled_by"] == TX + "w-1" and wallet.balance("p1") == Decimal("8.00")
 
 
+def test_a_round_id_shared_by_players_credits_each_players_own_bet(wallet, tmp_path, store_url):
+    """A live table's round id is every seated player's: p1 and p2 bet in round "table-7".
+    p2's win must credit p2's bet, never read p1's (the round's first bet) as its own: the
+    wallet would refuse that credit (BET_NOT_FOUND, a final 404: p2's win lost) or, were it
+    less strict, settle p1's bet with p2's win. On both stores."""
+    gateway = start_gateway(tmp_path, wallet.url, store=store_url)
+    try:
+        acme = IgspClient(gateway.url, ACME["api_key"], ACME["secret"])
+        wallet.player("p1", "100.00")
+        wallet.player("p2", "100.00")
+        assert acme.hook(bet("tx-a", "10.00", player="p1", round_id="table-7")).status_code == 200
+        assert acme.hook(bet("tx-b", "10.00", player="p2", round_id="table-7")).status_code == 200
+        r = acme.hook(win("w-b", "5.00", player="p2", round_id="table-7"))
+        assert r.status_code == 200, r.text
+        assert decimal_json(r)["balance"] == Decimal("95.00")
+        r = acme.hook(win("w-a", "3.00", player="p1", round_id="table-7"))
+        assert r.status_code == 200, r.text
+        assert decimal_json(r)["balance"] == Decimal("93.00")
+        bets = wallet.bets()
+        assert (bets["B00001"]["player"], bets["B00001"]["settled_by"]) == ("p1", TX + "w-a")
+        assert (bets["B00002"]["player"], bets["B00002"]["settled_by"]) == ("p2", TX + "w-b")
+        assert len(bets) == 2 and wallet.calls("debit") == 2  # no zero bet: each win had its own bet
+        assert (wallet.balance("p1"), wallet.balance("p2")) == (Decimal("93.00"), Decimal("95.00"))
+    finally:
+        gateway.stop()
+
+
 def test_the_simulator_runs_as_a_process_like_the_others():
     from gateway.tools.simulators import spawn
 

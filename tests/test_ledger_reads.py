@@ -95,6 +95,56 @@ def test_when_is_not_on_the_last_step_and_does_not_depend_on_the_time(tmp_path):
     assert all(line for line, *_ in found)
 
 
+def test_when_does_not_depend_on_the_request_id(tmp_path):
+    """A rerun after a crash (the sweeper's, a provider's retry taking an orphan over) has
+    another request_id: a when reading it may take another path than the first run."""
+    found = problems(
+        tmp_path,
+        ("        when: >-\n          {{ ledger.round_bet is none",
+         "        when: >-\n          {{ request_id[:1] == 'a' or ledger.round_bet is none"))
+    assert [(f, m) for _, f, m, _, _ in found] == [(
+        "operations.win.steps[0].when", "step 'open' of win is not safe to rerun: whether it runs depends on "
+        "request_id, which a rerun after a crash does not share, so it may take another path")]
+
+
+def test_a_bet_that_keeps_values_takes_already_done_only_with_proof(tmp_path):
+    """An unproven DUPLICATE may answer another bet under the same tx: its bet.id, kept,
+    would be what this bet's win credits and its refund cancels."""
+    found = problems(tmp_path, ('''        - code: DUPLICATE
+          proves: {bet.tx: "{{ partner }}:{{ transaction_id }}", bet.amount: "{{ legacy_amount }}"}''',
+                                "        - DUPLICATE"))
+    assert [(f, m) for _, f, m, _, _ in found] == [(
+        "operations.bet.result.success_codes",
+        "operation 'bet' keeps values of its answer (keep: wallet_bet_id) but takes DUPLICATE as success without "
+        "proof: that answer may be another transaction's, and a later win or refund would use its values")]
+    assert "proves" in found[0][3]
+
+
+ROLLBACK_OP = SHIPPED[SHIPPED.index("  # The gateway's compensating rollback"):SHIPPED.index("queue:")]
+
+
+def test_a_refund_that_is_also_the_rollback_must_not_name_the_bet_only_by_its_answer(tmp_path):
+    """Without a rollback operation, refund is also the compensating rollback of a bet whose
+    outcome was unknown, where the bet's answer values are none: a cancel naming the bet only
+    by its kept id names no bet (run live, the wallet answers BET_NOT_FOUND to every attempt
+    until the rollback is dead-lettered, while the provider is told the bet was rolled back
+    and the debit stays)."""
+    found = problems(tmp_path, (ROLLBACK_OP, ""))
+    assert [(f, m) for _, f, m, _, _ in found] == [(
+        "operations.refund.body.bet_id",
+        "'ledger.bet.wallet_bet_id' is none when refund runs as the gateway's compensating rollback of a bet whose "
+        "outcome was unknown (this mapping has no rollback operation): that call would name no bet to undo")]
+    assert 'bet_id: "{{ ledger.bet.wallet_bet_id }}"' in found[0][4]
+    assert "add a rollback operation" in found[0][3] and "bet_transaction_id" in found[0][3]
+    # Sending the bet's own id too (the wallet finds the bet by it when bet_id is none) is valid.
+    text = SHIPPED.replace(ROLLBACK_OP, "").replace(
+        '      bet_id: "{{ ledger.bet.wallet_bet_id }}"\n',
+        '      bet_id: "{{ ledger.bet.wallet_bet_id }}"\n      bet_tx: "{{ partner }}:{{ bet_transaction_id }}"\n')
+    path = tmp_path / "with-bet-tx.yaml"
+    path.write_text(text)
+    assert "rollback" not in load_mapping(path, ENV).operations
+
+
 def test_an_empty_read_declared_missing_fails_with_its_error_and_sends_nothing(tmp_path):
     """A wallet that cannot pay a win without its round's bet says so: the declared error,
     final, stored, and nothing sent to the wallet."""

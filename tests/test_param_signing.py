@@ -90,6 +90,9 @@ def test_verify_checks_the_same_recipe():
     assert s.verify(inbound)
     inbound.fields["amount"] = "6"
     assert not s.verify(inbound)
+    inbound.fields["amount"] = "5"
+    inbound.headers["X-Sign"] = "é" * 40  # not ASCII: a wrong signature, not a TypeError
+    assert not s.verify(inbound)
 
 
 @pytest.mark.parametrize("old, new, field, message", [

@@ -410,6 +410,12 @@ def test_bad_hashes_and_unknown_tokens_are_refused_in_the_legacy_format(world):
     played = world.play(token, [{"op": "bet", "amount": "1.00", "reference": "c-1", "params": {"hash": "0" * 32}}])
     assert played["calls"][-1]["answer"] == {"error": 5, "description": "Invalid hash code"}
     assert world.balance("carol") == Decimal("50.00")
+    # A hash outside ASCII is a wrong hash too (hmac.compare_digest cannot compare such text):
+    # never "internal error, retry", which a game server would retry for ever.
+    for bad in ("é" * 32, "0" * 31 + "\u00e9"):
+        played = world.play(token, [{"op": "bet", "amount": "1.00", "reference": "c-2", "params": {"hash": bad}}])
+        assert played["calls"][-1]["answer"] == {"error": 5, "description": "Invalid hash code"}, bad
+    assert world.balance("carol") == Decimal("50.00")
 
     def form(**params):
         return dict(params, hash=pragmatic_provider.hash_params(params, PP_SECRET))

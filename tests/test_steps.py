@@ -340,6 +340,60 @@ def test_a_volatile_id_is_not_safe_to_rerun(tmp_path):
         "step 'open' of win is not safe to rerun: its transaction id changes on every run (it reads now/now_ms)"]
 
 
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ('transaction_id: "{{ partner }}:{{ transaction_id }}"', 'transaction_id: "{{ transaction_id }}-{{ now_ms }}"',
+     "its transaction id changes on every run (it reads now/now_ms)"),
+    ('transaction_id: "{{ partner }}:{{ transaction_id }}"\n      round_id: "{{ round_id | default(transaction_id) }}"',
+     'transaction_id: "{{ request_id }}"\n      round_id: "{{ round_id | default(request_id) }}"',
+     "it sends nothing the wallet can dedupe it by (transaction_id)"),
+])
+def test_a_one_call_win_the_wallet_could_not_dedupe_is_refused_when_lost_answers_are_sent_again(tmp_path, old, new,
+                                                                                                problem):
+    """upstream.idempotent: true sends a win whose answer was lost again (the queue's
+    redelivery): with an id that changes on every run, or none, the wallet takes the resend
+    for a new win and pays it twice. validate says so, as it does for a step."""
+    text = (ROOT / "mappings" / "hmacsha1-wallet.yaml").read_text()
+    at = text.index("\n  win:\n")
+    assert old in text[at:]
+    text = text[:at] + text[at:].replace(old, new, 1)
+    path = tmp_path / "w.yaml"
+    path.write_text(text)
+    result = subprocess.run([sys.executable, "-m", "gateway", "validate", str(path)], capture_output=True, text=True,
+                            timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                                             "HMACSHA1_WALLET_URL": "http://127.0.0.1:9",
+                                             "HMACSHA1_WALLET_KEY": "merchant-key-0123456789",
+                                             "HMACSHA1_WALLET_MERCHANT_ID": "m-1"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = text.count("\n", 0, at) + 2
+    assert result.stderr.startswith(f"{path}:{line}: operations.win: operation 'win' is not safe to send again: "
+                                    f"{problem}"), result.stderr
+    assert "upstream.idempotent: false" in result.stderr and result.stderr.splitlines()[-1] == "1 problem(s) found"
+    # The shipped file, and the same file saying its wallet does not dedupe, are valid.
+    path.write_text(text.replace("  idempotent: true", "  idempotent: false"))
+    assert subprocess.run([sys.executable, "-m", "gateway", "validate", str(path)], capture_output=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HMACSHA1_WALLET_URL": "http://x",
+                               "HMACSHA1_WALLET_KEY": "merchant-key-0123456789",
+                               "HMACSHA1_WALLET_MERCHANT_ID": "m-1"}).returncode == 0
+
+
+def test_an_id_built_from_the_request_id_is_not_safe_to_rerun(tmp_path):
+    """A rerun after a crash has another request_id (the sweeper settles an orphan as
+    "sweeper", a provider's retry that takes it over with its own): a zero bet whose id
+    reads it is opened anew on that rerun and credited again — paid twice (a crash between
+    the win's store writes showed it, tests/test_crash_points_ledger_reads.py with such an
+    id). Nor may a step's when depend on it."""
+    text = MAPPING.replace('tx: "{{ partner }}:{{ transaction_id }}:open"',
+                           'tx: "{{ partner }}:{{ transaction_id }}:{{ request_id }}"')
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(write(tmp_path, text), {"OPEN_BET_WALLET_URL": "http://wallet.test"})
+    assert [p.message for p in caught.value.problems] == [
+        "step 'open' of win is not safe to rerun: its transaction id changes between runs (it reads request_id, "
+        "which a rerun after a crash, by the sweeper or a provider's retry, does not share)"]
+    # Sent beside the id, as a request reference, it is fine (echo checks read it so).
+    assert "request_uuid: \"{{ request_id }}\"" in MAPPING
+    load_mapping(write(tmp_path, MAPPING), {"OPEN_BET_WALLET_URL": "http://wallet.test"})
+
+
 def test_an_operation_needs_path_or_steps(tmp_path):
     text = MAPPING.replace("    path: /bets/cancel\n", "")
     with pytest.raises(ConfigError) as caught:

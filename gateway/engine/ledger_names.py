@@ -10,8 +10,9 @@ empty. This module is that contract; gateway/faces/ledger_reads.py reads it at r
     bet        refund, rollback   the bet the refund names (``bet_transaction_id``). Its answer
                                   fields are none when the bet's outcome was never known (the
                                   compensating rollback of a timed-out bet)
-    round_bet  win                the accepted, unrefunded bet of the win's ``round_id``; empty
-                                  when the win has no round_id, or its round no such bet
+    round_bet  win                the accepted, unrefunded bet of the win's player and ``round_id``
+                                  (never another player's: a round id may be a shared table's);
+                                  empty when the win has no round_id, or its round no such bet
 """
 
 from __future__ import annotations

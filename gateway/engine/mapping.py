@@ -520,6 +520,9 @@ class _Compiler:
 _STEP_DEFAULTS = ("result", "echo", "ledger")
 #: Variables whose value differs on every run: an id built from one changes on a rerun.
 _VOLATILE = frozenset({"now", "now_ms"})
+#: Variables whose value is the run's, not the transaction's: a rerun after a crash (the
+#: sweeper's settlement, a provider's retry taking an orphan over) has another request_id.
+_PER_RUN = frozenset({"request_id"})
 #: Operations whose steps may move money, and the ids a wallet can dedupe them by.
 _MONEY_IDS = {"bet": ("transaction_id",), "win": ("transaction_id",), "refund": ("transaction_id",
                                                                                   "bet_transaction_id"),
@@ -588,6 +591,9 @@ def _stepped(c: _Compiler, templates: Templates, name: str, spec: dict, where: t
         if step.when is not None and templates.variables(step_spec.get("when")) & _VOLATILE:
             c.problem(at + ("when",), f"step {label!r} of {name} is not safe to rerun: whether it runs depends on "
                       "the time (now/now_ms), so a rerun may take another path than the first run")
+        elif step.when is not None and templates.variables(step_spec.get("when")) & _PER_RUN:
+            c.problem(at + ("when",), f"step {label!r} of {name} is not safe to rerun: whether it runs depends on "
+                      "request_id, which a rerun after a crash does not share, so it may take another path")
         steps.append(step)
         earlier[label] = frozenset(map(str, step_spec.get("response") or {}))
     last = steps[-1]
@@ -609,24 +615,93 @@ def _rerun_problems(c: _Compiler, templates: Templates, operation: str, step: Op
     ids = _MONEY_IDS.get(operation)
     if ids is None or not step.moves_money:
         return
-    reads = [templates.variables(leaf) for _, leaf in _leaves([spec.get("path"), spec.get("query"),
-                                                              spec.get("headers"), spec.get("body")])]
-    with_ids = [names for names in reads if set(ids) & names]
     hint = ("a redelivery, a retry after a timeout or a queued delivery reruns every step from the first; "
             "send an id built from the transaction (e.g. \"{{ partner }}:{{ transaction_id }}:" + str(step.step)
             + "\") that the wallet dedupes by, or say moves_money: false for a call that changes nothing")
-    if any(names & _VOLATILE for names in with_ids):
-        c.problem(where, f"step {step.step!r} of {operation} is not safe to rerun: its transaction id changes on "
-                  "every run (it reads now/now_ms)", hint)
-    elif not with_ids:
-        c.problem(where, f"step {step.step!r} of {operation} is not safe to rerun: it sends nothing the wallet can "
-                  f"dedupe it by ({' or '.join(ids)})", hint)
+    problem = _dedupe_problem(templates, ids, spec)
+    if problem is not None:
+        c.problem(where, f"step {step.step!r} of {operation} is not safe to rerun: {problem}", hint)
     plain = sorted(step.result.success_codes - set(step.result.proofs))
     if plain and operation in ("bet", "win"):
         c.problem(where + ("result", "success_codes"),
                   f"step {step.step!r} of {operation} takes {', '.join(plain)} as success without proof: on a rerun "
                   "that answer may be an earlier attempt's or another transaction's",
                   "list it as {code: …, proves: {…}} with the fields of the answer that prove it is this transaction")
+
+
+def _dedupe_problem(templates: Templates, ids: tuple[str, ...], spec: dict) -> str | None:
+    """Why a legacy call that moves money cannot be deduped by its wallet when sent again
+    (its id changes on every run, or it sends none), or None."""
+    reads = [templates.variables(leaf) for _, leaf in _leaves([spec.get("path"), spec.get("query"),
+                                                              spec.get("headers"), spec.get("body")])]
+    with_ids = [names for names in reads if set(ids) & names]
+    if any(names & _VOLATILE for names in with_ids):
+        return "its transaction id changes on every run (it reads now/now_ms)"
+    if any(names & _PER_RUN for names in with_ids):
+        return ("its transaction id changes between runs (it reads request_id, which a rerun after a crash, by "
+                "the sweeper or a provider's retry, does not share)")
+    if not with_ids:
+        return f"it sends nothing the wallet can dedupe it by ({' or '.join(ids)})"
+    return None
+
+
+def _resend_problems(c: _Compiler, templates: Templates, operation: str, spec: dict, where: tuple) -> None:
+    """``upstream.idempotent: true`` lets the gateway send a win, refund or rollback again when
+    its answer was lost (a queued redelivery), and a bet's rollback names the bet by what it
+    sent: safe only if the wallet can tell a resend from a new transaction, by an id built
+    from the transaction, the same on every run."""
+    ids = _MONEY_IDS.get(operation)
+    if ids is None or not spec.get("moves_money", True):
+        return
+    problem = _dedupe_problem(templates, ids, spec)
+    if problem is not None:
+        c.problem(where, f"operation {operation!r} is not safe to send again: {problem}, but upstream.idempotent "
+                  "says a call whose answer was lost may be sent again",
+                  "send an id built from the transaction (e.g. \"{{ partner }}:{{ transaction_id }}\") that the "
+                  "wallet dedupes by, or say upstream.idempotent: false (a lost answer is then dead-lettered "
+                  "for an operator, never sent again)")
+
+
+def _refund_as_rollback_problems(c: _Compiler, templates: Templates, spec: dict, kept: frozenset[str]) -> None:
+    """Without a ``rollback`` operation, ``refund`` is also the gateway's compensating rollback
+    of a bet whose outcome was unknown; there, what the bet's answer gave (its
+    ``legacy_transaction_id``, its kept values) is none. A call that names the bet only by
+    those would tell the wallet no bet to undo, while the provider is told the bet was
+    rolled back: the debit stays. It must also send the bet's own id (``bet_transaction_id``)."""
+    answer_fields = kept | {"legacy_transaction_id"}
+    calls = [(("operations", "refund"), spec)] + [
+        (("operations", "refund", "steps", i), step) for i, step in enumerate(spec.get("steps") or ())
+        if isinstance(step, dict)]
+    for where, call in calls:
+        leaves = list(_leaves({k: call.get(k) for k in ("path", "query", "headers", "body")}))
+        if any("bet_transaction_id" in templates.variables(leaf) for _, leaf in leaves):
+            continue
+        for path, leaf in leaves:
+            for name, field_name in sorted(templates.ledger_fields(leaf)):
+                if name == "bet" and field_name in answer_fields:
+                    c.problem(where + path,
+                              f"'ledger.bet.{field_name}' is none when refund runs as the gateway's compensating "
+                              "rollback of a bet whose outcome was unknown (this mapping has no rollback "
+                              "operation): that call would name no bet to undo",
+                              "add a rollback operation that names the bet by what the bet sent "
+                              "(\"{{ partner }}:{{ bet_transaction_id }}\"), as mappings/betref-wallet.yaml does, "
+                              "or send bet_transaction_id in this call too")
+
+
+def _kept_proof_problems(c: _Compiler, op: Operation, spec: dict, where: tuple) -> None:
+    """A one-call bet that keeps values of its answer may take an "already done" code as its
+    success only with proof: unproven, the answer may be another transaction's, and its kept
+    values (that bet's wallet id) would be what a later win credits or a refund cancels.
+    (A bet's steps are held to proof for every success code: ``_rerun_problems``.)"""
+    plain = sorted(op.result.success_codes - set(op.result.proofs))
+    if not op.keep or not plain:
+        return
+    own = isinstance(spec.get("result"), dict) and "success_codes" in spec["result"]
+    c.problem(where + ("result", "success_codes") if own else ("result", "success_codes"),
+              f"operation {op.name!r} keeps values of its answer (keep: {', '.join(sorted(op.keep))}) but takes "
+              f"{', '.join(plain)} as success without proof: that answer may be another transaction's, and a later "
+              "win or refund would use its values",
+              "list it as {code: …, proves: {…}} with the fields of the answer that prove it is this bet")
 
 
 def _kept_names(c: _Compiler, data: dict) -> frozenset[str]:
@@ -758,8 +833,14 @@ def compile_mapping(data: dict, file: str) -> Mapping:
             continue
         else:
             operations[name] = _call(c, templates, name, spec, where, inputs, scope, result, echo, ledger=ledger)
+            if data["face"] == "platform" and (data.get("upstream") or {}).get("idempotent") is True:
+                _resend_problems(c, templates, name, spec, where)
+            _kept_proof_problems(c, operations[name], spec, where)
         c.inherited_echo(templates, echo, inputs, scope, spec.get("echo"))
         c.inherited_proofs(templates, inputs, scope, spec.get("result"))
+    if data["face"] == "platform" and "rollback" not in data["operations"] \
+            and isinstance(data["operations"].get("refund"), dict):
+        _refund_as_rollback_problems(c, templates, data["operations"]["refund"], kept)
     if data["face"] == "platform":
         for name in PLATFORM_OPERATIONS:
             if name in broken:

@@ -173,6 +173,18 @@ class Templates:
         except TemplateError:
             return frozenset()
 
+    def ledger_fields(self, value: Any) -> frozenset[tuple[str, str]]:
+        """The ``(NAME, FIELD)`` of every ``ledger.NAME.FIELD`` template ``value`` reads."""
+        if not isinstance(value, str) or "{" not in value:
+            return frozenset()
+        try:
+            ast = self.env.parse(value)
+        except TemplateError:
+            return frozenset()
+        return frozenset((node.node.attr, node.attr) for node in ast.find_all(nodes.Getattr)
+                         if isinstance(node.node, nodes.Getattr) and isinstance(node.node.node, nodes.Name)
+                         and node.node.node.name == "ledger")
+
     def compile_tree(self, tree: Any, on_error: Callable[[tuple, Exception], None], path: tuple = (),
                      leaves: list | None = None) -> Callable[[dict], Any]:
         """Compile every leaf of a dict/list tree; report each broken one through ``on_error``.

@@ -9,7 +9,9 @@ ledger record, each in its key/value space with the ledger's retention:
 - ``keep``: the values a ``bet`` operation's ``keep:`` read from the wallet's answer,
   written before the bet's record is finished, so any reader that sees the bet done sees
   them too (a record finished is never changed again);
-- the round index: the first bet of each ``round_id`` (written as the bet starts, so a win
+- the round index: the first bet of each player's ``round_id`` (a round id names a round
+  of a game or table, shared by every player at it, so the index is per player; written
+  as the bet starts, so a win
   arriving while its bet is still at the wallet waits for it, as a refund does), replaced by
   a later bet of the round the wallet accepted when that first one was refused or forgotten;
 - the choice: which bet each read of a transaction found, written once by its first run.
@@ -38,13 +40,19 @@ from gateway.store import Store
 from gateway.store.base import PENDING
 
 KEPT = "ledger-kept"  # partner, bet txid -> the bet's kept values
-ROUND = "ledger-round"  # partner, round_id -> the round's first bet txid
+ROUND = "ledger-round"  # partner, player_id, round_id -> the round's first bet txid of that player
 FIRST_WIN = "ledger-first-win"  # partner, bet txid -> the first win that read it as round_bet
 CHOICE = "ledger-read"  # partner, txid -> {name: {"txid", "first_win"} or None}
 
 
 def _key(*parts: str) -> str:
     return "\x1f".join(parts)
+
+
+def _round_key(partner: str, payload: dict) -> str:
+    """A round's index key: the player's round (another player's bet of a shared round id is
+    never this player's round bet)."""
+    return _key(partner, str(payload.get("player_id")), str(payload["round_id"]))
 
 
 def _json(value: Any) -> Any:
@@ -69,7 +77,7 @@ class LedgerReads:
     async def bet_started(self, payload: dict) -> None:
         """Index a bet by its round (the round's first bet only), before its legacy call."""
         if self.rounds and payload.get("round_id") not in (None, ""):
-            await self.store.kv_put(ROUND, _key(self.partner, str(payload["round_id"])),
+            await self.store.kv_put(ROUND, _round_key(self.partner, payload),
                                     str(payload["transaction_id"]).encode(), self.retention, only_new=True)
 
     async def bet_accepted(self, payload: dict, kept: dict) -> None:
@@ -80,7 +88,7 @@ class LedgerReads:
             await self.store.kv_put(KEPT, _key(self.partner, txid), orjson.dumps(kept, default=_json), self.retention)
         if not self.rounds or payload.get("round_id") in (None, ""):
             return
-        where = _key(self.partner, str(payload["round_id"]))
+        where = _round_key(self.partner, payload)
         indexed = await self.store.kv_get(ROUND, where)
         if indexed is None or indexed.decode() == txid:
             return
@@ -122,12 +130,16 @@ class LedgerReads:
         round_id = payload.get("round_id")
         if round_id in (None, ""):
             return None
-        bet_txid = await self.store.kv_get(ROUND, _key(self.partner, str(round_id)))
+        bet_txid = await self.store.kv_get(ROUND, _round_key(self.partner, payload))
         if bet_txid is None:
             return None
         record = await self._settled(bet_txid.decode())
-        if record is None or record.action != "bet" or record.status != 200 or record.voided_by is not None:
+        if record is None or record.action != "bet" or record.status != 200 or record.voided_by is not None \
+                or record.payload is None:
             return None
+        bet = hook_from_queue(orjson.loads(record.payload))
+        if str(bet.get("player_id")) != str(payload.get("player_id")) or bet.get("currency") != payload.get("currency"):
+            return None  # never another player's bet, nor one in another currency
         claim = _key(self.partner, record.txid)
         await self.store.kv_put(FIRST_WIN, claim, str(payload["transaction_id"]).encode(), self.retention,
                                 only_new=True)
