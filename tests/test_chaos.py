@@ -177,7 +177,7 @@ def test_an_unsafe_mapping_fails_with_the_money_it_got_wrong(simulator, break_it
     done = chaos(write_config(tmp_path, mapping), simulator, "--faults", "lost_answer,late_answer",
                  "--operations", "win,bet", "--junit", str(junit))
     assert done.returncode == 1, done.stdout + done.stderr
-    verdicts = {(fault, op): (verdict, diff) for verdict, fault, op, _, _, diff in LINE.findall(done.stdout)}
+    verdicts = {(fault, op): (verdict, diff) for verdict, fault, op, _, _, _, diff, _ in LINE.findall(done.stdout)}
     for fault in ("lost_answer", "late_answer"):
         assert verdicts[(fault, "win")] == ("FAIL", "+0.40")
         assert verdicts[(fault, "win without a bet")] == ("FAIL", "+0.30")
