@@ -623,3 +623,34 @@ async def test_redis_restart_keeps_queue_ledger_and_dead_letters():
         await s.close()
     finally:
         server.cleanup()
+
+
+@pytest.mark.parametrize("server", ["redis", "sentinel"])
+async def test_redis_commands_leave_as_redis_py_packs_them(server, request):
+    """The store's connections pack commands with hiredis (C), byte for byte as redis-py's own
+    Python packer does, and refuse what it refuses."""
+    from redis.asyncio.connection import AbstractConnection
+    from redis.exceptions import DataError
+
+    spec = request.getfixturevalue("shared_redis" if server == "redis" else "shared_sentinels")
+    s = open_store(spec.url, namespace=f"t-{uuid.uuid4().hex[:12]}")
+    await s.open()
+    try:
+        await s.tx_begin(rec("bet-1", payload=b'{"amount":"1.25"}'), 60)  # through a real connection
+        connection = s.r.connection_pool.make_connection()
+        assert type(connection).pack_command is not AbstractConnection.pack_command
+        commands = [
+            ("EVALSHA", "a" * 40, 2, "igsp:tx:acme:tx-é", "igsp:pending", 1.5, 12345678901234567890, -7,
+             b"\x00\xff bytes", bytearray(b"ba"), memoryview(b"mv"), "", b"", "x" * 70000),
+            ("SCRIPT LOAD", "return 1"), (b"CONFIG GET", b"maxmemory"), ("PING",),
+        ]
+        for args in commands:
+            assert b"".join(connection.pack_command(*args)) == b"".join(AbstractConnection.pack_command(connection, *args))
+        assert b"".join(connection.pack_commands(commands)) == \
+            b"".join(b"".join(AbstractConnection.pack_command(connection, *args)) for args in commands)
+        for bad in (True, None, object()):
+            with pytest.raises(DataError):
+                connection.pack_command("SET", "k", bad)
+        assert (await s.tx_get("acme", "bet-1")).payload == b'{"amount":"1.25"}'
+    finally:
+        await s.close()
