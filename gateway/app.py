@@ -150,30 +150,36 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         response.force_close()
     if face in SERVED_FACES:
         elapsed = time.perf_counter() - started
-        operation = request.get("operation", "unknown")
-        partner = request.get("partner", "unknown")  # set only once a configured partner is verified
-        outcome = metrics.outcome(response.status, _error_code(request, response), "upstream_failure" in request)
+        # What the handler noted, read once as a plain dict: a request's own mapping methods
+        # are Python code, and each absent key costs them a raised KeyError.
+        noted = dict(request)
+        operation = noted.get("operation", "unknown")
+        partner = noted.get("partner", "unknown")  # set only once a configured partner is verified
+        outcome = metrics.outcome(response.status, _error_code(noted, response), "upstream_failure" in noted)
         metrics.child(metrics.REQUESTS, partner, face, operation, outcome).inc()
         metrics.child(metrics.REQUEST_SECONDS, partner, face, operation).observe(elapsed)
-        shed_not_logged = app[SHED_LINES].admit(partner) if "shed" in request else 0
+        shed_not_logged = app[SHED_LINES].admit(partner) if "shed" in noted else 0
         if gen.config.access_log and shed_not_logged is not None:
-            log.info("request", extra={
+            line = {
                 "request_id": request_id, "partner": partner, "face": face, "operation": operation,
                 "status": response.status, "latency_ms": round(elapsed * 1000, 3),
-                "transaction_id": request.get("transaction_id"), "method": request.method, "path": request.path,
-                **({"auth_failure": request["auth_failure"]} if "auth_failure" in request else {}),
-                **({"client_ip": request["client_ip"]} if "client_ip" in request else {}),
-                **({"error": request["error"]} if "error" in request else {}),
-                **({"shed_not_logged": shed_not_logged} if shed_not_logged else {}),
-            })
+                "transaction_id": noted.get("transaction_id"), "method": request.method, "path": request.path,
+            }
+            for key in ("auth_failure", "client_ip", "error"):
+                if key in noted:
+                    line[key] = noted[key]
+            if shed_not_logged:
+                line["shed_not_logged"] = shed_not_logged
+            log.info("request", extra=line)
     return response
 
 
-def _error_code(request: web.Request, response: web.StreamResponse) -> str | None:
+def _error_code(noted, response: web.StreamResponse) -> str | None:
     """The iGSP error code of an answer: noted by the handler (a raised error, a legacy-format
-    refusal), else read from an ErrorResponse body a face answered itself (a wallet's stored
-    answer). Only a code of ERROR_CODES counts; anything else is judged by its status."""
-    code = request.get("error")
+    refusal) in ``noted`` (the request, or a dict of what it holds), else read from an
+    ErrorResponse body a face answered itself (a wallet's stored answer). Only a code of
+    ERROR_CODES counts; anything else is judged by its status."""
+    code = noted.get("error")
     if code is None and response.status >= 400 and isinstance(response, web.Response) \
             and isinstance(response.body, bytes) and response.content_type == "application/json":
         try:

@@ -51,6 +51,15 @@ from gateway.ops.logs import setup_logging
 
 log = logging.getLogger("igsp.server")
 
+#: The youngest GC generation's threshold while serving (CPython's default: 700). A collection
+#: of it runs whenever the objects allocated and not yet freed pass the threshold, and 32
+#: requests in flight hold more than 700 between them: at the default the gateway ran a
+#: collection every ~20 requests, ~140 us each, finding nothing (a request's objects are freed
+#: by reference counting), ~9 us of CPU per request. At 10 000 it runs a few times a minute
+#: under the same load. Reference cycles (an exception's traceback) are still collected, after
+#: 10 000 allocations instead of 700.
+GC_YOUNG_THRESHOLD = 10_000
+
 
 def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -107,6 +116,7 @@ async def serve_async(config: Config, socks: Sockets, on_ready: Callable[[str, s
     # collection, so a full GC pass under load walks only request-time objects.
     gc.collect()
     gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     runtime = app[RUNTIME]
     term = asyncio.Event()  # SIGTERM: the grace begins
     stop = asyncio.Event()  # the grace is over (or skipped): stop accepting and drain

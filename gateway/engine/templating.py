@@ -151,6 +151,13 @@ class Templates:
             value, args = self._plain(node.node), [self._plain(arg) for arg in node.args]
             if value is None or any(arg is None for arg in args):
                 return None
+            # The usual arities without building an argument list on every call
+            # (``default(x)``, ``scaled(100000)``, ``minor(currency)``).
+            if not args:
+                return lambda ctx: func(value(ctx))
+            if len(args) == 1:
+                arg = args[0]
+                return lambda ctx: func(value(ctx), arg(ctx))
             return lambda ctx: func(value(ctx), *[arg(ctx) for arg in args])
         if isinstance(node, nodes.Compare) and len(node.ops) == 1 and node.ops[0].op in _COMPARE:
             left, right, op = self._plain(node.expr), self._plain(node.ops[0].expr), _COMPARE[node.ops[0].op]
@@ -191,7 +198,15 @@ class Templates:
         ``leaves``, when given, receives ``(path, renderer)`` of every leaf (for ``diagnose``)."""
         if isinstance(tree, dict):
             parts = [(key, self.compile_tree(value, on_error, path + (key,), leaves)) for key, value in tree.items()]
-            return lambda ctx: {key: render(ctx) for key, render in parts}
+
+            def render_dict(ctx: dict) -> dict:
+                # A loop, not a dict comprehension: no function frame of its own per call.
+                out = {}
+                for key, render in parts:
+                    out[key] = render(ctx)
+                return out
+
+            return render_dict
         if isinstance(tree, list):
             items = [self.compile_tree(value, on_error, path + (i,), leaves) for i, value in enumerate(tree)]
             return lambda ctx: [render(ctx) for render in items]

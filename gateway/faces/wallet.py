@@ -126,25 +126,27 @@ class Wallet:
                                  currencies=self.currencies) if store is not None else None
 
     # -- context -------------------------------------------------------------------
-    def context(self, payload: dict, request_id: str) -> dict:
-        """Template variables for a legacy call built from an iGSP hook."""
+    def context(self, payload: dict, request_id: str, *, checked: bool = False) -> dict:
+        """Template variables for a legacy call built from an iGSP hook. ``checked``: this
+        wallet's ``handle`` has just checked the amount (the same mapping, the same limits)."""
         now = datetime.now(timezone.utc)
         ctx = dict(payload)
         ctx.update(request_id=request_id, partner=self.partner_id, now=now, now_ms=int(now.timestamp() * 1000),
                    secrets=self.mapping.secrets)
         if "amount" in payload:
-            # handle() checked it before the ledger saw it; checked again here because a queued
-            # delivery may meet a reloaded mapping with another limit. Either way an amount the
-            # unit cannot hold is an explicit invalid_amount, never a request that fails to build.
-            amounts, currency = self.mapping.amounts, payload["currency"]
-            amount = amounts.check(payload["amount"], currency, self.currencies)
+            # handle() checked it before the ledger saw it; checked again here for a queued
+            # delivery, which may meet a reloaded mapping with another limit. Either way an amount
+            # the unit cannot hold is an explicit invalid_amount, never a request that fails to build.
+            amounts, currency, amount = self.mapping.amounts, payload["currency"], payload["amount"]
+            if not checked:
+                amounts.check(amount, currency, self.currencies)
             ctx["legacy_amount"] = amounts.to_legacy(amount, currency, self.currencies)
         return ctx
 
-    async def call_context(self, operation: str, payload: dict, request_id: str) -> dict:
+    async def call_context(self, operation: str, payload: dict, request_id: str, *, checked: bool = False) -> dict:
         """``context`` plus, for an operation that reads the ledger, its ``ledger`` variable
         (gateway/faces/ledger_reads.py): the same bet on every run of this transaction."""
-        ctx = self.context(payload, request_id)
+        ctx = self.context(payload, request_id, checked=checked)
         if self.reads is not None and self.mapping.operations.get(operation) is not None \
                 and self.mapping.operations[operation].ledger:
             ctx["ledger"] = await self.reads.view(operation, payload)
@@ -167,7 +169,7 @@ class Wallet:
             # carry is a 400 naming the limit, not a failure to build the legacy request.
             self.mapping.amounts.check(payload["amount"], payload["currency"], self.currencies)
         if action == "balance":
-            reply = await self.client.call("balance", self.context(payload, request_id))
+            reply = await self.client.call("balance", self.context(payload, request_id, checked=True))
             check_currency(reply.fields, payload["currency"])
             return 200, orjson.dumps({"balance": amount_json(self.balance_of(reply.fields, payload["currency"]))})
 
@@ -178,8 +180,8 @@ class Wallet:
             return await self.replay(existing, rec.fingerprint, payload, request_id)
         try:
             if action == "refund":
-                return await self.refund(payload, request_id)
-            return await self.transfer(payload, request_id)
+                return await self.refund(payload, request_id, checked=True)
+            return await self.transfer(payload, request_id, checked=True)
         except BaseException:
             # Never leave a record pending for ever: an unexpected failure (or a
             # cancellation) mid-call is an unknown outcome.
@@ -241,12 +243,12 @@ class Wallet:
         return status, body
 
     # -- bet / win -----------------------------------------------------------------
-    async def transfer(self, payload: dict, request_id: str) -> tuple[int, bytes]:
+    async def transfer(self, payload: dict, request_id: str, *, checked: bool = False) -> tuple[int, bytes]:
         action, txid = payload["action"], payload["transaction_id"]
         if action == "bet" and self.reads is not None:
             await self.reads.bet_started(payload)  # before the call: a win of its round waits for it
         try:
-            reply = await self.client.call(action, await self.call_context(action, payload, request_id))
+            reply = await self.client.call(action, await self.call_context(action, payload, request_id, checked=checked))
         except UpstreamError as exc:
             if exc.applied is False and action == "bet":
                 await self.store.tx_forget(self.partner_id, txid)
@@ -313,9 +315,11 @@ class Wallet:
             self.wake_queue()
 
     # -- refund ---------------------------------------------------------------------
-    async def refund(self, payload: dict, request_id: str, *, queued: bool = False) -> tuple[int, bytes]:
+    async def refund(self, payload: dict, request_id: str, *, queued: bool = False,
+                     checked: bool = False) -> tuple[int, bytes]:
         """Refund the bet ``payload`` names: once, only the player's own, never before the bet
-        settled. ``queued``: run by the queue (the refund was deferred behind its bet)."""
+        settled. ``queued``: run by the queue (the refund was deferred behind its bet);
+        ``checked``: its amount was checked by ``handle`` (see ``context``)."""
         txid, bet_txid = payload["transaction_id"], payload["bet_transaction_id"]
         bet = await self.store.tx_get(self.partner_id, bet_txid)
         if bet is None:
@@ -364,7 +368,8 @@ class Wallet:
             return await self.finish(txid, *error_body(IgspError("transaction_not_found",
                                                                  f"bet {bet_txid} was not accepted, nothing to refund")))
         try:
-            reply = await self.client.call("refund", await self.call_context("refund", payload, request_id))
+            reply = await self.client.call("refund", await self.call_context("refund", payload, request_id,
+                                                                             checked=checked))
         except UpstreamError as exc:
             return await self.unknown_outcome(payload, request_id, exc)
         except IgspError as exc:
