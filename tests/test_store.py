@@ -710,4 +710,3 @@ async def test_redis_a_closing_interrupted_after_its_first_step_is_finished_by_t
     done = await store.dlq_settle(e.id, Resolution(NOT_APPLIED, "acme", "w-1", 409, b"{}"), 60)
     assert (done.outcome, done.status, done.body, done.ledger) == (APPLIED, 200, b'{"balance":1.00}', FINISHED)
     assert (await store.tx_get("acme", "w-1")).status == 200 and await store.dlq_list() == []
-
