@@ -16,14 +16,14 @@ through aiohttp's own response writer, so no HTTP is formatted or parsed here.
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 from collections import Counter
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http import StreamWriter
 from multidict import CIMultiDict
+
+from gateway.tools.simulators._common import abort_with_reset
 
 #: fault -> what it does to the answer of a request the legacy API has applied
 FAULTS = {
@@ -42,17 +42,6 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 
 HTML_500 = (b"<html><head><title>500 Internal Server Error</title></head>"
             b"<body><h1>Internal Server Error</h1></body></html>")
-
-
-def _reset(request: web.Request) -> None:
-    """Drop the connection with a TCP RST, as a crashing server or a middlebox does."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
 
 
 class FaultProxy:
@@ -137,7 +126,7 @@ class FaultProxy:
 
     async def _lost_answer(self, request, status, reason, headers, body) -> web.StreamResponse:
         self._count("lost_answer")
-        _reset(request)
+        abort_with_reset(request)
         raise asyncio.CancelledError  # nothing may be written to the dead connection
 
     async def _late_answer(self, request, status, reason, headers, body) -> web.StreamResponse:
@@ -178,7 +167,7 @@ class FaultProxy:
         await response.prepare(request)
         await response.write(body[: len(body) // 2])
         self._count("reset_mid_body")
-        _reset(request)
+        abort_with_reset(request)
         raise asyncio.CancelledError
 
     async def _trickle(self, request, status, reason, headers, body) -> web.StreamResponse:

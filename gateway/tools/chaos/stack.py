@@ -19,13 +19,7 @@ key files resolve as they do for ``serve``.
 
 from __future__ import annotations
 
-import os
-import queue
 import secrets
-import signal
-import subprocess
-import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,6 +28,7 @@ import yaml
 
 from gateway.config import Partner, load_config
 from gateway.errors import ConfigError
+from gateway.tools.serving import GatewayDidNotStart, ServeProcess, child_env
 
 
 class ChaosSetupError(Exception):
@@ -125,8 +120,7 @@ class ChaosGateway:
         self.target, self.dir = target, workdir
         self.admin_token = secrets.token_hex(16)
         self.url = self.internal_url = ""
-        self._proc: subprocess.Popen | None = None
-        self._log = None
+        self.process = ServeProcess(workdir / "gateway.log")
         mapping_file = workdir / "mapping.yaml"
         mapping_file.write_text(yaml.safe_dump(chaos_mapping(target, proxy_url), sort_keys=False))
         self.config_file = workdir / "gateway.yaml"
@@ -146,42 +140,17 @@ class ChaosGateway:
             raise ChaosSetupError(f"chaos's copy of the config does not load:\n{exc}") from None
 
     def start(self, timeout: float = 30.0) -> None:
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[3])  # the checkout (or site-packages) holding `gateway`
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self._proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(self.config_file)],
-                                      stdout=subprocess.PIPE, stderr=self._log, env=env)
-        lines: queue.Queue[bytes] = queue.Queue()
-        threading.Thread(target=lambda: lines.put(self._proc.stdout.readline()), daemon=True).start()
         try:
-            line = lines.get(timeout=timeout).decode().strip()
-        except queue.Empty:
-            line = ""
-        if not line.startswith("READY "):
-            raise ChaosSetupError(f"the gateway did not start; its log ({self.log_path}):\n{self.log_tail()}")
-        fields = line.split()  # READY <public url> internal=<internal url>
-        self.url = fields[1]
-        self.internal_url = next((f.split("=", 1)[1] for f in fields if f.startswith("internal=")), "")
+            self.process.start(self.config_file, child_env(), timeout=timeout)
+        except GatewayDidNotStart as exc:
+            raise ChaosSetupError(str(exc)) from None
+        self.url, self.internal_url = self.process.url, self.process.internal_url
 
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self.process.running()
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return self.process.log_tail(lines)
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        if self._proc is not None and self._proc.stdout is not None:
-            self._proc.stdout.close()
-        if self._log is not None:
-            self._log.close()
+        self.process.stop()

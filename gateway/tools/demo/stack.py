@@ -18,15 +18,9 @@ command — ``igsp-gateway chaos --config`` — can run on it from any shell.
 
 from __future__ import annotations
 
-import os
-import queue
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -34,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from gateway.resources import data_dir
+from gateway.tools.serving import GatewayDidNotStart, ServeProcess, child_env
 from gateway.tools.simulators import RunningServer, hub88_wallet, igsp_platform, pragmatic_provider, start_in_thread
 
 HOOKS_PATH = "/platforms/game-provider/hooks"
@@ -101,8 +96,7 @@ class DemoStack:
     platform: RunningServer | None = None
     gateway_url: str = ""
     internal_url: str = ""  # /metrics
-    _proc: subprocess.Popen | None = None
-    _log: object = None
+    _serve: ServeProcess | None = None
 
     # -- addresses ----------------------------------------------------------------------------
     @property
@@ -175,49 +169,25 @@ class DemoStack:
                 "partners": partners}
 
     def env(self) -> dict:
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[3])  # the checkout (or site-packages) holding `gateway`
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        env.update(self.legacy_env())
-        return env
+        return child_env(self.legacy_env())
 
     def _start_gateway(self, timeout: float = 20.0) -> None:
         config_path = self.config_path
         config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         config_path.chmod(0o600)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self._proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
-                                      stdout=subprocess.PIPE, stderr=self._log, env=self.env(), cwd=self.dir)
-        lines: queue.Queue[bytes] = queue.Queue()
-        threading.Thread(target=lambda: lines.put(self._proc.stdout.readline()), daemon=True).start()
+        self._serve = ServeProcess(self.log_path)
         try:
-            line = lines.get(timeout=timeout).decode().strip()
-        except queue.Empty:
-            line = ""
-        if not line.startswith("READY "):
-            raise RuntimeError(f"the gateway did not start (log: {self.log_path}):\n{self.log_tail()}")
-        fields = line.split()  # READY <public url> internal=<internal url>
-        self.gateway_url = fields[1]
-        self.internal_url = next((f.split("=", 1)[1] for f in fields if f.startswith("internal=")), "")
+            self._serve.start(config_path, self.env(), cwd=self.dir, timeout=timeout)
+        except GatewayDidNotStart as exc:
+            raise RuntimeError(str(exc)) from None
+        self.gateway_url, self.internal_url = self._serve.url, self._serve.internal_url
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return self._serve.log_tail(lines) if self._serve is not None else ""
 
     def stop(self, keep_dir: bool = False) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        if self._proc is not None and self._proc.stdout is not None:
-            self._proc.stdout.close()
-        if self._log is not None:
-            self._log.close()
+        if self._serve is not None:
+            self._serve.stop()
         for server in (self.wallet, self.game_server, self.platform):
             if server is not None:
                 server.stop()
@@ -225,4 +195,4 @@ class DemoStack:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def gateway_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._serve is not None and self._serve.running()

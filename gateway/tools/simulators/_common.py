@@ -145,7 +145,7 @@ def parse_fault(data: Any) -> dict[str, Any]:
     return fault
 
 
-def _abort(request: web.Request) -> None:
+def abort_with_reset(request: web.Request) -> None:
     """Drop the connection with a TCP RST, as a crashing legacy server or a proxy would."""
     transport = request.transport
     if transport is None:
@@ -174,7 +174,7 @@ def fault_middleware(
         elif kind == "garbage":
             return web.Response(status=200, body=b"<<not json>>", content_type=content_type)
         elif kind == "reset":
-            _abort(request)
+            abort_with_reset(request)
             raise asyncio.CancelledError  # nothing may be written to the dead connection
         elif kind == "down":
             return down_response()
