@@ -38,7 +38,11 @@ from bench.loadgen import Connection, connect, percentiles
 #: The concurrency limits of the limited gateway: per partner and per legacy API, in
 #: progress per process. Enough to keep one core busy with a fast wallet, few enough that
 #: what is admitted is answered well inside any caller's timeout.
-LIMITS = {"per_partner": 32, "per_upstream": 64, "retry_after_seconds": 1}
+LIMITS = {"per_partner": 64, "per_upstream": 128, "retry_after_seconds": 1}
+#: The variants run at 3x, in this order: no limits; the limits, shed by aiohttp's request
+#: handling; the limits, shed by the front (gateway/shed_front.py). The verdict is the last's.
+VARIANTS = (("unlimited", None), ("limited", LIMITS), ("early", {**LIMITS, "early_shedding": True}))
+VERDICT_OF = "early"
 #: Connections the open-loop client opens at most (a large provider's pool).
 MAX_CONNECTIONS = 512
 RAMP = (4, 16, 64)
@@ -200,7 +204,7 @@ def summarise(name: str, data: dict, rate: float, seconds: float, timeout: float
 
 
 def run(work: Path, client_cpu: str | None, server_cpu: str | None, start, gateway, stop, *,
-        factor: float = 3.0, seconds: float = 12.0, timeout: float = 2.0, ramp_seconds: float = 2.5,
+        factor: float = 3.0, seconds: float = 12.0, timeout: float = 2.0, ramp_seconds: float = 5.0,
         compare: bool = True) -> dict:
     """The overload run; ``start``/``gateway``/``stop`` are the benchmark's process helpers."""
     import subprocess
@@ -223,7 +227,7 @@ def run(work: Path, client_cpu: str | None, server_cpu: str | None, start, gatew
     try:
         # The ramp runs on the gateway without limits: its capacity, not its limits' (a closed
         # loop against a limited gateway would spend the core on 503s and call that the peak).
-        variants = ([("unlimited", None)] if compare else []) + [("limited", LIMITS)]
+        variants = VARIANTS if compare else VARIANTS[-1:]
         peak = cpu_per_bet = 0.0
         for name, limits in variants:
             extra = {"concurrency": limits} if limits else {}
@@ -264,7 +268,7 @@ def run(work: Path, client_cpu: str | None, server_cpu: str | None, start, gatew
             stop(gw)
     finally:
         stop(stub)
-    limited = results["limited"]
+    limited = results[VERDICT_OF]
     rec = limited["reconciliation"]
     results["verdict"] = {
         "goodput_of_peak_at_least_0.90": limited["goodput_of_peak"] >= 0.90,
@@ -280,7 +284,7 @@ def table(results: dict) -> str:
              + ", ".join(f"{s['connections']} conn {s['goodput']:g}/s" for s in results["ramp"]) + ")",
              f"{'gateway':<10} {'offered/s':>10} {'goodput/s':>10} {'of peak':>8} {'p99 admitted':>13} "
              f"{'shed 503':>9} {'late':>6} {'lost':>5} {'doubled':>8}"]
-    for name in ("limited", "unlimited"):
+    for name, _ in VARIANTS:
         r = results.get(name)
         if not r:
             continue
@@ -291,18 +295,19 @@ def table(results: dict) -> str:
                      f"{rec['ok_bets_missing_in_wallet']:>5} {rec['bets_paid_twice']:>8}")
     lines.append(f"gateway CPU: {results['cpu_us_per_admitted_bet']:g} us per bet in the ramp; in the overload "
                  + ", ".join(f"{n} {results[n]['gateway_cpu_us_per_answer']:g} us per answer (200 or 503)"
-                             for n in ("limited", "unlimited") if n in results))
-    limited = results["limited"]
-    if "goodput_ceiling_estimate" in limited:
-        lines.append(f"shedding: ~{limited['cpu_us_per_shed_estimate']:g} us per shed request (estimate), so one "
-                     f"core at {results['factor']:g} x keeps at most ~{limited['goodput_ceiling_estimate']:.2f} "
-                     "of its peak")
-    for name in ("limited", "unlimited"):
+                             for n, _ in VARIANTS if n in results))
+    for name, _ in VARIANTS[1:]:
+        limited = results.get(name)
+        if limited and "goodput_ceiling_estimate" in limited:
+            lines.append(f"shedding ({name}): ~{limited['cpu_us_per_shed_estimate']:g} us per shed request "
+                         f"(estimate), so one core at {results['factor']:g} x keeps at most "
+                         f"~{limited['goodput_ceiling_estimate']:.2f} of its peak")
+    for name, _ in VARIANTS:
         if name in results:
             lag = results[name]["client_start_lag_ms"]
             lines.append(f"client ({name} run): requests left up to {lag['max_ms']:g} ms after they were due "
                          f"(p99 {lag['p99_ms']:g} ms); more than the timeout would make a late answer the client's")
-    lines.append("verdict (limited): " + ", ".join(f"{k}={v}" for k, v in results["verdict"].items()))
+    lines.append(f"verdict ({VERDICT_OF}): " + ", ".join(f"{k}={v}" for k, v in results["verdict"].items()))
     return "\n".join(lines)
 
 

@@ -567,7 +567,7 @@ def run_only(bench: Bench, plan: Plan) -> tuple[dict, str]:
     if plan.only == "overload":
         from bench import overload
 
-        seconds, ramp = (3.0, 1.0) if plan.smoke else (12.0, 2.5)
+        seconds, ramp = (3.0, 1.0) if plan.smoke else (12.0, 5.0)
         results = overload.run(bench.work, bench.client_cpu, bench.server_cpu, bench.start, bench.gateway,
                                bench.stop, seconds=seconds, ramp_seconds=ramp)
         results["machine"], results["notes"] = machine(), plan.notes

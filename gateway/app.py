@@ -19,6 +19,7 @@ import time
 import orjson
 from aiohttp import web
 
+from gateway import shed_front
 from gateway.auth import AuthFailure
 from gateway.config import Config
 from gateway.context import CONFIG, FACES, INFLIGHT, LIFECYCLE, RUNTIME, SHED_LINES, STORE, WORKER, Lifecycle
@@ -148,6 +149,8 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         # reconnects for its next request (to another replica, once this one is out of the
         # load balancer) instead of finding the connection closed under it.
         response.force_close()
+    if shed_front.FRONTS:  # a front before this connection must know when the answer is out
+        await shed_front.write_answer(request, response)
     if face in SERVED_FACES:
         elapsed = time.perf_counter() - started
         # What the handler noted, read once as a plain dict: a request's own mapping methods

@@ -174,6 +174,11 @@ CONFIG_SCHEMA: dict = {
                 "upstreams": {"type": "object", "additionalProperties": {"type": ["integer", "null"], "minimum": 1},
                               "description": "A mapping name's own limit (null: none)."},
                 "retry_after_seconds": {"type": "integer", "minimum": 1, "maximum": 3600, "default": 1},
+                "early_shedding": {"type": "boolean", "default": False,
+                                   "description": "Answer a request to be shed in a lean llhttp front (httptools) "
+                                                  "before aiohttp handles it: a few us instead of ~100, so a gateway "
+                                                  "driven past its capacity keeps serving what it admits "
+                                                  "(gateway/shed_front.py). Off: aiohttp answers every request."},
             },
         },
         "admin": {
@@ -318,6 +323,8 @@ class Config:
     #: Retry-After of a request shed for it or for its partner's (``Partner.max_concurrent``).
     upstream_concurrency: dict = field(default_factory=dict)
     concurrency_retry_after: int = 1
+    #: ``concurrency.early_shedding``: shed requests are answered by gateway/shed_front.py.
+    early_shedding: bool = False
     trusted_proxies: tuple[Network, ...] = ()
     forwarded_header: str = "X-Forwarded-For"
     tracing: TracingSettings = field(default_factory=TracingSettings)
@@ -455,6 +462,7 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         upstream_concurrency={p.mapping.name: (concurrency.get("upstreams") or {}).get(
             p.mapping.name, concurrency.get("per_upstream")) for p in partners},
         concurrency_retry_after=concurrency.get("retry_after_seconds", 1),
+        early_shedding=concurrency.get("early_shedding", False),
         trusted_proxies=trusted_proxies,
         forwarded_header=server.get("forwarded_header", "X-Forwarded-For"),
         tracing=tracing_settings,

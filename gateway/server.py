@@ -110,7 +110,12 @@ async def serve_async(config: Config, socks: Sockets, on_ready: Callable[[str, s
     app[LIFECYCLE].internal_port = internal.getsockname()[1]
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=config.drain_seconds)
     await runner.setup()
-    for sock in (public, internal):
+    front = None
+    if config.early_shedding:
+        from gateway.shed_front import serve_public
+
+        front = await serve_public(runner, public, backlog=1024)
+    for sock in (public, internal) if front is None else (internal,):
         await web.SockSite(runner, sock, backlog=1024).start()
     # What start-up built lives as long as the process: move it out of every future
     # collection, so a full GC pass under load walks only request-time objects.
@@ -164,6 +169,8 @@ async def serve_async(config: Config, socks: Sockets, on_ready: Callable[[str, s
     # idle keep-alive connections, waits up to shutdown_timeout for in-flight handlers,
     # then runs the app's cleanup (the delivery worker gets what is left of the same
     # budget, see gateway/app.py).
+    if front is not None:
+        front.close()  # as AppRunner.cleanup does for its sites: no new connections
     await runner.cleanup()
     log.info("stopped")
 
