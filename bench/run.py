@@ -570,8 +570,14 @@ def run_only(bench: Bench, plan: Plan) -> tuple[dict, str]:
         seconds, ramp = (3.0, 1.0) if plan.smoke else (12.0, 5.0)
         results = overload.run(bench.work, bench.client_cpu, bench.server_cpu, bench.start, bench.gateway,
                                bench.stop, seconds=seconds, ramp_seconds=ramp)
+        table = overload.table(results)
+        if shutil.which("wrk"):
+            from bench import shedcost
+
+            results["shed_cost"] = shedcost.run(bench, MAPPING, seconds=1.0 if plan.smoke else 6.0)
+            table += "\n" + shedcost.table(results["shed_cost"])
         results["machine"], results["notes"] = machine(), plan.notes
-        return results, overload.table(results)
+        return results, table
     if plan.only == "cluster":
         from bench import cluster
 

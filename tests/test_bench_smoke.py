@@ -69,6 +69,9 @@ def test_overload_run_on_its_own_reconciles(tmp_path):
         assert set(summary["answers"]) <= {"200", "503", "not_answered_in_time", "connection_failed"}
     for name in ("limited", "early"):  # (without limits, a busy machine may answer none)
         assert results[name]["reconciliation"]["ok_answers"] > 0
+    for name in ("aiohttp", "front"):  # the direct measure of a shed request's cost: every answer a 503
+        cost = results["shed_cost"][name]
+        assert cost["answers"] > 0 and cost["all_shed"] and cost["cpu_us_per_request"] > 0
 
 
 def test_capacity_run_counts_redis_work_per_bet(tmp_path):
