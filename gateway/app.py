@@ -140,6 +140,8 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         response = await _answer(request, handler, request_id)
     finally:
         release_slots(held)
+        if shed_front.FRONTS:
+            shed_front.request_done(request)
         HELD.reset(holding)
         runtime.release(gen)
         inflight["n"] -= 1

@@ -23,10 +23,12 @@ reads bytes by hand). Per connection:
   own shed answer has, counted in the same metrics and thinned access log;
 * everything else goes to aiohttp untouched: a request that arrives in pieces, two in one
   chunk (pipelining: answers must keep their order), anything aiohttp's limits could refuse
-  (field count, field size, body size), ``Transfer-Encoding``, ``Upgrade``, ``Expect``,
-  HTTP/1.0, an unknown key, a partner under its limits, a request while the process drains
-  or while the client is not reading its answers. A parse error hands the connection to
-  aiohttp for good (aiohttp answers it ``400``).
+  (field count, field size, body size, a missing ``Host``, a repeated field aiohttp allows
+  once), ``Transfer-Encoding``, ``Content-Encoding``, ``Upgrade``, ``Expect``, HTTP/1.0,
+  ``HEAD``, a method or resource the route does not take, an unknown key, a partner under
+  its limits, a request while the process drains or while the client is not reading its
+  answers, anything after an answer of aiohttp's that closes the connection. A parse error
+  hands the connection to aiohttp for good (aiohttp answers it ``400``).
 
 "aiohttp has answered everything it was given" is counted, not guessed: the front counts
 the whole requests it forwarded, and gateway_middleware (gateway/app.py) writes each answer
@@ -35,9 +37,13 @@ answers without the middleware (a malformed request, already closing the connect
 never reported, and the connection stays aiohttp's: every doubt sends bytes to aiohttp.
 
 What the front does not do: verify the signature. A shed answer changes nothing, and only a
-verified request takes a slot (gateway/ratelimit.py), so a forged request can neither take a
-slot nor get another partner's request shed; someone holding a partner's API key without its
-secret learns that the partner is overloaded. Shed requests answered here are not traced.
+verified request takes a slot (gateway/ratelimit.py). The front itself counts every whole
+request of a known key it hands to aiohttp until aiohttp's handler is done with it
+(``request_done``, where the slots are released — not when the answer is written, so a
+client that does not read its answers holds nothing): a forged request counts for the
+moment it takes to be refused. Someone holding a partner's API key without its secret
+learns that the partner is overloaded, and can push its count up by the requests it has in
+flight. Shed requests answered here are not traced.
 """
 
 from __future__ import annotations
@@ -65,6 +71,21 @@ log = logging.getLogger("igsp.access")
 FRONTS: dict[asyncio.BaseTransport, ShedFront] = {}
 
 _REQUEST_ID_BYTES = frozenset(range(0x20, 0x7F))  # printable ASCII: echoed as it came
+#: The provider face's resources and the method each takes (gateway/faces/provider.py).
+PROVIDER_METHODS = {b"games": b"GET", b"providers": b"GET", b"sessions": b"POST"}
+#: Header fields aiohttp refuses to see twice (400): a request with two is aiohttp's.
+SINGLETONS = frozenset((b"content-length", b"content-location", b"content-range", b"content-type", b"etag",
+                        b"host", b"max-forwards", b"server", b"transfer-encoding", b"user-agent"))
+
+
+def request_done(request: web.BaseRequest) -> None:
+    """Called by gateway_middleware once a request's handler is done (where it releases the
+    concurrency slots): the front stops counting the request against its partner's limits.
+    Released here, not once the answer is written: a client that does not read its answers
+    must not keep its requests counted (a forged request would then hold a slot)."""
+    front = FRONTS.get(request.transport)
+    if front is not None and front.owed:
+        front.shedder.forwarded_done(front.owed.popleft())
 
 
 async def write_answer(request: web.BaseRequest, response: web.StreamResponse) -> None:
@@ -77,6 +98,8 @@ async def write_answer(request: web.BaseRequest, response: web.StreamResponse) -
     front = FRONTS.get(request.transport)
     if front is None:
         return
+    if not response.keep_alive:
+        front.aiohttp_only = True  # aiohttp closes the connection after this answer: nothing may follow it
     try:
         await response.prepare(request)
         await response.write_eof()
@@ -132,10 +155,8 @@ class Shedder:
         if partner.face == "platform":
             if method != b"POST" or path != self.hooks_path:
                 return None
-        else:
-            rest = path[len(self.mount):] if path.startswith(self.mount) else b""
-            if not rest or b"/" in rest:
-                return None
+        elif not path.startswith(self.mount) or PROVIDER_METHODS.get(path[len(self.mount):]) != method:
+            return None  # aiohttp answers 404 or 405 before it looks at the caller
         concurrency = self.runtime.current.limiter.concurrency
         if concurrency is None:
             return None
@@ -176,16 +197,20 @@ class Shedder:
     def record(self, partner: Partner, request_id: bytes, method: bytes, url: bytes, started: float) -> None:
         """The shed request in the metrics and (thinned) access log, as gateway_middleware would."""
         elapsed = time.perf_counter() - started
+        path = url.partition(b"?")[0]
+        # As gateway_middleware labels a shed request: a hook's action is not read before the
+        # limit (operation unknown), a provider-face resource is (its name).
+        operation = "unknown" if partner.face == "platform" else path[len(self.mount):].decode()
         outcome = metrics.outcome(503, "service_unavailable")
-        metrics.child(metrics.REQUESTS, partner.id, partner.face, "unknown", outcome).inc()
-        metrics.child(metrics.REQUEST_SECONDS, partner.id, partner.face, "unknown").observe(elapsed)
+        metrics.child(metrics.REQUESTS, partner.id, partner.face, operation, outcome).inc()
+        metrics.child(metrics.REQUEST_SECONDS, partner.id, partner.face, operation).observe(elapsed)
         not_logged = self.lines.admit(partner.id)
         if not_logged is None or not self.runtime.current.config.access_log:
             return
         line = {"request_id": request_id.decode(), "partner": partner.id, "face": partner.face,
-                "operation": "unknown", "status": 503, "latency_ms": round(elapsed * 1000, 3),
+                "operation": operation, "status": 503, "latency_ms": round(elapsed * 1000, 3),
                 "transaction_id": None, "method": method.decode("latin-1"),
-                "path": url.partition(b"?")[0].decode("latin-1"), "error": "service_unavailable",
+                "path": path.decode("latin-1"), "error": "service_unavailable",
                 "shed_by": "front"}
         if not_logged:
             line["shed_not_logged"] = not_logged
@@ -209,6 +234,7 @@ class ShedFront(asyncio.Protocol):
         self.last_answer = 0.0  # loop time of the last answer, the front's or aiohttp's
         self.idle_handle: asyncio.TimerHandle | None = None
         self.in_message = False
+        self.head_done = False
         self._new_chunk()
 
     # -- what llhttp reports while a chunk is parsed ------------------------------------------
@@ -217,12 +243,14 @@ class ShedFront(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self.head_done = False
         self.begun += 1
         self.url = b""
         self.fields = 0
         self.simple = True  # nothing here that aiohttp might answer differently
         self.authorization = b""
         self.request_id = b""
+        self.singletons: set[bytes] = set()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -232,16 +260,25 @@ class ShedFront(asyncio.Protocol):
         if len(name) + len(value) + 2 > self.shedder.max_field_bytes:
             self.simple = False
         name = name.lower()
+        if name in SINGLETONS:
+            if name in self.singletons:
+                self.simple = False
+            self.singletons.add(name)
         if name == b"authorization":
             self.simple = self.simple and not self.authorization
             self.authorization = value
         elif name == b"x-request-id":
             self.simple = self.simple and not self.request_id
-            self.request_id = value
-        elif name in (b"transfer-encoding", b"upgrade", b"expect"):
+            self.request_id = value.strip(b" \t")  # as aiohttp reads it: without surrounding blanks
+        elif name in (b"transfer-encoding", b"upgrade", b"expect", b"content-encoding"):
             self.simple = False
         elif name == b"content-length":
             self.simple = self.simple and value.isdigit() and int(value) <= self.shedder.max_body
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        if b"host" not in self.singletons:
+            self.simple = False  # aiohttp refuses an HTTP/1.1 request without Host
 
     def on_message_complete(self) -> None:
         self.in_message = False
@@ -275,8 +312,6 @@ class ShedFront(asyncio.Protocol):
 
     def aiohttp_answered(self) -> None:
         self.answered += 1
-        if self.owed:
-            self.shedder.forwarded_done(self.owed.popleft())
         self.last_answer = asyncio.get_running_loop().time()
 
     def data_received(self, data: bytes) -> None:
@@ -335,7 +370,9 @@ class ShedFront(asyncio.Protocol):
         waiting for a whole request (idle, or a head dripping in), not one aiohttp is busy with."""
         loop = asyncio.get_running_loop()
         due = self.last_answer + self.idle_timeout
-        if self.forwarded == self.answered and loop.time() >= due:
+        if self.in_message and self.head_done:  # a body on its way: aiohttp's handler and its timeout have it
+            due = loop.time() + self.idle_timeout
+        elif self.forwarded == self.answered and loop.time() >= due:
             self.idle_handle = None
             self.transport.close()
             return

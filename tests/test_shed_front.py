@@ -10,6 +10,7 @@ not (a known key with a bad signature is shed, not refused).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -144,6 +145,9 @@ def test_the_front_answers_as_aiohttp_does(full, hub88):
                                        {"action": "balance", "player_id": "p1", "currency": "EUR"}),
         "wrong path": lambda c: raw(c, bet("f-7", "1.00"), path="/platforms/game-provider/hookz"),
         "too many fields": lambda c: raw(c, bet("f-8", "1.00"), extra=tuple(f"X-F{i}: v" for i in range(200))),
+        "no Host": lambda c: raw(c, bet("f-10", "1.00")).replace(b"Host: gateway\r\n", b""),
+        "two Content-Types": lambda c: raw(c, bet("f-11", "1.00"), extra=("Content-Type: application/json",)),
+        "request id with blanks": lambda c: raw(c, bet("f-12", "1.00"), headers={"X-Request-ID": " trace-78 "}),
     }
     seen = {}
     for name, make in shapes.items():
@@ -152,15 +156,16 @@ def test_the_front_answers_as_aiohttp_does(full, hub88):
             client = IgspClient(gw.url, ACME["api_key"], ACME["secret"])
             status, headers, body = one(gw.url, make(client))
             answers.append((status, headers.get("content-type"), headers.get("retry-after"), body))
-            if "x-request-id" in headers and name == "request id echoed":
-                assert headers["x-request-id"] == "trace-77"
+            if name.startswith("request id"):
+                assert headers["x-request-id"] == ("trace-77" if name == "request id echoed" else "trace-78")
             elif status != 400:
                 assert headers.get("x-request-id"), f"{name}: no X-Request-ID"
         assert answers[0] == answers[1], f"{name}: the front answered {answers[0]}, aiohttp {answers[1]}"
         seen[name] = answers[0][0]
     assert seen == {"bet": 503, "balance": 503, "request id echoed": 503, "query string": 503, "body not JSON": 503,
                     "HTTP/1.0": 503, "chunked body": 503, "unknown key": 401, "other partner": 200,
-                    "wrong path": 404, "too many fields": 400}
+                    "wrong path": 404, "too many fields": 400, "no Host": 400, "two Content-Types": 400,
+                    "request id with blanks": 503}
     assert json.loads(one(front.url, raw(IgspClient(front.url, ACME["api_key"], ACME["secret"]),
                                          bet("f-9", "1.00")))[2]) == {
         "error": "service_unavailable", "message": "too many requests in progress for this partner; retry later",
@@ -293,3 +298,160 @@ def test_a_connection_the_front_answered_is_closed_when_idle(hub88, gateway_fact
         dripping.close()
         for thread in threads:
             thread.join(30)
+
+
+# -- the front alone, with an injected clock -------------------------------------------------------
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written, self.closed = b"", False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeAiohttp:
+    """Stands for aiohttp's protocol object: what it was given."""
+
+    def __init__(self) -> None:
+        self.received, self.kept_alive = b"", 0
+
+    def connection_made(self, transport) -> None:
+        pass
+
+    def connection_lost(self, exc) -> None:
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+    def keep_alive(self, value: bool) -> None:
+        self.kept_alive += 1
+
+
+def shedder(partners: list, limits: dict[str, int]):
+    """A Shedder over a stand-in app: the config, runtime and concurrency counts it reads."""
+    from types import SimpleNamespace
+
+    from gateway.config import Config
+    from gateway.context import CONFIG, LIFECYCLE, RUNTIME, SHED_LINES, Lifecycle
+    from gateway.ops.shedlog import ShedLines
+    from gateway.ratelimit import Concurrency
+    from gateway.shed_front import Shedder
+
+    concurrency = Concurrency(limits, {p.id: "wallet" for p in partners}, {}, retry_after=3)
+    config = Config(file="gateway.yaml", partners=tuple(partners), access_log=False)
+    runtime = SimpleNamespace(current=SimpleNamespace(config=config, limiter=SimpleNamespace(concurrency=concurrency)))
+    return Shedder({CONFIG: config, RUNTIME: runtime, LIFECYCLE: Lifecycle(), SHED_LINES: ShedLines()}), concurrency
+
+
+def partner(pid: str, face: str):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(id=pid, face=face, api_key=f"{pid}-key", allowed_ips=None)
+
+
+def request_bytes(method: str, path: str, key: str, body: bytes = b"", extra: tuple = ()) -> bytes:
+    head = [f"{method} {path} HTTP/1.1", "Host: gateway", f"Authorization: Bearer {key}", *extra]
+    if body or method == "POST":
+        head.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def front_for(shed, idle_timeout: float = 5.0):
+    from gateway.shed_front import FRONTS, ShedFront
+
+    inner, transport = FakeAiohttp(), FakeTransport()
+    front = ShedFront(inner, shed, idle_timeout)
+    front.connection_made(transport)
+    return front, inner, transport, FRONTS
+
+
+async def test_the_front_sheds_only_what_the_route_takes():
+    """aiohttp answers 404/405 on the provider face before it looks at the caller, and a HEAD
+    answer has no body: those, and anything it refuses (no Host, a repeated Content-Type, an
+    encoded body), are aiohttp's."""
+    pragmatic, acme = partner("prag", "provider"), partner("acme", "platform")
+    shed, concurrency = shedder([pragmatic, acme], {"prag": 1, "acme": 1})
+    concurrency.counts.update({("partner", "prag"): 1, ("partner", "acme"): 1})  # both at their limit
+    hook = "/platforms/game-provider/hooks"
+    cases = {
+        ("GET", "/igsp/v1/games"): True, ("GET", "/igsp/v1/providers?limit=5"): True,
+        ("POST", "/igsp/v1/sessions"): True, ("HEAD", "/igsp/v1/games"): False,
+        ("GET", "/igsp/v1/sessions"): False, ("DELETE", "/igsp/v1/nonexistent"): False,
+        ("GET", "/igsp/v1/.."): False, ("GET", "/igsp/v1/games/x"): False, ("POST", hook): False,
+    }
+    for (method, path), sheds in cases.items():
+        front, inner, transport, fronts = front_for(shed)
+        front.data_received(request_bytes(method, path, "prag-key"))
+        assert bool(transport.written) == sheds and bool(inner.received) != sheds, (method, path)
+        if sheds:
+            assert transport.written.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 3\r\n" in transport.written
+        front.connection_lost(None)
+    refused_by_aiohttp = [
+        request_bytes("POST", hook, "acme-key", b"{}").replace(b"Host: gateway\r\n", b""),
+        request_bytes("POST", hook, "acme-key", b"{}", ("Content-Type: a/b", "Content-Type: a/b")),
+        request_bytes("POST", hook, "acme-key", b"{}", ("Content-Encoding: gzip",)),
+        request_bytes("POST", hook, "acme-key", b"{}", ("Authorization: Bearer acme-key",)),
+    ]
+    for request in refused_by_aiohttp:
+        front, inner, transport, _ = front_for(shed)
+        front.data_received(request)
+        assert not transport.written and inner.received == request
+        front.connection_lost(None)
+    front, inner, transport, _ = front_for(shed)
+    front.data_received(request_bytes("POST", hook, "acme-key", b"{}", ("X-Request-ID:  trace-1 \t",)))
+    assert b"\r\nX-Request-ID: trace-1\r\n" in transport.written  # trimmed as aiohttp reads it
+    front.connection_lost(None)
+    assert not fronts
+
+
+async def test_a_forwarded_request_counts_until_its_handler_is_done():
+    """Not until its answer is written: a client that never reads its answers must not keep
+    its requests (forged ones included) counted against the partner."""
+    from types import SimpleNamespace
+
+    from gateway.shed_front import request_done
+
+    acme = partner("acme", "platform")
+    shed, concurrency = shedder([acme], {"acme": 2})
+    hook = "/platforms/game-provider/hooks"
+    (first, _, first_transport, _), (second, _, _, _) = front_for(shed), front_for(shed)
+    for front in (first, second):
+        front.data_received(request_bytes("POST", hook, "acme-key", b"{}"))
+    assert shed.counts[("partner", "acme")] == 2
+    other, _, other_transport, _ = front_for(shed)
+    other.data_received(request_bytes("POST", hook, "acme-key", b"{}"))  # the partner is at 2: shed
+    assert other_transport.written.startswith(b"HTTP/1.1 503 ")
+    request_done(SimpleNamespace(transport=first_transport))  # the first handler is done; nothing written yet
+    assert shed.counts[("partner", "acme")] == 1
+    # The second is still with aiohttp: a request on its connection goes there too, uncounted.
+    second.data_received(request_bytes("POST", hook, "acme-key", b"{}"))
+    assert shed.counts[("partner", "acme")] == 1
+    second.connection_lost(None)  # its handler never reports now: the connection took it along
+    assert shed.counts[("partner", "acme")] == 0
+    for front in (first, other):
+        front.connection_lost(None)
+
+
+async def test_the_idle_timer_leaves_a_body_on_its_way_to_aiohttp():
+    acme, beta = partner("acme", "platform"), partner("beta", "platform")
+    shed, concurrency = shedder([acme, beta], {"acme": 1, "beta": 1})
+    concurrency.counts[("partner", "acme")] = 1
+    hook = "/platforms/game-provider/hooks"
+    loop_time = asyncio.get_running_loop().time
+    outcomes = {}
+    for case, then in {"idle": b"", "dripping head": b"POST /plat",
+                       "body on its way": request_bytes("POST", hook, "beta-key", b'{"a": 1}')[:-3]}.items():
+        front, inner, transport, _ = front_for(shed, idle_timeout=1.0)
+        front.data_received(request_bytes("POST", hook, "acme-key", b"{}"))  # shed by the front
+        assert transport.written.startswith(b"HTTP/1.1 503 ") and inner.kept_alive == 1
+        if then:
+            front.data_received(then)
+        front.last_answer = loop_time() - 2.0  # the idle timeout has passed (an injected clock)
+        front._idle()
+        outcomes[case] = transport.closed
+        front.connection_lost(None)
+    assert outcomes == {"idle": True, "dripping head": True, "body on its way": False}
