@@ -38,7 +38,7 @@ from bench.loadgen import Connection, connect, percentiles
 #: The concurrency limits of the limited gateway: per partner and per legacy API, in
 #: progress per process. Enough to keep one core busy with a fast wallet, few enough that
 #: what is admitted is answered well inside any caller's timeout.
-LIMITS = {"per_partner": 128, "per_upstream": 256, "retry_after_seconds": 1}
+LIMITS = {"per_partner": 64, "per_upstream": 128, "retry_after_seconds": 1}
 #: The variants run at 3x, in this order: no limits; the limits, shed by aiohttp's request
 #: handling; the limits, shed by the front (gateway/shed_front.py). The verdict is the last's.
 VARIANTS = (("unlimited", None), ("limited", LIMITS), ("early", {**LIMITS, "early_shedding": True}))

@@ -98,13 +98,13 @@ async def write_answer(request: web.BaseRequest, response: web.StreamResponse) -
     front = FRONTS.get(request.transport)
     if front is None:
         return
-    if not response.keep_alive:
-        front.aiohttp_only = True  # aiohttp closes the connection after this answer: nothing may follow it
     try:
         await response.prepare(request)
         await response.write_eof()
     except ConnectionError:  # the client is gone; aiohttp finds out for itself
         return
+    if not response.keep_alive:  # (known once prepared) aiohttp closes the connection: nothing may follow
+        front.aiohttp_only = True
     front.aiohttp_answered()
 
 
