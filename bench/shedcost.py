@@ -23,10 +23,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import orjson
 import yaml
 
 from bench import hooks
-from bench.procs import Proc, pinned
+from bench.procs import Proc, pinned, python_env
 
 #: wrk replays one raw request (the held partner's signed bet) as it is.
 REPLAY_LUA = """
@@ -59,8 +60,10 @@ def _first_status(url: str, raw: bytes, timeout: float = 1.0) -> int:
     return int(head[9:12]) if head.startswith(b"HTTP/1.1 ") else 0
 
 
-def run(bench, mapping_file: Path, seconds: float = 6.0, connections: int = 64) -> dict:
-    """The cost per shed request with and without the front: {variant: {...}}."""
+def run(bench, mapping_file: Path, seconds: float = 6.0, connections: int = 64, open_rate: float = 0.0) -> dict:
+    """The cost per shed request with and without the front: {variant: {...}}; with
+    ``open_rate``, also under the overload run's own client, open loop at that rate over its
+    warm pool of connections (requests one by one, as they come: less batching than wrk's)."""
     hole = socket.socket()
     hole.bind(("127.0.0.1", 0))
     hole.listen(64)  # connections complete in the kernel's backlog; nothing ever answers
@@ -110,6 +113,19 @@ def run(bench, mapping_file: Path, seconds: float = 6.0, connections: int = 64) 
                 "system_us_per_request": round((system1 - system0) / answers * 1e6, 1),
                 "cpu_us_per_request": round((user1 - user0 + system1 - system0) / answers * 1e6, 1),
             }
+            if open_rate:
+                out_file = bench.work / f"shedcost-{name}-open.json"
+                user0, system0 = _cpu(gw)
+                subprocess.run(pinned([sys.executable, "-m", "bench.overload", "client", gw.url, "--run",
+                                       hooks.new_run_id(), "--rate", str(open_rate), "--seconds", str(seconds),
+                                       "--out", str(out_file)], bench.client_cpu),
+                               capture_output=True, timeout=seconds * 10 + 60, check=True, env=python_env())
+                user1, system1 = _cpu(gw)
+                status = orjson.loads(out_file.read_bytes())["status"]
+                results[name]["open_loop"] = {
+                    "rate": open_rate, "answers": len(status), "all_shed": all(s == 503 for s in status),
+                    "cpu_us_per_request": round((user1 - user0 + system1 - system0) / len(status) * 1e6, 1),
+                    "system_us_per_request": round((system1 - system0) / len(status) * 1e6, 1)}
             bench.stop(gw)
     finally:
         hole.close()
@@ -134,6 +150,11 @@ def table(results: dict) -> str:
             lines.append(f"  {name:<8} {r['answers_per_second']:>9g} answers/s  {r['cpu_us_per_request']:>6g} us CPU "
                          f"per shed request ({r['user_us_per_request']:g} user + {r['system_us_per_request']:g} "
                          f"system){'' if r['all_shed'] else '  NOT ALL SHED'}")
+            if "open_loop" in r:
+                o = r["open_loop"]
+                lines.append(f"  {'':<8} open loop at {o['rate']:g}/s (the overload's client): {o['cpu_us_per_request']:g} us "
+                             f"per shed request ({o['system_us_per_request']:g} system)"
+                             f"{'' if o['all_shed'] else '  NOT ALL SHED'}")
     if "front_over_aiohttp" in results:
         lines.append(f"  the front costs {results['front_over_aiohttp']:.2f} of aiohttp's shed")
     return "\n".join(lines)
