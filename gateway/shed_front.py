@@ -3,12 +3,13 @@
 Why: a request shed by the concurrency limits (gateway/ratelimit.py) is answered ``503`` with
 no ledger or legacy work, but through aiohttp it still costs aiohttp's whole request handling
 — a request object, the middleware, the signature check, a response object and its
-serialisation. Measured on 2 shared cores (``python -m bench --only overload``): ~55 µs for
-aiohttp with a bare handler, ~115 µs through the gateway, against ~640 µs for a bet. At three
-times its capacity two of every three requests are shed, and a core that spends ``s`` per shed
-request and ``c`` per bet keeps at most ``(1 - 3s/c) / (1 - s/c)`` of its peak: ~0.55 through
-the gateway, under 0.8 even at aiohttp's own floor. This front answers a shed request for a
-few µs, so the core keeps serving the admitted ones.
+serialisation. Measured on 2 shared cores (``python -m bench --only overload``, CPU user +
+system): ~136 µs per shed request through the gateway (~55 µs for aiohttp with a bare
+handler) against ~900 µs for a bet. At three times its capacity two of every three requests
+are shed, and a core that spends ``s`` per shed request and ``c`` per bet keeps at most
+``(1 - 3s/c) / (1 - s/c)`` of its peak: ~0.6 through the gateway, under 0.9 even at
+aiohttp's own floor. This front answers a shed request for ~30 µs (half of it the kernel's),
+so the core keeps serving the admitted ones.
 
 It is not a second HTTP server. It stands in front of aiohttp's own protocol object on the
 public port, gives aiohttp every byte it does not answer itself, exactly as received, and
