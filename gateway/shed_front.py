@@ -67,8 +67,9 @@ from gateway.ratelimit import Overloaded
 
 log = logging.getLogger("igsp.access")
 
-#: The front of each open connection, by its transport: gateway_middleware reports through
-#: it that aiohttp answered a request the front forwarded (``answered``).
+#: The front of each open connection, by its transport: gateway_middleware reports through it
+#: when a forwarded request's handler is done (``request_done``) and its answer written
+#: (``write_answer``).
 FRONTS: dict[asyncio.BaseTransport, ShedFront] = {}
 
 _REQUEST_ID_BYTES = frozenset(range(0x20, 0x7F))  # printable ASCII: echoed as it came
@@ -126,7 +127,7 @@ class Shedder:
         self.max_fields = config.max_header_fields
         self.max_field_bytes = config.max_header_bytes
         self.max_body = config.max_body_bytes
-        self.counts: dict = {}  # slot key -> requests forwarded to aiohttp and not answered yet
+        self.counts: dict = {}  # slot key -> requests forwarded to aiohttp whose handler is not done yet
         self._keys_of = None  # the generation _keys was built for
         self._keys: dict[bytes, Partner] = {}
         self._bodies: dict[tuple[int, str], bytes] = {}
