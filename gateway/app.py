@@ -240,6 +240,11 @@ async def _answer(request: web.Request, handler, request_id: str) -> web.StreamR
         response = _error_response(IgspError("invalid_request", "request body not received in time"), request_id)
         response.force_close()
         return response
+    except web.RequestPayloadError:  # e.g. a Content-Encoding the body does not decode with
+        request["error"] = "invalid_request"
+        response = _error_response(IgspError("invalid_request", "request body could not be read"), request_id)
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "invalid_request")
         return _error_response(IgspError(code, exc.reason or "request refused", exc.status), request_id)

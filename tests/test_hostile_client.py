@@ -243,6 +243,23 @@ def test_a_huge_body_is_refused_without_being_read_to_the_end(gateway):
     assert sent < declared // 10  # answered while most of the body was still unsent
 
 
+def test_a_body_that_does_not_decode_is_a_400(gateway):
+    """Content-Encoding: gzip on bytes that are not gzip: aiohttp cannot read the body; the
+    caller is told so (400), not given an internal error."""
+    body = b'{"action": "balance", "player_id": "p1", "currency": "EUR"}'
+    headers = IgspClient(gateway.url, ACME["api_key"], ACME["secret"]).headers(body)
+    sock = connect(gateway.url)
+    sock.sendall(b"POST " + HOOKS.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                 + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
+                 + b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    answer = read_answer(sock)
+    sock.close()
+    assert status_of(answer) == 400, answer[:300]
+    assert b'"invalid_request"' in answer and b"Traceback" not in answer
+    assert not any(line.get("levelname") == "ERROR" or line.get("level") == "error" for line in gateway.log_lines()
+                   if line.get("logger", "").startswith("igsp"))
+
+
 def test_a_body_slower_than_the_read_timeout_is_refused(gateway):
     partner = Partner(gateway.url)
     partner.start()
