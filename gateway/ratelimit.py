@@ -119,15 +119,6 @@ class Concurrency:
         self.retry_after = retry_after
         self.counts: dict = counts if counts is not None else {}
 
-    def full(self, partner_id: str) -> str | None:
-        """What of the partner's ("partner" or "upstream") is at its limit now, if anything:
-        the next request would be shed (asked by the front, gateway/shed_front.py)."""
-        counts = self.counts
-        for key, limit, what in self.slots.get(partner_id, ()):
-            if counts.get(key, 0) >= limit:
-                return what
-        return None
-
     def enter(self, partner_id: str) -> None:
         held = HELD.get()
         slots = self.slots.get(partner_id)

@@ -112,7 +112,7 @@ async def serve_async(config: Config, socks: Sockets, on_ready: Callable[[str, s
     await runner.setup()
     front = None
     if config.early_shedding:
-        from gateway.shed_front import serve_public
+        from gateway.shed_front import serve_public  # here, after the metrics directory, as create_app
 
         front = await serve_public(runner, public, backlog=1024)
     for sock in (public, internal) if front is None else (internal,):
