@@ -60,6 +60,7 @@ from aiohttp import web
 
 from gateway.config import Partner
 from gateway.context import CONFIG, LIFECYCLE, RUNTIME, SHED_LINES
+from gateway.faces.provider import RESOURCE_METHODS
 from gateway.faces.wallet import error_body
 from gateway.ids import new_id
 from gateway.ops import metrics
@@ -73,8 +74,8 @@ log = logging.getLogger("igsp.access")
 FRONTS: dict[asyncio.BaseTransport, ShedFront] = {}
 
 _REQUEST_ID_BYTES = frozenset(range(0x20, 0x7F))  # printable ASCII: echoed as it came
-#: The provider face's resources and the method each takes (gateway/faces/provider.py).
-PROVIDER_METHODS = {b"games": b"GET", b"providers": b"GET", b"sessions": b"POST"}
+#: The provider face's resources and the method each takes, as llhttp reports them.
+PROVIDER_METHODS = {resource.encode(): method.encode() for resource, method in RESOURCE_METHODS.items()}
 #: Header fields aiohttp refuses to see twice (400): a request with two is aiohttp's.
 SINGLETONS = frozenset((b"content-length", b"content-location", b"content-range", b"content-type", b"etag",
                         b"host", b"max-forwards", b"server", b"transfer-encoding", b"user-agent"))

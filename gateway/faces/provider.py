@@ -143,10 +143,14 @@ def _updated_after(value: str | None) -> int | None:
                         "updated_after must be an ISO-8601 date-time, e.g. 2025-10-17T12:03:41Z") from None
 
 
+#: The iGSP provider API's resources and the method each takes (also read by gateway/shed_front.py).
+RESOURCE_METHODS = {"games": "GET", "providers": "GET", "sessions": "POST"}
+
+
 async def handle_igsp(request: web.Request) -> web.Response:
     face = _face(request)
     resource = request.match_info["resource"]
-    allowed = {"games": "GET", "providers": "GET", "sessions": "POST"}
+    allowed = RESOURCE_METHODS
     if resource not in allowed:
         raise IgspError("not_found", f"no such resource {request.path}")
     request["operation"] = resource  # a metric label: only ever one of the known names
