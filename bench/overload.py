@@ -7,12 +7,17 @@ with ``503`` + ``Retry-After`` before any ledger or legacy work. This run measur
 that keeps the goodput — bets answered ``200`` within the caller's timeout, per second —
 near the peak when the offered rate is three times what the gateway can do.
 
-1. **Ramp** (closed loop, more connections each step): the peak goodput of the gateway.
-2. **Overload** (open loop at ``factor`` x peak for ``seconds``): requests leave on schedule
-   whatever the answers do, over a pool of connections that grows as a provider's would
-   (up to ``MAX_CONNECTIONS``); each has ``timeout`` seconds from when it was due. Run once
-   with the limits (``LIMITS``) and once without, in the same run, so the ratio shows what
-   the limits do on this machine at this moment.
+1. **Ramp** (closed loop, more connections each step, on the gateway without limits): the
+   curve of its goodput, and the number of connections that gives its peak.
+2. For each variant (no limits; limits shed by aiohttp; limits shed by the front):
+   **peak before** (closed loop at ``PEAK_CONNECTIONS``, on this variant's gateway),
+   **overload** (open loop at ``factor`` x that peak for ``seconds``: requests leave on
+   schedule whatever the answers do, over a pool of connections open before the clock
+   starts (``MAX_CONNECTIONS``); each has ``timeout`` seconds from when it was due), then,
+   once the gateway is quiet again, **peak after**. The overload's goodput is judged against
+   the mean of the peaks just before and just after it, on the same gateway process: a
+   machine whose speed drifts over minutes (a shared host's does, by 20 % here) moves both
+   alike, where a peak measured minutes earlier would not.
 3. **Reconcile**: the wallet stub's tally (``GET /ledger``) against the answers: every bet
    answered 200 is in the wallet exactly once, no bet is there twice, no shed bet is there.
 
@@ -46,6 +51,15 @@ VERDICT_OF = "early"
 #: Connections the open-loop client opens at most (a large provider's pool).
 MAX_CONNECTIONS = 512
 RAMP = (4, 16, 64)
+#: Connections of the closed loops that measure the peak around each overload: as many as the
+#: limit lets in at once, the concurrency the gateway works at under overload. (The ramp's
+#: steps of 16 and 64 connections come out within a few per cent of each other, either way
+#: round from run to run on this machine.)
+PEAK_CONNECTIONS = LIMITS["per_partner"]
+#: Overload runs per variant, each between two closed loops at the peak (see the docstring):
+#: short alternating runs, so that a machine whose speed moves by tens of per cent from one
+#: second to the next (a shared virtual machine's does) moves the peak and the overload alike.
+ROUNDS = 3
 
 
 # -- the client (its own process, pinned) -------------------------------------------------------
@@ -129,20 +143,20 @@ class Client:
         return {"sent_for": sent_for, "elapsed": elapsed}
 
 
-async def ramp(host: str, port: int, run: str, seconds: float) -> list[dict]:
-    """Closed loop at each of RAMP connections: goodput (200s a second) at each."""
+async def ramp(host: str, port: int, run: str, seconds: float, steps: tuple = RAMP) -> list[dict]:
+    """Closed loop at each of ``steps`` connections: goodput (200s a second) at each."""
     from bench.loadgen import closed_loop
 
-    steps, offset = [], 0
-    for connections in RAMP:
+    results, offset = [], 0
+    for connections in steps:
         base = offset
         result = await closed_loop(host, port, lambda i, b=base: hooks.signed_hook_request(f"{host}:{port}", run, b + i),
                                    connections, seconds)
         offset += result["requests"] + result["failed"] + 1
-        steps.append({"connections": connections, "ok": result["ok"],
+        results.append({"connections": connections, "ok": result["ok"],
                       "goodput": round(result["ok"] / result["seconds"], 1),
                       "non_2xx": result["non_2xx"], "p99_ms": result["latency"].get("p99_ms")})
-    return steps
+    return results
 
 
 def client_main(argv: list[str]) -> None:
@@ -150,6 +164,7 @@ def client_main(argv: list[str]) -> None:
     parser.add_argument("url")
     parser.add_argument("--run", required=True)
     parser.add_argument("--ramp-seconds", type=float)
+    parser.add_argument("--closed", type=int, help="one closed-loop step at this many connections (--seconds)")
     parser.add_argument("--rate", type=float)
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--timeout", type=float, default=2.0)
@@ -159,6 +174,8 @@ def client_main(argv: list[str]) -> None:
     host, port = hostport.rsplit(":", 1)
     if args.ramp_seconds:
         job = ramp(host, int(port), args.run, args.ramp_seconds)
+    elif args.closed:
+        job = ramp(host, int(port), args.run, args.seconds, steps=(args.closed,))
     else:
         when = hooks.timestamp()
         requests = [hooks.signed_hook_request(hostport, args.run, i, when) for i in range(int(args.rate * args.seconds))]
@@ -178,42 +195,61 @@ def client_main(argv: list[str]) -> None:
 
 
 # -- the driver ----------------------------------------------------------------------------------
-def summarise(name: str, data: dict, rate: float, seconds: float, timeout: float, peak: float,
-              tally: dict, run: str) -> dict:
-    """Goodput, shedding, p99 of the admitted, and the reconciliation against the wallet."""
-    status, latency = data["status"], data["latency"]
-    ok = [i for i, s in enumerate(status) if s == 200]
-    shed = [i for i, s in enumerate(status) if s == 503]
-    # The wallet sees "<partner>:<transaction id>" (the mapping's transaction_uuid).
-    mine = f"{hooks.PARTNER}:{run}-"
-    paid = {int(txid[len(mine):]): n for txid, n in tally.items() if txid.startswith(mine)}
+def summarise(name: str, rounds: list[dict], timeout: float, tally: dict) -> dict:
+    """Goodput, shedding, p99 of the admitted, and the reconciliation against the wallet, over
+    the variant's overload rounds (each {"data", "run", "rate", "peak"}: the client's result,
+    its run id, the offered rate and the round's peak, the mean of the peaks around it)."""
+    status: list[int] = []
+    admitted: list[float] = []
+    lag: list[float] = []
+    answered_max = 0.0
+    window = expected = 0.0
+    rec = {"ok_bets_missing_in_wallet": 0, "bets_paid_twice": 0, "shed_bets_in_wallet": 0, "bets_in_wallet": 0,
+           "ok_answers": 0}
+    for one in rounds:
+        data = one["data"]
+        st, latency = data["status"], data["latency"]
+        ok = [i for i, s in enumerate(st) if s == 200]
+        shed = [i for i, s in enumerate(st) if s == 503]
+        # The wallet sees "<partner>:<transaction id>" (the mapping's transaction_uuid).
+        mine = f"{hooks.PARTNER}:{one['run']}-"
+        paid = {int(txid[len(mine):]): n for txid, n in tally.items() if txid.startswith(mine)}
+        rec["ok_bets_missing_in_wallet"] += sum(1 for i in ok if paid.get(i, 0) == 0)
+        rec["bets_paid_twice"] += sum(1 for n in paid.values() if n > 1)
+        rec["shed_bets_in_wallet"] += sum(1 for i in shed if i in paid)
+        rec["bets_in_wallet"] += len(paid)
+        rec["ok_answers"] += len(ok)
+        status += st
+        admitted += [latency[i] for i in ok]
+        lag += data["lag"]
+        answered_max = max([answered_max, *(latency[i] for i, s in enumerate(st) if s > 0)])
+        # Over the window the requests were offered in: each of them was answered 200 in time
+        # or was not (the last ones' answers come a moment after the window; they are its own).
+        window += data["sent_for"]
+        expected += data["sent_for"] * one["peak"]  # bets the gateway's peak would have answered
     by_status: dict[str, int] = {}
     for s in status:
         key = {0: "not_answered_in_time", -1: "connection_failed"}.get(s, str(s))
         by_status[key] = by_status.get(key, 0) + 1
-    goodput = len(ok) / data["elapsed"]
     return {
-        "gateway": name, "offered_rate": round(len(status) / data["sent_for"], 1), "target_rate": rate,
-        "seconds": seconds, "timeout_seconds": timeout, "requests": len(status), "answers": by_status,
-        "goodput": round(goodput, 1), "goodput_of_peak": round(goodput / peak, 3),
-        "admitted_latency_ms": percentiles([latency[i] for i in ok]),
-        "client_start_lag_ms": percentiles(data["lag"]),
-        "answered_latency_max_ms": round(max((latency[i] for i, s in enumerate(status) if s > 0), default=0) * 1000,
-                                         1),
+        "gateway": name, "rounds": len(rounds), "offered_rate": round(len(status) / window, 1),
+        "target_rates": [one["rate"] for one in rounds], "seconds": round(window, 2), "timeout_seconds": timeout,
+        "requests": len(status), "answers": by_status,
+        "goodput": round(rec["ok_answers"] / window, 1), "goodput_of_peak": round(rec["ok_answers"] / expected, 3),
+        "goodput_of_peak_by_round": [round(sum(1 for s in one["data"]["status"] if s == 200)
+                                           / (one["data"]["sent_for"] * one["peak"]), 3) for one in rounds],
+        "admitted_latency_ms": percentiles(admitted),
+        "client_start_lag_ms": percentiles(lag),
+        "answered_latency_max_ms": round(answered_max * 1000, 1),
         "every_request_answered_in_time": by_status.get("not_answered_in_time", 0) == 0
                                           and by_status.get("connection_failed", 0) == 0,
-        "reconciliation": {
-            "ok_bets_missing_in_wallet": sum(1 for i in ok if paid.get(i, 0) == 0),
-            "bets_paid_twice": sum(1 for n in paid.values() if n > 1),
-            "shed_bets_in_wallet": sum(1 for i in shed if i in paid),
-            "bets_in_wallet": len(paid),
-            "ok_answers": len(ok),
-        },
+        "reconciliation": rec,
     }
 
 
 def run(work: Path, client_cpu: str | None, server_cpu: str | None, start, gateway, stop, *,
-        factor: float = 3.0, seconds: float = 12.0, timeout: float = 2.0, ramp_seconds: float = 5.0,
+        factor: float = 3.0, seconds: float = 8.0, timeout: float = 2.0, ramp_seconds: float = 5.0,
+        peak_seconds: float = 4.0,
         compare: bool = True) -> dict:
     """The overload run; ``start``/``gateway``/``stop`` are the benchmark's process helpers."""
     import subprocess
@@ -233,40 +269,74 @@ def run(work: Path, client_cpu: str | None, server_cpu: str | None, start, gatew
     stub = start(Proc("overload-stub", [sys.executable, "-m", "bench.stub"], cpus=client_cpu,
                       log=work / "overload-stub.log"))
     results: dict = {"limits": LIMITS, "factor": factor}
+
+    def closed(gw, connections: int) -> tuple[float, float]:
+        """Goodput (200s a second) of a closed loop at ``connections``, and CPU per bet."""
+        before = cpu_seconds(gw)
+        step, = client(gw.url, "--run", hooks.new_run_id(), "--closed", str(connections), "--seconds",
+                       str(peak_seconds), limit=peak_seconds * 10 + 60)
+        return step["goodput"], (cpu_seconds(gw) - before) / step["ok"] if step["ok"] else 0.0
+
+    def quiet(gw, deadline: float = 30.0) -> None:
+        """Until the gateway uses under a tenth of its core (or ``deadline`` passes): after an
+        overload without limits it is still working on requests whose callers gave up."""
+        end = time.monotonic() + deadline
+        used = cpu_seconds(gw)
+        while time.monotonic() < end:
+            time.sleep(0.5)
+            now = cpu_seconds(gw)
+            if now - used < 0.05:
+                return
+            used = now
+
     try:
         # The ramp runs on the gateway without limits: its capacity, not its limits' (a closed
         # loop against a limited gateway would spend the core on 503s and call that the peak).
         variants = VARIANTS if compare else VARIANTS[-1:]
-        peak = cpu_per_bet = 0.0
+        best, ramped = PEAK_CONNECTIONS, False
         for name, limits in variants:
             extra = {"concurrency": limits} if limits else {}
             gw = gateway(f"overload-{name}", f"sqlite:///{work}/overload-{name}.db", stub.url, extra=extra)
-            if not peak:
+            if not ramped:
+                ramped = True
                 print("overload: ramp to find the peak goodput", file=sys.stderr, flush=True)
                 before = cpu_seconds(gw)
                 steps = client(gw.url, "--run", hooks.new_run_id(), "--ramp-seconds", str(ramp_seconds),
                                limit=ramp_seconds * len(RAMP) * 10 + 60)
                 bets = sum(step["ok"] for step in steps)
-                cpu_per_bet = (cpu_seconds(gw) - before) / bets if bets else 0.0
-                peak = max(step["goodput"] for step in steps)
-                results["ramp"], results["peak_goodput"] = steps, peak
-                results["cpu_us_per_admitted_bet"] = round(cpu_per_bet * 1e6, 1)
-            rate = round(peak * factor, 1)
-            run_id = hooks.new_run_id()
-            print(f"overload: {name} gateway at {rate:g} req/s ({factor:g} x peak {peak:g}) for {seconds:g} s",
-                  file=sys.stderr, flush=True)
-            before = cpu_seconds(gw)
-            data = client(gw.url, "--run", run_id, "--rate", str(rate), "--seconds", str(seconds), "--timeout",
-                          str(timeout), limit=seconds * 10 + 120)
-            used = cpu_seconds(gw) - before
+                top = max(steps, key=lambda step: step["goodput"])
+                results["ramp"], results["peak_goodput"] = steps, top["goodput"]
+                results["cpu_us_per_admitted_bet"] = round((cpu_seconds(gw) - before) / bets * 1e6, 1) if bets else 0
+            # Peak, then (overload, peak) x rounds, all on this gateway: each overload is judged
+            # against the mean of the peaks just before and just after it.
+            peak, cost = closed(gw, best)
+            peaks, costs, rounds, used = [peak], [cost], [], 0.0
+            for _ in range(ROUNDS):
+                rate = round(peaks[-1] * factor, 1)
+                run_id = hooks.new_run_id()
+                print(f"overload: {name} gateway at {rate:g} req/s ({factor:g} x its peak {peaks[-1]:g} just "
+                      f"before) for {seconds:g} s", file=sys.stderr, flush=True)
+                before = cpu_seconds(gw)
+                data = client(gw.url, "--run", run_id, "--rate", str(rate), "--seconds", str(seconds), "--timeout",
+                              str(timeout), limit=seconds * 10 + 120)
+                used += cpu_seconds(gw) - before
+                quiet(gw)
+                peak, cost = closed(gw, best)
+                rounds.append({"data": data, "run": run_id, "rate": rate, "peak": (peaks[-1] + peak) / 2})
+                peaks.append(peak)
+                costs.append(cost)
             tally = json.loads(urllib.request.urlopen(stub.url + "/ledger", timeout=30).read())  # noqa: S310
-            results[name] = summary = summarise(name, data, rate, seconds, timeout, peak, tally, run_id)
+            cpu_per_bet = sum(costs) / len(costs)
+            results[name] = summary = summarise(name, rounds, timeout, tally)
+            summary["peak"] = {"connections": best, "closed_loops": peaks,
+                               "mean": round(sum(one["peak"] for one in rounds) / len(rounds), 1),
+                               "cpu_us_per_bet": round(cpu_per_bet * 1e6, 1)}
             answered = summary["reconciliation"]["ok_answers"] + summary["answers"].get("503", 0)
             summary["gateway_cpu_seconds"] = round(used, 2)
             summary["gateway_cpu_us_per_answer"] = round(used / answered * 1e6, 1) if answered else None
             shed = summary["answers"].get("503", 0)
             if limits and shed and cpu_per_bet:  # (without limits a 503 is a store's, not a shed)
-                # An estimate: the run's CPU beyond its admitted bets' (at the ramp's cost each).
+                # An estimate: the run's CPU beyond its admitted bets' (at the peaks' cost each).
                 s_ = max(0.0, used - summary["reconciliation"]["ok_answers"] * cpu_per_bet) / shed
                 summary["cpu_us_per_shed_estimate"] = round(s_ * 1e6, 1)
                 # What that leaves a CPU-bound process: at the peak its core does P bets of cost c;
@@ -291,20 +361,31 @@ def run(work: Path, client_cpu: str | None, server_cpu: str | None, start, gatew
 def table(results: dict) -> str:
     lines = [f"overload: peak goodput {results['peak_goodput']:g} bets/s (ramp "
              + ", ".join(f"{s['connections']} conn {s['goodput']:g}/s" for s in results["ramp"]) + ")",
-             f"{'gateway':<10} {'offered/s':>10} {'goodput/s':>10} {'of peak':>8} {'p99 admitted':>13} "
-             f"{'shed 503':>9} {'late':>6} {'lost':>5} {'doubled':>8}"]
+             f"{'gateway':<10} {'peak/s':>7} {'offered/s':>10} {'goodput/s':>10} "
+             f"{'of peak':>8} {'p99 admitted':>13} {'shed 503':>9} {'late':>6} {'lost':>5} {'doubled':>8}"]
     for name, _ in VARIANTS:
         r = results.get(name)
         if not r:
             continue
         rec = r["reconciliation"]
-        lines.append(f"{name:<10} {r['offered_rate']:>10g} {r['goodput']:>10g} {r['goodput_of_peak']:>8.2f} "
+        peak = r["peak"]
+        lines.append(f"{name:<10} {peak['mean']:>7g} "
+                     f"{r['offered_rate']:>10g} {r['goodput']:>10g} {r['goodput_of_peak']:>8.2f} "
                      f"{r['admitted_latency_ms'].get('p99_ms', 0):>10g} ms {r['answers'].get('503', 0):>9} "
                      f"{r['answers'].get('not_answered_in_time', 0) + r['answers'].get('connection_failed', 0):>6} "
                      f"{rec['ok_bets_missing_in_wallet']:>5} {rec['bets_paid_twice']:>8}")
-    lines.append(f"gateway CPU: {results['cpu_us_per_admitted_bet']:g} us per bet in the ramp; in the overload "
+    lines.append(f"gateway CPU: {results['cpu_us_per_admitted_bet']:g} us per bet in the ramp; at the peaks "
+                 + ", ".join(f"{n} {results[n]['peak']['cpu_us_per_bet']:g}" for n, _ in VARIANTS if n in results)
+                 + " us per bet; in the overload "
                  + ", ".join(f"{n} {results[n]['gateway_cpu_us_per_answer']:g} us per answer (200 or 503)"
                              for n, _ in VARIANTS if n in results))
+    for name, _ in VARIANTS:
+        r = results.get(name)
+        if r:
+            lines.append(f"{name}: closed loops at {r['peak']['connections']} connections, before and after each "
+                         f"overload: {', '.join(f'{p:g}' for p in r['peak']['closed_loops'])} bets/s; "
+                         f"goodput of the peak around it, by round: "
+                         f"{', '.join(f'{g:.2f}' for g in r['goodput_of_peak_by_round'])}")
     for name, _ in VARIANTS[1:]:
         limited = results.get(name)
         if limited and "goodput_ceiling_estimate" in limited:

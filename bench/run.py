@@ -567,15 +567,15 @@ def run_only(bench: Bench, plan: Plan) -> tuple[dict, str]:
     if plan.only == "overload":
         from bench import overload
 
-        seconds, ramp = (3.0, 1.0) if plan.smoke else (12.0, 12.0)
+        seconds, peak, ramp = (1.0, 1.0, 1.0) if plan.smoke else (8.0, 4.0, 12.0)
         results = overload.run(bench.work, bench.client_cpu, bench.server_cpu, bench.start, bench.gateway,
-                               bench.stop, seconds=seconds, ramp_seconds=ramp)
+                               bench.stop, seconds=seconds, peak_seconds=peak, ramp_seconds=ramp)
         table = overload.table(results)
         if shutil.which("wrk"):
             from bench import shedcost
 
             results["shed_cost"] = shedcost.run(bench, MAPPING, seconds=1.0 if plan.smoke else 6.0,
-                                                open_rate=results["early"]["target_rate"] if "early" in results else 0.0)
+                                                open_rate=results["early"]["offered_rate"] if "early" in results else 0.0)
             table += "\n" + shedcost.table(results["shed_cost"])
         results["machine"], results["notes"] = machine(), plan.notes
         return results, table
