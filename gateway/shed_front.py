@@ -73,12 +73,20 @@ log = logging.getLogger("igsp.access")
 #: (``write_answer``).
 FRONTS: dict[asyncio.BaseTransport, ShedFront] = {}
 
-_REQUEST_ID_BYTES = frozenset(range(0x20, 0x7F))  # printable ASCII: echoed as it came
+#: Printable ASCII, the bytes of a request id echoed as it came: ``id.translate(None, _PRINTABLE)``
+#: is empty for such an id (one C call, not a loop over its bytes).
+_PRINTABLE = bytes(range(0x20, 0x7F))
 #: The provider face's resources and the method each takes, as llhttp reports them.
 PROVIDER_METHODS = {resource.encode(): method.encode() for resource, method in RESOURCE_METHODS.items()}
 #: Header fields aiohttp refuses to see twice (400): a request with two is aiohttp's.
 SINGLETONS = frozenset((b"content-length", b"content-location", b"content-range", b"content-type", b"etag",
                         b"host", b"max-forwards", b"server", b"transfer-encoding", b"user-agent"))
+#: Fields that make a request aiohttp's whatever their value.
+_NOT_SIMPLE = frozenset((b"transfer-encoding", b"upgrade", b"expect", b"content-encoding"))
+#: Every field the front looks at (a request's other fields are only counted and measured).
+_WATCHED = SINGLETONS | _NOT_SIMPLE | {b"authorization", b"x-request-id"}
+#: How a shed request is counted (gateway/ops/metrics.py), as gateway_middleware counts one.
+_SHED_OUTCOME = metrics.outcome(503, "service_unavailable")
 
 
 def request_done(request: web.BaseRequest) -> None:
@@ -204,8 +212,7 @@ class Shedder:
         # As gateway_middleware labels a shed request: a hook's action is not read before the
         # limit (operation unknown), a provider-face resource is (its name).
         operation = "unknown" if partner.face == "platform" else path[len(self.mount):].decode()
-        outcome = metrics.outcome(503, "service_unavailable")
-        metrics.child(metrics.REQUESTS, partner.id, partner.face, operation, outcome).inc()
+        metrics.child(metrics.REQUESTS, partner.id, partner.face, operation, _SHED_OUTCOME).inc()
         metrics.child(metrics.REQUEST_SECONDS, partner.id, partner.face, operation).observe(elapsed)
         not_logged = self.lines.admit(partner.id)
         if not_logged is None or not self.runtime.current.config.access_log:
@@ -228,6 +235,7 @@ class ShedFront(asyncio.Protocol):
         self.shedder = shedder
         self.idle_timeout = idle_timeout
         self.parser = httptools.HttpRequestParser(self)
+        self.max_field_bytes = shedder.max_field_bytes
         self.transport: asyncio.Transport | None = None
         self.aiohttp_only = False  # a parse error: every byte is aiohttp's from now on
         self.writing_paused = False
@@ -253,27 +261,29 @@ class ShedFront(asyncio.Protocol):
         self.simple = True  # nothing here that aiohttp might answer differently
         self.authorization = b""
         self.request_id = b""
-        self.singletons: set[bytes] = set()
+        self.singletons: list[bytes] = []  # the singleton fields seen (a few at most)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.fields += 1
-        if len(name) + len(value) + 2 > self.shedder.max_field_bytes:
+        if len(name) + len(value) + 2 > self.max_field_bytes:
             self.simple = False
         name = name.lower()
+        if name not in _WATCHED:
+            return
         if name in SINGLETONS:
             if name in self.singletons:
                 self.simple = False
-            self.singletons.add(name)
+            self.singletons.append(name)
         if name == b"authorization":
             self.simple = self.simple and not self.authorization
             self.authorization = value
         elif name == b"x-request-id":
             self.simple = self.simple and not self.request_id
             self.request_id = value.strip(b" \t")  # as aiohttp reads it: without surrounding blanks
-        elif name in (b"transfer-encoding", b"upgrade", b"expect", b"content-encoding"):
+        elif name in _NOT_SIMPLE:
             self.simple = False
         elif name == b"content-length":
             self.simple = self.simple and value.isdigit() and int(value) <= self.shedder.max_body
@@ -334,7 +344,7 @@ class ShedFront(asyncio.Protocol):
                 and self.forwarded == self.answered and not self.writing_paused
                 and self.fields <= self.shedder.max_fields and len(self.url) <= self.shedder.max_field_bytes
                 and self.parser.get_http_version() == "1.1"
-                and all(byte in _REQUEST_ID_BYTES for byte in self.request_id)):
+                and not self.request_id.translate(None, _PRINTABLE)):
             method = self.parser.get_method()
             verdict = self.shedder.verdict(method, self.url, self.authorization)
             if verdict is not None:
