@@ -27,7 +27,7 @@ from gateway.errors import ConfigError, Problem
 from gateway.ops.redaction import scrub, secret_values
 from gateway.ops.tracing import DEFAULT_SERVICE_NAME, EXPORTERS, PROTOCOLS, SAMPLERS, TracingSettings
 from gateway.ops.tracing import resolve as resolve_tracing
-from gateway.ratelimit import LOCAL, ON_STORE_ERROR, RateLimit
+from gateway.ratelimit import LOCAL, ON_STORE_ERROR, AdaptiveSettings, RateLimit
 from gateway.store import STORE_SCHEMES
 
 _SECRET = {"type": "string", "minLength": 16}
@@ -174,6 +174,20 @@ CONFIG_SCHEMA: dict = {
                 "upstreams": {"type": "object", "additionalProperties": {"type": ["integer", "null"], "minimum": 1},
                               "description": "A mapping name's own limit (null: none)."},
                 "retry_after_seconds": {"type": "integer", "minimum": 1, "maximum": 3600, "default": 1},
+                "adaptive": {
+                    "type": ["object", "null"], "additionalProperties": False, "required": ["target_ms"],
+                    "description": "Legacy APIs' limits follow their latency: every half second of calls, "
+                                   "a mean above target_ms shrinks the limit in proportion, one at or below it "
+                                   "grows it by its square root, between min and the configured limit "
+                                   "(per_upstream or upstreams.<name>: the ceiling). null: fixed limits.",
+                    "properties": {
+                        "target_ms": {"type": "number", "exclusiveMinimum": 0,
+                                      "description": "The legacy call latency to keep (ms): well under the "
+                                                     "mapping's timeout and the callers'."},
+                        "min": {"type": "integer", "minimum": 1, "default": 1,
+                                "description": "The limit never goes below this."},
+                    },
+                },
                 "early_shedding": {"type": "boolean", "default": False,
                                    "description": "Answer a request to be shed in a lean llhttp front (httptools) "
                                                   "before aiohttp handles it (~30-60 us of CPU instead of ~140-200), so a gateway "
@@ -323,6 +337,8 @@ class Config:
     #: Retry-After of a request shed for it or for its partner's (``Partner.max_concurrent``).
     upstream_concurrency: dict = field(default_factory=dict)
     concurrency_retry_after: int = 1
+    #: ``concurrency.adaptive``: the legacy APIs' limits follow their latency (None: fixed).
+    concurrency_adaptive: AdaptiveSettings | None = None
     #: ``concurrency.early_shedding``: shed requests are answered by gateway/shed_front.py.
     early_shedding: bool = False
     trusted_proxies: tuple[Network, ...] = ()
@@ -417,6 +433,11 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
     problems.extend(_lease_problems(data, file, partners))
     problems.extend(_port_problems(data, file))
     _store_url(data, file, base, problems)
+    if concurrency.get("adaptive") and not any(
+            (concurrency.get("upstreams") or {}).get(p.mapping.name, concurrency.get("per_upstream")) for p in partners):
+        problems.append(Problem(file, line_of(data, ("concurrency", "adaptive")), "concurrency.adaptive",
+                                "an adaptive limit needs a legacy API limit as its ceiling",
+                                hint="set concurrency.per_upstream (or upstreams.<mapping name>)"))
     for name in (concurrency.get("upstreams") or {}).keys() - {p.mapping.name for p in partners}:
         problems.append(Problem(file, line_of(data, ("concurrency", "upstreams", name)), f"concurrency.upstreams.{name}",
                                 "no partner uses a mapping of that name",
@@ -462,6 +483,7 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         upstream_concurrency={p.mapping.name: (concurrency.get("upstreams") or {}).get(
             p.mapping.name, concurrency.get("per_upstream")) for p in partners},
         concurrency_retry_after=concurrency.get("retry_after_seconds", 1),
+        concurrency_adaptive=AdaptiveSettings.parse(concurrency.get("adaptive")),
         early_shedding=concurrency.get("early_shedding", False),
         trusted_proxies=trusted_proxies,
         forwarded_header=server.get("forwarded_header", "X-Forwarded-For"),

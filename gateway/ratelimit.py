@@ -28,7 +28,8 @@ Concurrency limits (``concurrency``) shed load instead of queueing it: a partner
 with ``Retry-After`` for the next one at once — after the signature check, before the rate
 limit takes a token, and before any ledger or legacy work (nothing was done: the retry is a
 first attempt). A request holds its slots until its answer is ready (``HELD``, set for each
-request by the app's middleware, and ``release_slots``).
+request by the app's middleware, and ``release_slots``). With ``concurrency.adaptive`` a legacy
+API's limit follows the latency of its calls (``AdaptiveLimit``), under the configured one.
 
     >>> bucket = TokenBucket(RateLimit(2, burst=2), now=0.0)
     >>> bucket.take(0.0), bucket.take(0.0), bucket.take(0.0), bucket.take(0.5)
@@ -102,20 +103,108 @@ def release_slots(held: list) -> None:
     held.clear()
 
 
+class Limit:
+    """A fixed concurrency limit: at most ``value`` requests in progress."""
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def call_done(self, seconds: float, now: float) -> None:
+        """A legacy call through this limit took ``seconds`` (a fixed limit does not care)."""
+
+
+@dataclass(frozen=True)
+class AdaptiveSettings:
+    """``concurrency.adaptive``: the latency to keep and the lowest limit."""
+
+    target_seconds: float
+    floor: int = 1
+
+    @classmethod
+    def parse(cls, spec: dict | None) -> AdaptiveSettings | None:
+        if not spec:
+            return None
+        return cls(float(spec["target_ms"]) / 1000, int(spec.get("min", 1)))
+
+
+class AdaptiveLimit(Limit):
+    """A legacy API's limit that follows the latency of its calls (``concurrency.adaptive``).
+
+    Why: a fixed limit is right for one speed of the legacy API. When a wallet slows down (a
+    lock, a failover, a full disk), each of the fixed number of requests in progress waits
+    longer, until the mapping's timeout and the callers' expire — and every debit that timed
+    out is an unknown outcome the gateway must settle afterwards. Admitting fewer at once
+    keeps each admitted call fast and its outcome known; the rest are answered ``503`` +
+    ``Retry-After`` at once, before any ledger or legacy work, and retried when there is room.
+
+    A latency gradient, as TCP Vegas and Netflix's concurrency-limits use: every ``window``
+    seconds of calls, their mean duration is compared with the target. Above it, the limit
+    shrinks in proportion (``limit * target / mean``, at most halving per window); at or
+    below, it grows by its square root (room for the requests queued behind). It stays within
+    ``[floor, ceiling]``: the configured limit is the ceiling, so an adaptive limit only ever
+    admits fewer than the fixed one would. Per process, like the counts.
+    """
+
+    window = 0.5
+
+    def __init__(self, ceiling: int, settings: AdaptiveSettings, now: float):
+        super().__init__(ceiling)
+        self.ceiling, self.settings = ceiling, settings
+        self._limit = float(ceiling)
+        self._since, self._total, self._calls = now, 0.0, 0
+        self.warned = False  # the "slower than its target" line was logged, "back" was not yet
+
+    def call_done(self, seconds: float, now: float) -> None:
+        self._total += seconds
+        self._calls += 1
+        if now - self._since < self.window:
+            return
+        mean, target = self._total / self._calls, self.settings.target_seconds
+        if mean > target:
+            self._limit *= max(0.5, target / mean)
+        else:
+            self._limit += math.sqrt(self._limit)
+        self._limit = min(float(self.ceiling), max(float(min(self.settings.floor, self.ceiling)), self._limit))
+        self.value = int(self._limit)
+        self._since, self._total, self._calls = now, 0.0, 0
+
+
 class Concurrency:
     """Requests in progress per partner and per upstream (mapping), in this process.
 
     ``counts`` is shared with the previous config generation's (a reload must not forget the
-    requests still running); limits of 0 or None are no limit.
+    requests still running), and so are the adaptive limits whose settings did not change
+    (``previous``: that generation's Concurrency); limits of 0 or None are no limit.
     """
 
     def __init__(self, partner_limits: dict[str, int | None], upstream_of: dict[str, str],
-                 upstream_limits: dict[str, int | None], retry_after: int = 1, counts: dict | None = None):
-        self.slots = {}  # partner -> [(key, limit, what), ...]
+                 upstream_limits: dict[str, int | None], retry_after: int = 1, counts: dict | None = None, *,
+                 adaptive: AdaptiveSettings | None = None, previous: Concurrency | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_limit: Callable[[str, int], None] = lambda upstream, value: None):
+        self.clock, self.on_limit = clock, on_limit
+        #: upstream (mapping name) -> its Limit, for those with one.
+        self.upstreams: dict[str, Limit] = {}
+        for upstream in set(upstream_of.values()):
+            ceiling = upstream_limits.get(upstream)
+            if not ceiling:
+                continue
+            if adaptive is None:
+                self.upstreams[upstream] = Limit(ceiling)
+                continue
+            kept = previous.upstreams.get(upstream) if previous is not None else None
+            if isinstance(kept, AdaptiveLimit) and (kept.ceiling, kept.settings) == (ceiling, adaptive):
+                self.upstreams[upstream] = kept
+            else:
+                self.upstreams[upstream] = AdaptiveLimit(ceiling, adaptive, clock())
+        for upstream, limit in self.upstreams.items():
+            on_limit(upstream, limit.value)
+        self.slots = {}  # partner -> [(key, Limit, what), ...]
         for partner, upstream in upstream_of.items():
-            wanted = [(("partner", partner), partner_limits.get(partner), "partner"),
-                      (("upstream", upstream), upstream_limits.get(upstream), "upstream")]
-            self.slots[partner] = [slot for slot in wanted if slot[1]]
+            mine = partner_limits.get(partner)
+            wanted = [(("partner", partner), Limit(mine) if mine else None, "partner"),
+                      (("upstream", upstream), self.upstreams.get(upstream), "upstream")]
+            self.slots[partner] = [slot for slot in wanted if slot[1] is not None]
         self.retry_after = retry_after
         self.counts: dict = counts if counts is not None else {}
 
@@ -126,11 +215,40 @@ class Concurrency:
             return
         counts = self.counts
         for key, limit, what in slots:
-            if counts.get(key, 0) >= limit:
+            if counts.get(key, 0) >= limit.value:
                 raise Overloaded(self.retry_after, partner_id, what)
         for key, _, _ in slots:
             counts[key] = counts.get(key, 0) + 1
             held.append((counts, key))
+
+    def call_done(self, upstream: str, seconds: float, kind: str) -> None:
+        """A legacy call of ``upstream`` ended (the LegacyClient observer): its duration feeds
+        the upstream's adaptive limit. A call that failed before the wallet could be slow
+        (refused connection, bad answer) says nothing about its latency and is left out."""
+        limit = self.upstreams.get(upstream)
+        if limit is None or kind not in LATENCY_KINDS:
+            return
+        before = limit.value
+        limit.call_done(seconds, self.clock())
+        if limit.value == before:
+            return
+        self.on_limit(upstream, limit.value)
+        # One line each way, with some hysteresis: a limit that wavers near its ceiling says
+        # nothing an on-call must read; one at half of it or less does.
+        if not limit.warned and limit.value <= limit.ceiling // 2:
+            limit.warned = True
+            log.warning("legacy API slower than its latency target: fewer of its requests admitted",
+                        extra={"mapping": upstream, "limit": limit.value, "ceiling": limit.ceiling,
+                               "target_ms": limit.settings.target_seconds * 1000})
+        elif limit.warned and limit.value == limit.ceiling:
+            limit.warned = False
+            log.info("legacy API back within its latency target: its limit is the configured one again",
+                     extra={"mapping": upstream, "limit": limit.value})
+
+
+#: The outcomes of a legacy call whose duration is the wallet's latency: an answer (whatever
+#: it said) or none within the timeout. Not a refused connection, a reset, a mapping error.
+LATENCY_KINDS = frozenset(("ok", "business", "timeout", "5xx", "unknown", "unproven", "bad_body"))
 
 
 class TokenBucket:
@@ -207,5 +325,5 @@ class Limiter:
         return bucket.take()
 
 
-__all__ = ["ALLOW", "HELD", "LOCAL", "REFUSE", "Concurrency", "Limiter", "Overloaded", "RateLimit", "RateLimited",
-           "TokenBucket", "release_slots"]
+__all__ = ["ALLOW", "HELD", "LOCAL", "REFUSE", "AdaptiveLimit", "AdaptiveSettings", "Concurrency", "Limit", "Limiter",
+           "Overloaded", "RateLimit", "RateLimited", "TokenBucket", "release_slots"]

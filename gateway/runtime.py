@@ -35,7 +35,7 @@ from gateway.errors import ConfigError
 from gateway.ops import metrics
 from gateway.ops.logs import update_logging
 from gateway.outbound.legacy import LegacyClient
-from gateway.ratelimit import Concurrency, Limiter
+from gateway.ratelimit import AdaptiveLimit, Concurrency, Limiter
 from gateway.store import Store
 
 log = logging.getLogger("igsp.runtime")
@@ -84,9 +84,16 @@ class Runtime:
     def build(self, config: Config, number: int, previous: Generation | None) -> Generation:
         limiter = _limiter(config, previous.limiter if previous is not None else None, self.store)
         clients: dict[str, LegacyClient] = {}
+        observe = observe_upstream
+        if any(isinstance(limit, AdaptiveLimit) for limit in limiter.concurrency.upstreams.values()):
+            call_done = limiter.concurrency.call_done
+
+            def observe(mapping: str, operation: str, kind: str, seconds: float) -> None:
+                observe_upstream(mapping, operation, kind, seconds)
+                call_done(mapping, seconds, kind)  # the latency an adaptive limit follows
         for partner in config.partners:
             if partner.mapping.name not in clients:
-                clients[partner.mapping.name] = LegacyClient(partner.mapping, observe_upstream)
+                clients[partner.mapping.name] = LegacyClient(partner.mapping, observe)
         gen = Generation(number, config, clients, limiter)
         gen.faces.update({name: build(gen, self) for name, build in self.builders.items()})
         return gen
@@ -180,8 +187,12 @@ def _limiter(config: Config, previous: Limiter | None, store: Store) -> Limiter:
     concurrency = Concurrency({p.id: p.max_concurrent for p in config.partners},
                               {p.id: p.mapping.name for p in config.partners}, config.upstream_concurrency,
                               config.concurrency_retry_after,
-                              # Requests still running under the previous generation hold their slots.
-                              counts=previous.concurrency.counts if previous and previous.concurrency else None)
+                              # Requests still running under the previous generation hold their
+                              # slots; an adaptive limit whose settings are the same keeps its state.
+                              counts=previous.concurrency.counts if previous and previous.concurrency else None,
+                              adaptive=config.concurrency_adaptive,
+                              previous=previous.concurrency if previous else None,
+                              on_limit=lambda upstream, value: metrics.CONCURRENCY_LIMIT.labels(upstream).set(value))
     limiter = Limiter({p.id: p.rate_limit for p in config.partners},
                       on_limited=lambda pid: metrics.RATE_LIMITED.labels(pid).inc(),
                       store=store if config.rate_limits_shared else None,

@@ -177,7 +177,8 @@ class Shedder:
         held, counts = concurrency.counts, self.counts
         slots = concurrency.slots.get(partner.id, ())
         for key, limit, what in slots:
-            if held.get(key, 0) >= limit or counts.get(key, 0) >= limit:
+            value = limit.value  # an adaptive limit's moves with its legacy API's latency
+            if held.get(key, 0) >= value or counts.get(key, 0) >= value:
                 return partner, what, ()
         return partner, None, tuple(key for key, _, _ in slots)
 

@@ -101,6 +101,10 @@ UPSTREAM_SECONDS = Histogram("igsp_upstream_duration_seconds", "Legacy API call 
 UPSTREAM_ERRORS = Counter("igsp_upstream_errors", "Legacy API failures by kind",
                           ["mapping", "operation", "kind"])
 SIGNATURE_FAILURES = Counter("igsp_signature_failures", "Rejected iGSP credentials or signatures", ["reason"])
+CONCURRENCY_LIMIT = Gauge(
+    "igsp_concurrency_limit", "A legacy API's concurrency limit (concurrency.per_upstream; with concurrency.adaptive "
+    "the limit now, which follows the API's latency), summed over this replica's processes", ["mapping"],
+    multiprocess_mode="livesum")
 RATE_LIMITED = Counter("igsp_rate_limited", "Requests refused by a partner's rate limit", ["partner"])
 IP_REFUSED = Counter("igsp_ip_refused", "Requests refused 403 because the client address is not in the "
                      "partner's allowed_ips", ["partner"])

@@ -75,6 +75,10 @@ class BaseState:
     ledger: list[dict[str, Any]] = field(default_factory=list)
     calls: Counter = field(default_factory=Counter)
     faults: list[dict[str, Any]] = field(default_factory=list)
+    #: ``{"workers": N, "seconds": S}``: the wallet serves N calls at a time, S seconds each,
+    #: the rest wait their turn (a fixed thread pool: its latency grows with the calls in
+    #: flight). None: every call at once, at full speed.
+    workers: dict[str, Any] | None = None
 
     def reset(self) -> None:
         for f in fields(self):
@@ -159,12 +163,19 @@ def abort_with_reset(request: web.Request) -> None:
 def fault_middleware(
     state: BaseState, endpoint_of: EndpointOf, content_type: str, down_response: Callable[[], web.Response]
 ) -> Any:
+    pools: dict[tuple, asyncio.Semaphore] = {}  # (workers, seconds) -> the pool's free workers
+
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path.startswith("/_control/"):
             return await handler(request)
         names = await endpoint_of(request)
         state.calls[names[0]] += 1
+        if state.workers is not None:
+            shape = (state.workers["workers"], state.workers["seconds"])
+            pool = pools.get(shape) or pools.setdefault(shape, asyncio.Semaphore(shape[0]))
+            async with pool:
+                await asyncio.sleep(shape[1])
         fault = state.take_fault(names)
         kind = fault["kind"] if fault else None
         if kind == "delay":
@@ -226,10 +237,22 @@ def new_app(
         state.reset()
         return web.json_response({"ok": True})
 
+    async def workers(request: web.Request) -> web.Response:
+        try:
+            data = json.loads(await request.read())
+            count, seconds = data["workers"], data["seconds"]
+            if not isinstance(count, int) or count < 1 or not isinstance(seconds, (int, float)) or seconds < 0:
+                raise ValueError("workers must be an integer >= 1 and seconds a number >= 0")
+        except (ValueError, KeyError, TypeError) as exc:
+            return await bad(f"want {{\"workers\": N, \"seconds\": S}}: {exc}")
+        state.workers = {"workers": count, "seconds": float(seconds)}
+        return web.json_response(state.workers)
+
     app.router.add_post("/_control/players", players)
     app.router.add_get("/_control/state", get_state)
     app.router.add_post("/_control/faults", faults)
     app.router.add_post("/_control/reset", reset)
+    app.router.add_post("/_control/workers", workers)
     return app
 
 

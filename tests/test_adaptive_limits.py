@@ -1,0 +1,221 @@
+"""Adaptive concurrency limits (``concurrency.adaptive``): a legacy API's limit follows the
+latency of its calls, so a wallet that slows down gets fewer requests at once — each answered
+inside its timeout — instead of as many as before, each timing out into an unknown outcome.
+
+The limit's arithmetic is tested with an injected clock; the behaviour with real processes: a
+gateway in front of a Hub88 wallet that serves four calls at a time (a fixed thread pool: its
+latency grows with the calls in flight), under more concurrent bets than it can answer in time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter as Tally
+
+import pytest
+import requests
+import yaml
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from gateway.ratelimit import HELD, AdaptiveLimit, AdaptiveSettings, Concurrency, Limit, Overloaded, release_slots
+from tests.conftest import ACME, platform_config
+from tests.ops_support import Metrics
+from tests.support import IgspClient
+from tests.test_platform_face import bet
+
+
+# -- the arithmetic, with an injected clock -----------------------------------------------------------
+def feed(limit: AdaptiveLimit, seconds: float, start: float, calls: int = 10, span: float = 0.5) -> float:
+    """``calls`` calls of ``seconds`` each, spread over ``span`` seconds from ``start``; the end time."""
+    for i in range(1, calls + 1):
+        limit.call_done(seconds, start + span * i / calls)
+    return start + span
+
+
+def test_the_limit_shrinks_in_proportion_to_the_latency_and_grows_back_by_its_square_root():
+    limit = AdaptiveLimit(64, AdaptiveSettings(target_seconds=0.2, floor=2), now=0.0)
+    limit.call_done(5.0, 0.49)
+    assert limit.value == 64  # no window has closed yet: one slow call decides nothing
+    limit = AdaptiveLimit(64, AdaptiveSettings(target_seconds=0.2, floor=2), now=0.0)
+    now = feed(limit, 0.25, 0.0)  # mean 0.25 s against 0.2 s: x0.8
+    assert limit.value == int(64 * 0.8)
+    now = feed(limit, 2.0, now)  # ten times the target: at most halved per window
+    assert limit.value == int(64 * 0.8 * 0.5)
+    for _ in range(10):
+        now = feed(limit, 5.0, now)
+    assert limit.value == 2  # never below the floor
+    now = feed(limit, 0.1, now)  # under the target: + sqrt(limit)
+    assert limit.value == int(2 + 2 ** 0.5)
+    for _ in range(40):
+        now = feed(limit, 0.1, now)
+    assert limit.value == 64  # never above the configured limit
+
+
+def test_a_floor_above_the_ceiling_is_the_ceiling():
+    limit = AdaptiveLimit(3, AdaptiveSettings(target_seconds=0.1, floor=10), now=0.0)
+    feed(limit, 9.0, 0.0)
+    assert limit.value == 3
+
+
+def test_concurrency_admits_by_the_limit_now_and_learns_only_from_latencies():
+    now = [0.0]
+    seen = []
+    limits = Concurrency({"acme": None}, {"acme": "wallet"}, {"wallet": 8},
+                         adaptive=AdaptiveSettings(0.1), clock=lambda: now[0],
+                         on_limit=lambda upstream, value: seen.append((upstream, value)))
+    assert seen == [("wallet", 8)]  # exported as configured from the start
+    for kind in ("connect", "tls", "reset", "mapping"):  # no answer: nothing about the wallet's speed
+        for _ in range(20):
+            now[0] += 0.1
+            limits.call_done("wallet", 3.0, kind)
+    assert limits.upstreams["wallet"].value == 8 and seen == [("wallet", 8)]
+    for _ in range(6):  # answers (or timeouts) four times slower than the target
+        now[0] += 0.1
+        limits.call_done("wallet", 0.4, "timeout" if now[0] > 0.3 else "ok")
+    assert limits.upstreams["wallet"].value == 4 and seen[-1] == ("wallet", 4)
+    held = []
+    token = HELD.set(held)
+    try:
+        for _ in range(4):
+            limits.enter("acme")
+        with pytest.raises(Overloaded) as refused:
+            limits.enter("acme")
+        assert "upstream" in refused.value.message
+    finally:
+        release_slots(held)
+        HELD.reset(token)
+
+
+def test_a_reload_keeps_the_adaptive_state_when_its_settings_are_the_same():
+    settings = AdaptiveSettings(0.1, floor=1)
+    first = Concurrency({}, {"acme": "wallet"}, {"wallet": 8}, adaptive=settings, clock=lambda: 0.0)
+    first.upstreams["wallet"].call_done(1.0, 1.0)
+    assert first.upstreams["wallet"].value == 4
+    same = Concurrency({}, {"acme": "wallet"}, {"wallet": 8}, adaptive=AdaptiveSettings(0.1, floor=1), previous=first)
+    assert same.upstreams["wallet"] is first.upstreams["wallet"]
+    other = Concurrency({}, {"acme": "wallet"}, {"wallet": 16}, adaptive=settings, previous=first)
+    assert other.upstreams["wallet"].value == 16  # a new ceiling starts afresh
+    fixed = Concurrency({}, {"acme": "wallet"}, {"wallet": 8}, previous=first)
+    assert type(fixed.upstreams["wallet"]) is Limit and fixed.upstreams["wallet"].value == 8
+
+
+def test_adaptive_config(tmp_path, hub88_keys):
+    def load(**concurrency):
+        path = tmp_path / "gateway.yaml"
+        path.write_text(yaml.safe_dump(platform_config(f"sqlite:///{tmp_path}/gw.db", concurrency=concurrency)))
+        return load_config(path, env={"HUB88_WALLET_URL": "http://127.0.0.1:1", "HUB88_PRIVATE_KEY": hub88_keys[0]})
+
+    assert load(per_upstream=20).concurrency_adaptive is None
+    config = load(per_upstream=20, adaptive={"target_ms": 250, "min": 3})
+    assert config.concurrency_adaptive == AdaptiveSettings(0.25, 3)
+    with pytest.raises(ConfigError, match=r"concurrency\.adaptive.*ceiling") as missing:
+        load(per_partner=5, adaptive={"target_ms": 250})
+    assert "per_upstream" in str(missing.value)
+    with pytest.raises(ConfigError, match=r"concurrency\.adaptive"):
+        load(per_upstream=20, adaptive={"target_ms": 0})
+    with pytest.raises(ConfigError, match=r"concurrency\.adaptive"):
+        load(per_upstream=20, adaptive={"min": 2})
+
+
+# -- real processes: a wallet with four workers ---------------------------------------------------------
+WORKERS, CALL_SECONDS = 4, 0.15  # the wallet answers ~27 calls a second, 0.15 s each at best
+CLIENTS = 48  # bets in flight: at the wallet at once, 48 / 4 * 0.15 = 1.8 s each, past the 1.5 s timeout
+
+
+class Load:
+    """``CLIENTS`` threads sending bets back to back: each answer's status and latency."""
+
+    def __init__(self, url: str):
+        self.url, self.stop = url, threading.Event()
+        self.answers: list[tuple[float, int, float, str]] = []  # (sent at, status, seconds, txid)
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(CLIENTS)]
+
+    def run(self, index: int) -> None:
+        client = IgspClient(self.url, ACME["api_key"], ACME["secret"])
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            txid = f"load-{index}-{n}"
+            sent = time.monotonic()
+            try:
+                status = client.hook(bet(txid, "0.10"), timeout=10).status_code
+            except requests.RequestException:
+                status = 0
+            self.answers.append((sent, status, time.monotonic() - sent, txid))
+            if status == 503:
+                time.sleep(0.02)  # a polite caller waits a moment before its next request
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def timeouts(gw) -> float:
+    return Metrics.scrape(gw.internal_url).value("igsp_upstream_errors_total", mapping="hub88-wallet", kind="timeout")
+
+
+def slow_wallet_gateway(hub88, gateway_factory, tmp_path, **concurrency):
+    hub88.player("p1", "1000000.00")
+    r = requests.post(f"{hub88.url}/_control/workers", json={"workers": WORKERS, "seconds": CALL_SECONDS}, timeout=5)
+    r.raise_for_status()
+    return gateway_factory(platform_config(f"sqlite:///{tmp_path}/gateway.db",
+                                           concurrency={"per_upstream": 64, **concurrency}))
+
+
+QUIET = 4.0  # seconds without a legacy timeout that count as settled
+
+
+def test_a_fixed_limit_lets_a_slow_wallet_time_out(hub88, gateway_factory, tmp_path):
+    """The case for adaptive limits: with a fixed limit above what the wallet can answer in
+    time, the calls queue at the wallet until the mapping's timeout (1.5 s) expires — and keep
+    doing so for as long as the load lasts."""
+    gw = slow_wallet_gateway(hub88, gateway_factory, tmp_path)
+    with Load(gw.url):
+        deadline = time.monotonic() + 30
+        while timeouts(gw) < 10:
+            assert time.monotonic() < deadline, "the wallet's calls never timed out under a fixed limit"
+            time.sleep(0.2)
+        before, since = timeouts(gw), time.monotonic()
+        while time.monotonic() < since + QUIET:
+            time.sleep(0.2)
+        assert timeouts(gw) > before  # not settled: still timing out
+
+
+def test_an_adaptive_limit_keeps_a_slow_wallet_inside_its_timeout(hub88, gateway_factory, tmp_path):
+    """Under the same load, the limit comes down and the wallet's calls stop timing out: once
+    the calls the wallet still had (timed out, abandoned, still worked on) and the rollbacks of
+    the timed-out bets have gone through, every call is answered inside its timeout."""
+    gw = slow_wallet_gateway(hub88, gateway_factory, tmp_path, adaptive={"target_ms": 300, "min": 2})
+    with Load(gw.url) as load:
+        deadline = time.monotonic() + 60
+        seen, last_timeout = timeouts(gw), time.monotonic()
+        while time.monotonic() < last_timeout + QUIET:
+            assert time.monotonic() < deadline, f"still timing out after a minute ({seen} timeouts)"
+            time.sleep(0.2)
+            now = timeouts(gw)
+            if now != seen:
+                seen, last_timeout = now, time.monotonic()
+        since = last_timeout
+        limit = Metrics.scrape(gw.internal_url).value("igsp_concurrency_limit", mapping="hub88-wallet")
+    quiet = [a for a in load.answers if a[0] >= since + 1.5 and a[0] + a[2] <= since + QUIET]
+    statuses = Tally(status for _, status, _, _ in quiet)
+    admitted = sorted(seconds for _, status, seconds, _ in quiet if status == 200)
+    assert 2 <= limit < 64
+    assert statuses[200] > 10 and statuses[503] > 0 and set(statuses) <= {200, 503}, statuses
+    assert admitted[int(len(admitted) * 0.9)] < 1.0  # answered well inside the 1.5 s timeout
+    slower = [line for line in gw.log_lines() if line.get("msg", "").startswith("legacy API slower than its latency")]
+    assert len(slower) == 1 and slower[0]["mapping"] == "hub88-wallet" and slower[0]["ceiling"] == 64
+    # Nothing paid twice; every bet answered 200 is in the wallet once.
+    paid = Tally(entry["txid"] for entry in hub88.ledger("bet"))
+    assert not [txid for txid, n in paid.items() if n > 1]
+    for _, status, _, txid in load.answers:
+        if status == 200:
+            assert paid[f"{ACME['id']}:{txid}"] == 1, txid
