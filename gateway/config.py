@@ -190,7 +190,7 @@ CONFIG_SCHEMA: dict = {
                 },
                 "early_shedding": {"type": "boolean", "default": False,
                                    "description": "Answer a request to be shed in a lean llhttp front (httptools) "
-                                                  "before aiohttp handles it (~30-60 us of CPU instead of ~140-200), so a gateway "
+                                                  "before aiohttp handles it (~20-50 us of CPU instead of ~120-180), so a gateway "
                                                   "driven past its capacity keeps serving what it admits "
                                                   "(gateway/shed_front.py). Off: aiohttp answers every request."},
             },
