@@ -176,10 +176,12 @@ CONFIG_SCHEMA: dict = {
                 "retry_after_seconds": {"type": "integer", "minimum": 1, "maximum": 3600, "default": 1},
                 "adaptive": {
                     "type": ["object", "null"], "additionalProperties": False, "required": ["target_ms"],
-                    "description": "Legacy APIs' limits follow their latency: every half second of calls, "
-                                   "a mean above target_ms shrinks the limit in proportion, one at or below it "
-                                   "grows it by its square root, between min and the configured limit "
-                                   "(per_upstream or upstreams.<name>: the ceiling). null: fixed limits.",
+                    "description": "Each partner's share of a legacy API follows the latency of its calls, "
+                                   "between min and the API's configured limit (per_upstream or "
+                                   "upstreams.<name>: the ceiling; APIs without one do not adapt). A window "
+                                   "of calls (5 or more, half a second or more) whose mean is above target_ms "
+                                   "and more than twice the fastest call of the last 20 windows (queueing) "
+                                   "shrinks it in proportion; any other grows it by its square root. null: fixed.",
                     "properties": {
                         "target_ms": {"type": "number", "exclusiveMinimum": 0,
                                       "description": "The legacy call latency to keep (ms): well under the "
@@ -438,6 +440,16 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         problems.append(Problem(file, line_of(data, ("concurrency", "adaptive")), "concurrency.adaptive",
                                 "an adaptive limit needs a legacy API limit as its ceiling",
                                 hint="set concurrency.per_upstream (or upstreams.<mapping name>)"))
+    adaptive = concurrency.get("adaptive")
+    for mapping in {p.mapping.name: p.mapping for p in partners}.values() if adaptive else ():
+        # A call that times out takes its timeout: a target at or above it is never exceeded.
+        fastest = min([mapping.timeout] + [op.timeout for op in mapping.operations.values() if op.timeout])
+        if adaptive["target_ms"] / 1000 >= fastest:
+            problems.append(Problem(file, line_of(data, ("concurrency", "adaptive", "target_ms")),
+                                    "concurrency.adaptive.target_ms",
+                                    f"must be below the legacy timeout of mapping {mapping.name} ({fastest:g} s): "
+                                    "a call that times out would never be above it",
+                                    hint="a third of the timeout or less leaves room for the queue"))
     for name in (concurrency.get("upstreams") or {}).keys() - {p.mapping.name for p in partners}:
         problems.append(Problem(file, line_of(data, ("concurrency", "upstreams", name)), f"concurrency.upstreams.{name}",
                                 "no partner uses a mapping of that name",

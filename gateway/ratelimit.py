@@ -28,8 +28,9 @@ Concurrency limits (``concurrency``) shed load instead of queueing it: a partner
 with ``Retry-After`` for the next one at once — after the signature check, before the rate
 limit takes a token, and before any ledger or legacy work (nothing was done: the retry is a
 first attempt). A request holds its slots until its answer is ready (``HELD``, set for each
-request by the app's middleware, and ``release_slots``). With ``concurrency.adaptive`` a legacy
-API's limit follows the latency of its calls (``AdaptiveLimit``), under the configured one.
+request by the app's middleware, and ``release_slots``). With ``concurrency.adaptive`` each
+partner's share of a legacy API follows the latency of its calls (``AdaptiveLimit``), under the
+configured limit.
 
     >>> bucket = TokenBucket(RateLimit(2, burst=2), now=0.0)
     >>> bucket.take(0.0), bucket.take(0.0), bucket.take(0.0), bucket.take(0.5)
@@ -41,6 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -98,7 +100,7 @@ HELD: ContextVar[list | None] = ContextVar("igsp_concurrency_held", default=None
 
 
 def release_slots(held: list) -> None:
-    for counts, key in held:
+    for counts, key, _ in held:
         counts[key] -= 1
     held.clear()
 
@@ -106,11 +108,10 @@ def release_slots(held: list) -> None:
 class Limit:
     """A fixed concurrency limit: at most ``value`` requests in progress."""
 
+    adaptive = False
+
     def __init__(self, value: int):
         self.value = value
-
-    def call_done(self, seconds: float, now: float) -> None:
-        """A legacy call through this limit took ``seconds`` (a fixed limit does not care)."""
 
 
 @dataclass(frozen=True)
@@ -128,85 +129,116 @@ class AdaptiveSettings:
 
 
 class AdaptiveLimit(Limit):
-    """A legacy API's limit that follows the latency of its calls (``concurrency.adaptive``).
+    """One partner's share of a legacy API, following the latency of its calls
+    (``concurrency.adaptive``).
 
-    Why: a fixed limit is right for one speed of the legacy API. When a wallet slows down (a
-    lock, a failover, a full disk), each of the fixed number of requests in progress waits
-    longer, until the mapping's timeout and the callers' expire — and every debit that timed
-    out is an unknown outcome the gateway must settle afterwards. Admitting fewer at once
-    keeps each admitted call fast and its outcome known; the rest are answered ``503`` +
-    ``Retry-After`` at once, before any ledger or legacy work, and retried when there is room.
+    Why: a fixed limit is right for one speed of the legacy API. When a wallet slows down
+    under load (a lock, a failover, a full disk), each of the fixed number of requests in
+    progress waits longer, until the mapping's timeout and the callers' expire — and every
+    debit that timed out is an unknown outcome the gateway must settle afterwards. Admitting
+    fewer at once keeps each admitted call fast and its outcome known; the rest are answered
+    ``503`` + ``Retry-After`` at once, before any ledger or legacy work.
 
-    A latency gradient, as TCP Vegas and Netflix's concurrency-limits use: every ``window``
-    seconds of calls, their mean duration is compared with the target. Above it, the limit
-    shrinks in proportion (``limit * target / mean``, at most halving per window); at or
-    below, it grows by its square root (room for the requests queued behind). It stays within
-    ``[floor, ceiling]``: the configured limit is the ceiling, so an adaptive limit only ever
-    admits fewer than the fixed one would. Per process, like the counts.
+    A latency gradient, as TCP Vegas and Netflix's concurrency-limits use. A window closes
+    once it holds ``min_calls`` calls and ``window`` seconds have passed since its first. Its calls are
+    *queueing* when their mean is above the target and more than ``queueing`` times the
+    fastest call of the last ``memory`` windows (the wallet's own speed, learnt): then the
+    limit shrinks in proportion (at most halving), and calls admitted before the cut are not
+    counted in the next windows (they say nothing about the new limit). Otherwise it grows by
+    its square root. A wallet that is slow at any load (its fastest call above the target
+    too) is not queueing: the limit stays. Within ``[floor, ceiling]``: the configured limit
+    is the ceiling, so it only ever admits fewer than the fixed limit would, never more.
+
+    Per partner (each partner's share of the legacy API learns from its own calls: one
+    partner's slow calls, or a flood of them, shrink its own share, not another's) and per
+    process, like the counts.
     """
 
+    adaptive = True
     window = 0.5
+    min_calls = 5
+    queueing = 2.0
+    memory = 20
 
-    def __init__(self, ceiling: int, settings: AdaptiveSettings, now: float):
-        super().__init__(ceiling)
+    def __init__(self, ceiling: int, settings: AdaptiveSettings, now: float, start: float | None = None,
+                 warned: bool = False):
         self.ceiling, self.settings = ceiling, settings
-        self._limit = float(ceiling)
-        self._since, self._total, self._calls = now, 0.0, 0
-        self.warned = False  # the "slower than its target" line was logged, "back" was not yet
+        self.floor = min(settings.floor, ceiling)
+        self._limit = float(ceiling if start is None else min(ceiling, max(self.floor, start)))
+        super().__init__(int(self._limit))
+        self._since, self._total, self._calls, self._fastest = now, 0.0, 0, math.inf
+        self._fastest_by_window: deque[float] = deque(maxlen=self.memory)
+        self._cut_at = -math.inf  # when the limit last shrank
+        self.warned = warned  # the "slower than its target" line was logged, "back" not yet
+
+    def carried(self, ceiling: int, settings: AdaptiveSettings, now: float) -> AdaptiveLimit:
+        """This limit under a reloaded config: the same object if nothing changed; else a new
+        one that starts where this one is (never above its new ceiling), not at the ceiling."""
+        if (ceiling, settings) == (self.ceiling, self.settings):
+            return self
+        return AdaptiveLimit(ceiling, settings, now, start=self._limit, warned=self.warned)
 
     def call_done(self, seconds: float, now: float) -> None:
+        if now - seconds < self._cut_at:
+            return  # admitted under the limit before the last cut
+        if not self._calls:
+            self._since = now  # a window is timed from its first call: an idle gap is no window
         self._total += seconds
         self._calls += 1
-        if now - self._since < self.window:
+        self._fastest = min(self._fastest, seconds)
+        if self._calls < self.min_calls or now - self._since < self.window:
             return
-        mean, target = self._total / self._calls, self.settings.target_seconds
-        if mean > target:
-            self._limit *= max(0.5, target / mean)
+        mean = self._total / self._calls
+        self._fastest_by_window.append(self._fastest)
+        allowed = max(self.settings.target_seconds, self.queueing * min(self._fastest_by_window))
+        if mean > allowed:
+            self._limit *= max(0.5, allowed / mean)
+            self._cut_at = now
         else:
             self._limit += math.sqrt(self._limit)
-        self._limit = min(float(self.ceiling), max(float(min(self.settings.floor, self.ceiling)), self._limit))
+        self._limit = min(float(self.ceiling), max(float(self.floor), self._limit))
         self.value = int(self._limit)
-        self._since, self._total, self._calls = now, 0.0, 0
+        self._since, self._total, self._calls, self._fastest = now, 0.0, 0, math.inf
 
 
 class Concurrency:
     """Requests in progress per partner and per upstream (mapping), in this process.
 
     ``counts`` is shared with the previous config generation's (a reload must not forget the
-    requests still running), and so are the adaptive limits whose settings did not change
-    (``previous``: that generation's Concurrency); limits of 0 or None are no limit.
+    requests still running), and so are the adaptive limits (``previous``: that generation's
+    Concurrency; see ``AdaptiveLimit.carried``); limits of 0 or None are no limit.
     """
 
     def __init__(self, partner_limits: dict[str, int | None], upstream_of: dict[str, str],
                  upstream_limits: dict[str, int | None], retry_after: int = 1, counts: dict | None = None, *,
                  adaptive: AdaptiveSettings | None = None, previous: Concurrency | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_limit: Callable[[str, int], None] = lambda upstream, value: None):
+                 on_limit: Callable[[Concurrency, str, str, int], None] = lambda *_: None):
         self.clock, self.on_limit = clock, on_limit
-        #: upstream (mapping name) -> its Limit, for those with one.
-        self.upstreams: dict[str, Limit] = {}
-        for upstream in set(upstream_of.values()):
-            ceiling = upstream_limits.get(upstream)
-            if not ceiling:
-                continue
-            if adaptive is None:
-                self.upstreams[upstream] = Limit(ceiling)
-                continue
-            kept = previous.upstreams.get(upstream) if previous is not None else None
-            if isinstance(kept, AdaptiveLimit) and (kept.ceiling, kept.settings) == (ceiling, adaptive):
-                self.upstreams[upstream] = kept
-            else:
-                self.upstreams[upstream] = AdaptiveLimit(ceiling, adaptive, clock())
-        for upstream, limit in self.upstreams.items():
-            on_limit(upstream, limit.value)
+        #: (upstream, partner) -> that partner's adaptive share of the upstream.
+        self.adaptive: dict[tuple[str, str], AdaptiveLimit] = {}
         self.slots = {}  # partner -> [(key, Limit, what), ...]
         for partner, upstream in upstream_of.items():
-            mine = partner_limits.get(partner)
-            wanted = [(("partner", partner), Limit(mine) if mine else None, "partner"),
-                      (("upstream", upstream), self.upstreams.get(upstream), "upstream")]
-            self.slots[partner] = [slot for slot in wanted if slot[1] is not None]
+            mine, ceiling = partner_limits.get(partner), upstream_limits.get(upstream)
+            slots = []
+            if mine:
+                slots.append((("partner", partner), Limit(mine), "partner"))
+            if ceiling:
+                slots.append((("upstream", upstream), Limit(ceiling), "upstream"))
+                if adaptive is not None:
+                    kept = previous.adaptive.get((upstream, partner)) if previous is not None else None
+                    share = (kept.carried(ceiling, adaptive, clock()) if kept is not None
+                             else AdaptiveLimit(ceiling, adaptive, clock()))
+                    self.adaptive[(upstream, partner)] = share
+                    slots.append((("adaptive", upstream, partner), share, "upstream"))
+            self.slots[partner] = slots
         self.retry_after = retry_after
         self.counts: dict = counts if counts is not None else {}
+
+    def export(self) -> None:
+        """Every adaptive limit to ``on_limit`` (the gauge), as it is now."""
+        for (upstream, partner), limit in self.adaptive.items():
+            self.on_limit(self, upstream, partner, limit.value)
 
     def enter(self, partner_id: str) -> None:
         held = HELD.get()
@@ -217,33 +249,38 @@ class Concurrency:
         for key, limit, what in slots:
             if counts.get(key, 0) >= limit.value:
                 raise Overloaded(self.retry_after, partner_id, what)
-        for key, _, _ in slots:
+        for key, limit, _ in slots:
             counts[key] = counts.get(key, 0) + 1
-            held.append((counts, key))
+            held.append((counts, key, limit))
 
     def call_done(self, upstream: str, seconds: float, kind: str) -> None:
-        """A legacy call of ``upstream`` ended (the LegacyClient observer): its duration feeds
-        the upstream's adaptive limit. A call that failed before the wallet could be slow
-        (refused connection, bad answer) says nothing about its latency and is left out."""
-        limit = self.upstreams.get(upstream)
-        if limit is None or kind not in LATENCY_KINDS:
+        """A legacy call of the current request ended (the LegacyClient observer): its
+        duration feeds the adaptive limit the request holds for ``upstream``. A call outside a
+        request (a queued delivery) holds none; one that failed before the wallet could be slow
+        (refused connection, reset, mapping error) says nothing about its latency."""
+        held = HELD.get()
+        if not held or kind not in LATENCY_KINDS:
             return
-        before = limit.value
-        limit.call_done(seconds, self.clock())
-        if limit.value == before:
-            return
-        self.on_limit(upstream, limit.value)
+        for _, key, limit in held:
+            if limit.adaptive and key[1] == upstream:
+                before = limit.value
+                limit.call_done(seconds, self.clock())
+                if limit.value != before:
+                    self._moved(upstream, key[2], limit)
+
+    def _moved(self, upstream: str, partner: str, limit: AdaptiveLimit) -> None:
+        self.on_limit(self, upstream, partner, limit.value)
         # One line each way, with some hysteresis: a limit that wavers near its ceiling says
         # nothing an on-call must read; one at half of it or less does.
         if not limit.warned and limit.value <= limit.ceiling // 2:
             limit.warned = True
-            log.warning("legacy API slower than its latency target: fewer of its requests admitted",
-                        extra={"mapping": upstream, "limit": limit.value, "ceiling": limit.ceiling,
-                               "target_ms": limit.settings.target_seconds * 1000})
+            log.warning("legacy API slower than its latency target: fewer of a partner's requests admitted",
+                        extra={"mapping": upstream, "partner": partner, "limit": limit.value,
+                               "ceiling": limit.ceiling, "target_ms": limit.settings.target_seconds * 1000})
         elif limit.warned and limit.value == limit.ceiling:
             limit.warned = False
-            log.info("legacy API back within its latency target: its limit is the configured one again",
-                     extra={"mapping": upstream, "limit": limit.value})
+            log.info("legacy API back within its latency target: the partner's limit is the configured one again",
+                     extra={"mapping": upstream, "partner": partner, "limit": limit.value})
 
 
 #: The outcomes of a legacy call whose duration is the wallet's latency: an answer (whatever

@@ -35,7 +35,7 @@ from gateway.errors import ConfigError
 from gateway.ops import metrics
 from gateway.ops.logs import update_logging
 from gateway.outbound.legacy import LegacyClient
-from gateway.ratelimit import AdaptiveLimit, Concurrency, Limiter
+from gateway.ratelimit import Concurrency, Limiter
 from gateway.store import Store
 
 log = logging.getLogger("igsp.runtime")
@@ -76,6 +76,7 @@ class Runtime:
         self.wake_queue = wake_queue
         self.builders = dict(builders or {})
         self.current = self.build(config, 1, None)
+        _export_limits(self.current)
         self.drain_deadline: float | None = None  # loop time by which shutdown must be done
         self._lock = asyncio.Lock()
         self._retired: set[Generation] = set()
@@ -85,7 +86,7 @@ class Runtime:
         limiter = _limiter(config, previous.limiter if previous is not None else None, self.store)
         clients: dict[str, LegacyClient] = {}
         observe = observe_upstream
-        if any(isinstance(limit, AdaptiveLimit) for limit in limiter.concurrency.upstreams.values()):
+        if limiter.concurrency.adaptive:
             call_done = limiter.concurrency.call_done
 
             def observe(mapping: str, operation: str, kind: str, seconds: float) -> None:
@@ -142,6 +143,7 @@ class Runtime:
             config = new.config
             update_logging(config.log_level, config.secrets)
             self.current = new
+            _export_limits(new)
             # Start-up objects were frozen out of the GC (server.py): give them back, so the
             # retired generation's reference cycles can be collected once it is closed.
             gc.unfreeze()
@@ -192,7 +194,7 @@ def _limiter(config: Config, previous: Limiter | None, store: Store) -> Limiter:
                               counts=previous.concurrency.counts if previous and previous.concurrency else None,
                               adaptive=config.concurrency_adaptive,
                               previous=previous.concurrency if previous else None,
-                              on_limit=lambda upstream, value: metrics.CONCURRENCY_LIMIT.labels(upstream).set(value))
+                              on_limit=export_limit)
     limiter = Limiter({p.id: p.rate_limit for p in config.partners},
                       on_limited=lambda pid: metrics.RATE_LIMITED.labels(pid).inc(),
                       store=store if config.rate_limits_shared else None,
@@ -202,6 +204,22 @@ def _limiter(config: Config, previous: Limiter | None, store: Store) -> Limiter:
         if fresh is not None and (fresh.rate, fresh.capacity) == (bucket.rate, bucket.capacity):
             limiter.buckets[partner] = bucket
     return limiter
+
+
+#: The Concurrency whose adaptive limits the gauge shows: the current generation's (a retired
+#: one's requests still running must not write over it).
+_EXPORTED: list[Concurrency | None] = [None]
+
+
+def export_limit(concurrency: Concurrency, upstream: str, partner: str, value: int) -> None:
+    if concurrency is _EXPORTED[0]:
+        metrics.child(metrics.CONCURRENCY_LIMIT, upstream, partner).set(value)
+
+
+def _export_limits(gen: Generation) -> None:
+    """At start and after a swap: the gauge follows this generation's adaptive limits."""
+    _EXPORTED[0] = gen.limiter.concurrency
+    gen.limiter.concurrency.export()
 
 
 def observe_upstream(mapping: str, operation: str, kind: str, seconds: float) -> None:

@@ -102,9 +102,9 @@ UPSTREAM_ERRORS = Counter("igsp_upstream_errors", "Legacy API failures by kind",
                           ["mapping", "operation", "kind"])
 SIGNATURE_FAILURES = Counter("igsp_signature_failures", "Rejected iGSP credentials or signatures", ["reason"])
 CONCURRENCY_LIMIT = Gauge(
-    "igsp_concurrency_limit", "A legacy API's concurrency limit (concurrency.per_upstream; with concurrency.adaptive "
-    "the limit now, which follows the API's latency), summed over this replica's processes", ["mapping"],
-    multiprocess_mode="livesum")
+    "igsp_concurrency_limit", "With concurrency.adaptive: a partner's share of a legacy API now (it follows the "
+    "latency of the partner's calls, at most concurrency.per_upstream), summed over this replica's processes",
+    ["mapping", "partner"], multiprocess_mode="livesum")
 RATE_LIMITED = Counter("igsp_rate_limited", "Requests refused by a partner's rate limit", ["partner"])
 IP_REFUSED = Counter("igsp_ip_refused", "Requests refused 403 because the client address is not in the "
                      "partner's allowed_ips", ["partner"])
