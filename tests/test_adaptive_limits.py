@@ -273,3 +273,59 @@ def test_an_adaptive_limit_keeps_a_slow_wallet_inside_its_timeout(hub88, gateway
     for _, status, _, txid in load.answers:
         if status == 200:
             assert paid[f"{ACME['id']}:{txid}"] == 1, txid
+
+
+async def test_a_reload_carries_the_shares_and_only_the_current_generation_writes_the_gauge(
+        tmp_path, hub88_keys, monkeypatch):
+    from prometheus_client import REGISTRY
+
+    from gateway.runtime import Runtime
+    from gateway.store import open_store
+
+    monkeypatch.setenv("HUB88_WALLET_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("HUB88_PRIVATE_KEY", hub88_keys[0])
+    config = platform_config(f"sqlite:///{tmp_path}/gateway.db",
+                             concurrency={"per_upstream": 16, "adaptive": {"target_ms": 200}})
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("igsp_concurrency_limit", {"mapping": "hub88-wallet", "partner": ACME["id"]})
+
+    store = open_store(config["store"]["url"])
+    await store.open()
+    runtime = Runtime(load_config(path), store)
+    try:
+        old = runtime.current.limiter.concurrency
+        assert gauge() == 16
+        held = []
+        token = HELD.set(held)
+        try:
+            old.enter(ACME["id"])  # a request of the first generation, still running after the reload
+            share = old.adaptive[("hub88-wallet", ACME["id"])]
+            start = time.monotonic()
+            for i, seconds in enumerate(QUEUED):
+                share.call_done(seconds, start + SPAN * i / (len(QUEUED) - 1))
+            assert share.value == 8
+            config["concurrency"]["per_upstream"] = 32
+            path.write_text(yaml.safe_dump(config))
+            assert await runtime.reload()
+            new = runtime.current.limiter.concurrency
+            assert new.adaptive[("hub88-wallet", ACME["id"])].value == 8  # carried, not back at 32
+            assert gauge() == 8
+            # The retired generation's request goes on: its share (replaced: the ceiling
+            # changed) moves without writing over the current generation's gauge.
+            later = start + SPAN + 1.0
+            for i, seconds in enumerate(QUEUED):
+                share.call_done(seconds, later + SPAN * i / (len(QUEUED) - 1))
+            assert share.value == 4
+            old._moved("hub88-wallet", ACME["id"], share)
+            assert gauge() == 8
+            new._moved("hub88-wallet", ACME["id"], new.adaptive[("hub88-wallet", ACME["id"])])
+            assert gauge() == 8
+        finally:
+            release_slots(held)
+            HELD.reset(token)
+    finally:
+        await runtime.close()
+        await store.close()
