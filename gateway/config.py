@@ -179,8 +179,9 @@ CONFIG_SCHEMA: dict = {
                     "description": "Each partner's share of a legacy API follows the latency of its calls, "
                                    "between min and the API's configured limit (per_upstream or "
                                    "upstreams.<name>: the ceiling; APIs without one do not adapt). A window "
-                                   "of calls (5 or more, half a second or more) whose mean is above target_ms "
-                                   "and more than twice the fastest call of the last 20 windows (queueing) "
+                                   "of calls (5 or more within half a second to five seconds) whose mean is above "
+                                   "target_ms and more than twice the fastest successful call of the last 20 "
+                                   "windows (queueing) "
                                    "shrinks it in proportion; any other grows it by its square root. null: fixed.",
                     "properties": {
                         "target_ms": {"type": "number", "exclusiveMinimum": 0,
@@ -441,9 +442,13 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
                                 "an adaptive limit needs a legacy API limit as its ceiling",
                                 hint="set concurrency.per_upstream (or upstreams.<mapping name>)"))
     adaptive = concurrency.get("adaptive")
-    for mapping in {p.mapping.name: p.mapping for p in partners}.values() if adaptive else ():
+    adapting = {p.mapping.name: p.mapping for p in partners
+                if (concurrency.get("upstreams") or {}).get(p.mapping.name, concurrency.get("per_upstream"))}
+    for mapping in adapting.values() if adaptive else ():
         # A call that times out takes its timeout: a target at or above it is never exceeded.
-        fastest = min([mapping.timeout] + [op.timeout for op in mapping.operations.values() if op.timeout])
+        # (Each step of a multi-step operation is a call of its own, with its own timeout.)
+        fastest = min([mapping.timeout] + [step.timeout for op in mapping.operations.values()
+                                           for step in (op.steps or (op,)) if step.timeout])
         if adaptive["target_ms"] / 1000 >= fastest:
             problems.append(Problem(file, line_of(data, ("concurrency", "adaptive", "target_ms")),
                                     "concurrency.adaptive.target_ms",

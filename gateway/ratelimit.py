@@ -140,9 +140,10 @@ class AdaptiveLimit(Limit):
     ``503`` + ``Retry-After`` at once, before any ledger or legacy work.
 
     A latency gradient, as TCP Vegas and Netflix's concurrency-limits use. A window closes
-    once it holds ``min_calls`` calls and ``window`` seconds have passed since its first. Its calls are
+    once it holds ``min_calls`` calls and ``window`` seconds have passed since its first (one
+    not full within ``stale`` seconds begins again). Its calls are
     *queueing* when their mean is above the target and more than ``queueing`` times the
-    fastest call of the last ``memory`` windows (the wallet's own speed, learnt): then the
+    fastest successful call of the last ``memory`` windows (the wallet's own speed, learnt): then the
     limit shrinks in proportion (at most halving), and calls admitted before the cut are not
     counted in the next windows (they say nothing about the new limit). Otherwise it grows by
     its square root. A wallet that is slow at any load (its fastest call above the target
@@ -157,6 +158,7 @@ class AdaptiveLimit(Limit):
     adaptive = True
     window = 0.5
     min_calls = 5
+    stale = 5.0
     queueing = 2.0
     memory = 20
 
@@ -178,19 +180,27 @@ class AdaptiveLimit(Limit):
             return self
         return AdaptiveLimit(ceiling, settings, now, start=self._limit, warned=self.warned)
 
-    def call_done(self, seconds: float, now: float) -> None:
+    def call_done(self, seconds: float, now: float, answered: bool = True) -> None:
+        """A call of ``seconds`` ended at ``now``; ``answered``: the wallet did the call's work
+        (a timeout, a 5xx or a refusal may come faster or slower than the work, and would
+        teach a wrong speed: they count in the mean, not as the fastest call)."""
         if now - seconds < self._cut_at:
             return  # admitted under the limit before the last cut
-        if not self._calls:
-            self._since = now  # a window is timed from its first call: an idle gap is no window
+        if not self._calls or now - self._since > self.stale:
+            # A window is timed from its first call, and one that took longer than ``stale``
+            # to fill is begun again: calls minutes apart say nothing together.
+            self._since, self._total, self._calls, self._fastest = now, 0.0, 0, math.inf
         self._total += seconds
         self._calls += 1
-        self._fastest = min(self._fastest, seconds)
+        if answered:
+            self._fastest = min(self._fastest, seconds)
         if self._calls < self.min_calls or now - self._since < self.window:
             return
         mean = self._total / self._calls
-        self._fastest_by_window.append(self._fastest)
-        allowed = max(self.settings.target_seconds, self.queueing * min(self._fastest_by_window))
+        if self._fastest < math.inf:
+            self._fastest_by_window.append(self._fastest)
+        target = self.settings.target_seconds
+        allowed = max(target, self.queueing * min(self._fastest_by_window)) if self._fastest_by_window else target
         if mean > allowed:
             self._limit *= max(0.5, allowed / mean)
             self._cut_at = now
@@ -213,7 +223,7 @@ class Concurrency:
                  upstream_limits: dict[str, int | None], retry_after: int = 1, counts: dict | None = None, *,
                  adaptive: AdaptiveSettings | None = None, previous: Concurrency | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_limit: Callable[[Concurrency, str, str, int], None] = lambda *_: None):
+                 on_limit: Callable[[AdaptiveLimit, str, str], None] = lambda *_: None):
         self.clock, self.on_limit = clock, on_limit
         #: (upstream, partner) -> that partner's adaptive share of the upstream.
         self.adaptive: dict[tuple[str, str], AdaptiveLimit] = {}
@@ -238,7 +248,7 @@ class Concurrency:
     def export(self) -> None:
         """Every adaptive limit to ``on_limit`` (the gauge), as it is now."""
         for (upstream, partner), limit in self.adaptive.items():
-            self.on_limit(self, upstream, partner, limit.value)
+            self.on_limit(limit, upstream, partner)
 
     def enter(self, partner_id: str) -> None:
         held = HELD.get()
@@ -264,12 +274,12 @@ class Concurrency:
         for _, key, limit in held:
             if limit.adaptive and key[1] == upstream:
                 before = limit.value
-                limit.call_done(seconds, self.clock())
+                limit.call_done(seconds, self.clock(), kind == "ok")
                 if limit.value != before:
                     self._moved(upstream, key[2], limit)
 
     def _moved(self, upstream: str, partner: str, limit: AdaptiveLimit) -> None:
-        self.on_limit(self, upstream, partner, limit.value)
+        self.on_limit(limit, upstream, partner)
         # One line each way, with some hysteresis: a limit that wavers near its ceiling says
         # nothing an on-call must read; one at half of it or less does.
         if not limit.warned and limit.value <= limit.ceiling // 2:

@@ -35,7 +35,7 @@ from gateway.errors import ConfigError
 from gateway.ops import metrics
 from gateway.ops.logs import update_logging
 from gateway.outbound.legacy import LegacyClient
-from gateway.ratelimit import Concurrency, Limiter
+from gateway.ratelimit import AdaptiveLimit, Concurrency, Limiter
 from gateway.store import Store
 
 log = logging.getLogger("igsp.runtime")
@@ -207,19 +207,27 @@ def _limiter(config: Config, previous: Limiter | None, store: Store) -> Limiter:
 
 
 #: The Concurrency whose adaptive limits the gauge shows: the current generation's (a retired
-#: one's requests still running must not write over it).
+#: one's requests still running must not write over it, nor move a share it no longer has).
 _EXPORTED: list[Concurrency | None] = [None]
 
 
-def export_limit(concurrency: Concurrency, upstream: str, partner: str, value: int) -> None:
-    if concurrency is _EXPORTED[0]:
-        metrics.child(metrics.CONCURRENCY_LIMIT, upstream, partner).set(value)
+def export_limit(limit: AdaptiveLimit, upstream: str, partner: str) -> None:
+    current = _EXPORTED[0]
+    if current is not None and current.adaptive.get((upstream, partner)) is limit:
+        metrics.CONCURRENCY_LIMIT.labels(upstream, partner).set(limit.value)  # (rare: not cached, see remove)
 
 
 def _export_limits(gen: Generation) -> None:
-    """At start and after a swap: the gauge follows this generation's adaptive limits."""
-    _EXPORTED[0] = gen.limiter.concurrency
-    gen.limiter.concurrency.export()
+    """At start and after a swap: the gauge follows this generation's adaptive limits, and
+    the series of shares it no longer has go."""
+    previous, now = _EXPORTED[0], gen.limiter.concurrency
+    _EXPORTED[0] = now
+    for key in (previous.adaptive.keys() - now.adaptive.keys()) if previous is not None else ():
+        try:
+            metrics.CONCURRENCY_LIMIT.remove(*key)
+        except KeyError:
+            pass
+    now.export()
 
 
 def observe_upstream(mapping: str, operation: str, kind: str, seconds: float) -> None:

@@ -22,18 +22,18 @@ from gateway.errors import ConfigError
 from gateway.ratelimit import HELD, AdaptiveLimit, AdaptiveSettings, Concurrency, Limit, Overloaded, release_slots
 from tests.conftest import ACME, platform_config
 from tests.ops_support import Metrics
-from tests.support import IgspClient
+from tests.support import ROOT, IgspClient
 from tests.test_platform_face import bet
 
 # -- the arithmetic, with an injected clock -----------------------------------------------------------
 SPAN = AdaptiveLimit.window * 1.01  # first call to last of a window (past it, whatever the rounding)
 
 
-def window(limit: AdaptiveLimit, now: float, durations: list[float]) -> float:
+def window(limit: AdaptiveLimit, now: float, durations: list[float], answered: bool = True) -> float:
     """One window of calls taking ``durations``, all admitted after ``now``; the time it ends."""
     start = now + max(durations)
     for i, seconds in enumerate(durations):  # the last call closes the window
-        limit.call_done(seconds, start + SPAN * i / (len(durations) - 1))
+        limit.call_done(seconds, start + SPAN * i / (len(durations) - 1), answered)
     return start + SPAN
 
 
@@ -80,6 +80,34 @@ def test_calls_admitted_before_a_cut_and_rare_calls_decide_nothing():
     assert limit.value == 32
 
 
+def test_a_window_not_full_within_seconds_begins_again():
+    """Four fast calls, then a lone timeout a minute later: no window of five."""
+    limit = AdaptiveLimit(64, AdaptiveSettings(target_seconds=0.3), now=0.0)
+    for i in range(4):
+        limit.call_done(0.01, 0.1 * i)
+    for minute in range(1, 6):
+        limit.call_done(1.5, 60.0 * minute, answered=False)
+    assert limit.value == 64
+
+
+def test_only_calls_the_wallet_did_teach_its_speed():
+    """An instant refusal or 5xx is not the wallet's speed: a wallet that takes 0.35 s at any
+    load keeps its limit against a 0.3 s target, whatever fast failures come between."""
+    limit = AdaptiveLimit(64, AdaptiveSettings(target_seconds=0.3), now=0.0)
+    now = 0.0
+    for _ in range(10):
+        start = now + 0.35
+        for i in range(10):
+            answered = i != 3  # one instant failure a window
+            limit.call_done(0.35 if answered else 0.0, start + SPAN * i / 9, answered)
+        now = start + SPAN
+    assert limit.value == 64
+    # Every call timing out, with no success yet to learn a speed from: the target decides.
+    fresh = AdaptiveLimit(64, AdaptiveSettings(target_seconds=0.3), now=0.0)
+    window(fresh, 0.0, [1.5] * 10, answered=False)
+    assert fresh.value == 32
+
+
 def test_a_floor_above_the_ceiling_is_the_ceiling():
     limit = AdaptiveLimit(3, AdaptiveSettings(target_seconds=0.1, floor=10), now=0.0)
     window(limit, 0.0, QUEUED)
@@ -91,7 +119,7 @@ def test_each_partner_has_its_own_share_and_learns_from_its_own_calls():
     seen = []
     limits = Concurrency({"acme": None, "beta": None}, {"acme": "wallet", "beta": "wallet"}, {"wallet": 8},
                          adaptive=AdaptiveSettings(0.2), clock=lambda: now[0],
-                         on_limit=lambda conc, upstream, partner, value: seen.append((upstream, partner, value)))
+                         on_limit=lambda limit, upstream, partner: seen.append((upstream, partner, limit.value)))
     limits.export()
     assert sorted(seen) == [("wallet", "acme", 8), ("wallet", "beta", 8)]
 
@@ -169,6 +197,27 @@ def test_adaptive_config(tmp_path, hub88_keys):
         load(per_upstream=20, adaptive={"min": 2})
     with pytest.raises(ConfigError, match=r"concurrency\.adaptive\.target_ms.*hub88-wallet \(1\.5 s\)"):
         load(per_upstream=20, adaptive={"target_ms": 1500})  # never exceeded: a timeout takes 1.5 s
+
+
+
+def test_the_target_is_checked_against_the_mappings_that_adapt(tmp_path, hub88_keys):
+    """A second wallet with a 0.25 s timeout: refused under a 300 ms target once it has a
+    limit (it would adapt), accepted while it has none (it does not)."""
+    quick = tmp_path / "quick-wallet.yaml"
+    quick.write_text((ROOT / "mappings" / "hub88-wallet.yaml").read_text()
+                     .replace("name: hub88-wallet", "name: quick-wallet").replace("  timeout: 1.5 ", "  timeout: 0.25 "))
+    path = tmp_path / "gateway.yaml"
+
+    def load(**concurrency):
+        config = platform_config(f"sqlite:///{tmp_path}/gw.db", concurrency={"adaptive": {"target_ms": 300},
+                                                                               **concurrency})
+        config["partners"][1]["mapping"] = str(quick)
+        path.write_text(yaml.safe_dump(config))
+        return load_config(path, env={"HUB88_WALLET_URL": "http://127.0.0.1:1", "HUB88_PRIVATE_KEY": hub88_keys[0]})
+
+    assert load(upstreams={"hub88-wallet": 20}).concurrency_adaptive == AdaptiveSettings(0.3)
+    with pytest.raises(ConfigError, match=r"target_ms.*quick-wallet \(0\.25 s\)"):
+        load(upstreams={"hub88-wallet": 20, "quick-wallet": 10})
 
 
 # -- real processes: a wallet with four workers ---------------------------------------------------------
