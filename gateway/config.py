@@ -436,14 +436,15 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
     problems.extend(_lease_problems(data, file, partners))
     problems.extend(_port_problems(data, file))
     _store_url(data, file, base, problems)
-    if concurrency.get("adaptive") and not any(
-            (concurrency.get("upstreams") or {}).get(p.mapping.name, concurrency.get("per_upstream")) for p in partners):
+    # Each legacy API's limit (mapping name -> limit or None): the ceiling of an adaptive one.
+    upstream_limits = {p.mapping.name: (concurrency.get("upstreams") or {}).get(
+        p.mapping.name, concurrency.get("per_upstream")) for p in partners}
+    adaptive = concurrency.get("adaptive")
+    if adaptive and not any(upstream_limits.values()):
         problems.append(Problem(file, line_of(data, ("concurrency", "adaptive")), "concurrency.adaptive",
                                 "an adaptive limit needs a legacy API limit as its ceiling",
                                 hint="set concurrency.per_upstream (or upstreams.<mapping name>)"))
-    adaptive = concurrency.get("adaptive")
-    adapting = {p.mapping.name: p.mapping for p in partners
-                if (concurrency.get("upstreams") or {}).get(p.mapping.name, concurrency.get("per_upstream"))}
+    adapting = {p.mapping.name: p.mapping for p in partners if upstream_limits[p.mapping.name]}
     for mapping in adapting.values() if adaptive else ():
         # A call that times out takes its timeout: a target at or above it is never exceeded.
         # (Each step of a multi-step operation is a call of its own, with its own timeout.)
@@ -497,10 +498,9 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
         queue_poll_seconds=float((data.get("queue") or {}).get("poll_seconds", 0.5)),
         rate_limits_shared=(data.get("rate_limits") or {}).get("shared", False),
         rate_limits_on_store_error=(data.get("rate_limits") or {}).get("on_store_error", LOCAL),
-        upstream_concurrency={p.mapping.name: (concurrency.get("upstreams") or {}).get(
-            p.mapping.name, concurrency.get("per_upstream")) for p in partners},
+        upstream_concurrency=upstream_limits,
         concurrency_retry_after=concurrency.get("retry_after_seconds", 1),
-        concurrency_adaptive=AdaptiveSettings.parse(concurrency.get("adaptive")),
+        concurrency_adaptive=AdaptiveSettings.parse(adaptive),
         early_shedding=concurrency.get("early_shedding", False),
         trusted_proxies=trusted_proxies,
         forwarded_header=server.get("forwarded_header", "X-Forwarded-For"),
